@@ -1,0 +1,463 @@
+"""Lake Shore Model 336 temperature controller as an ophyd Device driving the hot-stage furnace.
+
+Protocol (Lake Shore Model 336 user manual, chapter 6 "Computer interface operation"):
+
+* Transports: Ethernet raw socket on TCP port 7777 (``TCPIP0::<host>::7777::SOCKET``), USB virtual
+  serial port (``ASRL<n>::INSTR``; manual §6.3: 57 600 baud, 7 data bits, odd parity, 1 stop bit) or
+  pyvisa-sim (``simulated/visa/hotstage.yaml``). Messages end in CR LF both ways (the 336 accepts LF
+  alone on input; we always send CR LF and read up to CR LF). Commands do not reply; queries reply
+  with one line. ``;`` may join several commands in one message (not used here: one exchange per
+  message keeps error attribution exact).
+* Temperatures on the wire are Kelvin (``KRDG?``), users work in °C: T[°C] = T[K] − 273.15 (ITS-90
+  offset). Reply format of readings and setpoints: ``+0295.150`` (sign, 4 integer digits, 3 decimals).
+
+Commands this driver sends (``<out>`` = control loop/output 1–2, ``<in>`` = input A–D):
+
+=====================================  ===================================================
+``*IDN?``                              ``LSCI,MODEL336,<serial>/<option>,<firmware>``
+``KRDG? <in>``                         Kelvin reading, ``+0295.150``
+``SETP? <out>`` / ``SETP <out>,<K>``   setpoint in K (we write ``%.3f``)
+``RAMP? <out>`` / ``RAMP <out>,<0|1>,<K/min>``  reply ``<0|1>,<rate>`` e.g. ``1,+10.0``;
+                                       rate 0.1–100 K/min (we write ``%.1f``)
+``RAMPST? <out>``                      ``0`` | ``1`` (setpoint ramp in progress)
+``RANGE? <out>`` / ``RANGE <out>,<r>``  0 off, 1 low, 2 medium, 3 high
+``HTR? <out>``                         heater output in percent, ``+045.2``
+=====================================  ===================================================
+
+``set(T_C)`` writes, in this order: (only when the heater range is 0/off) ``RAMP <out>,0,<rate>``,
+``SETP <out>,<readback K>``, ``RAMP <out>,1,<rate>`` so the 336's setpoint ramp starts from where the
+furnace actually is (the 336 ramps from its present setpoint value), then ``SETP <out>,<target K>``, then
+(only when it was off) ``RANGE <out>,<heater_range_on>``. A watcher thread polls ``KRDG? <in>`` and
+finishes the status only when the *readback* has stayed within ``tolerance`` °C of the target for
+``settle_time`` experiment seconds. It fails with :class:`FurnaceSettleTimeout` after
+|ΔT|/rate·(1+``timeout_fraction``) + ``settle_time`` + ``timeout_margin`` experiment seconds.
+
+Time base: a real rig runs at ``time_scale = 1`` (experiment seconds are wall seconds). The simulated rig
+runs its world ``time_scale`` times faster than wall time, so every experiment-second duration
+(settle time, timeout) is divided by ``time_scale`` to get wall seconds.
+
+``stop()`` sends ``RANGE <out>,0`` (heater off) and fails any pending set status with
+:class:`FurnaceSetCancelled`. Note that bluesky's RunEngine calls ``stop(success=True)`` on every
+object a plan ``set()`` when the plan ends, also on success; pass ``hold_on_success=True`` to keep
+the heater on in that case (stop(success=False) — pause/abort/Ctrl-C — always switches it off).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from ophyd import Component as Cpt
+from ophyd import Device, Kind
+from ophyd.status import DeviceStatus
+from pyvisa import constants
+
+from .visa import (
+    DEFAULT_TIMEOUT_S,
+    InstrumentIdentityError,
+    InstrumentReplyError,
+    VisaInstrument,
+    VisaSignal,
+    VisaSignalRO,
+    open_instrument,
+)
+
+__all__ = [
+    "LakeShore336Furnace",
+    "FurnaceSetStatus",
+    "FurnaceSettleTimeout",
+    "FurnaceSetCancelled",
+    "kelvin_to_celsius",
+    "celsius_to_kelvin",
+    "LS336_SERIAL",
+]
+
+#: ITS-90: 0 °C = 273.15 K.
+ZERO_CELSIUS_K = 273.15
+#: Model 336 manual §6.3 (USB virtual serial port settings), as pyvisa ASRL attributes.
+LS336_SERIAL: dict[str, Any] = {
+    "baud_rate": 57600,
+    "data_bits": 7,
+    "parity": constants.Parity.odd,
+    "stop_bits": constants.StopBits.one,
+}
+#: Model 336 manual, RAMP command: rate 0.1–100 K/min.
+RAMP_RATE_MIN = 0.1
+RAMP_RATE_MAX = 100.0
+
+
+def kelvin_to_celsius(kelvin: float) -> float:
+    """Kelvin (wire) to °C (user)."""
+    return float(kelvin) - ZERO_CELSIUS_K
+
+
+def celsius_to_kelvin(celsius: float) -> float:
+    """°C (user) to Kelvin (wire)."""
+    return float(celsius) + ZERO_CELSIUS_K
+
+
+def _parse_c(reply: str) -> float:
+    """Parse a Kelvin reading such as ``+0295.150`` into °C."""
+    return kelvin_to_celsius(float(reply))
+
+
+def _parse_ramp(reply: str) -> tuple[int, float]:
+    """Parse a ``RAMP?`` reply ``<0|1>,<rate>`` into (on, K/min)."""
+    on, rate = reply.split(",")[:2]
+    return int(float(on)), float(rate)
+
+
+class FurnaceSettleTimeout(TimeoutError):
+    """The furnace readback did not settle at the target in the allowed time."""
+
+
+class FurnaceSetCancelled(RuntimeError):
+    """A pending furnace set() was cancelled by stop() or superseded by a newer set()."""
+
+
+class FurnaceSetStatus(DeviceStatus):
+    """Status of one furnace move: target (°C), allowed time (experiment s), last readback."""
+
+    def __init__(self, device: Device, *, target: float, timeout_exp_s: float, **kwargs: Any) -> None:
+        """Record the target and the allowed time; ophyd's own timeout is not used."""
+        super().__init__(device, **kwargs)
+        self.target = float(target)
+        self.timeout_exp_s = float(timeout_exp_s)
+        self.last_readback: float = math.nan
+        self.cancel_event = threading.Event()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Fail unless already done (races between watcher and stop() are benign)."""
+        self.cancel_event.set()
+        try:
+            self.set_exception(exc)
+        except Exception:
+            pass
+
+
+class _OptionalInputSignal(VisaSignalRO):
+    """Reading of the optional sample input: NaN without a query when no input is configured."""
+
+    def get(self, **kwargs: Any) -> Any:
+        """Query only when the parent has a sample input."""
+        if getattr(self.parent, "sample_input", None) is None:
+            self._cache(math.nan)
+            return math.nan
+        return super().get(**kwargs)
+
+
+def _ramp_rate_cmd(dev: "LakeShore336Furnace", rate: float) -> str:
+    """RAMP command keeping the present on/off state, changing the rate (°C/min == K/min)."""
+    on, _ = dev._query_ramp()
+    return f"RAMP {dev.output},{on},{_check_rate(rate):.1f}"
+
+
+def _ramp_on_cmd(dev: "LakeShore336Furnace", on: Any) -> str:
+    """RAMP command keeping the present rate, switching ramping on/off."""
+    _, rate = dev._query_ramp()
+    return f"RAMP {dev.output},{int(bool(on))},{max(rate, RAMP_RATE_MIN):.1f}"
+
+
+def _check_rate(rate: float) -> float:
+    """Validate a ramp rate against the 336's range."""
+    rate = float(rate)
+    if not (RAMP_RATE_MIN <= rate <= RAMP_RATE_MAX):
+        raise ValueError(f"ramp rate {rate} °C/min outside the Model 336 range {RAMP_RATE_MIN}–{RAMP_RATE_MAX}")
+    return rate
+
+
+def _check_range(value: Any) -> int:
+    """Validate a heater range 0–3."""
+    r = int(value)
+    if r not in (0, 1, 2, 3):
+        raise ValueError(f"heater range {value!r} not in 0 (off), 1 (low), 2 (medium), 3 (high)")
+    return r
+
+
+class LakeShore336Furnace(Device):
+    """Hot-stage furnace behind a Lake Shore 336: °C for users, Kelvin on the wire, settling set()."""
+
+    temperature = Cpt(
+        VisaSignalRO, query="KRDG? {dev.control_input}", parse=_parse_c, units="degC", precision=3, kind=Kind.hinted
+    )
+    sample_temperature = Cpt(
+        _OptionalInputSignal, query="KRDG? {dev.sample_input}", parse=_parse_c, units="degC", precision=3,
+        kind=Kind.normal,
+    )
+    setpoint = Cpt(
+        VisaSignal,
+        query="SETP? {dev.output}",
+        write=lambda dev, v: f"SETP {dev.output},{celsius_to_kelvin(v):.3f}",
+        parse=_parse_c,
+        units="degC",
+        precision=3,
+        kind=Kind.normal,
+    )
+    ramp_rate = Cpt(
+        VisaSignal,
+        query="RAMP? {dev.output}",
+        write=_ramp_rate_cmd,
+        parse=lambda r: _parse_ramp(r)[1],
+        units="degC/min",
+        precision=1,
+        kind=Kind.config,
+    )
+    ramp_on = Cpt(
+        VisaSignal,
+        query="RAMP? {dev.output}",
+        write=_ramp_on_cmd,
+        parse=lambda r: _parse_ramp(r)[0],
+        kind=Kind.config,
+    )
+    ramping = Cpt(VisaSignalRO, query="RAMPST? {dev.output}", parse=lambda r: int(float(r)), kind=Kind.normal)
+    heater_range = Cpt(
+        VisaSignal,
+        query="RANGE? {dev.output}",
+        write=lambda dev, v: f"RANGE {dev.output},{_check_range(v)}",
+        parse=lambda r: int(float(r)),
+        kind=Kind.config,
+    )
+    heater_output = Cpt(
+        VisaSignalRO, query="HTR? {dev.output}", parse=float, units="%", precision=1, kind=Kind.normal
+    )
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        name: str,
+        output: int = 1,
+        control_input: str = "A",
+        sample_input: str | None = "B",
+        resource_manager: str | None = None,
+        time_scale: float = 1.0,
+        tolerance: float = 1.0,
+        settle_time: float = 30.0,
+        timeout_margin: float = 120.0,
+        timeout_fraction: float = 0.25,
+        fallback_rate: float = 10.0,
+        heater_range_on: int = 3,
+        poll_interval: float | None = None,
+        hold_on_success: bool = False,
+        io_timeout: float = DEFAULT_TIMEOUT_S,
+        serial: dict[str, Any] | None = None,
+        check_identity: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Open ``resource`` (backend ``resource_manager``, default "@py") and check it is a Model 336.
+
+        Durations ``settle_time``/``timeout_margin`` are experiment seconds; ``time_scale`` is
+        experiment seconds per wall second; ``poll_interval`` (wall s) defaults to
+        min(0.5, settle_time/time_scale/10) but not below 10 ms; ``fallback_rate`` (°C/min) sizes the
+        timeout when setpoint ramping is off.
+        """
+        if output not in (1, 2):
+            raise ValueError(f"output must be 1 or 2 (heater outputs of the Model 336), got {output!r}")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        self.resource = resource
+        self.output = int(output)
+        self.control_input = str(control_input).upper()
+        self.sample_input = None if sample_input is None else str(sample_input).upper()
+        self.time_scale = float(time_scale)
+        self.tolerance = float(tolerance)
+        self.settle_time = float(settle_time)
+        self.timeout_margin = float(timeout_margin)
+        self.timeout_fraction = float(timeout_fraction)
+        self.fallback_rate = float(fallback_rate)
+        self.heater_range_on = _check_range(heater_range_on)
+        self._poll_interval = poll_interval
+        self.hold_on_success = bool(hold_on_success)
+        self._pending: list[FurnaceSetStatus] = []
+        self._pending_lock = threading.Lock()
+        self._visa: VisaInstrument | None = None
+        super().__init__("", name=name, **kwargs)
+        if self.sample_input is None:
+            self.sample_temperature.kind = Kind.omitted
+        self._visa = open_instrument(
+            resource,
+            instrument=f"Lake Shore 336 '{name}'",
+            backend=resource_manager or "@py",
+            read_termination="\r\n",
+            write_termination="\r\n",
+            timeout_s=io_timeout,
+            serial=LS336_SERIAL if serial is None else serial,
+        )
+        if check_identity:
+            try:
+                self.identify()
+            except Exception:
+                self._visa.close()
+                raise
+
+    # -- plain instrument operations --------------------------------------------------------------
+    @property
+    def visa(self) -> VisaInstrument:
+        """The transport (its ``lock`` serialises every exchange with this controller)."""
+        assert self._visa is not None
+        return self._visa
+
+    @property
+    def position(self) -> float:
+        """Present control-input temperature in °C (the readback a set() settles on)."""
+        return float(self.temperature.get())
+
+    def identify(self) -> str:
+        """Query ``*IDN?`` and check it is a Lake Shore MODEL336; return the identity string."""
+        reply = self.visa.query("*IDN?")
+        fields = [f.strip() for f in reply.split(",")]
+        if len(fields) < 2 or fields[0] != "LSCI" or fields[1] != "MODEL336":
+            raise InstrumentIdentityError(
+                f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; "
+                "expected 'LSCI,MODEL336,<serial>/<option>,<firmware>'",
+                instrument=self.visa.instrument,
+                command="*IDN?",
+                resource=self.resource,
+            )
+        return reply
+
+    def _query_ramp(self) -> tuple[int, float]:
+        """Return (ramp on 0/1, rate K/min) from ``RAMP? <out>``."""
+        reply = self.visa.query(f"RAMP? {self.output}")
+        try:
+            return _parse_ramp(reply)
+        except Exception as exc:
+            raise InstrumentReplyError(
+                f"{self.visa.instrument}: cannot parse RAMP? reply {reply!r} on {self.resource}",
+                instrument=self.visa.instrument,
+                command=f"RAMP? {self.output}",
+                resource=self.resource,
+            ) from exc
+
+    def configure_ramp(self, rate_C_per_min: float, *, on: bool = True) -> None:
+        """Enable (or disable) setpoint ramping at ``rate_C_per_min`` (°C/min == K/min)."""
+        rate = _check_rate(rate_C_per_min)
+        self.visa.write(f"RAMP {self.output},{int(bool(on))},{rate:.1f}")
+        self.ramp_rate._cache(rate)
+        self.ramp_on._cache(int(bool(on)))
+
+    def heater_off(self) -> None:
+        """Switch the heater output off (``RANGE <out>,0``)."""
+        self.visa.write(f"RANGE {self.output},0")
+        self.heater_range._cache(0)
+
+    @property
+    def poll_interval(self) -> float:
+        """Wall seconds between readback polls of the settle watcher."""
+        if self._poll_interval is not None:
+            return float(self._poll_interval)
+        return min(0.5, max(0.01, self.settle_time / self.time_scale / 10.0))
+
+    def settle_timeout(self, start_C: float, target_C: float, rate_C_per_min: float | None) -> float:
+        """Allowed experiment seconds for a move: |ΔT|/rate·(1+fraction) + settle_time + margin."""
+        rate = rate_C_per_min if rate_C_per_min and rate_C_per_min > 0 else self.fallback_rate
+        ramp_s = abs(float(target_C) - float(start_C)) / rate * 60.0
+        return ramp_s * (1.0 + self.timeout_fraction) + self.settle_time + self.timeout_margin
+
+    # -- ophyd movable API ------------------------------------------------------------------------
+    def set(self, value: float, *, timeout: float | None = None, **kwargs: Any) -> FurnaceSetStatus:  # type: ignore[override]
+        """Go to ``value`` °C; the status finishes when the readback has settled (see module doc).
+
+        ``timeout`` (experiment seconds) overrides the one derived from distance and ramp rate.
+        """
+        target = float(value)
+        if not math.isfinite(target):
+            raise ValueError(f"furnace target must be finite, got {value!r}")
+        self._cancel_pending(FurnaceSetCancelled(f"{self.name}: superseded by a new set({target:g} °C)"))
+        visa = self.visa
+        with visa.lock:
+            start = self.temperature.get()
+            rng = int(float(visa.query(f"RANGE? {self.output}")))
+            on, rate = self._query_ramp()
+            if rng == 0:
+                # The 336 ramps from its present setpoint; start the ramp from the actual readback.
+                if on:
+                    visa.write(f"RAMP {self.output},0,{max(rate, RAMP_RATE_MIN):.1f}")
+                visa.write(f"SETP {self.output},{celsius_to_kelvin(start):.3f}")
+                if on:
+                    visa.write(f"RAMP {self.output},1,{max(rate, RAMP_RATE_MIN):.1f}")
+            visa.write(f"SETP {self.output},{celsius_to_kelvin(target):.3f}")
+            self.setpoint._cache(target)
+            if rng == 0:
+                visa.write(f"RANGE {self.output},{self.heater_range_on}")
+                self.heater_range._cache(self.heater_range_on)
+        allowed = float(timeout) if timeout is not None else self.settle_timeout(start, target, rate if on else None)
+        status = FurnaceSetStatus(self, target=target, timeout_exp_s=allowed)
+        status.last_readback = start
+        with self._pending_lock:
+            self._pending.append(status)
+        status.add_callback(self._forget)
+        threading.Thread(
+            target=self._watch, args=(status,), name=f"{self.name}-settle-{target:g}C", daemon=True
+        ).start()
+        return status
+
+    def _forget(self, status: FurnaceSetStatus) -> None:
+        """Drop a finished status from the pending list."""
+        with self._pending_lock:
+            if status in self._pending:
+                self._pending.remove(status)
+
+    def _watch(self, status: FurnaceSetStatus) -> None:
+        """Poll the readback until settled for settle_time, the timeout, or cancellation."""
+        t0 = time.monotonic()
+        in_band_since: float | None = None
+        poll = self.poll_interval
+        while not status.done:
+            try:
+                reading = self.temperature.get()
+            except Exception as exc:
+                status._fail(exc)
+                return
+            now = time.monotonic()
+            status.last_readback = reading
+            if abs(reading - status.target) <= self.tolerance:
+                if in_band_since is None:
+                    in_band_since = now
+                if (now - in_band_since) * self.time_scale >= self.settle_time:
+                    try:
+                        status.set_finished()
+                    except Exception:
+                        pass
+                    return
+            else:
+                in_band_since = None
+            elapsed_exp = (now - t0) * self.time_scale
+            if elapsed_exp >= status.timeout_exp_s:
+                status._fail(
+                    FurnaceSettleTimeout(
+                        f"{self.name}: did not settle at {status.target:.3f} °C (±{self.tolerance:g} °C for "
+                        f"{self.settle_time:g} s) within {status.timeout_exp_s:.1f} experiment s; last readback "
+                        f"{reading:.3f} °C after {elapsed_exp:.1f} experiment s "
+                        f"({now - t0:.2f} wall s, time_scale {self.time_scale:g}) on {self.resource}"
+                    )
+                )
+                return
+            if status.cancel_event.wait(poll):
+                return
+
+    def _cancel_pending(self, exc: BaseException) -> None:
+        """Fail every pending set status with ``exc``."""
+        with self._pending_lock:
+            pending = list(self._pending)
+            self._pending.clear()
+        for status in pending:
+            status._fail(exc)
+
+    def stop(self, *, success: bool = False) -> None:
+        """Heater off (``RANGE <out>,0``) and cancel pending moves (see module doc for hold_on_success)."""
+        self._cancel_pending(FurnaceSetCancelled(f"{self.name}: set() cancelled by stop(success={success})"))
+        if success and self.hold_on_success:
+            return
+        self.heater_off()
+
+    def destroy(self) -> None:
+        """Cancel pending moves and close the VISA session."""
+        self._cancel_pending(FurnaceSetCancelled(f"{self.name}: device destroyed"))
+        if self._visa is not None:
+            self._visa.close()
+        super().destroy()
+
+    close = destroy

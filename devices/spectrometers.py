@@ -1,0 +1,369 @@
+"""SCPI array instruments (PL spectrometer, FTIR/THz spectrometer, powder XRD detector) as ophyd Devices.
+
+Protocol (SCPI-style, shared by the three instruments and by the emulators in ``simulated/``):
+
+* Transport: raw TCP socket (``TCPIP0::<host>::<port>::SOCKET``; 5025 is the customary SCPI socket port),
+  or pyvisa-sim. Terminator LF in both directions.
+* ``*IDN?`` -> ``<vendor>,<model>,<serial>,<firmware>`` (emulators: ``HOTSTAGE-SIM,<MODEL>,...``);
+  checked only for being non-empty unless ``expected_idn`` (a substring) is given.
+* ``CONF:INT <s>`` integration time in *instrument* seconds (experiment seconds: the emulator's clock runs
+  ``time_scale`` times faster than the wall). Sent at stage() and before an acquisition whenever the
+  ``exposure`` signal changed since the last write (format ``%.6g``).
+* ``INIT`` starts one acquisition and returns at once (no reply); then ``*OPC?`` blocks until it is
+  complete and replies ``1``. The pyvisa timeout of that ``*OPC?`` is exposure/time_scale + ``opc_margin``
+  wall seconds.
+* ``FETC:DATA?`` -> IEEE-488.2 definite-length block ``#<n><len><bytes>`` + LF, bytes = little-endian
+  float64 (IEEE 488.2-1992 §8.7.9), read with pyvisa ``query_binary_values(datatype='d',
+  is_big_endian=False, container=numpy.ndarray)``. The number of values must equal the axis length.
+* ``FETC:AXIS?`` -> the same block format, the axis; ``FETC:AXIS:UNIT?`` -> ``deg`` | ``cm-1`` | ``nm``
+  (must match the device class). Both are queried at stage() and lazily by describe(); they must answer
+  before any ``INIT``.
+* ``SOUR:WAV?`` (XRD only) -> X-ray wavelength in Å (primary line), read as configuration.
+* ``SYST:ERR?`` -> ``<code>,"<message>"`` (``0,"No error"``); queried after any failure so the raised
+  error carries the instrument's own error text.
+
+Per trigger the wire sees exactly: [``CONF:INT <s>``], ``INIT``, ``*OPC?``, ``FETC:DATA?``
+(plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` if the block length differs from the cached axis).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Kind, Signal
+from ophyd.status import DeviceStatus
+
+from .visa import (
+    DEFAULT_TIMEOUT_S,
+    InstrumentError,
+    InstrumentIdentityError,
+    InstrumentReplyError,
+    VisaInstrument,
+    VisaSignalRO,
+    open_instrument,
+)
+
+__all__ = [
+    "ArraySignal",
+    "AcquisitionError",
+    "ScpiArrayDetector",
+    "PLSpectrometer",
+    "FTIRSpectrometer",
+    "XRDDetector",
+]
+
+#: numpy dtype string of every array on the wire (little-endian float64), as event-model wants it.
+DTYPE_NUMPY = "<f8"
+
+
+class AcquisitionError(InstrumentError):
+    """An acquisition (INIT / *OPC? / FETC:DATA?) failed; the message names instrument and resource."""
+
+
+class UnitSignal(Signal):
+    """A soft (local) ophyd Signal that reports its units in describe()."""
+
+    def __init__(self, *, units: str | None = None, **kwargs: Any) -> None:
+        """Store the units for describe()."""
+        super().__init__(**kwargs)
+        self._units = units
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Signal.describe() plus units."""
+        desc = super().describe()
+        if self._units is not None:
+            desc[self.name]["units"] = self._units
+        return desc
+
+
+class ArraySignal(Signal):
+    """A 1-D float64 array held by the device (set by trigger() or by an axis query).
+
+    describe() reports dtype "array", dtype_numpy "<f8", shape [n] (n from the value, else from the
+    parent's axis), units and dims so that event-model and TiledWriter know the array before the first event.
+    """
+
+    def __init__(self, *, units: str, dim: str, is_axis: bool = False, **kwargs: Any) -> None:
+        """Remember units, the dimension name and whether this is the axis signal."""
+        kwargs.setdefault("value", None)
+        super().__init__(**kwargs)
+        self._units = units
+        self._dim = dim
+        self._is_axis = is_axis
+
+    def get(self, **kwargs: Any) -> Any:
+        """The last array; the axis is fetched from the instrument the first time."""
+        if self._readback is None:
+            if self._is_axis:
+                self.parent.refresh_axis()
+            else:
+                n = len(self.parent.axis_signal.get())
+                Signal.put(self, np.full(n, np.nan), force=True)
+        return self._readback
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Array data key with shape, dtype, dtype_numpy, units and dims."""
+        value = self.get()
+        visa = getattr(self.parent, "_visa", None)
+        src = "FETC:AXIS?" if self._is_axis else "FETC:DATA?"
+        return {
+            self.name: {
+                "source": f"visa://{visa.resource_name if visa else '?'}/{src}",
+                "dtype": "array",
+                "dtype_numpy": DTYPE_NUMPY,
+                "shape": [int(len(value))],
+                "dims": [self._dim],
+                "units": self._units,
+            }
+        }
+
+
+class ScpiArrayDetector(Device):
+    """Base of the SCPI array instruments: exposure (config), one data array, one axis array (config).
+
+    Subclasses declare the data and axis components and set ``data_attr``, ``axis_attr`` and
+    ``axis_unit`` (the expected ``FETC:AXIS:UNIT?`` reply).
+    """
+
+    exposure = Cpt(UnitSignal, value=1.0, units="s", kind=Kind.config)
+
+    data_attr: ClassVar[str] = ""
+    axis_attr: ClassVar[str] = ""
+    axis_unit: ClassVar[str] = ""
+    instrument_kind: ClassVar[str] = "SCPI array instrument"
+
+    def __init__(
+        self,
+        resource: str,
+        *,
+        name: str,
+        resource_manager: str | None = None,
+        time_scale: float = 1.0,
+        exposure: float = 1.0,
+        opc_margin: float = 10.0,
+        io_timeout: float = DEFAULT_TIMEOUT_S,
+        expected_idn: str | None = None,
+        check_identity: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Open ``resource`` (backend ``resource_manager``, default "@py") and check the identity.
+
+        ``exposure`` is in experiment seconds; ``time_scale`` experiment seconds per wall second;
+        ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query.
+        """
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        self.resource = resource
+        self.time_scale = float(time_scale)
+        self.opc_margin = float(opc_margin)
+        self.expected_idn = expected_idn
+        self._visa: VisaInstrument | None = None
+        self._written_exposure: float | None = None
+        super().__init__("", name=name, **kwargs)
+        self.exposure.put(float(exposure))
+        self._visa = open_instrument(
+            resource,
+            instrument=f"{self.instrument_kind} '{name}'",
+            backend=resource_manager or "@py",
+            read_termination="\n",
+            write_termination="\n",
+            timeout_s=io_timeout,
+        )
+        if check_identity:
+            try:
+                self.identify()
+            except Exception:
+                self._visa.close()
+                raise
+
+    # -- accessors --------------------------------------------------------------------------------
+    @property
+    def visa(self) -> VisaInstrument:
+        """The transport (its ``lock`` serialises every exchange with this instrument)."""
+        assert self._visa is not None
+        return self._visa
+
+    @property
+    def data_signal(self) -> ArraySignal:
+        """The spectrum/pattern signal (name differs per subclass)."""
+        return getattr(self, self.data_attr)
+
+    @property
+    def axis_signal(self) -> ArraySignal:
+        """The axis signal (configuration)."""
+        return getattr(self, self.axis_attr)
+
+    # -- instrument operations --------------------------------------------------------------------
+    def identify(self) -> str:
+        """Query ``*IDN?``; raise InstrumentIdentityError if empty or lacking ``expected_idn``."""
+        reply = self.visa.query("*IDN?")
+        if not reply or (self.expected_idn is not None and self.expected_idn not in reply):
+            raise InstrumentIdentityError(
+                f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; expected an identity "
+                f"containing {self.expected_idn!r}",
+                instrument=self.visa.instrument,
+                command="*IDN?",
+                resource=self.resource,
+            )
+        return reply
+
+    def instrument_error(self) -> str:
+        """Query ``SYST:ERR?`` (one entry of the error queue)."""
+        return self.visa.query("SYST:ERR?")
+
+    def refresh_axis(self) -> np.ndarray:
+        """Query ``FETC:AXIS:UNIT?`` (checked) and ``FETC:AXIS?``; cache and return the axis."""
+        visa = self.visa
+        with visa.lock:
+            unit = visa.query("FETC:AXIS:UNIT?").strip().strip('"')
+            if unit != self.axis_unit:
+                raise InstrumentReplyError(
+                    f"{visa.instrument}: axis unit {unit!r} from {self.resource}, expected {self.axis_unit!r}",
+                    instrument=visa.instrument,
+                    command="FETC:AXIS:UNIT?",
+                    resource=self.resource,
+                )
+            axis = visa.query_block("FETC:AXIS?")
+        if axis.ndim != 1 or axis.size == 0:
+            raise InstrumentReplyError(
+                f"{visa.instrument}: empty axis block from {self.resource}",
+                instrument=visa.instrument,
+                command="FETC:AXIS?",
+                resource=self.resource,
+            )
+        Signal.put(self.axis_signal, axis, force=True)
+        data = self.data_signal._readback
+        if data is None or len(data) != len(axis):
+            Signal.put(self.data_signal, np.full(len(axis), np.nan), force=True)
+        return axis
+
+    def _write_exposure(self, exposure: float) -> None:
+        """Send ``CONF:INT`` if the instrument does not already have this integration time."""
+        if self._written_exposure != exposure:
+            self.visa.write(f"CONF:INT {exposure:.6g}")
+            self._written_exposure = exposure
+
+    # -- bluesky interface ------------------------------------------------------------------------
+    def stage(self) -> list[Any]:
+        """Write the integration time and read the axis (configuration) before a run."""
+        staged = super().stage()
+        exposure = float(self.exposure.get())
+        if exposure <= 0:
+            raise ValueError(f"{self.name}: exposure must be > 0 s, got {exposure}")
+        self._written_exposure = None
+        self._write_exposure(exposure)
+        self.refresh_axis()
+        return staged
+
+    def unstage(self) -> list[Any]:
+        """Forget what was written so the next stage() writes it again."""
+        self._written_exposure = None
+        return super().unstage()
+
+    def trigger(self) -> DeviceStatus:
+        """Start one acquisition; the status finishes when the data array has been fetched."""
+        status = DeviceStatus(self)
+        exposure = float(self.exposure.get())
+        threading.Thread(
+            target=self._acquire, args=(status, exposure), name=f"{self.name}-acquire", daemon=True
+        ).start()
+        return status
+
+    def _acquire(self, status: DeviceStatus, exposure: float) -> None:
+        """INIT, *OPC? (long timeout), FETC:DATA?; check the length against the axis."""
+        visa = self.visa
+        try:
+            with visa.lock:
+                self._write_exposure(exposure)
+                visa.write("INIT")
+                opc_timeout = exposure / self.time_scale + self.opc_margin
+                reply = visa.query("*OPC?", timeout_s=opc_timeout)
+                if reply.strip() != "1":
+                    raise InstrumentReplyError(
+                        f"{visa.instrument}: *OPC? on {self.resource} replied {reply!r}, expected '1'",
+                        instrument=visa.instrument,
+                        command="*OPC?",
+                        resource=self.resource,
+                    )
+                data = visa.query_block("FETC:DATA?")
+                axis = self.axis_signal._readback
+                if axis is None or len(axis) != len(data):
+                    axis = self.refresh_axis()
+            if len(axis) != len(data):
+                raise InstrumentReplyError(
+                    f"{visa.instrument}: FETC:DATA? on {self.resource} returned {len(data)} values but the axis "
+                    f"(FETC:AXIS?) has {len(axis)}",
+                    instrument=visa.instrument,
+                    command="FETC:DATA?",
+                    resource=self.resource,
+                )
+            Signal.put(self.data_signal, data, force=True)
+        except Exception as exc:
+            status.set_exception(self._acquisition_error(exc))
+        else:
+            status.set_finished()
+
+    def _acquisition_error(self, exc: BaseException) -> AcquisitionError:
+        """Wrap a failure, appending the instrument's SYST:ERR? entry when it can be read."""
+        visa = self.visa
+        visa.clear_input()
+        try:
+            queue = visa.query("SYST:ERR?", timeout_s=min(visa.timeout_s, 1.0))
+        except Exception as err:  # the instrument may be gone; the original error matters more
+            queue = f"<unavailable: {err}>"
+        err = AcquisitionError(
+            f"{self.name}: acquisition on {self.resource} failed: {exc}; SYST:ERR? -> {queue}",
+            instrument=visa.instrument,
+            command=getattr(exc, "command", ""),
+            resource=self.resource,
+        )
+        err.__cause__ = exc
+        return err
+
+    def destroy(self) -> None:
+        """Close the VISA session."""
+        if self._visa is not None:
+            self._visa.close()
+        super().destroy()
+
+    close = destroy
+
+
+class PLSpectrometer(ScpiArrayDetector):
+    """Photoluminescence spectrometer: counts vs wavelength (nm)."""
+
+    counts = Cpt(ArraySignal, units="counts", dim="wavelength", kind=Kind.normal)
+    wavelength = Cpt(ArraySignal, units="nm", dim="wavelength", is_axis=True, kind=Kind.config)
+
+    data_attr = "counts"
+    axis_attr = "wavelength"
+    axis_unit = "nm"
+    instrument_kind = "PL spectrometer"
+
+
+class FTIRSpectrometer(ScpiArrayDetector):
+    """FTIR spectrometer for THz/far-IR: absorbance vs wavenumber (cm⁻¹)."""
+
+    absorbance = Cpt(ArraySignal, units="a.u.", dim="wavenumber", kind=Kind.normal)
+    wavenumber = Cpt(ArraySignal, units="cm^-1", dim="wavenumber", is_axis=True, kind=Kind.config)
+
+    data_attr = "absorbance"
+    axis_attr = "wavenumber"
+    axis_unit = "cm-1"
+    instrument_kind = "FTIR spectrometer"
+
+
+class XRDDetector(ScpiArrayDetector):
+    """Powder XRD detector: counts vs 2θ (deg); source wavelength (Å) as configuration."""
+
+    counts = Cpt(ArraySignal, units="counts", dim="two_theta", kind=Kind.normal)
+    two_theta = Cpt(ArraySignal, units="deg", dim="two_theta", is_axis=True, kind=Kind.config)
+    wavelength = Cpt(VisaSignalRO, query="SOUR:WAV?", parse=float, units="angstrom", precision=5, kind=Kind.config)
+
+    data_attr = "counts"
+    axis_attr = "two_theta"
+    axis_unit = "deg"
+    instrument_kind = "XRD detector"

@@ -1,0 +1,165 @@
+"""Powder-diffraction peak profiles, widths and the Lorentz–polarisation factor (all angles in degrees 2θ).
+
+Where the formulas come from:
+
+- Pseudo-Voigt: η·L + (1 − η)·G with Lorentzian and Gaussian of the same FWHM, each normalised to unit area
+  (Wertheim et al., *Rev. Sci. Instrum.* 45, 1369 (1974); Young & Wiles, *J. Appl. Cryst.* 15, 430 (1982)).
+- Caglioti: FWHM² = U tan²θ + V tanθ + W (Caglioti, Paoletti & Ricci, *Nucl. Instrum.* 3, 223 (1958)),
+  U, V, W in deg². Default "small lab" values (0.01, −0.005, 0.005) give ≈ 0.066° FWHM at 30° 2θ and ≈ 0.12°
+  at 90°, a typical Bragg–Brentano diffractometer with a LaB6-like standard (cf. NIST SRM 660 certificates).
+- Scherrer: FWHM = K λ / (L cos θ) radians with K = 0.9 (Scherrer 1918; Langford & Wilson,
+  *J. Appl. Cryst.* 11, 102 (1978), K = 0.89–0.94 for spheres/cubes with FWHM), treated as Lorentzian.
+- Microstrain: FWHM = 4 ε tan θ radians (Stokes & Wilson, *Proc. Phys. Soc.* 56, 174 (1944)), ε the
+  apparent (upper-limit) strain, treated as Gaussian.
+- Gaussian/Lorentzian combination: Thompson, Cox & Hastings, *J. Appl. Cryst.* 20, 79 (1987) (TCH) total
+  FWHM and mixing parameter η.
+- Lorentz factor for a powder (Debye–Scherrer or Bragg–Brentano, ring-fraction included): 1/(sin²θ cosθ)
+  (International Tables for Crystallography Vol. C, §6.2.5; Pecharsky & Zavalij, *Fundamentals of Powder
+  Diffraction*, eq. 8.44). Polarisation factors (ITC Vol. C, §6.2.2), normalised to 1 at 2θ = 0:
+  unpolarised tube (1 + cos²2θ)/2; tube with a monochromator at 2θ_M
+  (1 + cos²2θ_M cos²2θ)/(1 + cos²2θ_M); synchrotron p + (1 − p) cos²2θ with p the fraction polarised
+  perpendicular to the scattering plane. The unpolarised lab form differs from pymatgen's (1+cos²2θ)/(sin²θ cosθ)
+  only by the constant 1/2.
+
+`render_peaks` is the hot path of live phase quantification: each peak is evaluated only within
+±window·FWHM, peaks of similar window length together as one padded 2-D array, accumulated with
+``np.bincount``. The Lorentzian part is
+truncated at ±window·FWHM and the missing tail area (1 − (2/π)·atan(2·window)) is added back as a flat pedestal
+over the window, so every rendered peak keeps its integrated area while the shape error stays below
+1/(1 + 4·window²) of the Lorentzian peak height (0.7 % at the default window of 6).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .radiation import Radiation
+
+LN2 = math.log(2.0)
+_G_NORM = 2.0 * math.sqrt(LN2 / math.pi)
+SCHERRER_K: float = 0.9
+"""Scherrer constant for FWHM-based sizes (Langford & Wilson 1978)."""
+DEFAULT_CAGLIOTI: tuple[float, float, float] = (0.01, -0.005, 0.005)
+"""Default (U, V, W) in deg² for a lab Bragg–Brentano instrument (see module docstring)."""
+DEFAULT_WINDOW: float = 6.0
+"""Half-width, in FWHM, over which each peak is evaluated by `render_peaks` (Lorentzian tail there: 0.7 % of
+its peak height; the truncated tail's area is restored as a flat pedestal so areas stay exact)."""
+_RENDER_GROUPS: int = 6
+"""Peaks are rendered in up to this many groups of similar window length (padding waste vs. call overhead)."""
+
+
+def pseudo_voigt(x: ArrayLike, centre: float, fwhm: float, eta: float) -> NDArray[np.float64]:
+    """Unit-area pseudo-Voigt η·L + (1−η)·G evaluated at `x` (same units as centre and fwhm)."""
+    x = np.asarray(x, dtype=float)
+    u = ((x - centre) / fwhm) ** 2
+    g = _G_NORM / fwhm * np.exp(-4.0 * LN2 * u)
+    lor = 2.0 / (math.pi * fwhm) / (1.0 + 4.0 * u)
+    return eta * lor + (1.0 - eta) * g
+
+
+def caglioti_fwhm(two_theta: ArrayLike, u: float, v: float, w: float) -> NDArray[np.float64]:
+    """Instrumental FWHM (deg) from Caglioti U, V, W (deg²); negative radicands are clipped to 0."""
+    t = np.tan(np.radians(np.asarray(two_theta, dtype=float)) / 2.0)
+    return np.sqrt(np.maximum(u * t * t + v * t + w, 0.0))
+
+
+def scherrer_fwhm(size_nm: float | None, wavelength: float, two_theta: ArrayLike,
+                  k: float = SCHERRER_K) -> NDArray[np.float64]:
+    """Crystallite-size FWHM (deg) for size `size_nm` (nm) at `wavelength` (Å); zero for None/inf sizes."""
+    tt = np.asarray(two_theta, dtype=float)
+    if size_nm is None or not np.isfinite(size_nm):
+        return np.zeros_like(tt)
+    if size_nm <= 0:
+        raise ValueError(f"size_nm must be positive, got {size_nm}")
+    return np.degrees(k * wavelength / (10.0 * size_nm * np.cos(np.radians(tt) / 2.0)))
+
+
+def microstrain_fwhm(microstrain: float, two_theta: ArrayLike) -> NDArray[np.float64]:
+    """Microstrain FWHM (deg) = 4 ε tanθ for apparent strain ε (dimensionless, e.g. 1e-3)."""
+    tt = np.asarray(two_theta, dtype=float)
+    return np.degrees(4.0 * abs(microstrain) * np.tan(np.radians(tt) / 2.0))
+
+
+def tch_combine(fwhm_g: ArrayLike, fwhm_l: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Thompson–Cox–Hastings total FWHM and η from Gaussian and Lorentzian FWHMs."""
+    g = np.asarray(fwhm_g, dtype=float)
+    lo = np.asarray(fwhm_l, dtype=float)
+    g2 = g * g
+    l2 = lo * lo
+    total = (g2 * g2 * g + 2.69269 * g2 * g2 * lo + 2.42843 * g2 * g * l2 + 4.47163 * g2 * l2 * lo
+             + 0.07842 * g * l2 * l2 + l2 * l2 * lo) ** 0.2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(total > 0, lo / total, 0.0)
+    eta = 1.36603 * q - 0.47719 * q * q + 0.11116 * q * q * q
+    return total, np.clip(eta, 0.0, 1.0)
+
+
+def polarisation_factor(two_theta: ArrayLike, radiation: "Radiation") -> NDArray[np.float64]:
+    """Polarisation factor (1 at 2θ = 0) for the radiation's beam (lab, lab+monochromator, synchrotron)."""
+    c2 = np.cos(np.radians(np.asarray(two_theta, dtype=float))) ** 2
+    if radiation.polarisation == "synchrotron":
+        p = radiation.synchrotron_polarisation
+        return p + (1.0 - p) * c2
+    if radiation.monochromator_two_theta is None:
+        return 0.5 * (1.0 + c2)
+    km = math.cos(math.radians(radiation.monochromator_two_theta)) ** 2
+    return (1.0 + km * c2) / (1.0 + km)
+
+
+def lorentz_polarisation(two_theta: ArrayLike, radiation: "Radiation | float") -> NDArray[np.float64]:
+    """Powder Lorentz–polarisation factor P(2θ)/(sin²θ cosθ) for `radiation` (float = unpolarised lab)."""
+    from .radiation import Radiation
+
+    rad = Radiation.coerce(radiation)
+    th = np.radians(np.asarray(two_theta, dtype=float)) / 2.0
+    s = np.sin(th)
+    return polarisation_factor(2.0 * np.degrees(th), rad) / (s * s * np.cos(th))
+
+
+def render_peaks(two_theta: ArrayLike, centres: ArrayLike, areas: ArrayLike, fwhm: ArrayLike,
+                 eta: ArrayLike, window: float = DEFAULT_WINDOW) -> NDArray[np.float64]:
+    """Sum of pseudo-Voigt peaks (given areas, FWHMs, η) on a sorted 2θ grid, each only within ±window·FWHM."""
+    x = np.asarray(two_theta, dtype=float)
+    c = np.asarray(centres, dtype=float).ravel()
+    n = x.size
+    out = np.zeros(n)
+    if c.size == 0 or n == 0:
+        return out
+    a = np.broadcast_to(np.asarray(areas, dtype=float), c.shape)
+    w = np.broadcast_to(np.asarray(fwhm, dtype=float), c.shape)
+    e = np.broadcast_to(np.asarray(eta, dtype=float), c.shape)
+    half = window * w
+    lo = np.searchsorted(x, c - half, side="left")
+    lengths = np.searchsorted(x, c + half, side="right") - lo
+    inv_w = 1.0 / w
+    cg = a * (1.0 - e) * (_G_NORM * inv_w)
+    cl = a * e * (2.0 / math.pi) * inv_w
+    # the Lorentzian tail beyond ±window·FWHM (fraction 1 − (2/π)·atan(2·window) of its area) is put back as a
+    # flat pedestal over the window: areas stay exact and the shape error is at most L(edge) = 1/(1 + 4·window²)
+    tail = 1.0 - (2.0 / math.pi) * math.atan(2.0 * window)
+    ped = a * e * tail / (2.0 * half)
+    has_g = bool(np.any(cg != 0.0))
+    live = np.flatnonzero((lengths > 0) & (a != 0.0))
+    if live.size == 0:
+        return out
+    # peaks padded to a common window length per group (sorted by length): broadcasting, no ragged gathers
+    order = live[np.argsort(lengths[live], kind="stable")]
+    n_groups = min(_RENDER_GROUPS, max(1, order.size // 8))
+    for g in np.array_split(order, n_groups):
+        k = int(lengths[g[-1]])
+        ar = np.arange(k)
+        idx = lo[g, None] + ar
+        np.minimum(idx, n - 1, out=idx)
+        u = (x[idx] - c[g, None]) * inv_w[g, None]
+        u *= u
+        y = cl[g, None] / (1.0 + 4.0 * u) + ped[g, None]
+        if has_g:
+            y += cg[g, None] * np.exp(-4.0 * LN2 * u)
+        y *= ar < lengths[g, None]
+        out += np.bincount(idx.ravel(), weights=y.ravel(), minlength=n)
+    return out

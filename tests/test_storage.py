@@ -1,0 +1,231 @@
+"""Tests of acquisition.storage: embedded Tiled catalog, the non-blocking CatalogWriter, reading back.
+
+Devices are ophyd.sim (``det``, ``motor``, a 4000-float array signal): the thing under test is storage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+from event_model import DocumentNames, schema_validators
+from ophyd.sim import SynSignal, det, motor
+from tiled.client import from_context
+
+from acquisition.storage import CatalogWriter, close_catalog, open_catalog, read_stream
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+ARRAY_LEN = 4000
+
+
+@pytest.fixture
+def spectrum():
+    """A 4000-float array signal with reproducible values."""
+    rng = np.random.default_rng(1)
+    return SynSignal(func=lambda: rng.random(ARRAY_LEN), name="spectrum")
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """An embedded catalog in a fresh data dir."""
+    c = open_catalog(tmp_path / "data")
+    yield c
+    close_catalog(c)
+
+
+@pytest.fixture
+def stored(catalog):
+    """A RunEngine with a CatalogWriter subscribed; yields (RE, writer)."""
+    RE = RunEngine()
+    writer = CatalogWriter(catalog)
+    RE.subscribe(writer)
+    yield RE, writer
+    writer.close(timeout=30)
+
+
+def plain_client(catalog):
+    """A second, independent plain Tiled client on the same server (not the writer's client object)."""
+    return from_context(catalog.context)
+
+
+def test_scan_is_stored_and_read_back(catalog, stored, spectrum):
+    RE, writer = stored
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    (uid,) = RE(bp.scan([det, spectrum], motor, -1, 1, 7), sample={"name": "CsPbI3-test", "cspbi3_wt_frac": 0.4})
+    assert writer.flush(timeout=20)
+    assert writer.backlog == 0 and not writer.errors and not writer.failed
+
+    run = plain_client(catalog)[uid]
+    assert run.metadata["start"]["sample"] == {"name": "CsPbI3-test", "cspbi3_wt_frac": 0.4}
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run.metadata["stop"]["num_events"] == {"primary": 7}
+    assert "primary" in run
+    ds = read_stream(run, "primary")
+    assert ds["spectrum"].shape == (7, ARRAY_LEN)
+    assert ds["det"].shape == (7,)
+    events = [d for n, d in recorded if n == "event"]
+    np.testing.assert_allclose(ds["motor"].values, np.linspace(-1, 1, 7))
+    np.testing.assert_allclose(ds["det"].values, [e["data"]["det"] for e in events])
+    np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
+    # the three-line plain read from the module docstring
+    assert plain_client(catalog)[uid]["primary"].read()["spectrum"].shape == (7, ARRAY_LEN)
+
+
+def test_events_visible_within_one_second_while_plan_runs(catalog, stored, spectrum):
+    RE, writer = stored
+    points, period = 12, 0.25
+    acquired: dict[int, float] = {}
+    uid_box: list[str] = []
+
+    def note(name, doc):
+        if name == "start":
+            uid_box.append(doc["uid"])
+        elif name == "event":
+            acquired[doc["seq_num"]] = doc["time"]
+
+    RE.subscribe(note)
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    reader = plain_client(catalog)
+
+    def poll():
+        while not stop.is_set():
+            if uid_box:
+                try:
+                    table = reader[uid_box[0]]["primary"].base["internal"].read(["seq_num"])
+                except KeyError:
+                    table = None
+                now = time.time()
+                if table is not None:
+                    for s in table["seq_num"]:
+                        seen.setdefault(int(s), now)
+            time.sleep(0.03)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+
+    def plan():
+        yield from bps.open_run()
+        for _ in range(points):
+            yield from bps.trigger_and_read([det, spectrum])
+            yield from bps.sleep(period)
+        yield from bps.sleep(1.2)  # keep the run open: visibility must not wait for the stop document
+        yield from bps.close_run()
+
+    try:
+        RE(plan())
+    finally:
+        stop.set()
+        poller.join(5)
+    assert set(acquired) == set(range(1, points + 1))
+    late = {s: seen.get(s, float("inf")) - acquired[s] for s in acquired}
+    assert all(lat < 1.0 for lat in late.values()), late
+    assert all(seen[s] < acquired[points] + 1.2 for s in acquired)  # seen before the stop document
+
+
+def test_documents_replay_and_validate(catalog, stored, spectrum):
+    RE, writer = stored
+    (uid,) = RE(bp.count([det, spectrum], 4))
+    assert writer.flush(timeout=20)
+    docs = list(plain_client(catalog)[uid].documents())
+    names = [name for name, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert names.count("descriptor") == 1
+    n_events = sum(len(d["seq_num"]) if n == "event_page" else 1 for n, d in docs if n.startswith("event"))
+    assert n_events == 4
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(doc)
+    event = next(d for n, d in docs if n == "event")
+    assert len(event["data"]["spectrum"]) == ARRAY_LEN
+
+
+def test_failed_run_keeps_stop_and_events(catalog, stored):
+    RE, writer = stored
+
+    class Boom(RuntimeError):
+        pass
+
+    def plan():
+        yield from bps.open_run(md={"purpose": "fail"})
+        for i in range(3):
+            yield from bps.mv(motor, i)
+            yield from bps.trigger_and_read([det, motor])
+        raise Boom("furnace on fire")
+
+    with pytest.raises(Boom):
+        RE(plan())
+    assert writer.flush(timeout=20)
+    runs = plain_client(catalog)
+    (uid,) = [k for k in runs if runs[k].metadata["start"].get("purpose") == "fail"]
+    run = runs[uid]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    assert "furnace on fire" in run.metadata["stop"]["reason"]
+    np.testing.assert_allclose(run["primary"].read()["motor"].values, [0, 1, 2])
+
+
+def test_close_drains_everything(catalog, spectrum):
+    RE = RunEngine()
+    writer = CatalogWriter(catalog, flush_interval=5.0)  # nothing would be written for 5 s on its own
+    RE.subscribe(writer)
+    (uid,) = RE(bp.count([det, spectrum], 5))
+    assert writer.backlog > 0
+    assert writer.close(timeout=20)
+    assert writer.backlog == 0 and not writer.alive
+    run = plain_client(catalog)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert read_stream(run)["det"].shape == (5,)
+    with pytest.raises(RuntimeError):
+        writer("start", {})
+
+
+def test_write_errors_are_recorded_and_retried(catalog):
+    """A failing write is logged, exposed in ``errors`` and retried; the document is not lost."""
+    RE = RunEngine()
+    writer = CatalogWriter(catalog, flush_interval=0.05, backoff=(0.05, 0.1))
+    calls = {"n": 0}
+    real = writer.tiled_writer.client.create_container
+
+    def flaky_create_container(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("simulated outage")
+        return real(*args, **kwargs)
+
+    writer.tiled_writer.client.create_container = flaky_create_container
+    RE.subscribe(writer)
+    (uid,) = RE(bp.count([det], 3))
+    assert writer.close(timeout=20)
+    assert len(writer.errors) == 2 and all(e.transient and not e.gave_up for e in writer.errors)
+    assert "simulated outage" in str(writer.errors[0])
+    assert not writer.failed
+    run = plain_client(catalog)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert read_stream(run)["det"].shape == (3,)
+
+
+def test_reopen_sees_old_runs_and_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOTSTAGE_DATA", str(tmp_path / "from-env"))
+    monkeypatch.delenv("HOTSTAGE_TILED_URI", raising=False)
+    c = open_catalog()
+    assert (tmp_path / "from-env" / "catalog.db").exists()
+    RE = RunEngine()
+    writer = CatalogWriter(c)
+    RE.subscribe(writer)
+    (uid,) = RE(bp.count([det], 2), sample={"name": "persist"})
+    assert writer.close(timeout=20)
+    close_catalog(c)
+
+    c2 = open_catalog(tmp_path / "from-env")
+    try:
+        assert uid in c2
+        assert c2[uid].metadata["start"]["sample"]["name"] == "persist"
+        assert c2[uid]["primary"].read()["det"].shape == (2,)
+    finally:
+        close_catalog(c2)

@@ -79,10 +79,16 @@ _RESOURCE_LOCKS: dict[str, threading.RLock] = {}
 
 
 def resource_manager(backend: str | None = None) -> pyvisa.ResourceManager:
-    """Return the (cached) pyvisa ResourceManager for a backend string ("@py", "x.yaml@sim", None)."""
+    """Return the (cached) pyvisa ResourceManager for a backend string ("@py", "x.yaml@sim", None).
+
+    pyvisa hands every caller in the process the same manager per backend, so other code (a user's
+    script, a test) may close it under us: a closed one is replaced rather than used.
+    """
     key = backend or ""
     with _RM_LOCK:
         rm = _RESOURCE_MANAGERS.get(key)
+        if rm is not None and not _is_open(rm):
+            rm = None
         if rm is None:
             try:
                 rm = pyvisa.ResourceManager(backend) if backend else pyvisa.ResourceManager()
@@ -92,6 +98,15 @@ def resource_manager(backend: str | None = None) -> pyvisa.ResourceManager:
                 ) from exc
             _RESOURCE_MANAGERS[key] = rm
         return rm
+
+
+def _is_open(rm: pyvisa.ResourceManager) -> bool:
+    """True while the manager's VISA session is usable (pyvisa raises InvalidSession once it is closed)."""
+    try:
+        rm.session  # noqa: B018 - the property access is the check
+    except pyvisa.errors.InvalidSession:
+        return False
+    return True
 
 
 def resource_lock(resource: str) -> threading.RLock:

@@ -18,6 +18,7 @@ from pathlib import Path
 import event_model
 import numpy as np
 import pytest
+import pyvisa
 from bluesky import RunEngine
 from bluesky.plans import count
 
@@ -519,3 +520,13 @@ def test_furnace_wire_sequence_over_socket_crlf() -> None:
         if dev is not None:
             dev.destroy()
         server.close()
+
+
+def test_device_opens_after_someone_closed_the_shared_resource_manager(sim: str) -> None:
+    """pyvisa shares one manager per backend in a process; a user closing it must not break our next device."""
+    pyvisa.ResourceManager(sim).close()
+    furnace = LakeShore336Furnace(FURNACE, name="furnace", resource_manager=sim)
+    try:
+        assert furnace.temperature.get() == pytest.approx(22.0, abs=50.0)
+    finally:
+        furnace.destroy()

@@ -157,14 +157,16 @@ def _ramp_rate_cmd(dev: "LakeShore336Furnace", rate: float) -> str:
 def _ramp_on_cmd(dev: "LakeShore336Furnace", on: Any) -> str:
     """RAMP command keeping the present rate, switching ramping on/off."""
     _, rate = dev._query_ramp()
-    return f"RAMP {dev.output},{int(bool(on))},{max(rate, RAMP_RATE_MIN):.1f}"
+    return f"RAMP {dev.output},{int(bool(on))},{rate:.1f}"
 
 
 def _check_rate(rate: float) -> float:
-    """Validate a ramp rate against the 336's range."""
+    """Validate a ramp rate against the 336's range: 0.1–100 K/min, or 0 meaning "step, no ramp" (manual)."""
     rate = float(rate)
-    if not (RAMP_RATE_MIN <= rate <= RAMP_RATE_MAX):
-        raise ValueError(f"ramp rate {rate} °C/min outside the Model 336 range {RAMP_RATE_MIN}–{RAMP_RATE_MAX}")
+    if not (rate == 0.0 or RAMP_RATE_MIN <= rate <= RAMP_RATE_MAX):
+        raise ValueError(
+            f"ramp rate {rate} °C/min outside the Model 336 range {RAMP_RATE_MIN}–{RAMP_RATE_MAX} (or 0 = no ramp)"
+        )
     return rate
 
 
@@ -374,10 +376,10 @@ class LakeShore336Furnace(Device):
             if rng == 0:
                 # The 336 ramps from its present setpoint; start the ramp from the actual readback.
                 if on:
-                    visa.write(f"RAMP {self.output},0,{max(rate, RAMP_RATE_MIN):.1f}")
+                    visa.write(f"RAMP {self.output},0,{rate:.1f}")
                 visa.write(f"SETP {self.output},{celsius_to_kelvin(start):.3f}")
                 if on:
-                    visa.write(f"RAMP {self.output},1,{max(rate, RAMP_RATE_MIN):.1f}")
+                    visa.write(f"RAMP {self.output},1,{rate:.1f}")
             visa.write(f"SETP {self.output},{celsius_to_kelvin(target):.3f}")
             self.setpoint._cache(target)
             if rng == 0:

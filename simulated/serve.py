@@ -1,0 +1,79 @@
+"""``hotstage sim serve``: run the four instrument emulators in the foreground until Ctrl-C / SIGTERM.
+
+Prints one JSON line with the VISA resource strings and the time scale, e.g.::
+
+    {"furnace": "TCPIP0::127.0.0.1::40123::SOCKET", "xrd": "...", "thz": "...", "pl": "...", "time_scale": 1.0}
+
+so that a script (or ``hotstage run --rig ...``) can connect real device code to them. Exit code 0 on
+SIGINT/SIGTERM; 2 on bad arguments, an unreadable or invalid sample
+file (SampleConfigError is a ValueError) or a port already in use. ``acquisition/cli.py`` calls :func:`main` with the
+arguments after ``sim serve``; ``python -m simulated.serve`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``hotstage sim serve``."""
+    p = argparse.ArgumentParser(
+        prog="hotstage sim serve",
+        description="Serve the simulated Lake Shore 336 furnace, XRD detector, FTIR/THz and PL spectrometers "
+        "on 127.0.0.1 until interrupted.",
+    )
+    p.add_argument("--sample", metavar="FILE", help="sample TOML (default: the built-in (CsPbI3)0.4(agZIF-62)0.6)")
+    p.add_argument(
+        "--time-scale", metavar="K", type=float, default=1.0,
+        help="simulated seconds per wall second (default 1: real time)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the sample file's seed)")
+    for name in ("furnace", "xrd", "thz", "pl"):
+        p.add_argument(f"--{name}-port", type=int, default=0, metavar="N", help=f"TCP port of the {name} (0: any free)")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    """Start the emulators on this loop, print the resources, wait for a signal, stop."""
+    from .rig import EmulatorHost
+    from .world import SimWorld
+
+    world = SimWorld(args.sample, args.time_scale, args.seed)
+    ports = {n: getattr(args, f"{n}_port") for n in ("furnace", "xrd", "thz", "pl")}
+    host = EmulatorHost(world, ports=ports)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start_async()
+    try:
+        print(json.dumps({**host.resources, "time_scale": world.time_scale}), flush=True)
+        await stop.wait()
+    finally:
+        await host.stop_async()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv`` (default sys.argv[1:]), serve until SIGINT/SIGTERM, return 0."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not args.time_scale > 0:
+        build_parser().error("--time-scale must be > 0")
+    try:
+        return asyncio.run(_serve(args))
+    except (OSError, ValueError) as exc:  # unreadable/invalid sample file, port in use
+        print(f"hotstage sim serve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

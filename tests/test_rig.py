@@ -198,3 +198,13 @@ def test_sim_serve_subprocess():
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_socket_resources_send_without_nagle_delay(rig):
+    """Each command leaves at once (TCP_NODELAY), else every exchange after a write waits ~40 ms for a delayed ACK."""
+    import socket
+
+    for device in (rig.furnace, rig.xrd):
+        res = device.visa._res
+        sock = res.visalib.sessions[res.session].interface
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -133,6 +133,16 @@ class SimWorld:
         with self.lock:
             self._advance_locked(self.clock.now() if t_s is None else t_s)
 
+    def load_sample(self, spec: SampleSpec | str | Path) -> None:
+        """Put a fresh sample in the furnace (a new pellet: history restarts), at the furnace's sample temperature."""
+        with self.lock:
+            self._advance_locked(self.clock.now())
+            self.spec = coerce_spec(spec)
+            self.sample = CompositeSample(self.spec, temperature_C=self.plant.sample_C)
+            self._hist_t.clear()
+            self._hist_state.clear()
+            self._record()
+
     @contextmanager
     def furnace(self) -> Iterator[FurnacePlant]:
         """Hold the lock with the world advanced to now and lend the furnace plant (Lake Shore server)."""

@@ -1,0 +1,446 @@
+"""In-situ temperature-ramp plan: run a temperature program continuously and acquire each modality on its cadence.
+
+How the ramp loop works (all through bluesky plan stubs and the devices' ophyd signals):
+
+1. Everything is validated when `insitu_ramp(...)` is *called* (program against `RigLimits`, detector and
+   cadence keys, required furnace signals), so a bad request raises `ProgramError` before any message exists.
+2. Before the run opens the furnace is configured (ramp rate of the first segment, ramping on) and `set` to the
+   program's start temperature with `wait=True` (the device's status finishes once the readback has settled).
+   This `set` also registers the furnace with the RunEngine as a moved object, so the RunEngine calls
+   `furnace.stop()` (heater off) on pause, halt and at the end of the plan (see `plans.safety`). A pause during
+   this settle cancels the device's status; after resume `settle()` simply issues the set again.
+   Every modality is acquired once at the settled start temperature before the first segment is commanded.
+3. Each Ramp/Cool segment is commanded once — `ramp_rate`, `ramp_on`, `setpoint` by `bps.mv` on the signals
+   (writes return at once; nothing waits for settling) — and the Lake Shore's setpoint ramp does the rest.
+   A Hold keeps the setpoint and counts experiment seconds.
+4. The loop then polls, every `poll_interval` wall seconds (`bps.sleep`), the furnace readback, the rig
+   clock's experiment time and the heater range. Whenever a modality is due by its `Cadence` (°C moved, or
+   experiment seconds passed, since its last grid anchor — see `Cadence.advance`), it is acquired with
+   `bps.trigger_and_read([detector, furnace, clock], name=<modality>)`: one event in that modality's own
+   stream, carrying the array, the furnace and sample temperatures and the experiment time. On a simulated
+   rig a `truth` event (the simulator's ground truth; for tests, never for analysis) follows each acquisition.
+   A ramp segment ends when the controller reports its setpoint ramp finished (`ramping` == 0) and the
+   nominal segment time has passed (or, failing that, max(60 s, 10 %) after the nominal end); the readback may
+   still lag (natural cooling is slower than 10 °C/min below ~55 °C on the simulated stage). A hold ends after
+   its experiment minutes.
+5. `bps.checkpoint()` runs at the top of every poll, outside any event bundle, so a pause (deferred or
+   immediate) can happen at any poll. The RunEngine switches the heater off while paused; when the loop next
+   reads the heater range as 0 it re-arms the furnace from its present readback (ramp restarted from where the
+   furnace is, same rate and target) and the interrupted segment continues. Paused time does not count
+   towards a hold.
+
+Polling interval: experiment seconds = min over cadences of (every_C / fastest rate in °C/s / 4, every_s / 4),
+clamped to [0.5, 5] experiment s, divided by the furnace's `time_scale` and clamped to [5 ms, 1 s] wall. So the
+temperature moves at most a quarter of the finest °C step between polls (the Model 336 updates each input
+10 times per second, so polling faster gains nothing), and a fast simulated rig is not polled faster than 200 Hz.
+Each poll costs three queries (KRDG?, the clock, RANGE?).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import bluesky.plan_stubs as bps
+from bluesky.preprocessors import stage_wrapper
+from bluesky.utils import FailedStatus, Msg
+
+from devices.lakeshore import FurnaceSetCancelled  # type only: recognise a set cancelled by a pause
+
+from .program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
+from .safety import safe_furnace_wrapper
+
+MsgGenerator = Generator[Msg, Any, Any]
+
+__all__ = [
+    "MODALITIES",
+    "ProgressInfo",
+    "Readable",
+    "as_truth_readable",
+    "insitu_ramp",
+    "poll_interval_s",
+]
+
+MODALITIES = ("xrd", "thz", "pl")
+"""Stream names of the three modalities (DESIGN.md, "Raw run")."""
+FURNACE_STREAM = "furnace"
+"""Optional stream of furnace-only events (temperature history), enabled by a `furnace` cadence."""
+TRUTH_STREAM = "truth"
+"""Simulator ground truth, one event beside each acquisition on a simulated rig."""
+FURNACE_SIGNALS = ("temperature", "setpoint", "ramp_rate", "ramp_on", "ramping", "heater_range")
+DEFAULT_HEATER_RANGE = 3
+"""Lake Shore 336 'high' heater range (manual ch. 6, RANGE) when the device does not say otherwise."""
+MIN_POLL_EXP_S, MAX_POLL_EXP_S = 0.5, 5.0
+MIN_POLL_WALL_S, MAX_POLL_WALL_S = 0.005, 1.0
+
+
+class Readable(Protocol):
+    """What a detector must offer: bluesky's Readable (+ trigger for the modality detectors)."""
+
+    name: str
+
+    def read(self) -> dict[str, Any]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    """One progress report from a running program (passed to the `progress` callable at every poll)."""
+
+    elapsed_s: float
+    duration_s: float
+    temperature_C: float
+    segment_index: int
+    segment_kind: str
+    acquisitions: dict[str, int]
+
+    @property
+    def fraction(self) -> float:
+        """Elapsed fraction of the nominal duration (0–1)."""
+        return min(1.0, self.elapsed_s / self.duration_s) if self.duration_s > 0 else 1.0
+
+
+ProgressHook = Callable[[ProgressInfo], None]
+
+
+def poll_interval_s(program: TemperatureProgram, cadence: Mapping[str, Cadence], time_scale: float) -> float:
+    """Wall seconds between polls of the furnace (see the module docstring for the rule)."""
+    rates = [s.rate_C_per_min / 60.0 for s in program.segments if isinstance(s, (Ramp, Cool))]
+    fastest = max(rates) if rates else 0.0
+    exp_s = MAX_POLL_EXP_S
+    for c in cadence.values():
+        if c.every_C is not None and fastest > 0:
+            exp_s = min(exp_s, c.every_C / fastest / 4.0)
+        if c.every_s is not None:
+            exp_s = min(exp_s, c.every_s / 4.0)
+    exp_s = min(max(exp_s, MIN_POLL_EXP_S), MAX_POLL_EXP_S)
+    return min(max(exp_s / max(time_scale, 1e-9), MIN_POLL_WALL_S), MAX_POLL_WALL_S)
+
+
+def _time_scale(furnace: Any) -> float:
+    """Experiment seconds per wall second of the rig (1 on a real rig)."""
+    ts = getattr(furnace, "time_scale", 1.0)
+    return float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
+
+
+def check_furnace(furnace: Any) -> None:
+    """ProgramError unless the furnace offers the signals the plans drive."""
+    missing = [s for s in FURNACE_SIGNALS if not hasattr(furnace, s)]
+    if missing or not hasattr(furnace, "set"):
+        raise ProgramError(f"furnace {getattr(furnace, 'name', furnace)!r} lacks {', '.join(missing) or 'set()'}")
+
+
+def check_detectors(detectors: Mapping[str, Any]) -> None:
+    """ProgramError unless detectors is a modality → triggerable Readable map."""
+    if not detectors:
+        raise ProgramError("no detectors given")
+    for key, det in detectors.items():
+        if key not in MODALITIES:
+            raise ProgramError(f"detector key {key!r} is not a modality ({', '.join(MODALITIES)})")
+        for attr in ("read", "describe", "trigger"):
+            if not callable(getattr(det, attr, None)):
+                raise ProgramError(f"detector {key!r} ({det!r}) has no {attr}()")
+
+
+def check_cadence(detectors: Mapping[str, Any], cadence: Mapping[str, Cadence]) -> None:
+    """ProgramError unless every detector has a cadence and every cadence a detector (or is `furnace`)."""
+    for key, c in cadence.items():
+        if not isinstance(c, Cadence):
+            raise ProgramError(f"cadence {key!r} must be a Cadence, got {c!r}")
+        if key != FURNACE_STREAM and key not in detectors:
+            raise ProgramError(f"cadence for {key!r} but no such detector (have {', '.join(detectors)})")
+    missing = [k for k in detectors if k not in cadence]
+    if missing:
+        raise ProgramError(f"no cadence for detector(s) {', '.join(missing)}")
+
+
+def as_truth_readable(truth: Any) -> Any:
+    """None or a bluesky Readable of the ground truth (e.g. `SimulatedRig.truth_reader`); else ProgramError."""
+    if truth is None:
+        return None
+    if callable(getattr(truth, "read", None)) and callable(getattr(truth, "describe", None)):
+        return truth
+    raise ProgramError(f"truth must be a bluesky Readable (e.g. SimulatedRig.truth_reader), got {truth!r}")
+
+
+def check_truth(truth: Any) -> None:
+    """ProgramError unless truth is None or a Readable (see as_truth_readable)."""
+    as_truth_readable(truth)
+
+
+def _cancelled(err: BaseException) -> bool:
+    """True when a failed furnace status was cancelled by stop() (a pause) rather than a real failure."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, FurnaceSetCancelled):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def settle(furnace: Any, target_C: float, *, timeout_s: float | None = None, retries: int = 3) -> MsgGenerator:
+    """`set` the furnace and wait until its readback has settled (device semantics).
+
+    A pause stops the furnace, which cancels the pending status; after `RE.resume()` the RunEngine hands that
+    failure to the plan, and the set is simply issued again (up to `retries` times). Any other failure
+    (e.g. FurnaceSettleTimeout) propagates. `timeout_s` (experiment s) overrides the device's own allowance.
+    """
+    kwargs = {} if timeout_s is None else {"timeout": float(timeout_s)}
+    for attempt in range(retries + 1):
+        try:
+            yield from bps.abs_set(furnace, float(target_C), wait=True, **kwargs)
+            return
+        except FailedStatus as err:
+            if attempt >= retries or not _cancelled(err):
+                raise
+            yield from bps.checkpoint()
+
+
+@dataclass
+class Acquirer:
+    """Acquisition state shared by the plans: which devices go into each event, counts per stream."""
+
+    furnace: Any
+    detectors: Mapping[str, Any]
+    clock: Any = None
+    truth: Any = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def acquire(self, modality: str) -> MsgGenerator:
+        """One event in `modality`'s stream (detector + furnace + clock), then a truth event when simulated."""
+        devices = [self.furnace] if modality == FURNACE_STREAM else [self.detectors[modality], self.furnace]
+        if self.clock is not None:
+            devices.append(self.clock)
+        yield from bps.trigger_and_read(devices, name=modality)
+        self.counts[modality] = self.counts.get(modality, 0) + 1
+        if self.truth is not None and modality != FURNACE_STREAM:
+            extra = [self.truth, self.furnace] + ([self.clock] if self.clock is not None else [])
+            yield from bps.trigger_and_read(extra, name=TRUTH_STREAM)
+            self.counts[TRUTH_STREAM] = self.counts.get(TRUTH_STREAM, 0) + 1
+
+    def acquire_all(self, repeats: int = 1) -> MsgGenerator:
+        """Each modality `repeats` times (xrd, thz, pl order), with a checkpoint between acquisitions."""
+        for _ in range(repeats):
+            for modality in MODALITIES:
+                if modality in self.detectors:
+                    yield from bps.checkpoint()
+                    yield from self.acquire(modality)
+
+
+@dataclass
+class ProgramRunner:
+    """Runs a validated TemperatureProgram on a furnace inside an open run, acquiring on cadence."""
+
+    acq: Acquirer
+    program: TemperatureProgram
+    cadence: Mapping[str, Cadence]
+    poll_s: float
+    time_scale: float
+    heater_range: int = DEFAULT_HEATER_RANGE
+    progress: ProgressHook | None = None
+    start_timeout_s: float | None = None
+    last: dict[str, tuple[float, float]] = field(default_factory=dict)
+    t0: float | None = None
+    resumes: int = 0
+
+    @property
+    def furnace(self) -> Any:
+        """The furnace being driven."""
+        return self.acq.furnace
+
+    # -- reading ---------------------------------------------------------------------------------
+    def now(self) -> MsgGenerator:
+        """Experiment seconds: the rig clock's `elapsed` (or wall time × time_scale without a clock)."""
+        if self.acq.clock is not None:
+            value = yield from bps.rd(self.acq.clock.elapsed)
+            return float(value)
+        return time.monotonic() * self.time_scale
+
+    def poll(self) -> MsgGenerator:
+        """Read (temperature °C, experiment s, heater off?) once."""
+        temperature = yield from bps.rd(self.furnace.temperature)
+        t = yield from self.now()
+        heater = yield from bps.rd(self.furnace.heater_range)
+        return float(temperature), t, int(heater) == 0
+
+    # -- commanding ------------------------------------------------------------------------------
+    def prepare(self) -> MsgGenerator:
+        """Before the run: ramp rate of the first segment, ramping on, settle at the start temperature."""
+        yield from bps.checkpoint()
+        first_rate = next((s.rate_C_per_min for s in self.program.segments if not isinstance(s, Hold)), None)
+        if first_rate is not None:
+            yield from bps.mv(self.furnace.ramp_rate, first_rate)
+        yield from bps.mv(self.furnace.ramp_on, 1)
+        yield from settle(self.furnace, self.program.start_C, timeout_s=self.start_timeout_s)
+
+    def arm(self, target_C: float, rate_C_per_min: float | None, from_C: float | None = None) -> MsgGenerator:
+        """Command a setpoint ramp to `target_C` (from `from_C` when re-arming after the heater was off).
+
+        Only settings that differ from the controller's are written (reads are cheap, each command is not).
+        """
+        if from_C is not None:
+            # The 336 ramps from its present setpoint: restart the ramp from where the furnace actually is.
+            yield from bps.mv(self.furnace.ramp_on, 0)
+            yield from bps.mv(self.furnace.setpoint, from_C)
+        if rate_C_per_min is not None:
+            rate = yield from bps.rd(self.furnace.ramp_rate)
+            if abs(float(rate) - rate_C_per_min) > 1e-6:
+                yield from bps.mv(self.furnace.ramp_rate, rate_C_per_min)
+            on = yield from bps.rd(self.furnace.ramp_on)
+            if not int(on):
+                yield from bps.mv(self.furnace.ramp_on, 1)
+        yield from bps.mv(self.furnace.setpoint, target_C)
+        heater = yield from bps.rd(self.furnace.heater_range)
+        if int(heater) != self.heater_range:
+            yield from bps.mv(self.furnace.heater_range, self.heater_range)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> MsgGenerator:
+        """All segments of the program, polling and acquiring; returns the acquisition counts."""
+        temps = self.program.segment_start_temperatures()
+        rate: float | None = None
+        # acquisitions at the settled start temperature, before anything moves
+        yield from self._tick(0, self.program.segments[0].kind)
+        for index, seg in enumerate(self.program.segments):
+            yield from bps.checkpoint()
+            if isinstance(seg, Hold):
+                yield from self._hold(index, seg, temps[index], rate)
+            else:
+                rate = seg.rate_C_per_min
+                yield from self._ramp(index, seg)
+        return dict(self.acq.counts)
+
+    def _tick(self, index: int, kind: str) -> MsgGenerator:
+        """One poll: checkpoint, read, acquire what is due, report progress; returns (T, t, heater_was_off)."""
+        yield from bps.checkpoint()
+        temperature, t, heater_off = yield from self.poll()
+        if self.t0 is None:
+            self.t0 = t
+        for modality, cad in self.cadence.items():
+            last_C, last_s = self.last.get(modality, (None, None))
+            if cad.due(temperature, t, last_C, last_s):
+                yield from self.acq.acquire(modality)
+                self.last[modality] = cad.advance(temperature, t, last_C, last_s)
+        if self.progress is not None:
+            self.progress(
+                ProgressInfo(t - self.t0, self.program.duration_s, temperature, index, kind, dict(self.acq.counts))
+            )
+        return temperature, t, heater_off
+
+    def _ramp(self, index: int, seg: Ramp | Cool) -> MsgGenerator:
+        """Command one ramp/cool and poll until the controller's setpoint ramp has reached the target."""
+        temperature, t, heater_off = yield from self.poll()
+        if heater_off:  # e.g. paused between segments: start the ramp from the readback
+            sp = temperature
+            yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
+        else:
+            sp = float((yield from bps.rd(self.furnace.setpoint)))
+            yield from self.arm(seg.to_C, seg.rate_C_per_min)
+        t_end = t + abs(seg.to_C - sp) / seg.rate_C_per_min * 60.0
+        grace = max(60.0, 0.1 * (t_end - t))
+        while True:
+            yield from bps.sleep(self.poll_s)
+            temperature, t, heater_off = yield from self._tick(index, seg.kind)
+            if heater_off:  # paused (RunEngine stopped the furnace) or switched off: resume from here
+                self.resumes += 1
+                yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
+                t_end = t + abs(seg.to_C - temperature) / seg.rate_C_per_min * 60.0
+                continue
+            if t >= t_end - 0.5 * self.poll_s * self.time_scale:
+                ramping = yield from bps.rd(self.furnace.ramping)
+                if not int(ramping) or t >= t_end + grace:
+                    return
+
+    def _hold(self, index: int, seg: Hold, hold_C: float, rate: float | None) -> MsgGenerator:
+        """Keep the setpoint at `hold_C` for `seg.minutes` of experiment time (paused time excluded)."""
+        temperature, t_prev, heater_off = yield from self.poll()
+        if heater_off:
+            yield from self.arm(hold_C, rate, from_C=temperature)
+        held = 0.0
+        while held < seg.minutes * 60.0:
+            yield from bps.sleep(self.poll_s)
+            temperature, t, heater_off = yield from self._tick(index, seg.kind)
+            if heater_off:
+                self.resumes += 1
+                yield from self.arm(hold_C, rate, from_C=temperature)
+            else:
+                held += max(0.0, t - t_prev)
+            t_prev = t
+
+
+def heater_range_of(furnace: Any) -> int:
+    """The heater range to use when heating (the device's `heater_range_on`, else 'high')."""
+    value = getattr(furnace, "heater_range_on", DEFAULT_HEATER_RANGE)
+    return int(value) if isinstance(value, int) and 1 <= value <= 3 else DEFAULT_HEATER_RANGE
+
+
+def stream_hints(furnace: Any, streams: list[str]) -> dict[str, Any]:
+    """Start-document hints: each stream's dimension is the furnace temperature."""
+    key = getattr(getattr(furnace, "temperature", None), "name", "furnace_temperature")
+    return {"dimensions": [[[key], s] for s in streams]}
+
+
+def insitu_ramp(
+    furnace: Any,
+    detectors: Mapping[str, Readable],
+    program: TemperatureProgram,
+    cadence: Mapping[str, Cadence],
+    clock: Readable | None = None,
+    truth: Readable | Callable[[], Mapping[str, float]] | None = None,
+    limits: RigLimits | None = None,
+    md: dict[str, Any] | None = None,
+    *,
+    progress: ProgressHook | None = None,
+    safe_setpoint_C: float | None = None,
+) -> MsgGenerator:
+    """One run: the program executed continuously, each modality acquired on its cadence in its own stream.
+
+    Validation happens here, at call time, so errors raise before any message is produced. The returned
+    plan is wrapped by `safe_furnace_wrapper` (heater off whatever the outcome) and returns the
+    per-stream event counts.
+    """
+    if not isinstance(program, TemperatureProgram):
+        raise ProgramError(f"program must be a TemperatureProgram, got {program!r}")
+    program.validate(limits)
+    check_furnace(furnace)
+    check_detectors(detectors)
+    cadence = dict(cadence)
+    check_cadence(detectors, cadence)
+    truth = as_truth_readable(truth)
+    if clock is not None and not hasattr(clock, "elapsed"):
+        raise ProgramError(f"clock {clock!r} has no `elapsed` signal")
+    time_scale = _time_scale(furnace)
+    poll_s = poll_interval_s(program, cadence, time_scale)
+    acq = Acquirer(furnace, dict(detectors), clock, truth)
+    runner = ProgramRunner(acq, program, cadence, poll_s, time_scale, heater_range_of(furnace), progress)
+    streams = [m for m in MODALITIES if m in detectors] + ([FURNACE_STREAM] if FURNACE_STREAM in cadence else [])
+    _md: dict[str, Any] = {
+        "plan_name": "insitu_ramp",
+        "plan_type": "generator",
+        "program": program.to_dict(),
+        "cadence": {k: c.to_dict() for k, c in cadence.items()},
+        "modalities": [m for m in MODALITIES if m in detectors],
+        "detectors": [getattr(d, "name", str(d)) for d in detectors.values()],
+        "poll_interval_s": poll_s,
+        "time_scale": time_scale,
+        "hints": stream_hints(furnace, streams),
+    }
+    if limits is not None:
+        _md["limits"] = asdict(limits)
+    _md.update(md or {})
+
+    def inner() -> MsgGenerator:
+        yield from runner.prepare()
+        yield from bps.open_run(md=_md)
+        counts = yield from runner.run()
+        yield from bps.close_run()
+        return counts
+
+    staged = list(detectors.values()) + ([clock] if clock is not None else [])
+    return safe_furnace_wrapper(stage_wrapper(inner(), staged), furnace, safe_setpoint_C)
+

@@ -1,0 +1,375 @@
+"""Plans on the real SimulatedRig: in-situ ramp cadence and documents, pause/resume, abort/halt/failure safety,
+validation before anything moves, step-and-hold and the sintering array."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import event_model
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
+
+from plans import (
+    Cadence,
+    Cool,
+    Hold,
+    ProgramError,
+    ProgressInfo,
+    Ramp,
+    RigLimits,
+    TemperatureProgram,
+    insitu_ramp,
+    sintering_array,
+    step_and_hold,
+)
+from simulated.parameters import SampleSpec
+from simulated.rig import SimulatedRig
+
+LIMITS = RigLimits(max_C=400.0, min_rate=0.1, max_rate=50.0, min_C=0.0)
+SHORT_EXPOSURES = {"xrd": 2.0, "thz": 2.0, "pl": 1.0}
+MODALITY_KEYS = {"xrd": "xrd_counts", "thz": "thz_absorbance", "pl": "pl_counts"}
+CADENCE = {"xrd": Cadence.every_degrees(5), "thz": Cadence.every_degrees(10), "pl": Cadence.every_seconds(30)}
+
+
+class Recorder:
+    """Collects every document of a RunEngine and answers questions about the runs."""
+
+    def __init__(self, RE: RunEngine) -> None:
+        self.docs: list[tuple[str, dict[str, Any]]] = []
+        RE.subscribe(lambda name, doc: self.docs.append((name, doc)))
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [d for n, d in self.docs if n == name]
+
+    def stream_names(self) -> dict[str, str]:
+        return {d["uid"]: d["name"] for d in self.of("descriptor")}
+
+    def events(self, stream: str | None = None, run: str | None = None) -> list[dict[str, Any]]:
+        names = self.stream_names()
+        descs = {d["uid"]: d["run_start"] for d in self.of("descriptor")}
+        return [
+            e
+            for e in self.of("event")
+            if (stream is None or names[e["descriptor"]] == stream) and (run is None or descs[e["descriptor"]] == run)
+        ]
+
+    def counts(self, run: str | None = None) -> Counter:
+        names = self.stream_names()
+        return Counter(names[e["descriptor"]] for e in self.events(run=run))
+
+    def validate(self) -> None:
+        """Every document validates against its event-model schema; run structure is consistent."""
+        for name, doc in self.docs:
+            event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+        starts = {d["uid"] for d in self.of("start")}
+        assert {d["run_start"] for d in self.of("stop")} == starts
+        for stop in self.of("stop"):
+            run_events = Counter(
+                self.stream_names()[e["descriptor"]] for e in self.events(run=stop["run_start"])
+            )
+            assert stop["num_events"] == dict(run_events)
+
+
+@pytest.fixture
+def RE() -> RunEngine:
+    return RunEngine({}, call_returns_result=False)
+
+
+def fire_once(condition: Callable[[ProgressInfo], bool], action: Callable[[], Any], in_thread: bool = True):
+    """Progress hook that runs `action` (from another thread) the first time `condition` holds."""
+    fired = threading.Event()
+
+    def hook(p: ProgressInfo) -> None:
+        if not fired.is_set() and condition(p):
+            fired.set()
+            if in_thread:
+                threading.Thread(target=action, daemon=True).start()
+            else:
+                action()
+
+    hook.fired = fired  # type: ignore[attr-defined]
+    return hook
+
+
+def detectors(rig: SimulatedRig, names: tuple[str, ...] = ("xrd", "thz", "pl")) -> dict[str, Any]:
+    return {n: getattr(rig, n) for n in names}
+
+
+def temperature_path(events: list[dict[str, Any]]) -> float:
+    """Up from the first reading to the maximum, then down to the last (°C travelled)."""
+    temps = [e["data"]["furnace_temperature"] for e in sorted(events, key=lambda e: e["data"]["clock_elapsed"])]
+    peak = max(temps)
+    return (peak - temps[0]) + (peak - temps[-1])
+
+
+# -- the in-situ ramp ------------------------------------------------------------------------------
+def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(80.0, 20.0), Hold(1.0), Cool(25.0, 20.0)))
+    rec = Recorder(RE)
+    progress: list[ProgressInfo] = []
+    with SimulatedRig(time_scale=60.0, exposures=SHORT_EXPOSURES) as rig:
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig), program, CADENCE, clock=rig.clock, truth=rig.truth_reader, limits=LIMITS,
+            md={"operator": "pytest", "sample": {"name": "x0.4", "cspbi3_wt_frac": 0.4}}, progress=progress.append,
+        )
+        (uid,) = RE(plan)
+        heater_after = rig.furnace.heater_range.get()
+    rec.validate()
+    (start,) = rec.of("start")
+    (stop,) = rec.of("stop")
+    assert start["uid"] == uid and stop["exit_status"] == "success"
+    assert start["program"] == program.to_dict()
+    assert start["cadence"] == {"xrd": {"every_C": 5.0}, "thz": {"every_C": 10.0}, "pl": {"every_s": 30.0}}
+    assert start["operator"] == "pytest" and start["sample"]["cspbi3_wt_frac"] == 0.4
+    assert heater_after == 0, "heater must be off when the plan has finished"
+
+    counts = rec.counts()
+    assert set(counts) == {"xrd", "thz", "pl", "truth"}
+    assert counts["truth"] == counts["xrd"] + counts["thz"] + counts["pl"]
+    modality_events = [e for m in ("xrd", "thz", "pl") for e in rec.events(m)]
+    for m in ("xrd", "thz", "pl"):
+        for e in rec.events(m):
+            data = e["data"]
+            for key in ("furnace_temperature", "furnace_sample_temperature", "clock_elapsed", MODALITY_KEYS[m]):
+                assert key in data, (m, key)
+            assert len(data[MODALITY_KEYS[m]]) > 100
+            assert 20.0 < data["furnace_temperature"] < 90.0 and 15.0 < data["furnace_sample_temperature"] < 90.0
+    for e in rec.events("truth"):
+        assert {"truth_wf_CsPbI3-delta", "truth_cspbi3_wt_frac", "furnace_temperature", "clock_elapsed"} <= set(e["data"])
+
+    # cadence: every 5 °C (xrd) / 10 °C (thz) of travel, every 30 experiment s (pl)
+    path = temperature_path(modality_events)
+    assert path > 80.0  # 25 → 80 °C and back down as far as the furnace cools in the cool segment
+    assert abs(counts["xrd"] - (path / 5.0 + 1)) <= 2, (counts, path)
+    assert abs(counts["thz"] - (path / 10.0 + 1)) <= 2, (counts, path)
+    xrd_t = [e["data"]["furnace_temperature"] for e in rec.events("xrd")]
+    steps = [abs(b - a) for a, b in zip(xrd_t, xrd_t[1:])]
+    assert min(steps) > 2.5, steps  # never oversampled (readback noise/lag allowance)
+    times = sorted(e["data"]["clock_elapsed"] for e in rec.events("pl"))
+    span = times[-1] - times[0]
+    assert abs(counts["pl"] - (span / 30.0 + 1)) <= 2, (counts["pl"], span)
+    # experiment time increases within each stream; the hold at 80 °C was reached
+    for m in ("xrd", "thz", "pl", "truth"):
+        ts = [e["data"]["clock_elapsed"] for e in rec.events(m)]
+        assert ts == sorted(ts)
+    assert max(xrd_t) > 77.0
+    # progress reports cover the program and every segment
+    assert {p.segment_kind for p in progress} == {"ramp", "hold", "cool"}
+    assert progress[-1].elapsed_s >= 0.9 * program.duration_s
+
+
+def test_pause_and_resume_gives_one_complete_run(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(60.0, 20.0), Hold(0.5), Cool(45.0, 20.0)))
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        hook = fire_once(lambda p: p.temperature_C > 38.0, lambda: RE.request_pause(defer=True))
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig, ("xrd", "pl")), program,
+            {"xrd": Cadence.every_degrees(5), "pl": Cadence.every_seconds(30)},
+            clock=rig.clock, truth=rig.truth_reader, limits=LIMITS, progress=hook,
+        )
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        assert RE.state == "paused"
+        assert rig.furnace.heater_range.get() == 0, "the RunEngine stops (heater off) the furnace while paused"
+        paused_events = len(rec.events("xrd"))
+        time.sleep(0.3)  # ~36 experiment s with the heater off
+        RE.resume()
+        assert RE.state == "idle"
+        heater_after = rig.furnace.heater_range.get()
+    rec.validate()
+    assert len(rec.of("start")) == 1
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "success"
+    assert len(rec.events("xrd")) > paused_events
+    temps = [e["data"]["furnace_temperature"] for e in rec.events("xrd")]
+    assert max(temps) > 57.0, temps  # the ramp was re-armed after the pause and reached its target
+    assert rec.counts()["truth"] == rec.counts()["xrd"] + rec.counts()["pl"]
+    assert heater_after == 0
+
+
+def test_abort_while_paused_runs_cleanup(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        hook = fire_once(lambda p: p.temperature_C > 35.0, lambda: RE.request_pause(defer=True))
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
+            clock=rig.clock, limits=LIMITS, progress=hook, safe_setpoint_C=30.0,
+        )
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        assert RE.state == "paused"
+        RE.abort("operator abort")
+        assert rig.furnace.heater_range.get() == 0
+        assert rig.furnace.setpoint.get() == pytest.approx(30.0)  # the finalize plan ran
+    rec.validate()
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "abort" and stop["reason"] == "operator abort"
+
+
+def test_abort_while_running_leaves_heater_off(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        hook = fire_once(lambda p: p.temperature_C > 35.0, lambda: RE.abort("stop now"))
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
+            clock=rig.clock, limits=LIMITS, progress=hook, safe_setpoint_C=30.0,
+        )
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        assert hook.fired.is_set()
+        assert rig.furnace.heater_range.get() == 0
+        assert rig.furnace.setpoint.get() == pytest.approx(30.0)
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "abort"
+
+
+def test_halt_skips_cleanup_but_the_run_engine_stops_the_furnace(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        hook = fire_once(lambda p: p.temperature_C > 40.0, RE.halt)
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
+            clock=rig.clock, limits=LIMITS, progress=hook, safe_setpoint_C=30.0,
+        )
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        assert rig.furnace.heater_range.get() == 0  # RunEngine called furnace.stop() on the set() furnace
+        assert rig.furnace.setpoint.get() > 35.0  # ... and the finalize plan (safe setpoint 30 °C) did not run
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "abort"
+
+
+def test_exception_inside_the_plan_leaves_heater_off(RE: RunEngine) -> None:
+    program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
+    rec = Recorder(RE)
+
+    def boom() -> None:
+        raise RuntimeError("detector on fire")
+
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        hook = fire_once(lambda p: p.temperature_C > 35.0, boom, in_thread=False)
+        plan = insitu_ramp(
+            rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
+            clock=rig.clock, limits=LIMITS, progress=hook,
+        )
+        with pytest.raises(RuntimeError, match="detector on fire"):
+            RE(plan)
+        assert rig.furnace.heater_range.get() == 0
+    rec.validate()
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "fail" and "detector on fire" in stop["reason"]
+
+
+def test_validation_errors_raise_before_anything_moves(RE: RunEngine) -> None:
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=300.0) as rig:
+        before = (rig.furnace.setpoint.get(), rig.furnace.heater_range.get(), rig.furnace.ramp_rate.get())
+        too_hot = TemperatureProgram(25.0, (Ramp(450.0, 10.0),))
+        with pytest.raises(ProgramError, match=r"segment 0 \(ramp\).*450"):
+            insitu_ramp(rig.furnace, detectors(rig), too_hot, CADENCE, clock=rig.clock, limits=LIMITS)
+        too_fast = TemperatureProgram(25.0, (Ramp(100.0, 10.0), Cool(30.0, 80.0)))
+        with pytest.raises(ProgramError, match=r"segment 1 \(cool\).*80"):
+            insitu_ramp(rig.furnace, detectors(rig), too_fast, CADENCE, clock=rig.clock, limits=LIMITS)
+        with pytest.raises(ProgramError, match="no cadence for detector"):
+            insitu_ramp(rig.furnace, detectors(rig), TemperatureProgram.demo(), {"xrd": CADENCE["xrd"]}, limits=LIMITS)
+        with pytest.raises(ProgramError, match="not a modality"):
+            insitu_ramp(rig.furnace, {"saxs": rig.xrd}, TemperatureProgram.demo(), {"saxs": CADENCE["xrd"]})
+        with pytest.raises(ProgramError, match="temperature 1: 500.0"):
+            step_and_hold(rig.furnace, detectors(rig), [50.0, 500.0], limits=LIMITS)
+        with pytest.raises(ProgramError, match="sintering temperature 450.0"):
+            sintering_array(rig.furnace, detectors(rig), [0.4], [300.0, 450.0], 10.0, 10.0, limits=LIMITS)
+        after = (rig.furnace.setpoint.get(), rig.furnace.heater_range.get(), rig.furnace.ramp_rate.get())
+    assert after == before
+    assert rec.docs == []
+
+
+# -- step and hold ---------------------------------------------------------------------------------
+def test_step_and_hold_event_counts(RE: RunEngine) -> None:
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
+        plan = step_and_hold(
+            rig.furnace, detectors(rig), [40.0, 60.0], repeats=2, settle_s=10.0, md={"purpose": "test"},
+            clock=rig.clock, truth=rig.truth_reader, limits=LIMITS, rate_C_per_min=30.0,
+        )
+        (uid,) = RE(plan)
+        assert rig.furnace.heater_range.get() == 0
+    rec.validate()
+    (start,) = rec.of("start")
+    assert start["uid"] == uid and start["purpose"] == "test" and start["temperatures_C"] == [40.0, 60.0]
+    assert rec.counts() == {"xrd": 4, "thz": 4, "pl": 4, "truth": 12}
+    for m in ("xrd", "thz", "pl"):
+        temps = [e["data"]["furnace_temperature"] for e in rec.events(m)]
+        assert temps[0] == pytest.approx(40.0, abs=1.5) and temps[1] == pytest.approx(40.0, abs=1.5)
+        assert temps[2] == pytest.approx(60.0, abs=1.5) and temps[3] == pytest.approx(60.0, abs=1.5)
+
+
+def test_pause_while_settling_then_resume(RE: RunEngine) -> None:
+    """A pause cancels the furnace's pending settle; after resume the set is issued again and the run completes."""
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
+        plan = step_and_hold(rig.furnace, detectors(rig, ("pl",)), [40.0, 50.0], clock=rig.clock, limits=LIMITS)
+        timer = threading.Timer(0.15, RE.request_pause)
+        timer.start()
+        try:
+            RE(plan)
+            pytest.fail("the plan should have been paused")
+        except RunEngineInterrupted:
+            assert RE.state == "paused"
+            assert rig.furnace.heater_range.get() == 0
+            RE.resume()
+        finally:
+            timer.cancel()
+    rec.validate()
+    assert [s["exit_status"] for s in rec.of("stop")] == ["success"]
+    temps = [e["data"]["furnace_temperature"] for e in rec.events("pl")]
+    assert temps == [pytest.approx(40.0, abs=1.5), pytest.approx(50.0, abs=1.5)]
+
+
+# -- sintering array -------------------------------------------------------------------------------
+def test_sintering_array_one_run_per_condition(RE: RunEngine) -> None:
+    rec = Recorder(RE)
+    loaded: list[float] = []
+    with SimulatedRig(time_scale=600.0, exposures=SHORT_EXPOSURES) as rig:
+
+        def change_sample(x: float) -> None:
+            """A fresh pellet of composition x in the simulated world."""
+            rig.world.load_sample(SampleSpec.composite(x))
+            loaded.append(x)
+
+        plan = sintering_array(
+            rig.furnace, detectors(rig), [0.05, 0.4], [60.0, 80.0], hold_minutes=0.5, rate_C_per_min=30.0,
+            md={"campaign": "map"}, change_sample=change_sample, clock=rig.clock, truth=rig.truth_reader,
+            limits=LIMITS, measure_below_C=35.0, array_id="array-1", history_every_s=20.0,
+        )
+        uids = RE(plan)
+        assert rig.furnace.heater_range.get() == 0
+    rec.validate()
+    assert len(uids) == 4 and loaded == [0.05, 0.05, 0.4, 0.4]
+    starts = rec.of("start")
+    conditions = [(s["cspbi3_wt_frac"], s["sintering_temperature_C"]) for s in starts]
+    assert conditions == [(0.05, 60.0), (0.05, 80.0), (0.4, 60.0), (0.4, 80.0)]
+    for i, s in enumerate(starts):
+        assert s["array_id"] == "array-1" and s["condition_index"] == i and s["n_conditions"] == 4
+        assert s["campaign"] == "map" and s["sample"]["cspbi3_wt_frac"] == s["cspbi3_wt_frac"]
+        assert s["program"]["max_C"] == s["sintering_temperature_C"]
+        counts = rec.counts(run=s["uid"])
+        assert {k: counts[k] for k in ("xrd", "thz", "pl", "truth")} == {"xrd": 1, "thz": 1, "pl": 1, "truth": 3}
+        history = [e["data"]["furnace_temperature"] for e in rec.events("furnace", run=s["uid"])]
+        assert counts["furnace"] == len(history) >= 10
+        # the pellet went through its sintering temperature before being measured at room temperature
+        assert max(history) == pytest.approx(s["sintering_temperature_C"], abs=3.0)
+        for m in ("xrd", "thz", "pl"):
+            (event,) = rec.events(m, run=s["uid"])
+            assert event["data"]["furnace_temperature"] <= 35.0  # measured at room temperature
+        for e in rec.events("truth", run=s["uid"]):
+            assert e["data"]["truth_cspbi3_wt_frac"] == pytest.approx(s["cspbi3_wt_frac"])
+    assert all(stop["exit_status"] == "success" for stop in rec.of("stop"))

@@ -1,0 +1,184 @@
+"""Temperature programs: TOML loading, validation messages, nominal profile, durations, cadences."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from plans.program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
+
+LIMITS = RigLimits(max_C=400.0, min_rate=0.1, max_rate=50.0, min_C=0.0)
+
+DEMO_TOML = """
+start_C = 25
+[[segment]]
+kind = "ramp"
+to_C = 350
+rate_C_per_min = 10
+[[segment]]
+kind = "hold"
+minutes = 10
+[[segment]]
+kind = "cool"
+to_C = 25
+rate_C_per_min = 10
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "program.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_toml_load_equals_demo(tmp_path: Path) -> None:
+    program = TemperatureProgram.from_toml(write(tmp_path, DEMO_TOML))
+    assert program.start_C == 25.0
+    assert program.segments == (Ramp(350.0, 10.0), Hold(10.0), Cool(25.0, 10.0))
+    assert program.segments == TemperatureProgram.demo().segments
+    program.validate(LIMITS)
+
+
+def test_second_heating_is_more_segments(tmp_path: Path) -> None:
+    text = DEMO_TOML + '[[segment]]\nkind = "ramp"\nto_C = 300\nrate_C_per_min = 5\n'
+    program = TemperatureProgram.from_toml(write(tmp_path, text)).validate(LIMITS)
+    assert [s.kind for s in program.segments] == ["ramp", "hold", "cool", "ramp"]
+    assert program.duration_s == pytest.approx(4500.0 + 275.0 / 5.0 * 60.0)
+
+
+def test_demo_duration_profile_and_max() -> None:
+    demo = TemperatureProgram.demo()
+    assert demo.duration_s == pytest.approx(1950.0 + 600.0 + 1950.0)
+    assert demo.max_temperature == 350.0
+    assert demo.temperature_at(-5.0) == 25.0
+    assert demo.temperature_at(0.0) == 25.0
+    assert demo.temperature_at(60.0) == pytest.approx(35.0)  # 10 °C/min
+    assert demo.temperature_at(1950.0) == pytest.approx(350.0)
+    assert demo.temperature_at(2200.0) == pytest.approx(350.0)  # in the hold
+    assert demo.temperature_at(2550.0 + 600.0) == pytest.approx(250.0)  # 10 min into the cool
+    assert demo.temperature_at(1e9) == pytest.approx(25.0)
+    # the profile is continuous and piecewise linear
+    ts = [i * 10.0 for i in range(451)]
+    temps = [demo.temperature_at(t) for t in ts]
+    assert max(abs(b - a) for a, b in zip(temps, temps[1:])) <= 10.0 / 6.0 + 1e-9
+
+
+def test_to_dict_round_trip_and_metadata_fields() -> None:
+    demo = TemperatureProgram.demo()
+    d = demo.to_dict()
+    assert d["duration_s"] == pytest.approx(4500.0)
+    assert d["max_C"] == 350.0
+    assert d["segments"][1] == {"kind": "hold", "minutes": 10.0}
+    again = TemperatureProgram.from_dict(d)
+    assert again.segments == demo.segments and again.start_C == demo.start_C
+
+
+@pytest.mark.parametrize(
+    ("segments", "needles"),
+    [
+        ((Ramp(20.0, 10.0),), ["segment 0 (ramp)", "to_C = 20.0", "does not go up"]),
+        ((Ramp(100.0, 10.0), Cool(150.0, 10.0)), ["segment 1 (cool)", "to_C = 150.0", "does not go down"]),
+        ((Ramp(100.0, 60.0),), ["segment 0 (ramp)", "rate_C_per_min = 60.0", "50.0"]),
+        ((Ramp(100.0, 0.01),), ["segment 0 (ramp)", "rate_C_per_min = 0.01"]),
+        ((Ramp(450.0, 10.0),), ["segment 0 (ramp)", "to_C = 450.0", "above the rig maximum 400.0"]),
+        ((Ramp(100.0, 10.0), Hold(0.0)), ["segment 1 (hold)", "minutes = 0.0"]),
+        ((Ramp(100.0, 10.0), Hold(-3.0)), ["segment 1 (hold)", "minutes = -3.0"]),
+        ((Ramp(100.0, 10.0), Cool(-20.0, 10.0)), ["segment 1 (cool)", "to_C = -20.0", "below the rig minimum"]),
+        ((Ramp(100.0, -5.0),), ["segment 0 (ramp)", "rate_C_per_min = -5.0"]),
+        ((Ramp(math.nan, 10.0),), ["segment 0 (ramp)", "to_C"]),
+    ],
+)
+def test_validation_names_segment_and_value(segments: tuple, needles: list[str]) -> None:
+    with pytest.raises(ProgramError) as err:
+        TemperatureProgram(25.0, segments).validate(LIMITS)
+    for needle in needles:
+        assert needle in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_validation_start_and_empty() -> None:
+    with pytest.raises(ProgramError, match="start_C = 500.0"):
+        TemperatureProgram(500.0, (Cool(25.0, 10.0),)).validate(LIMITS)
+    with pytest.raises(ProgramError, match="no segments"):
+        TemperatureProgram(25.0, ()).validate(LIMITS)
+
+
+def test_structural_checks_without_limits() -> None:
+    TemperatureProgram(25.0, (Ramp(900.0, 500.0),)).validate()  # no limits: only the shape is checked
+    with pytest.raises(ProgramError, match="does not go up"):
+        TemperatureProgram(25.0, (Ramp(10.0, 5.0),)).validate()
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (DEMO_TOML.replace("rate_C_per_min = 10\n[[segment]]\nkind = \"hold\"", "rate_C_per_min = 10\ntemp = 3\n[[segment]]\nkind = \"hold\"", 1),
+         ["segment 0 (ramp)", "unknown key 'temp'"]),
+        ("start_C = 25\nstart_temperature = 30\n" + DEMO_TOML.split("\n", 2)[2], ["unknown key 'start_temperature'"]),
+        (DEMO_TOML.replace('kind = "hold"', 'kind = "dwell"'), ["segment 1", "'dwell'"]),
+        (DEMO_TOML.replace("minutes = 10", "minutes = \"ten\""), ["segment 1 (hold)", "minutes", "'ten'"]),
+        (DEMO_TOML.replace("minutes = 10", "seconds = 10"), ["segment 1 (hold)", "unknown key 'seconds'"]),
+        ("start_C = 25\n", ["at least one [[segment]]"]),
+        (DEMO_TOML.replace("start_C = 25", ""), ["missing key 'start_C'"]),
+        ("start_C = 25\n[[segment]\n", ["not valid TOML"]),
+    ],
+)
+def test_toml_errors_name_file_and_key(tmp_path: Path, text: str, needles: list[str]) -> None:
+    path = write(tmp_path, text, "bad-program.toml")
+    with pytest.raises(ProgramError) as err:
+        TemperatureProgram.from_toml(path)
+    assert str(path) in str(err.value)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_missing_file_is_a_program_error(tmp_path: Path) -> None:
+    with pytest.raises(ProgramError, match="cannot read"):
+        TemperatureProgram.from_toml(tmp_path / "nope.toml")
+
+
+def test_rig_limits_are_consistent() -> None:
+    with pytest.raises(ProgramError):
+        RigLimits(max_C=10.0, min_C=20.0)
+    with pytest.raises(ProgramError):
+        RigLimits(min_rate=5.0, max_rate=1.0)
+
+
+def test_cadence() -> None:
+    every5 = Cadence.every_degrees(5)
+    assert every5.to_dict() == {"every_C": 5.0}
+    assert every5.due(25.0, 0.0, None, None)  # first acquisition is always due
+    assert not every5.due(29.9, 100.0, 25.0, 0.0)
+    assert every5.due(30.0, 100.0, 25.0, 0.0)
+    assert every5.due(20.0, 100.0, 25.0, 0.0)  # cooling counts too
+    every30 = Cadence.every_seconds(30)
+    assert every30.to_dict() == {"every_s": 30.0}
+    assert not every30.due(300.0, 29.0, 25.0, 0.0)
+    assert every30.due(25.0, 30.0, 25.0, 0.0)
+    for bad in (0, -1, math.inf):
+        with pytest.raises(ProgramError):
+            Cadence.every_degrees(bad)
+    with pytest.raises(ProgramError):
+        Cadence()
+
+
+def test_cadence_anchors_move_on_a_grid() -> None:
+    every5 = Cadence.every_degrees(5)
+    assert every5.advance(25.3, 0.0, None, None) == (25.3, 0.0)  # first acquisition anchors at the reading
+    assert every5.advance(31.1, 20.0, 25.3, 0.0) == (pytest.approx(30.3), 20.0)  # late poll: no drift
+    assert every5.advance(36.0, 30.0, 25.3, 0.0) == (pytest.approx(35.3), 30.0)  # two steps at once
+    assert every5.advance(74.0, 99.0, 80.0, 90.0) == (pytest.approx(75.0), 99.0)  # cooling moves down
+    every30 = Cadence.every_seconds(30)
+    assert every30.advance(40.0, 71.0, 25.0, 0.0) == (40.0, pytest.approx(60.0))
+    # simulated ramp 25 → 80 °C polled every 1.3 °C: one acquisition per 5 °C step, none skipped
+    anchor: tuple[float | None, float | None] = (None, None)
+    fired = 0
+    temperature = 25.0
+    while temperature <= 80.0:
+        if every5.due(temperature, 0.0, *anchor):
+            anchor = every5.advance(temperature, 0.0, *anchor)
+            fired += 1
+        temperature += 1.3
+    assert fired == 11

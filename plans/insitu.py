@@ -39,6 +39,7 @@ Each poll costs three queries (KRDG?, the clock, RANGE?).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -211,17 +212,31 @@ class Acquirer:
     truth: Any = None
     counts: dict[str, int] = field(default_factory=dict)
 
-    def acquire(self, modality: str) -> MsgGenerator:
-        """One event in `modality`'s stream (detector + furnace + clock), then a truth event when simulated."""
-        devices = [self.furnace] if modality == FURNACE_STREAM else [self.detectors[modality], self.furnace]
-        if self.clock is not None:
-            devices.append(self.clock)
-        yield from bps.trigger_and_read(devices, name=modality)
-        self.counts[modality] = self.counts.get(modality, 0) + 1
-        if self.truth is not None and modality != FURNACE_STREAM:
-            extra = [self.truth, self.furnace] + ([self.clock] if self.clock is not None else [])
-            yield from bps.trigger_and_read(extra, name=TRUTH_STREAM)
-            self.counts[TRUTH_STREAM] = self.counts.get(TRUTH_STREAM, 0) + 1
+    def acquire(self, *modalities: str) -> MsgGenerator:
+        """One event per modality in its own stream (detector + furnace + clock), a truth event beside each.
+
+        The detectors that are due are triggered together and their exposures overlap, as on a rig where
+        they all look at the sample at once; one after another they would smear over more temperature.
+        """
+        group = f"acquire-{uuid.uuid4()}"
+        for modality in modalities:
+            if modality != FURNACE_STREAM:
+                yield from bps.trigger(self.detectors[modality], group=group)
+        yield from bps.wait(group=group)
+        common = [self.furnace] + ([self.clock] if self.clock is not None else [])
+        for modality in modalities:
+            devices = common if modality == FURNACE_STREAM else [self.detectors[modality], *common]
+            yield from self._event(modality, devices)
+            if self.truth is not None and modality != FURNACE_STREAM:
+                yield from self._event(TRUTH_STREAM, [self.truth, *common])
+
+    def _event(self, stream: str, devices: list[Any]) -> MsgGenerator:
+        """Read already-triggered devices into one event of `stream`."""
+        yield from bps.create(name=stream)
+        for device in devices:
+            yield from bps.read(device)
+        yield from bps.save()
+        self.counts[stream] = self.counts.get(stream, 0) + 1
 
     def acquire_all(self, repeats: int = 1) -> MsgGenerator:
         """Each modality `repeats` times (xrd, thz, pl order), with a checkpoint between acquisitions."""
@@ -321,11 +336,14 @@ class ProgramRunner:
         temperature, t, heater_off = yield from self.poll()
         if self.t0 is None:
             self.t0 = t
+        due = []
         for modality, cad in self.cadence.items():
             last_C, last_s = self.last.get(modality, (None, None))
             if cad.due(temperature, t, last_C, last_s):
-                yield from self.acq.acquire(modality)
+                due.append(modality)
                 self.last[modality] = cad.advance(temperature, t, last_C, last_s)
+        if due:
+            yield from self.acq.acquire(*due)
         if self.progress is not None:
             self.progress(
                 ProgressInfo(t - self.t0, self.program.duration_s, temperature, index, kind, dict(self.acq.counts))

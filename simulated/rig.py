@@ -6,7 +6,7 @@ spectrometers) on ephemeral ports from an asyncio loop in a background thread, a
 devices of ``devices/`` to them through pyvisa-py (``@py``, ``TCPIP0::127.0.0.1::<port>::SOCKET``), so
 every byte a real instrument would see goes over a real socket. ``time_scale`` (simulated seconds per
 wall second) is handed to the devices so their settle times, timeouts and exposures are in experiment
-seconds. The default 300 replays a 75-min temperature program in 15 s of wall time.
+seconds. The default 600 replays a 75-min temperature program in 7.5 s of wall time.
 
 ``EmulatorHost`` is the server half alone (also used by ``hotstage sim serve``).
 """
@@ -28,8 +28,8 @@ from .world import SimWorld
 
 __all__ = ["SimulatedRig", "EmulatorHost", "TruthReader", "DEFAULT_TIME_SCALE", "DEFAULT_EXPOSURES", "INSTRUMENT_NAMES"]
 
-DEFAULT_TIME_SCALE = 300.0
-"""Simulated s per wall s: a 75-min (4500 s) program takes 15 wall s."""
+DEFAULT_TIME_SCALE = 600.0
+"""Simulated s per wall s: a 75-min (4500 s) program takes 7.5 wall s."""
 
 DEFAULT_EXPOSURES = {"xrd": 10.0, "thz": 5.0, "pl": 1.0}
 """Default integration times (experiment s): lab powder XRD frame, FTIR co-add block, PL spectrum."""

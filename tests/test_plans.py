@@ -145,8 +145,11 @@ def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine) -> None:
     # cadence: every 5 °C (xrd) / 10 °C (thz) of travel, every 30 experiment s (pl)
     path = temperature_path(modality_events)
     assert path > 80.0  # 25 → 80 °C and back down as far as the furnace cools in the cool segment
-    assert abs(counts["xrd"] - (path / 5.0 + 1)) <= 2, (counts, path)
-    assert abs(counts["thz"] - (path / 10.0 + 1)) <= 2, (counts, path)
+    # One event at the start plus one per full step of travel; each of the two ends of a leg (the turn at the
+    # top, the end of cooling) can leave a partial step unsampled, so the count lies in [path/step - 1, path/step + 1]
+    # (+/- 0.5 for readback lag at the moment of a poll).
+    for modality, step in (("xrd", 5.0), ("thz", 10.0)):
+        assert path / step - 1.5 <= counts[modality] <= path / step + 1.5, (modality, counts, path)
     xrd_t = [e["data"]["furnace_temperature"] for e in rec.events("xrd")]
     steps = [abs(b - a) for a, b in zip(xrd_t, xrd_t[1:])]
     assert min(steps) > 2.5, steps  # never oversampled (readback noise/lag allowance)

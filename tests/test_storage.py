@@ -1,10 +1,16 @@
 """Tests of acquisition.storage: embedded Tiled catalog, the non-blocking CatalogWriter, reading back.
 
 Devices are ophyd.sim (``det``, ``motor``, a 4000-float array signal): the thing under test is storage.
+The default CatalogWriter writes from a separate process (acquisition.storage_process) while these tests
+read the same embedded SQLite/zarr catalog from this process; ``process=False`` selects the thread writer.
+Faults are real: a SIGKILLed writer process, an exclusive SQLite lock held on the table store.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import threading
 import time
 import warnings
@@ -18,7 +24,9 @@ from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_context
 
-from acquisition.storage import CatalogWriter, close_catalog, open_catalog, read_stream
+from acquisition.storage import CatalogWriter, ThreadCatalogWriter, close_catalog, open_catalog, read_stream
+from acquisition.storage_engine import WriterEngine
+from acquisition.storage_process import ProcessCatalogWriter
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 ARRAY_LEN = 4000
@@ -31,22 +39,22 @@ def spectrum():
     return SynSignal(func=lambda: rng.random(ARRAY_LEN), name="spectrum")
 
 
-@pytest.fixture
-def catalog(tmp_path):
-    """An embedded catalog in a fresh data dir."""
-    c = open_catalog(tmp_path / "data")
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """An embedded catalog in a fresh data dir, shared by this module's tests (each looks up its own runs)."""
+    c = open_catalog(tmp_path_factory.mktemp("catalog") / "data")
     yield c
     close_catalog(c)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stored(catalog):
-    """A RunEngine with a CatalogWriter subscribed; yields (RE, writer)."""
+    """A RunEngine with the default (process) CatalogWriter subscribed, shared; yields (RE, writer)."""
     RE = RunEngine()
     writer = CatalogWriter(catalog)
     RE.subscribe(writer)
     yield RE, writer
-    writer.close(timeout=30)
+    assert writer.close(timeout=30)
 
 
 def plain_client(catalog):
@@ -92,6 +100,7 @@ def test_events_visible_within_one_second_while_plan_runs(catalog, stored, spect
 
     RE.subscribe(note)
     seen: dict[int, float] = {}
+    read_errors: list[BaseException] = []
     stop = threading.Event()
     reader = plain_client(catalog)
 
@@ -101,6 +110,9 @@ def test_events_visible_within_one_second_while_plan_runs(catalog, stored, spect
                 try:
                     table = reader[uid_box[0]]["primary"].base["internal"].read(["seq_num"])
                 except KeyError:
+                    table = None
+                except Exception as exc:  # e.g. "database is locked" while the other process writes
+                    read_errors.append(exc)
                     table = None
                 now = time.time()
                 if table is not None:
@@ -124,6 +136,8 @@ def test_events_visible_within_one_second_while_plan_runs(catalog, stored, spect
     finally:
         stop.set()
         poller.join(5)
+    assert isinstance(writer, ProcessCatalogWriter) and writer.pid != os.getpid()
+    assert not read_errors, read_errors[:3]
     assert set(acquired) == set(range(1, points + 1))
     late = {s: seen.get(s, float("inf")) - acquired[s] for s in acquired}
     assert all(lat < 1.0 for lat in late.values()), late
@@ -186,9 +200,10 @@ def test_close_drains_everything(catalog, spectrum):
 
 
 def test_write_errors_are_recorded_and_retried(catalog):
-    """A failing write is logged, exposed in ``errors`` and retried; the document is not lost."""
+    """Thread writer: a failing write is logged, exposed in ``errors`` and retried; the document is not lost."""
     RE = RunEngine()
-    writer = CatalogWriter(catalog, flush_interval=0.05, backoff=(0.05, 0.1))
+    writer = CatalogWriter(catalog, process=False, flush_interval=0.05, backoff=(0.05, 0.1))
+    assert isinstance(writer, ThreadCatalogWriter)
     calls = {"n": 0}
     real = writer.tiled_writer.client.create_container
 
@@ -216,7 +231,7 @@ def test_reopen_sees_old_runs_and_env_var(tmp_path, monkeypatch):
     c = open_catalog()
     assert (tmp_path / "from-env" / "catalog.db").exists()
     RE = RunEngine()
-    writer = CatalogWriter(c)
+    writer = CatalogWriter(tmp_path / "from-env")  # a location, not a client: the writer process opens it
     RE.subscribe(writer)
     (uid,) = RE(bp.count([det], 2), sample={"name": "persist"})
     assert writer.close(timeout=20)
@@ -229,3 +244,129 @@ def test_reopen_sees_old_runs_and_env_var(tmp_path, monkeypatch):
         assert c2[uid]["primary"].read()["det"].shape == (2,)
     finally:
         close_catalog(c2)
+
+
+def test_sqlite_lock_errors_in_writer_process_are_reported_and_retried(tmp_path, spectrum):
+    """An exclusive lock on tables.sqlite held by this process: the writer process retries, reports, loses nothing."""
+    c = open_catalog(tmp_path / "data")
+    try:
+        RE = RunEngine()
+        writer = CatalogWriter(c, flush_interval=0.05, backoff=(0.05, 0.2))
+        RE.subscribe(writer)
+        assert writer.flush(timeout=30)  # writer process up
+        con = sqlite3.connect(tmp_path / "data" / "tables.sqlite", isolation_level=None, timeout=0)
+        con.execute("BEGIN EXCLUSIVE")
+        try:
+            (uid,) = RE(bp.count([det, spectrum], 3))
+            deadline = time.monotonic() + 20
+            while not writer.errors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert writer.backlog > 0  # the rows cannot be stored while the lock is held
+        finally:
+            con.execute("ROLLBACK")
+            con.close()
+        assert writer.flush(timeout=30)
+        assert writer.errors and all(e.transient and not e.gave_up for e in writer.errors)
+        assert "locked" in str(writer.errors[0])
+        assert not writer.failed and writer.alive
+        ds = read_stream(c[uid])
+        assert ds["det"].shape == (3,) and ds["spectrum"].shape == (3, ARRAY_LEN)
+        assert writer.close(timeout=20)
+    finally:
+        close_catalog(c)
+
+
+def test_killed_writer_process_loses_nothing(catalog, spectrum):
+    """SIGKILL the writer process mid-run: the parent restarts it, re-sends what was not acknowledged, run complete."""
+    RE = RunEngine()
+    writer = CatalogWriter(catalog, flush_interval=0.1)
+    RE.subscribe(writer)
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    assert writer.flush(timeout=30)  # writer process up
+    first_pid = writer.pid
+    points = 40
+    killed = threading.Event()
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while writer._stored < 12 and time.monotonic() < deadline:  # start, descriptor, >= 10 events stored
+            time.sleep(0.005)
+        os.kill(first_pid, signal.SIGKILL)
+        killed.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+
+    def plan():
+        yield from bps.open_run(md={"purpose": "kill"})
+        for _ in range(points):
+            yield from bps.trigger_and_read([det, spectrum])
+            yield from bps.sleep(0.03)
+        yield from bps.close_run()
+
+    RE(plan())
+    assert killed.wait(5)
+    assert writer.flush(timeout=60)
+    assert writer.restart_count == 1 and writer.pid != first_pid and writer.alive
+    assert writer.unacked == 0 and not writer.failed
+    uid = recorded[0][1]["uid"]
+    run = plain_client(catalog)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run.metadata["stop"]["num_events"] == {"primary": points}
+    ds = read_stream(run)
+    events = [d for n, d in recorded if n == "event"]
+    seq_nums = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+    np.testing.assert_array_equal(seq_nums, np.arange(1, points + 1))
+    np.testing.assert_allclose(ds["det"].values, [e["data"]["det"] for e in events])
+    np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
+    assert writer.close(timeout=20)
+
+
+class _Collect:
+    """Reporter that keeps what the engine reports."""
+
+    def __init__(self) -> None:
+        self.stored_seq, self.errors, self.failed = 0, [], []
+
+    def stored(self, seq):
+        self.stored_seq = max(self.stored_seq, seq)
+
+    def error(self, err):
+        self.errors.append(err)
+
+    def failed(self, seq, name, doc):  # noqa: F811 - the Reporter protocol's name
+        self.failed.append((name, doc))
+
+
+def test_resume_skips_rows_and_array_rows_already_written(catalog, spectrum):
+    """A resuming engine given the whole run again attaches to the nodes, writes each row and array row once.
+
+    The crash window where an array was patched but its table rows were not appended (arrays go first) is
+    reproduced for real: one extra array row is written by hand, as the killed writer would have.
+    """
+    RE = RunEngine()
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(bp.count([det, spectrum], 6))
+    items = list(enumerate(docs, start=1))
+    events = [d for _, (n, d) in items if n == "event"]
+
+    first = WriterEngine(catalog, _Collect())
+    for seq, (name, doc) in items[:5]:  # start, descriptor, 3 events
+        first.hand_over(seq, name, doc)
+    first.flush_events()
+    arr = catalog[uid]["primary"].base["spectrum"]
+    arr.patch(np.asarray([events[3]["data"]["spectrum"]]), offset=(arr.shape[0],), extend=True)
+
+    report = _Collect()
+    second = WriterEngine(catalog, report, resume=True)
+    for seq, (name, doc) in items:
+        second.hand_over(seq, name, doc)
+    second.flush_events()
+    assert not report.errors and not report.failed and report.stored_seq == len(items)
+    ds = read_stream(plain_client(catalog)[uid])
+    seq_nums = plain_client(catalog)[uid]["primary"].base["internal"].read(["seq_num"])["seq_num"]
+    np.testing.assert_array_equal(seq_nums, np.arange(1, 7))
+    np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
+    np.testing.assert_allclose(ds["det"].values, [e["data"]["det"] for e in events])
+    assert plain_client(catalog)[uid].metadata["stop"]["exit_status"] == "success"

@@ -1,0 +1,182 @@
+"""The acquisition session: rig, RunEngine with standard metadata, storage and live callbacks, wired once.
+
+A `Session` is what a user (or the CLI) opens to run plans::
+
+    with Session(rig=RigConfig(), sample=SampleSpec.default()) as s:
+        uid = s.insitu(TemperatureProgram.demo())
+
+It owns the rig (the simulated one by default, or real instruments from a rig TOML), a RunEngine whose
+every run carries `sample`, `program`, `rig`, `simulated` and `versions` in its start document, the
+non-blocking catalog writer, a progress bar and any live-analysis callbacks. On exit it drains the writer so
+every document of every run is stored, and leaves the furnace with its heater off.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bluesky import RunEngine
+
+from acquisition.config import RigConfig
+from acquisition.progress import ProgressBar
+from acquisition.storage import CatalogWriter, open_catalog
+from plans.program import Cadence, RigLimits, TemperatureProgram
+
+log = logging.getLogger(__name__)
+
+DocumentCallback = Callable[[str, dict], Any]
+
+
+def versions() -> dict[str, str]:
+    """Versions of hotstage and the stack it runs on, for every run's start metadata."""
+    out = {}
+    for dist in ("hotstage", "bluesky", "ophyd", "event-model", "tiled", "bluesky-tiled-plugins", "pyvisa", "numpy", "scipy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+class Session:
+    """A rig, a RunEngine and a catalog, opened together and closed safely together."""
+
+    def __init__(
+        self,
+        rig: RigConfig | None = None,
+        sample: Any = None,
+        data_dir: str | Path | None = None,
+        *,
+        progress: bool = True,
+        live_callbacks: Iterable[DocumentCallback] = (),
+        catalog: Any = None,
+    ) -> None:
+        self.config = rig or RigConfig()
+        self.sample = sample
+        self.data_dir = data_dir
+        self.progress = progress
+        self.live_callbacks = list(live_callbacks)
+        self.catalog = catalog
+        self.rig: Any = None
+        self.RE: RunEngine | None = None
+        self.writer: CatalogWriter | None = None
+        self._stack = ExitStack()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> Session:
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _open(self) -> None:
+        """Open storage first (so nothing acquired can be lost), then the rig, then the RunEngine."""
+        if self.catalog is None:
+            self.catalog = open_catalog(self.data_dir)
+        self.writer = CatalogWriter(self.catalog)
+        self._stack.callback(self.writer.close)
+        self.rig = self._stack.enter_context(self._make_rig())
+        self._stack.callback(self._make_safe)
+        self.RE = RunEngine({}, call_returns_result=False)
+        self.RE.md.update(
+            {
+                "rig": self.config.to_metadata(),
+                "simulated": self.config.simulated,
+                "versions": versions(),
+            }
+        )
+        if self.sample is not None:
+            self.RE.md["sample"] = sample_metadata(self.sample)
+        self.RE.subscribe(self.writer)
+        for callback in self.live_callbacks:
+            self.RE.subscribe(callback)
+        if self.progress:
+            self.RE.subscribe(ProgressBar())
+
+    def _make_rig(self) -> Any:
+        """The simulated rig by default; real instruments when the rig TOML says `kind = "visa"`."""
+        if self.config.simulated:
+            from simulated.rig import SimulatedRig
+
+            return SimulatedRig(sample=self.sample, time_scale=self.config.time_scale)
+        from acquisition.hardware import HardwareRig
+
+        return HardwareRig(self.config)
+
+    def _make_safe(self) -> None:
+        """Heater off whatever happened; a failure here is logged loudly, never hidden."""
+        try:
+            self.rig.furnace.stop()
+        except Exception:  # noqa: BLE001 - must not mask the original error, but must be seen
+            log.exception("could not switch the furnace heater off; check the furnace by hand")
+
+    # -- running plans ---------------------------------------------------------------------------
+    @property
+    def limits(self) -> RigLimits:
+        """The rig's limits as the plans understand them."""
+        lim = self.config.limits
+        return RigLimits(
+            max_C=lim.max_C, min_C=lim.min_C, min_rate=lim.min_rate_C_per_min, max_rate=lim.max_rate_C_per_min
+        )
+
+    @property
+    def detectors(self) -> dict[str, Any]:
+        """The modality name → detector map the plans take."""
+        return {"xrd": self.rig.xrd, "thz": self.rig.thz, "pl": self.rig.pl}
+
+    def cadences(self, overrides: dict[str, dict[str, float]] | None = None) -> dict[str, Cadence]:
+        """Per-modality cadence from the rig configuration (or overrides)."""
+        spec = {**self.config.cadence, **(overrides or {})}
+        out = {}
+        for name, entry in spec.items():
+            ((key, value),) = entry.items()
+            out[name] = Cadence.every_degrees(value) if key == "every_C" else Cadence.every_seconds(value)
+        return out
+
+    def insitu(self, program: TemperatureProgram, cadence: dict[str, dict[str, float]] | None = None,
+               md: dict[str, Any] | None = None) -> str:
+        """Run an in-situ ramp of `program` and return the run's uid (validated before anything moves)."""
+        from plans.insitu import insitu_ramp
+
+        truth = getattr(self.rig, "truth_reader", None)
+        plan = insitu_ramp(
+            self.rig.furnace,
+            self.detectors,
+            program,
+            self.cadences(cadence),
+            clock=self.rig.clock,
+            truth=truth,
+            limits=self.limits,
+            md=md or {},
+        )
+        return self._run(plan)[0]
+
+    def _run(self, plan: Any) -> tuple[str, ...]:
+        """Run a plan; storage is flushed afterwards whether it succeeded or not."""
+        assert self.RE is not None and self.writer is not None
+        try:
+            uids = self.RE(plan)
+        finally:
+            self.writer.flush()
+        return tuple(uids)
+
+
+def sample_metadata(sample: Any) -> dict[str, Any]:
+    """The `sample` entry of start metadata: name, composition and CsPbI3 weight fraction."""
+    x = float(sample.cspbi3_wt_frac)
+    return {
+        "name": sample.name,
+        "cspbi3_wt_frac": x,
+        "composition": {"CsPbI3": x, "agZIF-62": round(1.0 - x, 12)},
+        "seed": getattr(sample, "seed", None),
+    }

@@ -1,0 +1,789 @@
+"""Live whole-pattern quantitative phase analysis (QPA) by variable projection, warm-started along a ramp.
+
+Model (DESIGN.md, "Analysis methods"):
+    y(2θ) = Σₖ bₖ Tₖ(t) + Σⱼ aⱼ Hⱼ(Q) + Σ_p s_p · pattern_p(2θ − z; ε_p, Y_p)
+with Tₖ Chebyshev polynomials of the first kind on t ∈ [−1, 1] over the measured range; Hⱼ Gaussian glass halos in
+Q = 4π sinθ/λ (agZIF-62 / ZIF-4 glass F(Q) maxima near 1.09, 2.40, 3.49 Å⁻¹, Gaillac et al., Nature Mater. 16,
+1149 (2017), see /work/shared/data/cif/SOURCES.md; FWHM starts 0.45/0.75/0.9 Å⁻¹ are assumed broad-halo values);
+pattern_p the Rietveld-convention pattern of `analysis.crystal` (areas w·|F|²·m·LP, no 1/V²) with isotropic
+strain ε_p, Lorentzian (Scherrer) width Y_p — FWHM_L = Y_p(λ_line/λ₁)/cosθ, Langford & Wilson, J. Appl. Cryst. 11,
+102 (1978) — combined with a fixed instrumental Gaussian (Caglioti U, V, W and an optional fixed microstrain term)
+by Thompson–Cox–Hastings; z a zero shift.
+
+Weight fractions: Hill & Howard, J. Appl. Cryst. 20, 467 (1987): W_p = s_p(ZMV)_p / Σᵢ sᵢ(ZMV)ᵢ over the crystalline
+phases offered (amorphous halos are reported as an intensity, not a weight fraction).
+
+Algorithm: linear parameters (b, a ≥ 0, s ≥ 0) by bounded least squares on the normal equations (Lawson–Hanson,
+`analysis.quant.linear`) for fixed nonlinear θ = (ε, Y, z, halo Q/FWHM) — variable projection (Golub & Pereyra, SIAM
+J. Numer. Anal. 10, 413 (1973)); θ by Gauss–Newton steps of the Kaufman approximation (Kaufman, BIT 15, 49 (1975)):
+one joint linearised solve over [linear columns | s·∂pattern/∂θ], θ-part taken, linear part re-projected, with
+step halving when χ² does not fall. Convergence: every shift below `SHIFT_TOLERANCE` × its standard uncertainty
+(the usual Rietveld shift/esd test). Weights 1/max(y, 1) (Poisson) unless given. Standard uncertainties from the
+inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice; Prince, Mathematical Techniques in
+Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
+
+Speed: each phase is rendered once into a sinθ table (`analysis.quant.tables`) from which strain, zero shift and
+moderate width changes are read by interpolation; warm fits start from the previous solution and usually need one
+new model evaluation. Cold fits first scan each phase's strain over ±`strain_search` (thermal expansion of up to
+±1.5 %, e.g. α-CsPbI3 referenced at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of
+half a FWHM in peak shift, then a coarse width scan, then Gauss–Newton.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from analysis.crystal import Crystal
+from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
+from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance
+from analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, polarisation_from_sin
+from analysis.radiation import Radiation
+
+__all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q"]
+
+FloatArray = NDArray[np.float64]
+
+DEFAULT_HALO_Q: tuple[float, ...] = (1.09, 2.40, 3.49)
+"""Glass halo centres, Å⁻¹ (ZIF glass F(Q) maxima, Gaillac et al. 2017; SOURCES.md)."""
+DEFAULT_HALO_FWHM_Q: tuple[float, ...] = (0.45, 0.75, 0.9)
+"""Starting halo FWHMs, Å⁻¹ (assumed: broad amorphous maxima)."""
+SHIFT_TOLERANCE: float = 0.2
+"""Cold fits: converged when every nonlinear shift is below this fraction of its standard uncertainty."""
+WARM_SHIFT_TOLERANCE: float = 0.5
+"""Warm fits: the same test, looser — a remaining shift of half an s.u. costs less than its own noise and is
+picked up by the next pattern's fit (errors do not accumulate: each fit starts from the previous solution)."""
+_LN2 = math.log(2.0)
+_REFINABLE = frozenset({"strain", "width", "zero", "halos"})
+RESEED_SIGMAS: float = 5.0
+"""Warm fits re-scan held phases' strains when χ²/(N−P) rose by more than this many of its standard deviations
+(√(2/(N−P)) relative, the χ² distribution) since the previous pattern."""
+_HELD_ZERO_TOLERANCE = 0.002
+"""deg: columns of phases held (not refined) follow zero-shift changes only beyond this (≪ any FWHM)."""
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    """Outcome of one whole-pattern fit (per crystalline phase offered, keyed by phase name)."""
+
+    weight_fractions: dict[str, float]
+    weight_fraction_su: dict[str, float]
+    scale_factors: dict[str, float]  # Rietveld scales s_p in the Crystal.peaks convention
+    scale_factor_su: dict[str, float]
+    strain: dict[str, float]
+    strain_su: dict[str, float]
+    width: dict[str, float]  # Lorentzian coefficient Y_p, deg: FWHM_L = Y_p / cosθ
+    width_su: dict[str, float]
+    size_nm: dict[str, float]  # apparent Scherrer size K·λ/Y_p
+    refined: dict[str, bool]  # whether the phase's ε/Y were refined (False: too weak, held)
+    zero_shift: float
+    zero_shift_su: float
+    halo_intensity: float  # integrated halo counts × deg over the measured range
+    halo_fraction: float  # halo area / (halo + crystalline peak area) over the range
+    halo_amplitudes: tuple[float, ...]
+    halo_q: tuple[float, ...]
+    halo_fwhm_q: tuple[float, ...]
+    rwp: float
+    rexp: float
+    gof: float
+    chi2: float
+    n_points: int
+    n_parameters: int
+    curve: FloatArray = field(repr=False)
+    background: FloatArray = field(repr=False)
+    halo: FloatArray = field(repr=False)
+    n_iterations: int = 0
+    n_evaluations: int = 0  # model evaluations at new nonlinear parameters (grid candidates included)
+    converged: bool = False
+    cold: bool = False
+    reseeded: bool = False  # a warm fit whose misfit jumped and that re-ran the strain scan
+
+
+@dataclass
+class _Linear:
+    """A solved linear sub-problem at fixed nonlinear parameters."""
+
+    g: FloatArray
+    h: FloatArray
+    c: FloatArray
+    passive: NDArray[np.bool_]
+    chi2: float
+
+
+class PhaseQuantifier:
+    """Sequential whole-pattern QPA on a fixed 2θ axis: `fit(counts)` pattern after pattern (see module doc)."""
+
+    def __init__(self, phases: Sequence[Crystal], two_theta: ArrayLike, wavelength: float | Radiation, *,
+                 background_order: int = 8, halos: bool = True,
+                 halo_q: Sequence[float] = DEFAULT_HALO_Q, halo_fwhm_q: Sequence[float] = DEFAULT_HALO_FWHM_Q,
+                 halo_q_bound: float = 0.1, halo_fwhm_bounds: tuple[float, float] = (0.6, 1.5),
+                 refine: Sequence[str] = ("strain", "width", "zero"),
+                 caglioti: tuple[float, float, float] = DEFAULT_CAGLIOTI, microstrain: float = 0.0,
+                 eta: float | None = None, size_nm: float = 50.0,
+                 strain_start: float | Mapping[str, float] = 0.0, strain_range: float = 0.03,
+                 strain_search: float = 0.015, size_bounds_nm: tuple[float, float] = (2.0, 10_000.0),
+                 zero_range: float = 0.3, min_relative_intensity: float = 1e-3, window: float = DEFAULT_WINDOW,
+                 min_significance: float = 5.0, min_fraction_strain: float = 0.0,
+                 min_fraction_width: float = 0.01, max_iterations: int = 40, warm_iterations: int = 20) -> None:
+        """Set up phases, axis and model; `caglioti`/`microstrain`/`eta` describe the (calibrated) instrument.
+
+        `refine` ⊆ {"strain", "width", "zero", "halos"}: cold fits always refine halo Q/FWHM when halos are on;
+        warm fits only when "halos" is listed. `size_nm` is the starting crystallite size (sets Y₀). A phase's
+        strain is refined only when its scale is ≥ `min_significance` s.u. and its weight fraction ≥
+        `min_fraction_strain`, its width only above `min_fraction_width` (minor phases keep their profile, the
+        usual Rietveld practice: their widths are poorly determined and wander).
+        """
+        unknown = set(refine) - _REFINABLE
+        if unknown:
+            raise ValueError(f"unknown refine options {sorted(unknown)}; choose from {sorted(_REFINABLE)}")
+        self.phases = list(phases)
+        if not self.phases:
+            raise ValueError("at least one crystalline phase is needed")
+        self.names = [c.name for c in self.phases]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"phase names must be unique, got {self.names}")
+        x = np.asarray(two_theta, dtype=np.float64)
+        if x.ndim != 1 or x.size < 10 or np.any(np.diff(x) <= 0):
+            raise ValueError("two_theta must be a strictly increasing 1-D array of at least 10 points")
+        self.two_theta = x
+        self.radiation = Radiation.coerce(wavelength)
+        self.refine = frozenset(refine)
+        self.window = float(window)
+        self.min_significance = float(min_significance)
+        self.min_fraction_strain = float(min_fraction_strain)
+        self.min_fraction_width = float(min_fraction_width)
+        self.max_iterations = int(max_iterations)
+        self.warm_iterations = int(warm_iterations)
+        self.strain_range = float(strain_range)
+        self.strain_search = float(strain_search)
+        self.zero_range = float(zero_range)
+        lam = self.radiation.wavelength
+        self._y_from_size = lambda d_nm: math.degrees(SCHERRER_K * lam / (10.0 * d_nm))
+        self.width_bounds = (self._y_from_size(size_bounds_nm[1]), self._y_from_size(size_bounds_nm[0]))
+        self.width_start = self._y_from_size(size_nm)
+        np_ = len(self.phases)
+        if isinstance(strain_start, Mapping):
+            self.strain_start = np.array([float(strain_start.get(n, 0.0)) for n in self.names])
+        else:
+            self.strain_start = np.full(np_, float(strain_start))
+        # peak lists and models
+        margin = self.zero_range + 1.0
+        tt_max = min(float(x[-1]) * (1.0 + strain_search + 0.01) + margin + 2.0, 179.0)
+        self._models = [PeakModel(phase_peaks(c, self.radiation, tt_max, min_relative_intensity), self.radiation,
+                                  tuple(float(v) for v in caglioti), float(microstrain), eta) for c in self.phases]
+        self._zmv_over_norm = np.array([c.zmv / m.pk.norm for c, m in zip(self.phases, self._models)])
+        self._s_lo = math.sin(math.radians(max(float(x[0]) - margin, 0.05)) / 2.0)
+        self._s_hi = math.sin(math.radians(min(float(x[-1]) + margin, 179.0)) / 2.0)
+        # fixed background rows (Chebyshev on the measured range)
+        t = 2.0 * (x - x[0]) / (x[-1] - x[0]) - 1.0
+        self.background_order = int(background_order)
+        self._bg = np.polynomial.chebyshev.chebvander(t, self.background_order).T.copy()
+        self.halos = bool(halos)
+        self._halo_q0 = np.array(halo_q, dtype=float) if halos else np.zeros(0)
+        self._halo_w0 = np.array(halo_fwhm_q, dtype=float) if halos else np.zeros(0)
+        self._halo_q_bound = float(halo_q_bound)
+        self._halo_w_bounds = (float(halo_fwhm_bounds[0]), float(halo_fwhm_bounds[1]))
+        nb, nh = self._bg.shape[0], self._halo_q0.size
+        self._nb, self._nh, self._np = nb, nh, np_
+        self._nl = nb + nh + np_
+        self._nonneg = np.zeros(self._nl, dtype=bool)
+        self._nonneg[nb:] = True
+        self._dx = np.gradient(x)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the previous solution: the next `fit` is cold."""
+        n, np_ = self.two_theta.size, self._np
+        self._eps = self.strain_start.copy()
+        self._wid = np.full(np_, self.width_start)
+        self._zero = 0.0
+        self._hq = self._halo_q0.copy()
+        self._hw = self._halo_w0.copy()
+        self._tables: list[PhaseTable | None] = [None] * np_
+        nl, nh = self._nl, self._nh
+        # every model row in one array: linear columns, then ∂/∂ε, ∂/∂Y, ∂/∂z per phase, then ∂/∂q, ∂/∂w per halo
+        self._M = np.zeros((nl + 3 * np_ + 2 * nh, n))
+        self._A = self._M[:nl]
+        self._A[: self._nb] = self._bg
+        self._dphase = self._M[nl:nl + 3 * np_].reshape(np_, 3, n)
+        self._dhalo = self._M[nl + 3 * np_:].reshape(nh, 2, n)
+        self._params: list[tuple[str, int]] = []
+        self._cov: FloatArray | None = None
+        self._col_key: list[tuple | None] = [None] * np_
+        self._active = np.ones(np_, dtype=bool)  # inactive phases have a zero column (cold forward selection)
+        self._held: set[int] = set(range(np_))  # phases whose ε/Y were not refined in the last iteration
+        self._halo_key: tuple | None = None
+        self._s_key: float | None = None
+        self._passive: NDArray[np.bool_] | None = None
+        self._last_gof2: float | None = None
+        self._n_eval = 0
+
+    @property
+    def is_warm(self) -> bool:
+        """True when a previous solution exists (the next `fit` may warm-start)."""
+        return self._passive is not None
+
+    # ------------------------------------------------------------------ model columns
+    def _axis_sin(self) -> tuple[FloatArray, FloatArray]:
+        """sinθ and d(sinθ)/dz on the zero-corrected axis (cached per zero shift)."""
+        if self._s_key != self._zero:
+            half = np.radians(self.two_theta - self._zero) * 0.5
+            self._s = np.sin(half)
+            self._dsdz = -np.cos(half) * (math.pi / 360.0)
+            self._pol = polarisation_from_sin(self._s, self.radiation)
+            self._s_key = self._zero
+        return self._s, self._dsdz
+
+    def _table(self, p: int) -> PhaseTable:
+        """The phase's table, re-rendered at the current (ε, Y) when they left its validity window."""
+        tab = self._tables[p]
+        if tab is None or not tab.valid(self._eps[p], self._wid[p]):
+            tab = PhaseTable(self._models[p], self._eps[p], self._wid[p], self._s_lo, self._s_hi, self.window)
+            self._tables[p] = tab
+        return tab
+
+    def _phase_column(self, p: int, strain: float, width: float, derivs: bool
+                      ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, FloatArray | None]:
+        """Unit-scale column of phase p at (ε, Y, current z) and, on request, ∂/∂ε, ∂/∂Y, ∂/∂z."""
+        s, dsdz = self._axis_sin()
+        tab = self._tables[p]
+        g, g_y, g_s, r = tab.evaluate(s, strain, width, derivs)
+        sr = s * r
+        pr = (r * r * r) * self._pol / polarisation_from_sin(sr, self.radiation)
+        col = pr * g
+        if not derivs:
+            return col, None, None, None
+        d_eps = col * (3.0 / (1.0 + strain)) + pr * g_s * s * (1.0 / (1.0 + tab.strain_ref))
+        return col, d_eps, pr * g_y, pr * g_s * r * dsdz
+
+    def _update_columns(self, derivs: bool = True) -> None:
+        """Bring the design rows (phases, halos) and their derivatives up to the current nonlinear parameters."""
+        self._axis_sin()
+        nb, nh = self._nb, self._nh
+        changed = False
+        for p in range(self._np):
+            if not self._active[p]:
+                if self._col_key[p] != "off":
+                    self._A[nb + nh + p] = 0.0
+                    self._dphase[p] = 0.0
+                    self._col_key[p] = "off"
+                continue
+            key = (self._eps[p], self._wid[p], self._zero)
+            old = self._col_key[p]
+            if isinstance(old, tuple) and old[:2] == key[:2] and (old[3] or not derivs) and (
+                    old[2] == key[2] or (p in self._held and abs(old[2] - key[2]) < _HELD_ZERO_TOLERANCE)):
+                continue
+            self._table(p)
+            col, de, dy, dz = self._phase_column(p, self._eps[p], self._wid[p], derivs)
+            self._A[nb + nh + p] = col
+            if derivs:
+                self._dphase[p, 0], self._dphase[p, 1], self._dphase[p, 2] = de, dy, dz
+            self._col_key[p] = key + (derivs,)
+            changed = True
+        if nh:
+            key = (tuple(self._hq), tuple(self._hw), round(self._zero, 3))
+            if key != self._halo_key:
+                q = (4.0 * math.pi / self.radiation.wavelength) * self._s
+                for j in range(nh):
+                    u = (q - self._hq[j]) / self._hw[j]
+                    hj = np.exp(-4.0 * _LN2 * u * u)
+                    self._A[nb + j] = hj
+                    self._dhalo[j, 0] = hj * (8.0 * _LN2) * u / self._hw[j]
+                    self._dhalo[j, 1] = hj * (8.0 * _LN2) * u * u / self._hw[j]
+                self._halo_key = key
+                changed = True
+        self._n_eval += changed
+
+    # ------------------------------------------------------------------ linear algebra
+    def _deriv_rows(self, params: list[tuple[str, int]]) -> list[int]:
+        """Rows of `_M` holding the derivatives the refined parameters need (zero: one per refined phase)."""
+        nl, np_ = self._nl, self._np
+        rows: list[int] = []
+        zero_phases = sorted({i for kind, i in params if kind in ("strain", "width")})
+        for kind, i in params:
+            if kind == "strain":
+                rows.append(nl + 3 * i)
+            elif kind == "width":
+                rows.append(nl + 3 * i + 1)
+            elif kind == "zero":
+                rows += [nl + 3 * p + 2 for p in zero_phases]
+            elif kind == "hq":
+                rows.append(nl + 3 * np_ + 2 * i)
+            else:
+                rows.append(nl + 3 * np_ + 2 * i + 1)
+        return rows
+
+    def _gram(self, y: FloatArray, sw: FloatArray, params: list[tuple[str, int]]
+              ) -> tuple[FloatArray, FloatArray, list[int]]:
+        """One weighted Gram matrix of the linear columns plus the derivative rows the parameters need."""
+        rows = list(range(self._nl)) + self._deriv_rows(params)
+        mw = self._M[rows] * sw
+        return mw @ mw.T, mw @ (y * sw), rows
+
+    def _linear(self, g: FloatArray, h: FloatArray, yy: float) -> _Linear:
+        """Bounded solution of the linear block (the variable-projection inner problem) at the current θ."""
+        nl = self._nl
+        gl, hl = g[:nl, :nl], h[:nl]
+        c, passive = bounded_lsq(gl, hl, self._nonneg, self._passive)
+        return _Linear(gl, hl, c, passive, chi2_from_gram(yy, gl, hl, c))
+
+    def _solve_linear(self, y: FloatArray, w: FloatArray, yy: float) -> _Linear:
+        """Gram matrix of the linear columns only and its bounded solution (used by the scans)."""
+        return self._linear(*self._gram(y, np.sqrt(w), [])[:2], yy)
+
+    def _nonlinear_set(self, lin: _Linear, dof: int, with_halos: bool) -> list[tuple[str, int]]:
+        """Nonlinear parameters to refine now: those of phases/halos significantly present (others held)."""
+        cov = covariance(lin.g, lin.passive, lin.chi2 / max(dof, 1))
+        su = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        out: list[tuple[str, int]] = []
+        off = self._nb + self._nh
+        any_phase = False
+        cs = lin.c[off:self._nl]
+        total = float(self._zmv_over_norm @ cs)
+        wf = self._zmv_over_norm * cs / total if total > 0 else np.zeros_like(cs)
+        for p in range(self._np):
+            c = lin.c[off + p]
+            if c > 0.0 and c >= self.min_significance * su[off + p] and wf[p] >= self.min_fraction_strain:
+                any_phase = True
+                if "strain" in self.refine:
+                    out.append(("strain", p))
+                if "width" in self.refine and wf[p] >= self.min_fraction_width:
+                    out.append(("width", p))
+        self._held = set(range(self._np)) - {i for kind, i in out if kind in ("strain", "width")}
+        if any_phase and "zero" in self.refine:
+            out.append(("zero", 0))
+        if with_halos:
+            for j in range(self._nh):
+                a = lin.c[self._nb + j]
+                if a > 0.0 and a >= self.min_significance * su[self._nb + j]:
+                    out += [("hq", j), ("hw", j)]
+        return out
+
+    def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]]
+               ) -> tuple[FloatArray, FloatArray, NDArray[np.bool_], FloatArray]:
+        """Joint linearised normal equations over [A; s·∂model/∂θ] (Kaufman), from the Gram by a change of basis.
+
+        Returns the joint solution, the joint Gram, its passive set and the θ-shifts.
+        """
+        nl, np_ = self._nl, self._np
+        off = self._nb + self._nh
+        pos = {r: k for k, r in enumerate(rows)}
+        t = np.zeros((len(rows), nl + len(params)))
+        t[np.arange(nl), np.arange(nl)] = 1.0
+        zero_phases = sorted({i for kind, i in params if kind in ("strain", "width")})
+        for k, (kind, i) in enumerate(params):
+            col = nl + k
+            if kind == "strain":
+                t[pos[nl + 3 * i], col] = lin.c[off + i]
+            elif kind == "width":
+                t[pos[nl + 3 * i + 1], col] = lin.c[off + i]
+            elif kind == "zero":
+                for p in zero_phases:
+                    t[pos[nl + 3 * p + 2], col] = lin.c[off + p]
+            elif kind == "hq":
+                t[pos[nl + 3 * np_ + 2 * i], col] = lin.c[self._nb + i]
+            else:
+                t[pos[nl + 3 * np_ + 2 * i + 1], col] = lin.c[self._nb + i]
+        gj = t.T @ g @ t
+        hj = t.T @ h
+        n = nl + len(params)
+        nonneg = np.zeros(n, dtype=bool)
+        nonneg[:nl] = self._nonneg
+        warm = np.ones(n, dtype=bool)
+        warm[:nl] = lin.passive
+        x, passive = bounded_lsq(gj, hj, nonneg, warm)
+        return x, gj, passive, x[nl:]
+
+    # ------------------------------------------------------------------ nonlinear parameters
+    def _get(self) -> tuple:
+        """Snapshot of the nonlinear parameters."""
+        return (self._eps.copy(), self._wid.copy(), self._zero, self._hq.copy(), self._hw.copy())
+
+    def _set(self, snap: tuple) -> None:
+        """Restore a snapshot of the nonlinear parameters."""
+        self._eps, self._wid, self._zero, self._hq, self._hw = (snap[0].copy(), snap[1].copy(), snap[2],
+                                                                snap[3].copy(), snap[4].copy())
+
+    def _apply(self, params: list[tuple[str, int]], shift: FloatArray, base: tuple) -> None:
+        """Set θ = base + shift, clipped to the bounds."""
+        self._set(base)
+        lo_w, hi_w = self.width_bounds
+        for (kind, i), d in zip(params, shift):
+            if kind == "strain":
+                self._eps[i] = float(np.clip(self._eps[i] + d, -self.strain_range, self.strain_range))
+            elif kind == "width":
+                self._wid[i] = float(np.clip(self._wid[i] + d, lo_w, hi_w))
+            elif kind == "zero":
+                self._zero = float(np.clip(self._zero + d, -self.zero_range, self.zero_range))
+            elif kind == "hq":
+                q0 = self._halo_q0[i]
+                self._hq[i] = float(np.clip(self._hq[i] + d, q0 - self._halo_q_bound, q0 + self._halo_q_bound))
+            else:
+                w0 = self._halo_w0[i]
+                self._hw[i] = float(np.clip(self._hw[i] + d, w0 * self._halo_w_bounds[0],
+                                            w0 * self._halo_w_bounds[1]))
+
+    def _pinned(self, params: list[tuple[str, int]], shift: FloatArray) -> list[tuple[str, int]]:
+        """Parameters sitting on a bound whose Gauss–Newton shift points outside it."""
+        lo_w, hi_w = self.width_bounds
+        out = []
+        for (kind, i), d in zip(params, shift):
+            if kind == "strain":
+                v, lo, hi = self._eps[i], -self.strain_range, self.strain_range
+            elif kind == "width":
+                v, lo, hi = self._wid[i], lo_w, hi_w
+            elif kind == "zero":
+                v, lo, hi = self._zero, -self.zero_range, self.zero_range
+            elif kind == "hq":
+                v, lo, hi = self._hq[i], self._halo_q0[i] - self._halo_q_bound, self._halo_q0[i] + self._halo_q_bound
+            else:
+                v, lo, hi = self._hw[i], self._halo_w0[i] * self._halo_w_bounds[0], self._halo_w0[i] * self._halo_w_bounds[1]
+            tol = 1e-9 * max(abs(hi - lo), 1e-12)
+            if (d > 0 and v >= hi - tol) or (d < 0 and v <= lo + tol):
+                out.append((kind, i))
+        return out
+
+    def _trust(self, params: list[tuple[str, int]], shift: FloatArray) -> FloatArray:
+        """Scale the Gauss–Newton step so no parameter moves further than a safe amount in one iteration."""
+        limits = {"strain": lambda i: 2e-3, "width": lambda i: 0.5 * self._wid[i], "zero": lambda i: 0.05,
+                  "hq": lambda i: 0.05, "hw": lambda i: 0.25 * self._hw[i]}
+        ratio = 1.0
+        for (kind, i), d in zip(params, shift):
+            lim = limits[kind](i)
+            if abs(d) > lim:
+                ratio = min(ratio, lim / abs(d))
+        return shift * ratio
+
+    # ------------------------------------------------------------------ the refinement loop
+    def _refine(self, y: FloatArray, w: FloatArray, yy: float, max_iter: int, with_halos: bool,
+                recentre: bool = True, tolerance: float = SHIFT_TOLERANCE
+                ) -> tuple[_Linear, list, FloatArray | None, NDArray | None, int, bool]:
+        """Gauss–Newton/variable-projection iterations from the current θ; returns the final state.
+
+        One Gram matrix per iteration (linear columns + the derivative rows of the refined θ); the linear block
+        gives the projected solution and χ², a change of basis gives the joint (Kaufman) normal equations.
+        """
+        n = y.size
+        sw = np.sqrt(w)
+        self._update_columns()
+        params = [pr for pr in self._params if self._active[pr[1]] or pr[0] not in ("strain", "width")]
+        g, h, rows = self._gram(y, sw, params)
+        lin = self._linear(g, h, yy)
+        self._passive = lin.passive
+        new = self._nonlinear_set(lin, n - int(lin.passive.sum()), with_halos)
+        if new != params:
+            params = new
+            g, h, rows = self._gram(y, sw, params)
+        g_joint = passive_joint = None
+        converged = False
+        recentred = 0
+        it = 0
+        while params and it < max_iter:
+            it += 1
+            self._n_iter += 1
+            _, g_joint, passive_joint, shift = self._joint(g, h, rows, lin, params)
+            pinned = self._pinned(params, shift)
+            if pinned:  # parameters at a bound pushing outwards are held for this step (projected Gauss–Newton)
+                free = [pr for pr in params if pr not in pinned]
+                if not free:
+                    converged = True
+                    break
+                _, g_joint, passive_joint, shift = self._joint(g, h, rows, lin, free)
+            else:
+                free = params
+            dof = n - int(passive_joint.sum())
+            self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(dof, 1))
+            su = np.sqrt(np.maximum(np.diag(self._cov)[self._nl:], 0.0))
+            if np.all(np.abs(shift) <= tolerance * su + 1e-15):
+                if pinned:
+                    _, g_joint, passive_joint, _ = self._joint(g, h, rows, lin, params)
+                    self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(dof, 1))
+                if recentre and recentred < 2 and self._recentre():
+                    recentred += 1
+                    self._update_columns()
+                    g, h, rows = self._gram(y, sw, params)
+                    lin = self._linear(g, h, yy)
+                    self._passive = lin.passive
+                    continue
+                converged = True
+                break
+            step = self._trust(free, shift)
+            base = self._get()
+            accepted = False
+            for _ in range(6):
+                self._apply(free, step, base)
+                self._update_columns()
+                g2, h2, rows2 = self._gram(y, sw, params)
+                trial = self._linear(g2, h2, yy)
+                if trial.chi2 <= lin.chi2 * (1.0 + 1e-12) + 1e-12:
+                    g, h, rows, lin = g2, h2, rows2, trial
+                    self._passive = lin.passive
+                    accepted = True
+                    break
+                step = 0.5 * step
+            if not accepted:  # no decrease along the Gauss–Newton direction: at the minimum within noise
+                self._set(base)
+                self._update_columns()
+                g, h, rows = self._gram(y, sw, params)
+                lin = self._linear(g, h, yy)
+                self._passive = lin.passive
+                converged = True
+                break
+            # a refined phase whose scale fell to zero cannot be refined (its Jacobian rows vanish)
+            off = self._nb + self._nh
+            keep = [pr for pr in params if pr[0] not in ("strain", "width") or lin.c[off + pr[1]] > 0.0]
+            if len(keep) != len(params):
+                params = keep if any(k[0] in ("strain", "width") for k in keep) else []
+                g, h, rows = self._gram(y, sw, params)
+        if not params:
+            converged = True
+            g_joint = passive_joint = None
+            self._cov = covariance(lin.g, lin.passive, lin.chi2 / max(n - int(lin.passive.sum()), 1))
+        elif not converged:
+            _, g_joint, passive_joint, _ = self._joint(g, h, rows, lin, params)
+            self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(n - int(passive_joint.sum()), 1))
+        self._params = params
+        return lin, params, g_joint, passive_joint, it, converged
+
+    def _recentre(self) -> bool:
+        """Drop tables whose width node is off-centre (re-rendered on the next update); True if any was."""
+        any_ = False
+        for p, tab in enumerate(self._tables):
+            if tab is not None and not tab.centred(self._wid[p]):
+                self._tables[p] = None
+                self._col_key[p] = None
+                any_ = True
+        return any_
+
+    # ------------------------------------------------------------------ cold-start searches
+    def _strain_step(self, p: int) -> float:
+        """Strain step moving the phase's strong peaks by about half their FWHM (grid spacing of the scan)."""
+        tt, area, fwhm, _ = self._models[p].peaks(self._eps[p], self._wid[p])
+        x = self.two_theta
+        sel = (tt > x[0]) & (tt < x[-1]) & (area >= 0.05 * (area.max() if area.size else 0.0))
+        if not sel.any():
+            return 2e-3
+        th = np.radians(tt[sel]) / 2.0
+        return float(np.clip(np.min(0.5 * np.radians(fwhm[sel]) / (2.0 * np.tan(th))), 5e-5, 2e-3))
+
+    def _scan(self, y: FloatArray, w: FloatArray, yy: float, p: int, candidates: Sequence[tuple[float, float]],
+              lin: _Linear, exact: bool, commit: bool = True) -> tuple[_Linear, int, FloatArray]:
+        """Try (ε, Y) candidates for phase p with all else fixed (rank-one Gram updates); keep the best if asked."""
+        row = self._nb + self._nh + p
+        if exact:
+            cols = np.array([self._models[p].render(self.two_theta - self._zero, e, yv, 0.0, self.window)
+                             for e, yv in candidates])
+        else:
+            self._table(p)
+            cols = np.array([self._phase_column(p, e, yv, False)[0] for e, yv in candidates])
+        self._n_eval += len(candidates)
+        cw = cols * w
+        cross = cw @ self._A.T
+        cc = np.einsum("kn,kn->k", cw, cols)
+        cy = cw @ y
+        best, best_k = lin, -1
+        for k in range(len(candidates)):
+            g = lin.g.copy()
+            h = lin.h.copy()
+            g[row, :] = cross[k]
+            g[:, row] = cross[k]
+            g[row, row] = cc[k]
+            h[row] = cy[k]
+            c, passive = bounded_lsq(g, h, self._nonneg, lin.passive)
+            chi2 = chi2_from_gram(yy, g, h, c)
+            if chi2 < best.chi2:
+                best, best_k = _Linear(g, h, c, passive, chi2), k
+        if commit and best_k >= 0:
+            self._commit(p, candidates[best_k], cols[best_k], best)
+        return best, best_k, cols
+
+    def _commit(self, p: int, params: tuple[float, float], col: FloatArray, lin: _Linear) -> None:
+        """Adopt a scanned (ε, Y) and its column for phase p."""
+        self._eps[p], self._wid[p] = params
+        self._col_key[p] = None
+        self._A[self._nb + self._nh + p] = col
+        self._passive = lin.passive
+
+    def _strain_grid(self, p: int) -> list[tuple[float, float]]:
+        """(ε, Y) candidates of the strain scan: ±strain_search around the start, half-FWHM steps."""
+        step = self._strain_step(p)
+        k = int(math.ceil(self.strain_search / step))
+        grid = self.strain_start[p] + step * np.arange(-k, k + 1)
+        grid = grid[np.abs(grid) <= self.strain_range]
+        return [(float(e), float(self._wid[p])) for e in grid]
+
+    def _strain_scan(self, y: FloatArray, w: FloatArray, yy: float, lin: _Linear, phases: Sequence[int]) -> _Linear:
+        """One sweep of strain scans over `phases`, strongest contribution first."""
+        off = self._nb + self._nh
+        order = sorted(phases, key=lambda p: -lin.c[off + p] * self._A[off + p].sum())
+        for p in order:
+            lin = self._scan(y, w, yy, p, self._strain_grid(p), lin, exact=False)[0]
+        return lin
+
+    def _width_scan(self, y: FloatArray, w: FloatArray, yy: float, lin: _Linear, phases: Sequence[int]) -> _Linear:
+        """Coarse Lorentzian-width scan (×¼ … ×4) of the given phases, exact renders."""
+        lo, hi = self.width_bounds
+        for p in phases:
+            cands = [(float(self._eps[p]), float(np.clip(self._wid[p] * f, lo, hi))) for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
+            lin = self._scan(y, w, yy, p, cands, lin, exact=True)[0]
+        return lin
+
+    def _cold_search(self, y: FloatArray, w: FloatArray, yy: float) -> None:
+        """Forward selection: add, one at a time, the phase whose best strain lowers χ² most, then refine it.
+
+        Starting from background + halos only, each round scans every absent phase's strain and adds the one with
+        the largest χ² decrease if that exceeds `min_significance`²·2; the newcomer's width is scanned and the
+        included phases are refined by a few Gauss–Newton steps before the next round, so a misfit of the main
+        phase is not taken up by a look-alike (α/β/γ-CsPbI3 share their pseudo-cubic sub-cell reflections).
+        """
+        off = self._nb + self._nh
+        self._active[:] = False
+        self._update_columns(derivs=False)
+        lin = self._solve_linear(y, w, yy)
+        self._passive = lin.passive
+        threshold = 2.0 * self.min_significance ** 2
+        while not self._active.all():
+            best = None
+            for p in np.flatnonzero(~self._active):
+                self._active[p] = True
+                self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
+                cands = self._strain_grid(p) if "strain" in self.refine else [(self._eps[p], self._wid[p])]
+                trial, k, cols = self._scan(y, w, yy, p, cands, lin, exact=False, commit=False)
+                self._active[p] = False
+                if k >= 0 and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
+                    best = (trial, p, cands[k], cols[k])
+            if best is None or lin.chi2 - best[0].chi2 < threshold:
+                break
+            trial, p, params, col = best
+            self._active[p] = True
+            self._commit(p, params, col, trial)
+            lin = trial
+            if "width" in self.refine:
+                lin = self._width_scan(y, w, yy, lin, [p])
+            lin = self._refine(y, w, yy, 8, self.halos)[0]
+        # the phases not selected stay in the model at their starting values (NNLS keeps them at ≈ 0)
+        for p in np.flatnonzero(~self._active):
+            self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
+            self._col_key[p] = None
+        self._active[:] = True
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, counts: ArrayLike, *, warm_start: bool = True, weights: ArrayLike | None = None) -> QuantResult:
+        """Fit one pattern on `two_theta`; warm-starts from the previous fit unless `warm_start=False`."""
+        y = np.asarray(counts, dtype=np.float64)
+        if y.shape != self.two_theta.shape:
+            raise ValueError(f"counts has shape {y.shape}, expected {self.two_theta.shape}")
+        w = 1.0 / np.maximum(y, 1.0) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != y.shape or np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError("weights must be finite, non-negative and shaped like counts")
+        yy = float(w @ (y * y))
+        cold = not (warm_start and self.is_warm)
+        self._n_eval = 0
+        self._n_iter = 0
+        reseeded = False
+        if cold:
+            self.reset()
+            self._cold_search(y, w, yy)
+            out = self._refine(y, w, yy, self.max_iterations, self.halos)
+        else:
+            out = self._refine(y, w, yy, self.warm_iterations, self.halos and "halos" in self.refine, False,
+                               WARM_SHIFT_TOLERANCE)
+            lin = out[0]
+            dof = max(y.size - int(lin.passive.sum()) - len(out[1]), 1)
+            gof2 = lin.chi2 / dof
+            last = self._last_gof2
+            if last is not None and gof2 > last * (1.0 + RESEED_SIGMAS * math.sqrt(2.0 / dof)):
+                # χ² jumped by more than its own scatter: something appeared that a warm step cannot follow
+                # (a phase held at a stale strain) — scan the strains of the held phases, refine, keep if better
+                snap = self._get()
+                held = sorted(self._held)
+                if held:
+                    self._strain_scan(y, w, yy, lin, held)
+                    out2 = self._refine(y, w, yy, self.max_iterations, self.halos and "halos" in self.refine, False,
+                                        WARM_SHIFT_TOLERANCE)
+                    if out2[0].chi2 < lin.chi2:
+                        out, reseeded = out2, True
+                    else:
+                        self._set(snap)
+                        out = self._refine(y, w, yy, self.warm_iterations, False, False, WARM_SHIFT_TOLERANCE)
+        return self._result(y, w, yy, out, cold, reseeded)
+
+    def _result(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, cold: bool, reseeded: bool) -> QuantResult:
+        """Assemble the QuantResult (curve, R factors, Hill–Howard fractions and their uncertainties)."""
+        lin, params, g_joint, passive_joint, _, converged = out
+        iterations = self._n_iter
+        nb, nh, nl = self._nb, self._nh, self._nl
+        c = lin.c
+        curve = c @ self._A
+        background = c[:nb] @ self._A[:nb]
+        halo = c[nb:nb + nh] @ self._A[nb:nb + nh] if nh else np.zeros_like(y)
+        resid = y - curve
+        chi2 = float(w @ (resid * resid))
+        n_par = int(lin.passive.sum()) + len(params)
+        dof = max(y.size - n_par, 1)
+        rwp = math.sqrt(chi2 / yy) if yy > 0 else math.nan
+        rexp = math.sqrt(dof / yy) if yy > 0 else math.nan
+        self._last_gof2 = chi2 / dof
+        cov = self._cov  # σ²(JᵀWJ)⁻¹ at the final θ, σ² = χ²/(N − P) (the Rietveld convention)
+        off = nb + nh
+        cs = c[off:nl]
+        a = self._zmv_over_norm
+        total = float(a @ cs)
+        wf = a * cs / total if total > 0 else np.zeros_like(cs)
+        # ∂W_p/∂c_i = a_p(δ_pi T − c_p a_i)/T²
+        if total > 0:
+            jac = (np.diag(a) * total - np.outer(a * cs, a)) / total ** 2
+            cov_c = cov[off:nl, off:nl]
+            wf_su = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, cov_c, jac), 0.0))
+        else:
+            wf_su = np.zeros_like(cs)
+        norms = np.array([m.pk.norm for m in self._models])
+        sc, sc_su = cs / norms, np.sqrt(np.maximum(np.diag(cov)[off:nl], 0.0)) / norms
+        su_theta = dict(zip(params, np.sqrt(np.maximum(np.diag(cov)[nl:], 0.0)))) if params else {}
+        refined = {p for kind, p in params if kind in ("strain", "width")}
+        lam = self.radiation.wavelength
+        phase_area = float(cs @ (self._A[off:nl] @ self._dx))
+        halo_area = float((halo * self._dx).sum())
+        names = self.names
+        return QuantResult(
+            weight_fractions=dict(zip(names, map(float, wf))), weight_fraction_su=dict(zip(names, map(float, wf_su))),
+            scale_factors=dict(zip(names, map(float, sc))), scale_factor_su=dict(zip(names, map(float, sc_su))),
+            strain=dict(zip(names, map(float, self._eps))),
+            strain_su={n: float(su_theta.get(("strain", p), 0.0)) for p, n in enumerate(names)},
+            width=dict(zip(names, map(float, self._wid))),
+            width_su={n: float(su_theta.get(("width", p), 0.0)) for p, n in enumerate(names)},
+            size_nm={n: SCHERRER_K * lam / (10.0 * math.radians(yv)) for n, yv in zip(names, self._wid)},
+            refined={n: p in refined for p, n in enumerate(names)},
+            zero_shift=float(self._zero), zero_shift_su=float(su_theta.get(("zero", 0), 0.0)),
+            halo_intensity=halo_area,
+            halo_fraction=halo_area / (halo_area + phase_area) if halo_area + phase_area > 0 else 0.0,
+            halo_amplitudes=tuple(map(float, c[nb:nb + nh])), halo_q=tuple(map(float, self._hq)),
+            halo_fwhm_q=tuple(map(float, self._hw)), rwp=rwp, rexp=rexp, gof=rwp / rexp, chi2=chi2,
+            n_points=int(y.size), n_parameters=n_par, curve=curve, background=background, halo=halo,
+            n_iterations=int(iterations), n_evaluations=int(self._n_eval), converged=bool(converged), cold=cold,
+            reseeded=reseeded)
+
+    # ------------------------------------------------------------------ exact model (baselines, checks)
+    def exact_phase_pattern(self, phase: int | str, strain: float, width: float, zero: float = 0.0) -> FloatArray:
+        """Phase pattern in the Crystal.peaks scale convention (s = 1), rendered from scratch on `two_theta`."""
+        p = self.names.index(phase) if isinstance(phase, str) else int(phase)
+        m = self._models[p]
+        return m.render(self.two_theta, strain, width, zero, self.window) * m.pk.norm
+
+    def halo_shapes(self, q: Sequence[float] | None = None, fwhm: Sequence[float] | None = None,
+                    zero: float = 0.0) -> FloatArray:
+        """Unit-height Gaussian halos in Q on `two_theta` (rows), as used by the model."""
+        q = self._halo_q0 if q is None else np.asarray(q, dtype=float)
+        fw = self._halo_w0 if fwhm is None else np.asarray(fwhm, dtype=float)
+        qq = (4.0 * math.pi / self.radiation.wavelength) * np.sin(np.radians(self.two_theta - zero) / 2.0)
+        return np.exp(-4.0 * _LN2 * ((qq[None, :] - q[:, None]) / fw[:, None]) ** 2)
+
+    @property
+    def background_basis(self) -> FloatArray:
+        """Chebyshev background rows on `two_theta` (order + 1 rows)."""
+        return self._bg.copy()

@@ -1,0 +1,201 @@
+"""Per-phase unit-scale powder patterns tabulated on a uniform sinθ grid, for fast strain/zero/width changes.
+
+Why a table in sinθ: an isotropic lattice strain ε multiplies every d by (1 + ε), so every line moves to
+sinθ' = sinθ/(1 + ε) (Bragg's law) — a pure *rescaling* of sinθ. A pattern rendered once at a reference strain
+ε_ref therefore gives the pattern at ε by reading the table at sinθ·r, r = (1 + ε)/(1 + ε_ref), with one
+multiplication per point instead of re-rendering hundreds of peaks. The intensity bookkeeping is exact: with
+I_k ∝ LP(2θ_k) and LP = P(2θ)/(sin²θ cosθ) (International Tables Vol. C §6.2.5, as in `analysis.profiles`), the
+area Jacobian r·cosθ/cosθ_b of the mapping and the LP ratio combine to r³·P(2θ)/P(2θ_b), θ_b the back-mapped
+angle. What is not exact is second order: a mapped peak keeps the reference FWHM scaled by cosθ_b/(r cosθ)
+instead of the Caglioti/Scherrer width at the new angle (relative error ≈ |ε − ε_ref|(1 + tan²θ)); tables are
+re-rendered when |ε − ε_ref| exceeds `STRAIN_WINDOW` (error ≲ 0.5 % of a width).
+
+The Lorentzian width parameter Y (FWHM_L = Y·(λ_line/λ₁)/cosθ, Scherrer form, Langford & Wilson, J. Appl. Cryst.
+11, 102 (1978)) enters through a quadratic in Y built from three renders at Y_ref·(1 − δ, 1, 1 + δ)
+(δ = `WIDTH_NODE`): exact at the nodes, third-order error in between; re-rendered when |Y/Y_ref − 1| >
+`WIDTH_WINDOW`, and (cold fits) once more at convergence when Y ended further than `WIDTH_RECENTRE` from the
+centre node. Values between table points are linearly interpolated; the table step is FWHM_min/`OVERSAMPLE` in
+2θ, so the interpolation error is ≤ (1/OVERSAMPLE)²·ln2/2 ≈ 0.1–0.2 % of a peak height for OVERSAMPLE = 24
+(|G''|max = 8 ln2 for a unit-height Gaussian, 8 for a Lorentzian, of unit FWHM; error ≤ h²|G''|/8). The derivative with respect to the
+read position is the slope of the interpolant (exact for the interpolated model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from analysis.profiles import render_peaks, tch_combine
+from analysis.radiation import Radiation
+
+FloatArray = NDArray[np.float64]
+
+OVERSAMPLE: float = 24.0
+"""Table points per narrowest FWHM (2θ); see the module docstring for the interpolation error."""
+STRAIN_WINDOW: float = 4e-3
+"""Re-render a phase's table when its strain moved further than this from the table's reference strain."""
+WIDTH_NODE: float = 0.2
+"""Relative spacing of the three width nodes of a table (Y_ref·(1 ± WIDTH_NODE))."""
+WIDTH_WINDOW: float = 0.2
+"""Re-render when |Y/Y_ref − 1| exceeds this: no extrapolation beyond the nodes (a quadratic extrapolated in Y
+can have a spurious minimum that stalls Gauss–Newton)."""
+WIDTH_RECENTRE: float = 0.04
+"""At convergence, re-render and iterate again when |Y/Y_ref − 1| exceeds this (final model near the centre node)."""
+MAX_TABLE_POINTS: int = 400_000
+"""Cap on table length (memory: 6 float64 columns, ≈ 19 MB at the cap)."""
+_TABLE_S_MARGIN: float = 0.03
+"""The table spans sinθ·(1 ± 3 %) beyond the data so strains up to ±3 % read inside it."""
+
+
+def polarisation_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
+    """Polarisation factor from sinθ (no trigonometric calls): cos2θ = 1 − 2 sin²θ (same formulas as profiles)."""
+    c2 = 1.0 - 2.0 * s * s
+    c2 *= c2
+    if rad.polarisation == "synchrotron":
+        p = rad.synchrotron_polarisation
+        return p + (1.0 - p) * c2
+    if rad.monochromator_two_theta is None:
+        return 0.5 * (1.0 + c2)
+    km = math.cos(math.radians(rad.monochromator_two_theta)) ** 2
+    return (1.0 + km * c2) / (1.0 + km)
+
+
+@dataclass
+class PhasePeaks:
+    """A phase's reflection list at zero strain over all radiation lines: sinθ, wavelength, w·|F|²·m (no LP)."""
+
+    sin_theta: FloatArray
+    wavelength: FloatArray
+    f2m: FloatArray
+    norm: float  # the largest integrated intensity in range at ε = 0: columns are divided by it (conditioning)
+
+
+def phase_peaks(crystal, rad: Radiation, two_theta_max: float, min_relative_intensity: float) -> PhasePeaks:
+    """Collect a crystal's peaks line by line (so each knows its wavelength) and strip the LP factor."""
+    from analysis.profiles import lorentz_polarisation
+
+    sins, lams, f2ms = [], [], []
+    for lam, weight in rad.lines:
+        line = Radiation(((lam, weight),), rad.polarisation, rad.monochromator_two_theta,
+                         rad.synchrotron_polarisation)
+        c, a = crystal.peaks(line, two_theta_max, strain=0.0)
+        c = np.asarray(c, dtype=float)
+        a = np.asarray(a, dtype=float)
+        sins.append(np.sin(np.radians(c) / 2.0))
+        lams.append(np.full(c.size, lam))
+        f2ms.append(a / lorentz_polarisation(c, rad))
+    s, lam, f2m = np.concatenate(sins), np.concatenate(lams), np.concatenate(f2ms)
+    areas = f2m * _lp_from_sin(s, rad)
+    norm = float(areas.max()) if areas.size else 1.0
+    keep = areas >= min_relative_intensity * norm
+    return PhasePeaks(s[keep], lam[keep], f2m[keep], norm)
+
+
+def _lp_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
+    """Lorentz–polarisation factor P/(sin²θ cosθ) from sinθ."""
+    return polarisation_from_sin(s, rad) / (s * s * np.sqrt(np.maximum(1.0 - s * s, 1e-300)))
+
+
+class PeakModel:
+    """Peak positions, areas and widths of one phase as a function of strain ε and Lorentzian width Y (deg)."""
+
+    def __init__(self, peaks: PhasePeaks, rad: Radiation, caglioti: tuple[float, float, float],
+                 microstrain: float, eta: float | None) -> None:
+        """Keep the reflection list and the fixed (instrumental) Gaussian width parameters."""
+        self.pk = peaks
+        self.rad = rad
+        self.caglioti = caglioti
+        self.microstrain = microstrain
+        self.eta = eta
+        self.lam_ratio = peaks.wavelength / rad.wavelength
+
+    def peaks(self, strain: float, width: float, zero: float = 0.0
+              ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Centres (deg, + zero), areas (÷ norm), FWHM (deg) and η for strain ε and Lorentzian coefficient Y."""
+        s = self.pk.sin_theta / (1.0 + strain)
+        ok = s < 1.0
+        s = s[ok]
+        theta = np.arcsin(s)
+        tt = np.degrees(2.0 * theta)
+        area = self.pk.f2m[ok] * _lp_from_sin(s, self.rad) / self.pk.norm
+        t = np.tan(theta)
+        u, v, w = self.caglioti
+        g = np.sqrt(np.maximum(u * t * t + v * t + w, 0.0))
+        if self.microstrain:
+            g = np.hypot(g, np.degrees(4.0 * self.microstrain * t))
+        lor = width * self.lam_ratio[ok] / np.cos(theta)
+        fwhm, eta = tch_combine(g, lor)
+        fwhm = np.maximum(fwhm, 1e-6)
+        if self.eta is not None:
+            eta = np.full_like(fwhm, self.eta)
+        return tt + zero, area, fwhm, eta
+
+    def render(self, x: FloatArray, strain: float, width: float, zero: float = 0.0,
+               window: float = 6.0) -> FloatArray:
+        """Exact unit-scale pattern (÷ norm) on a sorted 2θ grid: peaks re-rendered from scratch (slow path)."""
+        return render_peaks(x, *self.peaks(strain, width, zero), window=window)
+
+
+class PhaseTable:
+    """One phase tabulated on a uniform sinθ grid at (ε_ref, Y_ref): value and slope for a quadratic in Y."""
+
+    def __init__(self, model: PeakModel, strain_ref: float, width_ref: float, s_lo: float, s_hi: float,
+                 window: float) -> None:
+        """Render the three width nodes and store [T0, T1, T2, D0, D1, D2] per table point."""
+        self.strain_ref = float(strain_ref)
+        self.width_ref = float(width_ref)
+        self.dy = WIDTH_NODE * self.width_ref
+        tt, area, fwhm, _ = model.peaks(strain_ref, width_ref * (1.0 - WIDTH_NODE))
+        s_lo = max(s_lo / (1.0 + _TABLE_S_MARGIN), 1e-6)
+        s_hi = min(s_hi * (1.0 + _TABLE_S_MARGIN), 1.0)
+        inside = (tt > 2.0 * math.degrees(math.asin(s_lo))) & (tt < 2.0 * math.degrees(math.asin(s_hi)))
+        f_min = float(fwhm[inside].min()) if inside.any() else 0.1
+        cos_hi = math.sqrt(max(1.0 - s_hi * s_hi, 1e-12))
+        h_s = max(math.radians(f_min / OVERSAMPLE) * 0.5 * cos_hi, (s_hi - s_lo) / MAX_TABLE_POINTS)
+        n = int(math.ceil((s_hi - s_lo) / h_s)) + 2
+        grid = s_lo + h_s * np.arange(n)
+        xs = np.degrees(2.0 * np.arcsin(np.minimum(grid, 1.0)))
+        nodes = [model.render(xs, strain_ref, width_ref * (1.0 + k * WIDTH_NODE), 0.0, window) for k in (-1, 0, 1)]
+        t0 = nodes[1]
+        t1 = (nodes[2] - nodes[0]) / (2.0 * self.dy)
+        t2 = (nodes[2] - 2.0 * nodes[1] + nodes[0]) / (self.dy * self.dy)
+        tab = np.zeros((n, 6))
+        tab[:, 0], tab[:, 1], tab[:, 2] = t0, t1, t2
+        tab[:-1, 3:] = tab[1:, :3] - tab[:-1, :3]
+        self.tab = tab
+        self.s_lo = s_lo
+        self.h_s = h_s
+        self.n = n
+
+    def centred(self, width: float) -> bool:
+        """True when Y is close to the centre node (no final re-render needed)."""
+        return abs(width / self.width_ref - 1.0) <= WIDTH_RECENTRE
+
+    def valid(self, strain: float, width: float) -> bool:
+        """True while (ε, Y) is close enough to the reference for the table approximations."""
+        return (abs(strain - self.strain_ref) <= STRAIN_WINDOW
+                and abs(width / self.width_ref - 1.0) <= WIDTH_WINDOW)
+
+    def evaluate(self, s: FloatArray, strain: float, width: float, need_derivs: bool
+                 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, float]:
+        """Table value G, dG/dY, dG/d(sinθ_read) at sinθ·r and r = (1+ε)/(1+ε_ref); derivatives on request."""
+        r = (1.0 + strain) / (1.0 + self.strain_ref)
+        u = (s * r - self.s_lo) * (1.0 / self.h_s)
+        np.clip(u, 0.0, self.n - 1.000001, out=u)
+        i = u.astype(np.intp)
+        f = u - i
+        rows = self.tab[i]
+        dy = width - self.width_ref
+        wv = np.array([1.0, dy, 0.5 * dy * dy])
+        base = rows[:, :3] @ wv
+        slope = rows[:, 3:] @ wv
+        g = base + f * slope
+        if not need_derivs:
+            return g, None, None, r
+        wd = np.array([0.0, 1.0, dy])
+        g_y = rows[:, :3] @ wd + f * (rows[:, 3:] @ wd)
+        g_s = slope * (1.0 / self.h_s)
+        return g, g_y, g_s, r

@@ -41,7 +41,8 @@ from numpy.typing import ArrayLike, NDArray
 from analysis.crystal import Crystal
 from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
 from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance
-from analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, polarisation_from_sin
+from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
+                                   polarisation_from_sin)
 from analysis.radiation import Radiation
 
 __all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q"]
@@ -64,6 +65,18 @@ RESEED_SIGMAS: float = 5.0
 (√(2/(N−P)) relative, the χ² distribution) since the previous pattern."""
 _HELD_ZERO_TOLERANCE = 0.002
 """deg: columns of phases held (not refined) follow zero-shift changes only beyond this (≪ any FWHM)."""
+ONE_STEP_SU: float = 1.0
+"""Warm fits: a full (untruncated) Gauss–Newton step whose every shift is below this many s.u. is accepted as the
+converged solution without another Gram matrix and solve: Gauss–Newton converges quadratically near the minimum, so
+the shift after it is second order (≪ the tolerance); the s.u. are those of the step's normal matrix, as Rietveld
+programs report the last cycle's."""
+ANTICIPATE: float = 0.6
+"""Warm fits re-render a phase's table with its reference strain/width this fraction of the validity window ahead of
+the current value in the direction the value is drifting (thermal expansion, coarsening): the table then serves
+(1 + ANTICIPATE) windows of drift instead of one. Accuracy is unchanged (the same validity test applies)."""
+RESCAN_MIN_FRACTION: float = 0.01
+"""Warm fits re-scan the strain and width of a phase that became refinable (significant) since the previous pattern
+when its weight fraction is at least this (a phase appearing at a transition carries a stale ε/Y otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,8 @@ class PhaseQuantifier:
         self._nonneg = np.zeros(self._nl, dtype=bool)
         self._nonneg[nb:] = True
         self._dx = np.gradient(x)
+        self._sin0 = np.sin(np.radians(x) * 0.5)
+        self._cos0 = np.cos(np.radians(x) * 0.5)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -212,6 +227,21 @@ class PhaseQuantifier:
         self._A[: self._nb] = self._bg
         self._dphase = self._M[nl:nl + 3 * np_].reshape(np_, 3, n)
         self._dhalo = self._M[nl + 3 * np_:].reshape(nh, 2, n)
+        # Gram cache for the current pattern's weights: the weighted rows requested last (one contiguous block), their
+        # Gram matrix and AᵀWy; rows rewritten since (`_rowok` False) are re-multiplied alone
+        self._rowok = np.zeros(self._M.shape[0], dtype=bool)
+        self._wrows = None
+        self._lin_rows = np.arange(nl, dtype=np.intp)
+        self._sw = np.ones(n)
+        self._ysw = np.zeros(n)
+        self._anticipate = False
+        self._prev_eps = self._eps.copy()  # nonlinear parameters at the start of the previous fit (drift)
+        self._prev_wid = self._wid.copy()
+        self._drift_eps = np.zeros(np_)
+        self._drift_wid = np.zeros(np_)
+        self._wrows: NDArray[np.intp] | None = None
+        self._rowok = np.zeros(self._M.shape[0], dtype=bool)
+        self._prev_refined: set[int] = set()
         self._params: list[tuple[str, int]] = []
         self._cov: FloatArray | None = None
         self._col_key: list[tuple | None] = [None] * np_
@@ -232,9 +262,14 @@ class PhaseQuantifier:
     def _axis_sin(self) -> tuple[FloatArray, FloatArray]:
         """sinθ and d(sinθ)/dz on the zero-corrected axis (cached per zero shift)."""
         if self._s_key != self._zero:
-            half = np.radians(self.two_theta - self._zero) * 0.5
-            self._s = np.sin(half)
-            self._dsdz = -np.cos(half) * (math.pi / 360.0)
+            # sin/cos of (θ − z/2) by the addition theorem from the fixed axis: no transcendental per point
+            dz = math.radians(self._zero) * 0.5
+            cd, sd = math.cos(dz), math.sin(dz)
+            self._s = self._sin0 * cd
+            self._s -= self._cos0 * sd
+            self._dsdz = self._cos0 * cd
+            self._dsdz += self._sin0 * sd
+            self._dsdz *= -math.pi / 360.0
             self._pol = polarisation_from_sin(self._s, self.radiation)
             self._s_key = self._zero
         return self._s, self._dsdz
@@ -242,24 +277,41 @@ class PhaseQuantifier:
     def _table(self, p: int) -> PhaseTable:
         """The phase's table, re-rendered at the current (ε, Y) when they left its validity window."""
         tab = self._tables[p]
-        if tab is None or not tab.valid(self._eps[p], self._wid[p]):
-            tab = PhaseTable(self._models[p], self._eps[p], self._wid[p], self._s_lo, self._s_hi, self.window)
+        eps, wid = self._eps[p], self._wid[p]
+        if tab is None or not tab.valid(eps, wid):
+            eps_ref, wid_ref = eps, wid
+            if self._anticipate:  # warm: place the reference ahead of a steady drift so the table serves longer
+                d_eps, d_wid = self._drift_eps[p], self._drift_wid[p]
+                if 0.0 < abs(d_eps) <= 0.5 * STRAIN_WINDOW:
+                    eps_ref = eps + math.copysign(ANTICIPATE * STRAIN_WINDOW, d_eps)
+                if 0.0 < abs(d_wid) <= 0.5 * WIDTH_WINDOW:
+                    wid_ref = wid / (1.0 - math.copysign(ANTICIPATE * WIDTH_WINDOW, d_wid))
+            tab = PhaseTable(self._models[p], eps_ref, wid_ref, self._s_lo, self._s_hi, self.window)
             self._tables[p] = tab
         return tab
 
-    def _phase_column(self, p: int, strain: float, width: float, derivs: bool
+    def _phase_column(self, p: int, strain: float, width: float, derivs: bool, out: FloatArray | None = None
                       ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, FloatArray | None]:
-        """Unit-scale column of phase p at (ε, Y, current z) and, on request, ∂/∂ε, ∂/∂Y, ∂/∂z."""
+        """Unit-scale column of phase p at (ε, Y, current z) and, on request, ∂/∂ε, ∂/∂Y, ∂/∂z (into `out` rows).
+
+        The table holds G/P (polarisation divided out at its nodes), so the column is r³·P(2θ)·(G/P)(sinθ·r).
+        """
         s, dsdz = self._axis_sin()
         tab = self._tables[p]
         g, g_y, g_s, r = tab.evaluate(s, strain, width, derivs)
-        sr = s * r
-        pr = (r * r * r) * self._pol / polarisation_from_sin(sr, self.radiation)
-        col = pr * g
+        pr = self._pol * (r * r * r)
+        col = np.multiply(pr, g, out=None if out is None else out[0])
         if not derivs:
             return col, None, None, None
-        d_eps = col * (3.0 / (1.0 + strain)) + pr * g_s * s * (1.0 / (1.0 + tab.strain_ref))
-        return col, d_eps, pr * g_y, pr * g_s * r * dsdz
+        pg = g_s
+        pg *= pr
+        d_eps = np.multiply(pg, s, out=None if out is None else out[1])
+        d_eps *= 1.0 / (1.0 + tab.strain_ref)
+        d_eps += col * (3.0 / (1.0 + strain))
+        d_y = np.multiply(pr, g_y, out=None if out is None else out[2])
+        d_z = np.multiply(pg, dsdz, out=None if out is None else out[3])
+        d_z *= r
+        return col, d_eps, d_y, d_z
 
     def _update_columns(self, derivs: bool = True) -> None:
         """Bring the design rows (phases, halos) and their derivatives up to the current nonlinear parameters."""
@@ -272,22 +324,24 @@ class PhaseQuantifier:
                     self._A[nb + nh + p] = 0.0
                     self._dphase[p] = 0.0
                     self._col_key[p] = "off"
+                    self._touch(self._phase_rows(p))
                 continue
             key = (self._eps[p], self._wid[p], self._zero)
             old = self._col_key[p]
-            if isinstance(old, tuple) and old[:2] == key[:2] and (old[3] or not derivs) and (
+            derivs_p = derivs and p not in self._held
+            if isinstance(old, tuple) and old[:2] == key[:2] and (old[3] or not derivs_p) and (
                     old[2] == key[2] or (p in self._held and abs(old[2] - key[2]) < _HELD_ZERO_TOLERANCE)):
                 continue
             self._table(p)
-            col, de, dy, dz = self._phase_column(p, self._eps[p], self._wid[p], derivs)
-            self._A[nb + nh + p] = col
-            if derivs:
-                self._dphase[p, 0], self._dphase[p, 1], self._dphase[p, 2] = de, dy, dz
-            self._col_key[p] = key + (derivs,)
+            out = [self._A[nb + nh + p], self._dphase[p, 0], self._dphase[p, 1], self._dphase[p, 2]]
+            self._phase_column(p, self._eps[p], self._wid[p], derivs_p, out)
+            self._touch(self._phase_rows(p))
+            self._col_key[p] = key + (derivs_p,)
             changed = True
         if nh:
-            key = (tuple(self._hq), tuple(self._hw), round(self._zero, 3))
-            if key != self._halo_key:
+            key = (tuple(self._hq), tuple(self._hw), self._zero)
+            old = self._halo_key
+            if old is None or old[:2] != key[:2] or abs(old[2] - key[2]) >= _HELD_ZERO_TOLERANCE:
                 q = (4.0 * math.pi / self.radiation.wavelength) * self._s
                 for j in range(nh):
                     u = (q - self._hq[j]) / self._hw[j]
@@ -295,6 +349,7 @@ class PhaseQuantifier:
                     self._A[nb + j] = hj
                     self._dhalo[j, 0] = hj * (8.0 * _LN2) * u / self._hw[j]
                     self._dhalo[j, 1] = hj * (8.0 * _LN2) * u * u / self._hw[j]
+                    self._touch([nb + j, self._nl + 3 * self._np + 2 * j, self._nl + 3 * self._np + 2 * j + 1])
                 self._halo_key = key
                 changed = True
         self._n_eval += changed
@@ -318,12 +373,50 @@ class PhaseQuantifier:
                 rows.append(nl + 3 * np_ + 2 * i + 1)
         return rows
 
-    def _gram(self, y: FloatArray, sw: FloatArray, params: list[tuple[str, int]]
-              ) -> tuple[FloatArray, FloatArray, list[int]]:
-        """One weighted Gram matrix of the linear columns plus the derivative rows the parameters need."""
-        rows = list(range(self._nl)) + self._deriv_rows(params)
-        mw = self._M[rows] * sw
-        return mw @ mw.T, mw @ (y * sw), rows
+    def _phase_rows(self, p: int) -> list[int]:
+        """Rows of `_M` holding phase p's column and its three derivatives."""
+        d = self._nl + 3 * p
+        return [self._nb + self._nh + p, d, d + 1, d + 2]
+
+    def _touch(self, rows: Sequence[int]) -> None:
+        """Mark rows of `_M` as rewritten: their weighted copies and Gram entries are recomputed when next needed."""
+        self._rowok[rows] = False
+
+    def _set_pattern(self, y: FloatArray, w: FloatArray) -> None:
+        """New counts and weights: every cached weighted row and Gram entry is stale."""
+        self._sw = np.sqrt(w)
+        self._ysw = y * self._sw
+        self._wrows = None
+
+    def _gram(self, params: list[tuple[str, int]]) -> tuple[FloatArray, FloatArray, list[int]]:
+        """Weighted Gram matrix and AᵀWy of the linear columns plus the derivative rows the parameters need.
+
+        Cached for the current pattern: when the same rows are requested again (the next Gauss–Newton trial), only
+        rows rewritten since (the refined phases' columns and derivatives) are re-weighted and multiplied against the
+        block — the background, halo and held-phase blocks are reused (float64 BLAS on contiguous rows).
+        """
+        dr = self._deriv_rows(params)
+        rows = np.concatenate((self._lin_rows, np.asarray(dr, dtype=np.intp))) if dr else self._lin_rows
+        if self._wrows is None or not np.array_equal(rows, self._wrows):
+            a = self._M.take(rows, axis=0)
+            a *= self._sw
+            self._wb, self._wrows = a, rows
+            self._gb = a @ a.T
+            self._hb = a @ self._ysw
+            self._rowok[rows] = True
+        else:
+            bad = np.flatnonzero(~self._rowok[rows])
+            if bad.size:
+                a = self._wb
+                for k in bad:
+                    np.multiply(self._M[rows[k]], self._sw, out=a[k])
+                ab = a[bad]
+                blk = ab @ a.T
+                self._gb[bad, :] = blk
+                self._gb[:, bad] = blk.T
+                self._hb[bad] = ab @ self._ysw
+                self._rowok[rows] = True
+        return self._gb.copy(), self._hb.copy(), rows.tolist()
 
     def _linear(self, g: FloatArray, h: FloatArray, yy: float) -> _Linear:
         """Bounded solution of the linear block (the variable-projection inner problem) at the current θ."""
@@ -334,7 +427,7 @@ class PhaseQuantifier:
 
     def _solve_linear(self, y: FloatArray, w: FloatArray, yy: float) -> _Linear:
         """Gram matrix of the linear columns only and its bounded solution (used by the scans)."""
-        return self._linear(*self._gram(y, np.sqrt(w), [])[:2], yy)
+        return self._linear(*self._gram([])[:2], yy)
 
     def _nonlinear_set(self, lin: _Linear, dof: int, with_halos: bool) -> list[tuple[str, int]]:
         """Nonlinear parameters to refine now: those of phases/halos significantly present (others held)."""
@@ -461,7 +554,7 @@ class PhaseQuantifier:
 
     # ------------------------------------------------------------------ the refinement loop
     def _refine(self, y: FloatArray, w: FloatArray, yy: float, max_iter: int, with_halos: bool,
-                recentre: bool = True, tolerance: float = SHIFT_TOLERANCE
+                recentre: bool = True, tolerance: float = SHIFT_TOLERANCE, one_step: bool = False
                 ) -> tuple[_Linear, list, FloatArray | None, NDArray | None, int, bool]:
         """Gauss–Newton/variable-projection iterations from the current θ; returns the final state.
 
@@ -469,16 +562,16 @@ class PhaseQuantifier:
         gives the projected solution and χ², a change of basis gives the joint (Kaufman) normal equations.
         """
         n = y.size
-        sw = np.sqrt(w)
         self._update_columns()
         params = [pr for pr in self._params if self._active[pr[1]] or pr[0] not in ("strain", "width")]
-        g, h, rows = self._gram(y, sw, params)
+        g, h, rows = self._gram(params)
         lin = self._linear(g, h, yy)
         self._passive = lin.passive
         new = self._nonlinear_set(lin, n - int(lin.passive.sum()), with_halos)
         if new != params:
             params = new
-            g, h, rows = self._gram(y, sw, params)
+            self._update_columns()  # derivative rows of phases that became refined
+            g, h, rows = self._gram(params)
         g_joint = passive_joint = None
         converged = False
         recentred = 0
@@ -506,19 +599,21 @@ class PhaseQuantifier:
                 if recentre and recentred < 2 and self._recentre():
                     recentred += 1
                     self._update_columns()
-                    g, h, rows = self._gram(y, sw, params)
+                    g, h, rows = self._gram(params)
                     lin = self._linear(g, h, yy)
                     self._passive = lin.passive
                     continue
                 converged = True
                 break
             step = self._trust(free, shift)
+            small = one_step and not pinned and bool(np.all(np.abs(shift) <= ONE_STEP_SU * su)) and bool(
+                np.array_equal(step, shift))
             base = self._get()
             accepted = False
             for _ in range(6):
                 self._apply(free, step, base)
                 self._update_columns()
-                g2, h2, rows2 = self._gram(y, sw, params)
+                g2, h2, rows2 = self._gram(params)
                 trial = self._linear(g2, h2, yy)
                 if trial.chi2 <= lin.chi2 * (1.0 + 1e-12) + 1e-12:
                     g, h, rows, lin = g2, h2, rows2, trial
@@ -526,10 +621,11 @@ class PhaseQuantifier:
                     accepted = True
                     break
                 step = 0.5 * step
+                small = False
             if not accepted:  # no decrease along the Gauss–Newton direction: at the minimum within noise
                 self._set(base)
                 self._update_columns()
-                g, h, rows = self._gram(y, sw, params)
+                g, h, rows = self._gram(params)
                 lin = self._linear(g, h, yy)
                 self._passive = lin.passive
                 converged = True
@@ -539,7 +635,10 @@ class PhaseQuantifier:
             keep = [pr for pr in params if pr[0] not in ("strain", "width") or lin.c[off + pr[1]] > 0.0]
             if len(keep) != len(params):
                 params = keep if any(k[0] in ("strain", "width") for k in keep) else []
-                g, h, rows = self._gram(y, sw, params)
+                g, h, rows = self._gram(params)
+            elif small:  # a full step below ONE_STEP_SU s.u.: the next shift is second order
+                converged = True
+                break
         if not params:
             converged = True
             g_joint = passive_joint = None
@@ -607,6 +706,7 @@ class PhaseQuantifier:
         self._eps[p], self._wid[p] = params
         self._col_key[p] = None
         self._A[self._nb + self._nh + p] = col
+        self._touch(self._phase_rows(p))
         self._passive = lin.passive
 
     def _strain_grid(self, p: int) -> list[tuple[float, float]]:
@@ -688,30 +788,65 @@ class PhaseQuantifier:
         reseeded = False
         if cold:
             self.reset()
+            self._set_pattern(y, w)
             self._cold_search(y, w, yy)
             out = self._refine(y, w, yy, self.max_iterations, self.halos)
         else:
-            out = self._refine(y, w, yy, self.warm_iterations, self.halos and "halos" in self.refine, False,
-                               WARM_SHIFT_TOLERANCE)
-            lin = out[0]
-            dof = max(y.size - int(lin.passive.sum()) - len(out[1]), 1)
-            gof2 = lin.chi2 / dof
-            last = self._last_gof2
-            if last is not None and gof2 > last * (1.0 + RESEED_SIGMAS * math.sqrt(2.0 / dof)):
-                # χ² jumped by more than its own scatter: something appeared that a warm step cannot follow
-                # (a phase held at a stale strain) — scan the strains of the held phases, refine, keep if better
-                snap = self._get()
-                held = sorted(self._held)
-                if held:
-                    self._strain_scan(y, w, yy, lin, held)
-                    out2 = self._refine(y, w, yy, self.max_iterations, self.halos and "halos" in self.refine, False,
-                                        WARM_SHIFT_TOLERANCE)
-                    if out2[0].chi2 < lin.chi2:
-                        out, reseeded = out2, True
-                    else:
-                        self._set(snap)
-                        out = self._refine(y, w, yy, self.warm_iterations, False, False, WARM_SHIFT_TOLERANCE)
+            self._set_pattern(y, w)
+            self._anticipate = True
+            # per-pattern drift of ε and relative drift of Y (for table anticipation)
+            self._drift_eps = self._eps - self._prev_eps
+            self._drift_wid = self._wid / self._prev_wid - 1.0
+            self._prev_eps, self._prev_wid = self._eps.copy(), self._wid.copy()
+            halos = self.halos and "halos" in self.refine
+            try:
+                out = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
+                out, reseeded = self._warm_rescans(y, w, yy, out, halos)
+            finally:
+                self._anticipate = False
+        self._prev_refined = {p for kind, p in out[1] if kind == "strain"}
         return self._result(y, w, yy, out, cold, reseeded)
+
+    def _warm_rescans(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, halos: bool) -> tuple[tuple, bool]:
+        """After a warm refinement: re-scan phases that just became significant, or all held ones after a χ² jump.
+
+        A phase that was too weak to refine carries a stale strain/width (it may have been last refined on the other
+        side of a transition, or never); when it becomes significant — or when χ²/(N−P) jumped by more than
+        RESEED_SIGMAS of its scatter since the previous pattern — its strain is scanned over the cold-fit grid at
+        the current width, then its width coarsely (×¼…×4), then everything is refined again; the result is kept
+        if χ² fell. Costs a few milliseconds, only at transitions.
+        """
+        lin = out[0]
+        dof = max(y.size - int(lin.passive.sum()) - len(out[1]), 1)
+        gof2 = lin.chi2 / dof
+        last = self._last_gof2
+        jumped = last is not None and gof2 > last * (1.0 + RESEED_SIGMAS * math.sqrt(2.0 / dof))
+        off = self._nb + self._nh
+        cs = lin.c[off:self._nl]
+        total = float(self._zmv_over_norm @ cs)
+        wf = self._zmv_over_norm * cs / total if total > 0 else np.zeros_like(cs)
+        refined = {p for kind, p in out[1] if kind == "strain"}
+        newly = sorted(p for p in refined - self._prev_refined if wf[p] >= RESCAN_MIN_FRACTION)
+        targets = newly or (sorted(self._held) if jumped else [])
+        if not targets:
+            return out, False
+        snap = self._get()
+        if newly:  # strain × candidate widths (its own, the starting one, those of the phases refined before it):
+            # a stale width can hide the right strain; strongest newcomer first
+            widths = {float(self._wid[p]) for p in self._prev_refined} | {float(self.width_start)}
+            for p in sorted(newly, key=lambda p: -lin.c[off + p] * self._A[off + p].sum()):
+                grid = self._strain_grid(p)
+                cands = [(e, yv) for yv in sorted(widths | {float(self._wid[p])}) for e, _ in grid]
+                lin = self._scan(y, w, yy, p, cands, lin, exact=False)[0]
+        else:
+            lin = self._strain_scan(y, w, yy, lin, targets)
+        if "width" in self.refine:
+            lin = self._width_scan(y, w, yy, lin, [p for p in targets if p in refined])
+        out2 = self._refine(y, w, yy, self.max_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
+        if out2[0].chi2 < out[0].chi2:
+            return out2, True
+        self._set(snap)
+        return self._refine(y, w, yy, self.warm_iterations, False, False, WARM_SHIFT_TOLERANCE, True), False
 
     def _result(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, cold: bool, reseeded: bool) -> QuantResult:
         """Assemble the QuantResult (curve, R factors, Hill–Howard fractions and their uncertainties)."""

@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg.lapack import dposv, dpotrf, dpotri
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
 
 def _solve(g: FloatArray, h: FloatArray) -> FloatArray:
-    """Solve the (equilibrated, SPD) system g x = h; least-squares fallback when numerically singular."""
-    try:
-        x = np.linalg.solve(g, h)
-        if np.all(np.isfinite(x)):
-            return x
-    except np.linalg.LinAlgError:
-        pass
+    """Solve the (equilibrated, SPD) system g x = h by Cholesky (LAPACK dposv, no Python-level checks on the way);
+    least-squares fallback when not numerically positive definite."""
+    _, x, info = dposv(g, h, lower=0, overwrite_a=0, overwrite_b=0)
+    if info == 0 and np.isfinite(x).all():
+        return x
     return np.linalg.lstsq(g, h, rcond=1e-12)[0]
+
+
+def _sub_solve(gs: FloatArray, hs: FloatArray, p: BoolArray) -> FloatArray:
+    """x with x[p] solving the passive sub-system and 0 elsewhere (no gather when everything is passive)."""
+    if p.all():
+        return _solve(gs, hs)
+    x = np.zeros(hs.size)
+    idx = np.flatnonzero(p)
+    if idx.size:
+        x[idx] = _solve(gs[np.ix_(idx, idx)], hs[idx])
+    return x
 
 
 def bounded_lsq(g: FloatArray, h: FloatArray, nonneg: BoolArray, warm: BoolArray | None = None,
@@ -35,29 +45,21 @@ def bounded_lsq(g: FloatArray, h: FloatArray, nonneg: BoolArray, warm: BoolArray
     entries): in sequential refinement the guess is usually right and one solve plus the KKT check suffice.
     """
     n = h.size
-    d = np.sqrt(np.diag(g).copy())
-    d[~(d > 0.0)] = 1.0
-    gs = g / d[:, None] / d[None, :]
-    hs = h / d
+    d = np.sqrt(np.diagonal(g))
+    d = np.where(d > 0.0, d, 1.0)
+    inv = 1.0 / d
+    gs = g * np.multiply.outer(inv, inv)
+    hs = h * inv
     free = ~nonneg
     p = (warm | free) if warm is not None else free.copy()
-    x = np.zeros(n)
-    idx = np.flatnonzero(p)
-    if idx.size:
-        x[idx] = _solve(gs[idx[:, None], idx], hs[idx])
+    x = _sub_solve(gs, hs, p)
     neg = nonneg & (x < 0.0)
     if neg.any():  # make the start feasible: drop the offending constrained variables, re-solve
         p &= ~neg
-        x[:] = 0.0
-        idx = np.flatnonzero(p)
-        if idx.size:
-            x[idx] = _solve(gs[idx[:, None], idx], hs[idx])
+        x = _sub_solve(gs, hs, p)
         if np.any(nonneg & (x < 0.0)):  # still infeasible: the free-only start is always feasible
             p = free.copy()
-            x[:] = 0.0
-            idx = np.flatnonzero(p)
-            if idx.size:
-                x[idx] = _solve(gs[idx[:, None], idx], hs[idx])
+            x = _sub_solve(gs, hs, p)
     tol = 1e-10 * (1.0 + np.abs(hs).max())
     for _ in range(max_iter):
         grad = hs - gs @ x
@@ -66,9 +68,7 @@ def bounded_lsq(g: FloatArray, h: FloatArray, nonneg: BoolArray, warm: BoolArray
             break
         p[cand[np.argmax(grad[cand])]] = True
         for _ in range(max_iter):
-            z = np.zeros(n)
-            idx = np.flatnonzero(p)
-            z[idx] = _solve(gs[idx[:, None], idx], hs[idx])
+            z = _sub_solve(gs, hs, p)
             bad = p & nonneg & (z <= 0.0)
             if not bad.any():
                 x = z
@@ -78,7 +78,7 @@ def bounded_lsq(g: FloatArray, h: FloatArray, nonneg: BoolArray, warm: BoolArray
             x = x + alpha * (z - x)
             p &= ~(nonneg & (x <= 1e-14))
             x[~p] = 0.0
-    return x / d, p
+    return x * inv, p
 
 
 def chi2_from_gram(yy: float, g: FloatArray, h: FloatArray, x: FloatArray) -> float:
@@ -92,15 +92,23 @@ def covariance(g: FloatArray, passive: BoolArray, sigma2: float) -> FloatArray:
     out = np.zeros((n, n))
     if not passive.any():
         return out
+    every = bool(passive.all())
     idx = np.flatnonzero(passive)
-    d = np.sqrt(np.diag(g)[idx])
-    d[~(d > 0.0)] = 1.0
-    sub = g[idx[:, None], idx] / d[:, None] / d[None, :]
-    try:
-        inv = np.linalg.inv(sub)
-        if not np.all(np.isfinite(inv)):
-            raise np.linalg.LinAlgError("non-finite inverse")
-    except np.linalg.LinAlgError:
+    sub = g if every else g[np.ix_(idx, idx)]
+    d = np.sqrt(np.diagonal(sub))
+    d = np.where(d > 0.0, d, 1.0)
+    scale = np.multiply.outer(1.0 / d, 1.0 / d)
+    sub = sub * scale
+    c, info = dpotrf(sub, lower=0, clean=1, overwrite_a=0)
+    if info == 0:
+        inv, info = dpotri(c, lower=0, overwrite_c=1)
+    if info == 0 and np.isfinite(inv).all():
+        inv = np.triu(inv) + np.triu(inv, 1).T  # dpotri fills the upper triangle
+    else:
         inv = np.linalg.pinv(sub)
-    out[idx[:, None], idx] = sigma2 * inv / d[:, None] / d[None, :]
+    inv *= scale
+    inv *= sigma2
+    if every:
+        return inv
+    out[np.ix_(idx, idx)] = inv
     return out

@@ -14,10 +14,12 @@ The Lorentzian width parameter Y (FWHM_L = Y·(λ_line/λ₁)/cosθ, Scherrer fo
 11, 102 (1978)) enters through a quadratic in Y built from three renders at Y_ref·(1 − δ, 1, 1 + δ)
 (δ = `WIDTH_NODE`): exact at the nodes, third-order error in between; re-rendered when |Y/Y_ref − 1| >
 `WIDTH_WINDOW`, and (cold fits) once more at convergence when Y ended further than `WIDTH_RECENTRE` from the
-centre node. Values between table points are linearly interpolated; the table step is FWHM_min/`OVERSAMPLE` in
-2θ, so the interpolation error is ≤ (1/OVERSAMPLE)²·ln2/2 ≈ 0.1–0.2 % of a peak height for OVERSAMPLE = 24
-(|G''|max = 8 ln2 for a unit-height Gaussian, 8 for a Lorentzian, of unit FWHM; error ≤ h²|G''|/8). The derivative with respect to the
-read position is the slope of the interpolant (exact for the interpolated model).
+centre node. Values between table points are interpolated by Catmull–Rom cubics (the cubic-convolution kernel of
+Keys, IEEE Trans. ASSP 29, 1153 (1981), third-order accurate); the table step is FWHM_min/`OVERSAMPLE` in 2θ. For
+OVERSAMPLE = 8 the interpolation error, computed for unit-height pseudo-Voigts of unit FWHM, is ≤ 0.06 % (Gaussian),
+0.11 % (η = 0.5), 0.17 % (Lorentzian) of the peak height — what linear interpolation reaches only at 24 points per
+FWHM (0.12–0.17 %), so tables are 3× shorter and 3× cheaper to render. The derivative with respect to the read
+position is the derivative of the cubic (exact for the interpolated model).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from analysis.radiation import Radiation
 
 FloatArray = NDArray[np.float64]
 
-OVERSAMPLE: float = 24.0
+OVERSAMPLE: float = 8.0
 """Table points per narrowest FWHM (2θ); see the module docstring for the interpolation error."""
 STRAIN_WINDOW: float = 4e-3
 """Re-render a phase's table when its strain moved further than this from the table's reference strain."""
@@ -45,7 +47,11 @@ can have a spurious minimum that stalls Gauss–Newton)."""
 WIDTH_RECENTRE: float = 0.04
 """At convergence, re-render and iterate again when |Y/Y_ref − 1| exceeds this (final model near the centre node)."""
 MAX_TABLE_POINTS: int = 400_000
-"""Cap on table length (memory: 6 float64 columns, ≈ 19 MB at the cap)."""
+"""Cap on table length (memory: 12 float64 columns, ≈ 38 MB at the cap)."""
+_CR = np.array([[0.0, -0.5, 1.0, -0.5], [1.0, 0.0, -2.5, 1.5], [0.0, 0.5, 2.0, -1.5], [0.0, 0.0, -0.5, 0.5]])
+"""Catmull–Rom weights of the nodes i−1, i, i+1, i+2 as polynomials in the cell fraction f (columns: 1, f, f², f³)."""
+_CR_D = np.array([[-0.5, 2.0, -1.5, 0.0], [0.0, -5.0, 4.5, 0.0], [0.5, 4.0, -4.5, 0.0], [0.0, -1.0, 1.5, 0.0]])
+"""d/df of the Catmull–Rom weights (columns: 1, f, f², f³)."""
 _TABLE_S_MARGIN: float = 0.03
 """The table spans sinθ·(1 ± 3 %) beyond the data so strains up to ±3 % read inside it."""
 
@@ -155,20 +161,27 @@ class PhaseTable:
         f_min = float(fwhm[inside].min()) if inside.any() else 0.1
         cos_hi = math.sqrt(max(1.0 - s_hi * s_hi, 1e-12))
         h_s = max(math.radians(f_min / OVERSAMPLE) * 0.5 * cos_hi, (s_hi - s_lo) / MAX_TABLE_POINTS)
-        n = int(math.ceil((s_hi - s_lo) / h_s)) + 2
+        s_lo -= h_s  # one node below the range: the cubic reads nodes i−1 … i+2
+        n = int(math.ceil((s_hi - s_lo) / h_s)) + 3
         grid = s_lo + h_s * np.arange(n)
         xs = np.degrees(2.0 * np.arcsin(np.minimum(grid, 1.0)))
         nodes = [model.render(xs, strain_ref, width_ref * (1.0 + k * WIDTH_NODE), 0.0, window) for k in (-1, 0, 1)]
-        t0 = nodes[1]
-        t1 = (nodes[2] - nodes[0]) / (2.0 * self.dy)
-        t2 = (nodes[2] - 2.0 * nodes[1] + nodes[0]) / (self.dy * self.dy)
-        tab = np.zeros((n, 6))
-        tab[:, 0], tab[:, 1], tab[:, 2] = t0, t1, t2
-        tab[:-1, 3:] = tab[1:, :3] - tab[:-1, :3]
+        # the polarisation factor at the table node is divided out (G/P is tabulated): the caller multiplies by P at
+        # the measured angle, which is the exact intensity bookkeeping of the mapping (module doc) without a
+        # second polarisation evaluation at the read position per column
+        inv_pol = 1.0 / polarisation_from_sin(np.minimum(grid, 1.0), model.rad)
+        t0 = nodes[1] * inv_pol
+        t1 = (nodes[2] - nodes[0]) * (inv_pol / (2.0 * self.dy))
+        t2 = (nodes[2] - 2.0 * nodes[1] + nodes[0]) * (inv_pol / (self.dy * self.dy))
+        base = np.stack((t0, t1, t2), axis=1)
+        tab = np.zeros((n, 12))  # row i: [T0, T1, T2] at nodes i−1, i, i+1, i+2 (one gather per read point)
+        for j in range(4):
+            tab[1:n - 2, 3 * j:3 * j + 3] = base[j:n - 3 + j]
         self.tab = tab
         self.s_lo = s_lo
         self.h_s = h_s
         self.n = n
+        self._wt = np.zeros((8, 12))
 
     def centred(self, width: float) -> bool:
         """True when Y is close to the centre node (no final re-render needed)."""
@@ -181,21 +194,36 @@ class PhaseTable:
 
     def evaluate(self, s: FloatArray, strain: float, width: float, need_derivs: bool
                  ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, float]:
-        """Table value G, dG/dY, dG/d(sinθ_read) at sinθ·r and r = (1+ε)/(1+ε_ref); derivatives on request."""
+        """Table value G/P, d(G/P)/dY, d(G/P)/d(sinθ_read) at sinθ·r and r = (1+ε)/(1+ε_ref); derivatives on request.
+
+        One gather of the 12-wide table rows and one small matrix product contract the quadratic in Y at the four
+        nodes of each read point; the Catmull–Rom weights (and their derivatives) then combine the nodes.
+        """
         r = (1.0 + strain) / (1.0 + self.strain_ref)
-        u = (s * r - self.s_lo) * (1.0 / self.h_s)
-        np.clip(u, 0.0, self.n - 1.000001, out=u)
+        u = s * (r / self.h_s)
+        u -= self.s_lo / self.h_s
+        np.clip(u, 1.0, self.n - 2.000001, out=u)
         i = u.astype(np.intp)
         f = u - i
-        rows = self.tab[i]
+        rows = self.tab.take(i, axis=0)
         dy = width - self.width_ref
-        wv = np.array([1.0, dy, 0.5 * dy * dy])
-        base = rows[:, :3] @ wv
-        slope = rows[:, 3:] @ wv
-        g = base + f * slope
+        wt = self._wt
+        for j in range(4):
+            k = 3 * j
+            wt[j, k], wt[j, k + 1], wt[j, k + 2] = 1.0, dy, 0.5 * dy * dy
+            wt[4 + j, k + 1], wt[4 + j, k + 2] = 1.0, dy
+        powers = np.empty((4, f.size))
+        powers[0] = 1.0
+        powers[1] = f
+        np.multiply(f, f, out=powers[2])
+        np.multiply(powers[2], f, out=powers[3])
+        c = _CR @ powers
         if not need_derivs:
-            return g, None, None, r
-        wd = np.array([0.0, 1.0, dy])
-        g_y = rows[:, :3] @ wd + f * (rows[:, 3:] @ wd)
-        g_s = slope * (1.0 / self.h_s)
+            v = wt[:4] @ rows.T
+            return np.einsum("jn,jn->n", c, v), None, None, r
+        vd = wt @ rows.T
+        g = np.einsum("jn,jn->n", c, vd[:4])
+        g_y = np.einsum("jn,jn->n", c, vd[4:])
+        g_s = np.einsum("jn,jn->n", _CR_D @ powers, vd[:4])
+        g_s *= 1.0 / self.h_s
         return g, g_y, g_s, r

@@ -23,11 +23,34 @@ Protocol (SCPI-style, shared by the three instruments and by the emulators in ``
   error carries the instrument's own error text.
 
 Per trigger the wire sees exactly: [``CONF:INT <s>``], ``INIT``, ``*OPC?``, ``FETC:DATA?``
-(plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` if the block length differs from the cached axis).
+(plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` when no axis has been read yet).
+
+Faults and the retry policy per command (transport: ``devices.visa``):
+
+* ``*IDN?``, ``FETC:AXIS:UNIT?``, ``FETC:AXIS?``, ``SOUR:WAV?``, ``*OPC?``, ``FETC:DATA?``, ``STAT:OPER:COND?``:
+  idempotent queries, re-asked after a timeout or a dropped connection (session reopened) or a garbage/
+  truncated reply (input drained). ``FETC:DATA?`` returns the last acquisition again, so re-asking is safe;
+  a block whose length differs from the axis counts as a bad reply and is re-fetched.
+* ``CONF:INT <s>``, ``ABOR``: absolute settings, re-sent after a dropped connection.
+* ``INIT`` is **not** idempotent (a second INIT would start another exposure, or be refused with -213 while
+  one runs, and a lost INIT would make ``FETC:DATA?`` return the previous spectrum). It is never re-sent
+  blindly: if the connection is lost after it was sent, the device reconnects and asks
+  ``STAT:OPER:COND?``; ``1`` (acquiring) → the acquisition started, wait for it with ``*OPC?``; ``0`` →
+  unknown whether it ran, so ``ABOR`` (known idle state, no data) and ``INIT`` again — at most
+  ``retry.attempts`` − 1 times. Costs one extra exposure, never returns stale data.
+* ``SYST:ERR?`` pops the error queue: asked once, for the error message only.
+
+Saturation: with ``full_scale`` set (the largest value the instrument can report: ADC or counter full scale;
+the simulated rig passes its emulators' values), every acquisition sets the ``saturated`` signal (a boolean
+in every event, key ``<name>_saturated``) to True when any point reached full scale, and logs a warning with
+the number of clipped points. The data are kept as measured: clipped peaks are flagged, not dropped, so the
+analysis can exclude or down-weight them. Without ``full_scale`` the signal is omitted from events.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from typing import Any, ClassVar
 
@@ -40,7 +63,9 @@ from .visa import (
     DEFAULT_TIMEOUT_S,
     InstrumentError,
     InstrumentIdentityError,
+    InstrumentInDoubtError,
     InstrumentReplyError,
+    RetryPolicy,
     VisaInstrument,
     VisaSignalRO,
     open_instrument,
@@ -57,6 +82,31 @@ __all__ = [
 
 #: numpy dtype string of every array on the wire (little-endian float64), as event-model wants it.
 DTYPE_NUMPY = "<f8"
+
+log = logging.getLogger(__name__)
+
+#: SCPI commands this driver writes that set an absolute state (re-sent after a dropped connection).
+IDEMPOTENT_COMMANDS = ("CONF:INT ", "ABOR", "*CLS", "FORM ")
+
+
+def _idempotent(command: str) -> bool:
+    """Retry policy of the SCPI writes: settings yes, ``INIT`` never (module doc)."""
+    return command.upper().startswith(IDEMPOTENT_COMMANDS)
+
+
+def _opc(reply: str) -> str:
+    """``*OPC?`` must answer exactly ``1``."""
+    if reply.strip() != "1":
+        raise ValueError(f"*OPC? replied {reply!r}, expected '1'")
+    return "1"
+
+
+def _flag(reply: str) -> int:
+    """``STAT:OPER:COND?``: 0 idle, 1 acquiring."""
+    value = int(reply.strip())
+    if value not in (0, 1):
+        raise ValueError(f"STAT:OPER:COND? replied {reply!r}, expected 0 or 1")
+    return value
 
 
 class AcquisitionError(InstrumentError):
@@ -129,6 +179,7 @@ class ScpiArrayDetector(Device):
     """
 
     exposure = Cpt(UnitSignal, value=1.0, units="s", kind=Kind.config)
+    saturated = Cpt(Signal, value=False, kind=Kind.normal)
 
     data_attr: ClassVar[str] = ""
     axis_attr: ClassVar[str] = ""
@@ -147,12 +198,16 @@ class ScpiArrayDetector(Device):
         io_timeout: float = DEFAULT_TIMEOUT_S,
         expected_idn: str | None = None,
         check_identity: bool = True,
+        full_scale: float | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         """Open ``resource`` (backend ``resource_manager``, default "@py") and check the identity.
 
         ``exposure`` is in experiment seconds; ``time_scale`` experiment seconds per wall second;
-        ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query.
+        ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query;
+        ``full_scale`` the instrument's largest reportable value (enables the ``saturated`` flag);
+        ``retry`` the transient-fault policy (default ``devices.visa.DEFAULT_RETRY``).
         """
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
@@ -162,8 +217,13 @@ class ScpiArrayDetector(Device):
         self.expected_idn = expected_idn
         self._visa: VisaInstrument | None = None
         self._written_exposure: float | None = None
+        self.full_scale = None if full_scale is None or not math.isfinite(full_scale) else float(full_scale)
+        self.restarts = 0
+        """Acquisitions re-started (ABOR + INIT) after a lost INIT (diagnostics, tests)."""
         super().__init__("", name=name, **kwargs)
         self.exposure.put(float(exposure))
+        if self.full_scale is None:
+            self.saturated.kind = Kind.omitted
         self._visa = open_instrument(
             resource,
             instrument=f"{self.instrument_kind} '{name}'",
@@ -171,6 +231,8 @@ class ScpiArrayDetector(Device):
             read_termination="\n",
             write_termination="\n",
             timeout_s=io_timeout,
+            retry=retry,
+            idempotent=_idempotent,
         )
         if check_identity:
             try:
@@ -199,33 +261,41 @@ class ScpiArrayDetector(Device):
     # -- instrument operations --------------------------------------------------------------------
     def identify(self) -> str:
         """Query ``*IDN?``; raise InstrumentIdentityError if empty or lacking ``expected_idn``."""
-        reply = self.visa.query("*IDN?")
-        if not reply or (self.expected_idn is not None and self.expected_idn not in reply):
-            raise InstrumentIdentityError(
-                f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; expected an identity "
-                f"containing {self.expected_idn!r}",
-                instrument=self.visa.instrument,
-                command="*IDN?",
-                resource=self.resource,
-            )
-        return reply
+
+        def check(reply: str) -> str:
+            if not reply or (self.expected_idn is not None and self.expected_idn not in reply):
+                raise InstrumentIdentityError(
+                    f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; expected an identity "
+                    f"containing {self.expected_idn!r}",
+                    instrument=self.visa.instrument,
+                    command="*IDN?",
+                    resource=self.resource,
+                )
+            return reply
+
+        return self.visa.query("*IDN?", parse=check)
 
     def instrument_error(self) -> str:
-        """Query ``SYST:ERR?`` (one entry of the error queue)."""
-        return self.visa.query("SYST:ERR?")
+        """Query ``SYST:ERR?`` (one entry of the error queue; destructive, so asked once)."""
+        return self.visa.query("SYST:ERR?", retry=False)
 
     def refresh_axis(self) -> np.ndarray:
         """Query ``FETC:AXIS:UNIT?`` (checked) and ``FETC:AXIS?``; cache and return the axis."""
         visa = self.visa
-        with visa.lock:
-            unit = visa.query("FETC:AXIS:UNIT?").strip().strip('"')
+
+        def unit_check(reply: str) -> str:
+            unit = reply.strip().strip('"')
             if unit != self.axis_unit:
                 raise InstrumentReplyError(
-                    f"{visa.instrument}: axis unit {unit!r} from {self.resource}, expected {self.axis_unit!r}",
+                    f"{visa.instrument}: FETC:AXIS:UNIT? on {self.resource} replied {unit!r}, expected {self.axis_unit!r}",
                     instrument=visa.instrument,
                     command="FETC:AXIS:UNIT?",
                     resource=self.resource,
                 )
+            return unit
+
+        with visa.lock:
+            visa.query("FETC:AXIS:UNIT?", parse=unit_check)
             axis = visa.query_block("FETC:AXIS?")
         if axis.ndim != 1 or axis.size == 0:
             raise InstrumentReplyError(
@@ -273,45 +343,77 @@ class ScpiArrayDetector(Device):
         return status
 
     def _acquire(self, status: DeviceStatus, exposure: float) -> None:
-        """INIT, *OPC? (long timeout), FETC:DATA?; check the length against the axis."""
+        """[CONF:INT], INIT, *OPC? (long timeout), FETC:DATA? (length checked against the axis); flag saturation."""
         visa = self.visa
         try:
             with visa.lock:
-                self._write_exposure(exposure)
-                visa.write("INIT")
-                opc_timeout = exposure / self.time_scale + self.opc_margin
-                reply = visa.query("*OPC?", timeout_s=opc_timeout)
-                if reply.strip() != "1":
-                    raise InstrumentReplyError(
-                        f"{visa.instrument}: *OPC? on {self.resource} replied {reply!r}, expected '1'",
-                        instrument=visa.instrument,
-                        command="*OPC?",
-                        resource=self.resource,
-                    )
-                data = visa.query_block("FETC:DATA?")
                 axis = self.axis_signal._readback
-                if axis is None or len(axis) != len(data):
+                if axis is None:
                     axis = self.refresh_axis()
-            if len(axis) != len(data):
-                raise InstrumentReplyError(
-                    f"{visa.instrument}: FETC:DATA? on {self.resource} returned {len(data)} values but the axis "
-                    f"(FETC:AXIS?) has {len(axis)}",
-                    instrument=visa.instrument,
-                    command="FETC:DATA?",
-                    resource=self.resource,
-                )
+                self._write_exposure(exposure)
+                self._start_and_wait(exposure)
+                n = len(axis)
+
+                def check(values: np.ndarray) -> None:
+                    if len(values) != n:
+                        raise InstrumentReplyError(
+                            f"{visa.instrument}: FETC:DATA? on {self.resource} returned {len(values)} values but "
+                            f"the axis (FETC:AXIS?) has {n}",
+                            instrument=visa.instrument,
+                            command="FETC:DATA?",
+                            resource=self.resource,
+                        )
+
+                data = visa.query_block("FETC:DATA?", check=check)
+            self._flag_saturation(data)
             Signal.put(self.data_signal, data, force=True)
         except Exception as exc:
             status.set_exception(self._acquisition_error(exc))
         else:
             status.set_finished()
 
+    def _start_and_wait(self, exposure: float) -> None:
+        """INIT then *OPC?; after a lost connection INIT is repeated only if no acquisition runs (module doc)."""
+        visa = self.visa
+        opc_timeout = exposure / self.time_scale + self.opc_margin
+        visa.write("INIT")
+        restarts = 0
+        while True:
+            try:
+                visa.query("*OPC?", timeout_s=opc_timeout, parse=_opc)
+                return
+            except InstrumentInDoubtError as doubt:
+                # the session was reopened and INIT was among the unconfirmed writes
+                running = visa.query("STAT:OPER:COND?", parse=_flag)
+                if running:
+                    log.warning("%s: connection lost after INIT; the acquisition is running, waiting for it", self.name)
+                    continue
+                if restarts >= max(1, visa.retry.attempts - 1):
+                    raise doubt
+                restarts += 1
+                self.restarts += 1
+                log.warning("%s: connection lost after INIT and no acquisition running: ABOR, INIT again", self.name)
+                visa.write("ABOR")
+                visa.write("INIT")
+
+    def _flag_saturation(self, data: np.ndarray) -> None:
+        """Set ``saturated`` (any point at full scale) and warn with the number of clipped points."""
+        if self.full_scale is None:
+            return
+        clipped = int(np.count_nonzero(data >= self.full_scale))
+        Signal.put(self.saturated, clipped > 0, force=True)
+        if clipped:
+            log.warning(
+                "%s: saturated acquisition: %d of %d points at full scale %g (%s)",
+                self.name, clipped, len(data), self.full_scale, self.resource,
+            )
+
     def _acquisition_error(self, exc: BaseException) -> AcquisitionError:
         """Wrap a failure, appending the instrument's SYST:ERR? entry when it can be read."""
         visa = self.visa
         visa.clear_input()
         try:
-            queue = visa.query("SYST:ERR?", timeout_s=min(visa.timeout_s, 1.0))
+            queue = visa.query("SYST:ERR?", timeout_s=min(visa.timeout_s, 1.0), retry=False)
         except Exception as err:  # the instrument may be gone; the original error matters more
             queue = f"<unavailable: {err}>"
         err = AcquisitionError(

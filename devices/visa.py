@@ -15,16 +15,46 @@ pyvisa ``MessageBasedResource`` that
   container=numpy.ndarray)`` — pyvisa keeps reading until the announced length (plus the read
   terminator) has arrived, so data bytes equal to LF inside the block are harmless.
 
+Transient faults and the retry policy (bounded exponential backoff; see :class:`RetryPolicy`):
+
+* Every *query* is idempotent and is retried: at most ``attempts`` tries (default 3), waiting
+  ``backoff_s`` × ``factor``ⁿ (0.05 s, 0.1 s, … capped at ``max_backoff_s``) between tries and never
+  starting a new try after ``budget_s`` wall seconds. What happens before a retry depends on the failure:
+  a **dropped connection** (reset, broken pipe, VISA connection lost, a closed session) or a **timeout**
+  (no reply, or a reply so slow it would arrive after we gave up) → the VISA session is closed and reopened
+  (a fresh socket cannot deliver a stale late reply); a **garbage or truncated reply** (the parser rejects
+  it, or a binary block header/length is wrong) → the input buffer is drained and the query re-asked (a
+  second bad reply in a row also reconnects).
+* *Writes* are retried only when the command is idempotent (``idempotent(command)``, given by the device:
+  absolute settings such as ``SETP 1,<K>``, ``RAMP``, ``RANGE``, ``CONF:INT``, ``ABOR``). A write has no reply,
+  so it is confirmed by the next successful reply on the same connection (messages are executed in order).
+  Writes sent since the last good reply are remembered; when the connection has to be reopened they are
+  re-sent first (idempotent ones) — a non-idempotent one among them (``INIT``) raises
+  :class:`InstrumentInDoubtError`, and the device decides (``devices.spectrometers``: ask
+  ``STAT:OPER:COND?``, ``ABOR`` + ``INIT`` only when no acquisition is running).
+* Destructive queries (``SYST:ERR?``, ``*ESR?``) are asked once (``retry=False``).
+* When the tries are used up the error raised names the instrument, the command, the resource, the number
+  of tries and the last failure: :class:`InstrumentTimeoutError`, :class:`InstrumentConnectionError` or
+  :class:`InstrumentReplyError`.
+
+Before each exchange on a raw socket the driver checks, without blocking, that the peer has not closed
+the connection and that no stale bytes wait in the receive buffer (they are drained); pyvisa-py's own
+``clear()`` would spin forever on a socket the peer has closed, so it is never used on sockets.
+
 Raw-socket instruments need an explicit read terminator (there is no END line on a socket); the
 terminators are passed by the device modules (CR LF for the Lake Shore 336, LF for SCPI instruments).
 """
 
 from __future__ import annotations
 
+import logging
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +69,9 @@ __all__ = [
     "InstrumentConnectionError",
     "InstrumentIdentityError",
     "InstrumentReplyError",
+    "InstrumentTimeoutError",
+    "InstrumentInDoubtError",
+    "RetryPolicy",
     "VisaInstrument",
     "open_instrument",
     "resource_manager",
@@ -72,6 +105,52 @@ class InstrumentIdentityError(InstrumentError):
 
 class InstrumentReplyError(InstrumentError):
     """The instrument replied with something the driver cannot parse or reported an error."""
+
+
+class InstrumentTimeoutError(InstrumentError):
+    """The instrument did not answer within the I/O timeout (after the allowed retries)."""
+
+
+class InstrumentInDoubtError(InstrumentError):
+    """The connection was lost after a non-idempotent command was sent: whether it executed is unknown."""
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for idempotent exchanges (see the module doc)."""
+
+    attempts: int = 3
+    """Tries of one exchange, the first included."""
+    backoff_s: float = 0.05
+    """Wait before the second try (wall s); multiplied by ``factor`` for each further try."""
+    factor: float = 2.0
+    max_backoff_s: float = 0.5
+    budget_s: float = 20.0
+    """No new try starts later than this many wall seconds after the first one."""
+
+    def delay(self, attempt: int) -> float:
+        """Wait before try number ``attempt`` (1 = the first retry)."""
+        return min(self.max_backoff_s, self.backoff_s * self.factor ** max(0, attempt - 1))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+DEFAULT_RETRY = RetryPolicy()
+
+
+class _Garbage(Exception):
+    """Internal: a reply that arrived complete but does not parse."""
+
+
+def _kind(exc: BaseException) -> str:
+    """Classify a failure: 'timeout', 'link' (reconnect) or 'garbage' (drain and re-ask)."""
+    if isinstance(exc, VisaIOError):
+        return "timeout" if exc.error_code == constants.StatusCode.error_timeout else "link"
+    if isinstance(exc, (OSError, pyvisa.errors.InvalidSession)):
+        return "link"
+    return "garbage"
 
 
 _RM_LOCK = threading.Lock()
@@ -150,13 +229,29 @@ class VisaInstrument:
         write_termination: str = "\n",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         serial: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        idempotent: Callable[[str], bool] | None = None,
     ) -> None:
-        """Open ``resource`` with ``backend``; ``serial`` holds pyvisa ASRL attributes (baud_rate, …)."""
+        """Open ``resource`` with ``backend``; ``serial`` holds pyvisa ASRL attributes (baud_rate, …).
+
+        ``retry`` is the policy for transient failures (default :data:`DEFAULT_RETRY`); ``idempotent(cmd)``
+        says whether a write may be re-sent (default: none may).
+        """
         self.resource_name = resource
         self.instrument = instrument
         self.backend = backend
         self.lock = resource_lock(resource)
         self._timeout_s = float(timeout_s)
+        self._read_termination = read_termination
+        self._write_termination = write_termination
+        self._serial = dict(serial) if serial else None
+        self.retry = retry or DEFAULT_RETRY
+        self.idempotent: Callable[[str], bool] = idempotent or (lambda command: False)
+        self._unconfirmed: list[str] = []
+        self.reconnects = 0
+        """How many times the session was reopened after a failure (diagnostics, tests)."""
+        self.retries = 0
+        """How many exchanges were re-tried (diagnostics, tests)."""
         rm = resource_manager(backend)
         if backend and backend.endswith("@sim"):
             # pyvisa-sim does not raise for an unknown resource (it hands back a dead session): check first.
@@ -168,6 +263,12 @@ class VisaInstrument:
                     instrument=instrument,
                     resource=resource,
                 )
+        self._res = self._open()
+
+    def _open(self) -> pyvisa.resources.MessageBasedResource:
+        """Open and configure the VISA session (terminators, timeout, serial settings, TCP_NODELAY)."""
+        resource, instrument, backend = self.resource_name, self.instrument, self.backend
+        rm = resource_manager(backend)
         try:
             res = rm.open_resource(resource)
         except Exception as exc:
@@ -184,23 +285,97 @@ class VisaInstrument:
                 instrument=instrument,
                 resource=resource,
             )
-        self._res = res
         try:
-            res.read_termination = read_termination
-            res.write_termination = write_termination
+            res.read_termination = self._read_termination
+            res.write_termination = self._write_termination
             res.timeout = self._timeout_s * 1000.0
-            if serial and res.interface_type == constants.InterfaceType.asrl:
-                for attr, value in serial.items():
+            if self._serial and res.interface_type == constants.InterfaceType.asrl:
+                for attr, value in self._serial.items():
                     setattr(res, attr, value)
             if resource.upper().endswith("::SOCKET"):
                 _disable_nagle(res)
         except Exception as exc:
-            self.close()
+            try:
+                res.close()
+            except Exception:
+                pass
             raise InstrumentConnectionError(
                 f"{instrument}: cannot configure VISA resource {resource!r}: {exc}",
                 instrument=instrument,
                 resource=resource,
             ) from exc
+        return res
+
+    def reconnect(self) -> None:
+        """Close and reopen the VISA session (a fresh socket: no stale replies, a dropped link restored)."""
+        with self.lock:
+            try:
+                self._res.close()
+            except Exception:
+                pass
+            self.reconnects += 1
+            log.warning("%s: reopening %s", self.instrument, self.resource_name)
+            self._res = self._open()
+
+    def _socket(self) -> socket.socket | None:
+        """The raw socket of a pyvisa-py TCPIP SOCKET session (None for other backends)."""
+        try:
+            session = self._res.visalib.sessions.get(self._res.session)
+        except Exception:
+            return None
+        sock = getattr(session, "interface", None)
+        return sock if isinstance(sock, socket.socket) else None
+
+    def _drain(self) -> bool:
+        """Discard bytes waiting to be read, without blocking; False if the peer has closed the connection."""
+        sock = self._socket()
+        if sock is None:
+            try:
+                self._res.flush(constants.BufferOperation.discard_read_buffer)
+            except Exception:
+                pass
+            return True
+        session = self._res.visalib.sessions.get(self._res.session)
+        pending = getattr(session, "_pending_buffer", None)
+        if pending:
+            log.warning("%s: discarding %d stale bytes", self.instrument, len(pending))
+            pending.clear()
+        for _ in range(1024):  # at most ~4 MB of junk
+            try:
+                ready, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):
+                return False
+            if not ready:
+                return True
+            try:
+                chunk = sock.recv(4096)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            log.warning("%s: discarding %d stale bytes", self.instrument, len(chunk))
+        return True
+
+    def _ensure_link(self) -> None:
+        """Before an exchange on a raw socket: drain stale bytes; reopen (re-sending unconfirmed writes) if closed."""
+        if self._socket() is not None and not self._drain():
+            self.reconnect()
+            self._replay()
+
+    def _replay(self) -> None:
+        """Re-send the writes not yet confirmed by a reply; InstrumentInDoubtError for a non-idempotent one."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        for command in pending:
+            if not self.idempotent(command):
+                raise InstrumentInDoubtError(
+                    f"{self.instrument}: connection to {self.resource_name} was lost after {command!r} was sent; "
+                    "whether it executed is unknown and it is not safe to repeat blindly",
+                    instrument=self.instrument,
+                    command=command,
+                    resource=self.resource_name,
+                )
+            self._res.write(command)
+            self._unconfirmed.append(command)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _error(self, command: str, exc: BaseException, cls: type[InstrumentError] = InstrumentError) -> InstrumentError:
@@ -240,51 +415,156 @@ class VisaInstrument:
         """The underlying pyvisa resource (take ``lock`` before using it directly)."""
         return self._res
 
-    def write(self, command: str) -> None:
-        """Send one command (no reply expected)."""
+    def set_timeout(self, timeout_s: float) -> None:
+        """Change the default I/O timeout (wall seconds)."""
         with self.lock:
-            try:
-                self._res.write(command)
-            except Exception as exc:
-                raise self._error(command, exc) from exc
+            self._timeout_s = float(timeout_s)
+            self._res.timeout = self._timeout_s * 1000.0
 
-    def query(self, command: str, *, timeout_s: float | None = None) -> str:
-        """Send a query and return the reply stripped of whitespace."""
-        with self.lock, self._timeout(timeout_s):
+    def _final_error(self, command: str, exc: BaseException, tries: int, started: float) -> InstrumentError:
+        """The error raised once retrying is over: names instrument, command, resource, tries, last failure."""
+        if isinstance(exc, InstrumentError):  # raised by a parser (e.g. identity): already names everything
+            if tries > 1:
+                exc.args = (f"{exc} ({tries} tries)",)
+            return exc
+        if isinstance(exc, _Garbage):
+            cls: type[InstrumentError] = InstrumentReplyError
+            what = f"gave an unusable reply: {exc}"
+        elif _kind(exc) == "timeout":
+            cls, what = InstrumentTimeoutError, f"timed out: {exc}"
+        else:
+            cls, what = InstrumentConnectionError, f"failed, connection lost: {type(exc).__name__}: {exc}"
+        return cls(
+            f"{self.instrument}: command {command!r} on {self.resource_name} {what} "
+            f"({tries} tries in {time.monotonic() - started:.2f} s)",
+            instrument=self.instrument,
+            command=command,
+            resource=self.resource_name,
+        )
+
+    def _exchange(
+        self, command: str, do: Callable[[], Any], policy: RetryPolicy, timeout_s: float | None, *, reply: bool = True
+    ) -> Any:
+        """Run one exchange ``do()`` under the lock with the retry policy (see the module doc).
+
+        ``reply``: the exchange read a reply, which confirms every write sent before it on this connection.
+        """
+        with self.lock:
+            started = time.monotonic()
+            garbage_in_a_row = 0
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    self._ensure_link()
+                    with self._timeout(timeout_s):
+                        result = do()
+                    if reply:
+                        self._unconfirmed.clear()  # a good reply confirms every write sent before it
+                    return result
+                except InstrumentInDoubtError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    kind = "garbage" if isinstance(exc, (_Garbage, InstrumentError)) else _kind(exc)
+                    last = exc
+                if tries >= policy.attempts or time.monotonic() - started > policy.budget_s:
+                    raise self._final_error(command, last, tries, started) from last
+                self.retries += 1
+                log.warning("%s: %r on %s: %s (%s); retry %d", self.instrument, command, self.resource_name,
+                            type(last).__name__, kind, tries)
+                time.sleep(policy.delay(tries))
+                try:
+                    if kind == "garbage":
+                        garbage_in_a_row += 1
+                        if garbage_in_a_row >= 2 or not self._drain():
+                            self.reconnect()
+                            self._replay()
+                    else:
+                        garbage_in_a_row = 0
+                        self.reconnect()
+                        self._replay()
+                except InstrumentInDoubtError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the next try (or the final error) reports it
+                    last = exc
+                    if tries + 1 >= policy.attempts:
+                        raise self._final_error(command, last, tries, started) from last
+
+    def write(self, command: str, *, retry: bool | None = None) -> None:
+        """Send one command (no reply expected); re-sent after a failure only if idempotent (or ``retry``)."""
+        again = self.idempotent(command) if retry is None else retry
+        policy = self.retry if again else NO_RETRY
+
+        def do() -> None:
+            self._res.write(command)
+
+        with self.lock:
+            self._exchange(command, do, policy, None, reply=False)
+            self._unconfirmed.append(command)
+
+    def query(
+        self,
+        command: str,
+        *,
+        timeout_s: float | None = None,
+        parse: Callable[[str], Any] | None = None,
+        retry: bool = True,
+    ) -> Any:
+        """Send a query and return the reply stripped of whitespace, or ``parse(reply)``.
+
+        A reply ``parse`` rejects (any exception) counts as garbage: drained and re-asked. ``retry=False``
+        for destructive queries (``SYST:ERR?``).
+        """
+
+        def do() -> Any:
+            reply = self._res.query(command).strip()
+            if parse is None:
+                return reply
             try:
-                return self._res.query(command).strip()
+                return parse(reply)
+            except InstrumentError:
+                raise
             except Exception as exc:
-                raise self._error(command, exc) from exc
+                raise _Garbage(f"reply {reply[:80]!r} does not parse: {exc}") from exc
+
+        return self._exchange(command, do, self.retry if retry else NO_RETRY, timeout_s)
 
     def query_float(self, command: str, *, timeout_s: float | None = None) -> float:
         """Send a query whose reply is one number (``+0295.150``) and return it as float."""
-        reply = self.query(command, timeout_s=timeout_s)
-        try:
-            return float(reply)
-        except ValueError as exc:
-            raise InstrumentReplyError(
-                f"{self.instrument}: reply {reply!r} to {command!r} on {self.resource_name} is not a number",
-                instrument=self.instrument,
-                command=command,
-                resource=self.resource_name,
-            ) from exc
+        return self.query(command, timeout_s=timeout_s, parse=float)
 
-    def query_block(self, command: str, *, timeout_s: float | None = None) -> np.ndarray:
-        """Query an IEEE-488.2 definite-length block of little-endian float64 and return it."""
-        with self.lock, self._timeout(timeout_s):
+    def query_block(
+        self, command: str, *, timeout_s: float | None = None, check: Callable[[np.ndarray], None] | None = None
+    ) -> np.ndarray:
+        """Query an IEEE-488.2 definite-length block of little-endian float64 and return it.
+
+        A malformed block (bad header, fewer bytes than announced → timeout) is retried as any query;
+        ``check(values)`` may raise to reject a block (e.g. wrong length), which also counts as garbage.
+        """
+
+        def do() -> np.ndarray:
             try:
                 values = self._res.query_binary_values(
                     command, datatype="d", is_big_endian=False, container=np.ndarray
                 )
-            except Exception as exc:
-                raise self._error(command, exc) from exc
-        return np.asarray(values, dtype=np.float64)
+            except (ValueError, TypeError, IndexError) as exc:  # pyvisa's block parser
+                raise _Garbage(f"malformed binary block: {exc}") from exc
+            out = np.asarray(values, dtype=np.float64)
+            if check is not None:
+                try:
+                    check(out)
+                except Exception as exc:
+                    raise _Garbage(str(exc)) from exc
+            return out
+
+        return self._exchange(command, do, self.retry, timeout_s)
 
     def clear_input(self) -> None:
-        """Discard any stale bytes waiting in the receive buffer (best effort)."""
+        """Discard any stale bytes waiting in the receive buffer (best effort, never blocks)."""
         with self.lock:
             try:
-                self._res.flush(constants.BufferOperation.discard_read_buffer)
+                if not self._drain():
+                    self.reconnect()
             except Exception:
                 pass
 
@@ -309,6 +589,8 @@ def open_instrument(
     write_termination: str = "\n",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     serial: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    idempotent: Callable[[str], bool] | None = None,
 ) -> VisaInstrument:
     """Open a VISA resource for one instrument (see :class:`VisaInstrument`)."""
     return VisaInstrument(
@@ -319,6 +601,8 @@ def open_instrument(
         write_termination=write_termination,
         timeout_s=timeout_s,
         serial=serial,
+        retry=retry,
+        idempotent=idempotent,
     )
 
 
@@ -383,20 +667,26 @@ class VisaSignalRO(SignalRO):
         """Store a fresh value as the signal's readback and run value subscriptions."""
         Signal.put(self, value, force=True)
 
+    @property
+    def command(self) -> str:
+        """The query this signal sends (rendered for its parent, e.g. ``KRDG? A``)."""
+        return _render(self._query, self.parent)
+
+    def parse_reply(self, reply: str) -> Any:
+        """Parse one stripped reply to this signal's query and keep it as the readback."""
+        value = self._parse(reply)
+        self._cache(value)
+        return value
+
     def get(self, **kwargs: Any) -> Any:
         """Query the instrument now and return the parsed value."""
-        cmd = _render(self._query, self.parent)
-        reply = self._visa.query(cmd)
+        cmd = self.command
+        visa = self._visa
         try:
-            value = self._parse(reply)
-        except Exception as exc:
-            raise InstrumentReplyError(
-                f"{self._visa.instrument}: cannot parse reply {reply!r} to {cmd!r} on "
-                f"{self._visa.resource_name} for signal {self.name}: {exc}",
-                instrument=self._visa.instrument,
-                command=cmd,
-                resource=self._visa.resource_name,
-            ) from exc
+            value = visa.query(cmd, parse=self._parse)
+        except InstrumentReplyError as exc:
+            exc.args = (f"{exc} [signal {self.name}]",)
+            raise
         self._cache(value)
         return value
 

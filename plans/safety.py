@@ -14,20 +14,44 @@ How each way out is covered (bluesky 1.15 RunEngine semantics):
 - pause (RE.request_pause, Ctrl-C, a suspender): the RunEngine calls `stop()` on the same objects, so a
   paused furnace has its heater off; the in-situ loop re-arms the heater and resumes the interrupted segment
   from the present temperature on `RE.resume()`.
+- a failing callback (bluesky re-raises a subscriber's exception into the plan at the message that emitted
+  the document): the plan fails there, so the finalize plan runs as for any other exception (exit_status
+  "fail", stop document emitted). Subscribe the catalog writer *before* any live callback: the RunEngine
+  stops delivering a document at the first subscriber that raises, so a writer subscribed later would miss
+  the event that broke the callback.
+- Ctrl-C in a script (`hotstage run`): the RunEngine turns SIGINT into a pause and raises
+  RunEngineInterrupted with the run still open. `abort_if_paused(RE, reason)` aborts it, so the finalize
+  plan runs and the stop document ("abort") is written; call it where RunEngineInterrupted is caught.
+
+The heater-off step is *verified*: `make_furnace_safe` reads `RANGE?` back and repeats the command (up to
+three times) until the controller reports 0; `ensure_heater_off(furnace)` does the same outside the
+RunEngine (session teardown, the over-temperature suspender). A dropped connection between the command and
+the read-back is repaired by the transport (`devices.visa`: unconfirmed idempotent writes are re-sent after
+reconnecting).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Generator
 from typing import Any
 
 import bluesky.plan_stubs as bps
 from bluesky.preprocessors import finalize_wrapper
-from bluesky.utils import Msg
+from bluesky.utils import FailedStatus, Msg
 
 MsgGenerator = Generator[Msg, Any, Any]
 
-__all__ = ["make_furnace_safe", "safe_furnace_wrapper"]
+__all__ = ["make_furnace_safe", "safe_furnace_wrapper", "unwrap_failed_status", "ensure_heater_off", "abort_if_paused", "HeaterStillOn"]
+
+log = logging.getLogger(__name__)
+
+HEATER_OFF_ATTEMPTS = 3
+
+
+class HeaterStillOn(RuntimeError):
+    """The controller still reports a heater range other than 0 after repeated heater-off commands."""
 
 
 def make_furnace_safe(furnace: Any, safe_setpoint_C: float | None = None) -> MsgGenerator:
@@ -48,10 +72,80 @@ def make_furnace_safe(furnace: Any, safe_setpoint_C: float | None = None) -> Msg
         yield from bps.stop(furnace)
     except Exception as err:  # noqa: BLE001
         errors.append(err)
+    try:
+        yield from _verify_heater_off(furnace)
+    except Exception as err:  # noqa: BLE001
+        errors.append(err)
     if errors:
         raise errors[0]
 
 
+def _verify_heater_off(furnace: Any) -> MsgGenerator:
+    """Plan: read the heater range back from the controller; repeat the heater-off command until it is 0."""
+    for attempt in range(HEATER_OFF_ATTEMPTS):
+        value = yield from bps.rd(furnace.heater_range)  # read() -> get(): a fresh RANGE? query, not the cache
+        if value is not None and int(value) == 0:
+            return
+        log.warning("%s: heater range reads %r after heater off; repeating (%d)", furnace.name, value, attempt + 1)
+        yield from bps.mv(furnace.heater_range, 0)
+    raise HeaterStillOn(f"{furnace.name}: heater still on after {HEATER_OFF_ATTEMPTS} heater-off commands")
+
+
+def ensure_heater_off(furnace: Any, attempts: int = HEATER_OFF_ATTEMPTS) -> None:
+    """Outside the RunEngine: heater off, confirmed by read-back (``heater_off(confirm=True)``), repeated.
+
+    Falls back to ``stop()`` for furnaces without ``heater_off``. Raises the last error (HeaterStillOn or
+    the transport's InstrumentError naming instrument, command and resource) if every attempt failed.
+    """
+    last: BaseException | None = None
+    for attempt in range(max(1, attempts)):
+        try:
+            if hasattr(furnace, "heater_off"):
+                furnace.heater_off(confirm=True)
+            else:
+                furnace.stop()
+            return
+        except Exception as exc:  # noqa: BLE001 - retried, then re-raised
+            last = exc
+            log.error("%s: heater off failed (attempt %d): %s", getattr(furnace, "name", furnace), attempt + 1, exc)
+            time.sleep(0.1 * (attempt + 1))
+    assert last is not None
+    raise last
+
+
+def abort_if_paused(RE: Any, reason: str = "interrupted") -> tuple[str, ...]:
+    """After RunEngineInterrupted: abort a paused RunEngine so the run is closed ("abort") and cleaned up.
+
+    Returns the aborted runs' uids (empty when the RunEngine was not paused, e.g. already idle).
+    """
+    if getattr(RE, "state", "idle") != "paused":
+        return ()
+    result = RE.abort(reason=reason)
+    if isinstance(result, tuple):
+        return result
+    return tuple(getattr(result, "run_start_uids", ()) or ())
+
+
+def unwrap_failed_status(plan: Any) -> MsgGenerator:
+    """Run `plan`; a FailedStatus (str: "DeviceStatus(device=xrd, done=True, success=False)") is re-raised as
+    the device's own error (e.g. AcquisitionError naming instrument, command and resource), so that the
+    stop document's `reason` says what failed. The FailedStatus stays attached as `__context__`."""
+    try:
+        return (yield from plan)
+    except FailedStatus as err:
+        cause = err.__cause__
+        if cause is None and err.args and hasattr(err.args[0], "exception"):
+            try:
+                cause = err.args[0].exception()
+            except Exception:  # noqa: BLE001 - keep the original
+                cause = None
+        if isinstance(cause, Exception) and not isinstance(cause, FailedStatus):
+            raise cause  # noqa: B904 - implicit chaining (FailedStatus as __context__); `from` would make a cycle
+        raise
+
+
 def safe_furnace_wrapper(plan: Any, furnace: Any, safe_setpoint_C: float | None = None) -> MsgGenerator:
-    """Run `plan`; on success, error, abort or stop finish with the furnace heater off (halt: see module doc)."""
-    return (yield from finalize_wrapper(plan, make_furnace_safe(furnace, safe_setpoint_C)))
+    """Run `plan`; on success, error, abort or stop finish with the furnace heater off (halt: see module doc).
+
+    A failed device status surfaces as the device's own error (`unwrap_failed_status`)."""
+    return (yield from finalize_wrapper(unwrap_failed_status(plan), make_furnace_safe(furnace, safe_setpoint_C)))

@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any, ContextManager, Protocol
 
@@ -61,10 +63,16 @@ class LineServer:
 
     name = "server"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Remember where to bind; ``port=0`` picks an ephemeral port at start()."""
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: Any = None, fault_name: str = "") -> None:
+        """Remember where to bind; ``port=0`` picks an ephemeral port at start().
+
+        ``faults`` (a ``simulated.faults.FaultInjector``) and ``fault_name`` (this instrument's name in it)
+        switch on fault injection: link faults before a message is executed, reply faults on its reply.
+        """
         self.host = host
         self.port = int(port)
+        self.faults = faults
+        self.fault_name = fault_name
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -130,6 +138,46 @@ class LineServer:
         """Protocol loop of one connection (subclasses)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------ fault hooks
+    def _fault(self, line: bytes, kinds: tuple[str, ...]) -> Any:
+        """The armed fault of ``kinds`` firing on this message, or None (no injector: always None)."""
+        if self.faults is None:
+            return None
+        return self.faults.take(self.fault_name, line.decode("ascii", "replace"), kinds)
+
+    def link_fault(self, line: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Apply a ``drop_connection`` fault to this message: reset (or close) the link; True if dropped."""
+        fault = self._fault(line, ("drop_connection",))
+        if fault is None:
+            return False
+        sock = writer.get_extra_info("socket")
+        if sock is not None and fault.params.get("mode", "reset") == "reset":
+            with contextlib.suppress(OSError):  # SO_LINGER 0: close() sends RST, as a rebooting instrument does
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort() if fault.params.get("mode", "reset") == "reset" else writer.close()
+        log.info("%s: fault drop_connection on %r", self.name, line[:40])
+        return True
+
+    async def send_reply(self, writer: asyncio.StreamWriter, line: bytes, reply: bytes, terminator: bytes) -> None:
+        """Write ``reply`` + terminator, unless a reply fault (timeout/slow/garbage/truncated) says otherwise."""
+        fault = self._fault(line, ("timeout", "slow", "garbage", "truncated"))
+        if fault is not None:
+            log.info("%s: fault %s on %r", self.name, fault.kind, line[:40])
+            if fault.kind == "timeout":
+                return
+            if fault.kind == "slow":
+                from .faults import DEFAULT_SLOW_S
+
+                await asyncio.sleep(float(fault.params.get("delay", DEFAULT_SLOW_S)))
+            elif fault.kind == "garbage":
+                from .faults import garble
+
+                reply = garble(reply)
+            elif fault.kind == "truncated":
+                reply = reply[: len(reply) // 2]
+        writer.write(reply + terminator)
+        await writer.drain()
+
 
 class _ExecError(Exception):
     """Bad, missing or out-of-range parameter (execution error, ESR bit 4)."""
@@ -188,9 +236,11 @@ class LakeShore336Server(LineServer):
         serial: str = "LSSIM01",
         option: str = "#######",
         firmware: str = "2.9",
+        faults: Any = None,
+        fault_name: str = "furnace",
     ) -> None:
-        """Serve ``backend``'s plant; identity fields as in ``*IDN?``."""
-        super().__init__(host=host, port=port)
+        """Serve ``backend``'s plant; identity fields as in ``*IDN?``; ``faults`` as in LineServer."""
+        super().__init__(host=host, port=port, faults=faults, fault_name=fault_name)
         self.backend = backend
         self.identity = f"LSCI,MODEL336,{serial}/{option},{firmware}"
         self.esr = ESR_PON
@@ -245,10 +295,11 @@ class LakeShore336Server(LineServer):
                 continue
             if line is None:
                 return
+            if self.link_fault(line, writer):
+                return
             reply = self.execute(line)
             if reply is not None:
-                writer.write(reply.encode("ascii") + b"\r\n")
-                await writer.drain()
+                await self.send_reply(writer, line, reply.encode("ascii"), b"\r\n")
 
     def execute(self, line: bytes | str) -> str | None:
         """Execute one message (``;``-joined units); return the reply line, or None if no query replied."""

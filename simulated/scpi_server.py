@@ -35,7 +35,7 @@ import logging
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import numpy as np
 
@@ -65,12 +65,16 @@ class ScpiInstrument:
     firmware: str = "1.0"
     has_source: bool = False
     """XRD detector: answers SOUR:WAV?."""
+    full_scale: float = float("inf")
+    """Largest value the instrument can report (ADC/counter full scale); a saturation fault clips here."""
 
 
 INSTRUMENTS: dict[str, ScpiInstrument] = {
-    "pl": ScpiInstrument("pl", "PL-SPECTROMETER", "nm", "PL0001"),
-    "thz": ScpiInstrument("thz", "FTIR-FIR", "cm-1", "FT0001"),
-    "xrd": ScpiInstrument("xrd", "XRD-DETECTOR", "deg", "XR0001", has_source=True),
+    # full scales as the device classes assume (devices/spectrometers.py): 16-bit CCD, 20-bit photon counter,
+    # photometric limit of an FTIR absorbance spectrum
+    "pl": ScpiInstrument("pl", "PL-SPECTROMETER", "nm", "PL0001", full_scale=65535.0),
+    "thz": ScpiInstrument("thz", "FTIR-FIR", "cm-1", "FT0001", full_scale=4.0),
+    "xrd": ScpiInstrument("xrd", "XRD-DETECTOR", "deg", "XR0001", has_source=True, full_scale=1048575.0),
 }
 
 
@@ -145,11 +149,14 @@ class ScpiArrayServer(LineServer):
         host: str = "127.0.0.1",
         port: int = 0,
         default_integration_s: float = 1.0,
+        faults: Any = None,
+        fault_name: str | None = None,
     ) -> None:
-        """Serve ``instrument`` (an INSTRUMENTS key or a ScpiInstrument) from ``world``."""
-        super().__init__(host=host, port=port)
+        """Serve ``instrument`` (an INSTRUMENTS key or a ScpiInstrument) from ``world``; ``faults`` as in LineServer."""
+        inst = INSTRUMENTS[instrument] if isinstance(instrument, str) else instrument
+        super().__init__(host=host, port=port, faults=faults, fault_name=fault_name or inst.modality)
         self.world = world
-        self.instrument = INSTRUMENTS[instrument] if isinstance(instrument, str) else instrument
+        self.instrument = inst
         self.name = self.instrument.model
         self.identity = f"HOTSTAGE-SIM,{self.instrument.model},{self.instrument.serial},{self.instrument.firmware}"
         self.default_integration_s = float(default_integration_s)
@@ -217,10 +224,11 @@ class ScpiArrayServer(LineServer):
                 continue
             if line is None:
                 return
+            if self.link_fault(line, writer):
+                return
             reply = await self.execute(line)
             if reply is not None:
-                writer.write(reply + b"\n")
-                await writer.drain()
+                await self.send_reply(writer, line, reply, b"\n")
 
     async def execute(self, line: bytes) -> bytes | None:
         """Execute one message; return the reply bytes (without terminator) or None."""
@@ -459,7 +467,22 @@ class ScpiArrayServer(LineServer):
         await self._wait_acquisition()
         if self._data is None:
             raise _ScpiError(-230, "Data corrupt or stale")
-        return self._encode(self._data)
+        return self._encode(self._faulty(self._data))
+
+    def _faulty(self, data: np.ndarray) -> np.ndarray:
+        """Apply a data fault (saturation: scaled and clipped at full scale; wrong_length: values dropped)."""
+        fault = self._fault(b"FETC:DATA?", ("saturation", "wrong_length"))
+        if fault is None:
+            return data
+        if fault.kind == "wrong_length":
+            from .faults import DEFAULT_WRONG_LENGTH_DROP
+
+            drop = int(fault.params.get("drop", DEFAULT_WRONG_LENGTH_DROP))
+            return data[: max(0, len(data) - drop)]
+        full = self.instrument.full_scale
+        peak = float(np.max(data)) if data.size else 0.0
+        gain = fault.params.get("gain") or (2.0 * full / peak if peak > 0 and np.isfinite(full) else 1.0)
+        return np.minimum(data * float(gain), full)
 
     async def _fetch_axis(self, arg: str) -> bytes:
         """FETC:AXIS?: the spectral axis."""

@@ -4,7 +4,26 @@ Prints one JSON line with the VISA resource strings and the time scale, e.g.::
 
     {"furnace": "TCPIP0::127.0.0.1::40123::SOCKET", "xrd": "...", "thz": "...", "pl": "...", "time_scale": 1.0}
 
-so that a script (or ``hotstage run --rig ...``) can connect real device code to them. Exit code 0 on
+so that a script (or ``hotstage run --rig ...``) can connect real device code to them.
+
+Fault injection (``simulated.faults``):
+
+* ``--fault SPEC`` (repeatable) arms a fault at start, e.g. ``--fault furnace:drop_connection@after=20``,
+  ``--fault xrd:garbage@count=3``, ``--fault furnace:runaway@delay=120``, ``--fault pl:timeout@count=inf``
+  (grammar ``INSTRUMENT:KIND[@key=value,...]``; kinds: drop_connection, timeout, slow, garbage, truncated,
+  wrong_length, saturation, overshoot, runaway, heater_failure).
+* ``--control`` (or ``--control-port N``) opens the runtime control channel: a JSON-lines TCP socket on
+  127.0.0.1 whose port is added to the JSON line as ``"control": <port>``. One JSON object per line in,
+  one per line out::
+
+      {"op": "inject", "spec": "xrd:garbage@count=3"}            -> {"ok": true, "fault": {...}}
+      {"op": "inject", "instrument": "furnace", "kind": "runaway", "params": {"delay": 30}}
+      {"op": "clear"}  /  {"op": "clear", "instrument": "xrd"}   -> {"ok": true, "removed": 1}
+      {"op": "list"}  /  {"op": "history"}  /  {"op": "truth"}   (truth: plant state, heater_range included)
+
+  e.g. ``echo '{"op": "clear"}' | nc 127.0.0.1 <port>``. Without ``--control`` nothing else listens.
+
+Exit code 0 on
 SIGINT/SIGTERM; 2 on bad arguments, an unreadable or invalid sample
 file (SampleConfigError is a ValueError) or a port already in use. ``acquisition/cli.py`` calls :func:`main` with the
 arguments after ``sim serve``; ``python -m simulated.serve`` works too.
@@ -37,26 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the sample file's seed)")
     for name in ("furnace", "xrd", "thz", "pl"):
         p.add_argument(f"--{name}-port", type=int, default=0, metavar="N", help=f"TCP port of the {name} (0: any free)")
+    p.add_argument(
+        "--fault", action="append", default=[], metavar="SPEC",
+        help="arm a fault at start: INSTRUMENT:KIND[@key=value,...], e.g. furnace:drop_connection@after=20 "
+        "(repeatable; see simulated/faults.py)",
+    )
+    p.add_argument("--control", action="store_true", help="open the JSON-lines fault control socket on 127.0.0.1")
+    p.add_argument("--control-port", type=int, default=None, metavar="N", help="port of the control socket (implies --control)")
     return p
 
 
 async def _serve(args: argparse.Namespace) -> int:
     """Start the emulators on this loop, print the resources, wait for a signal, stop."""
+    from .faults import ControlServer
     from .rig import EmulatorHost
     from .world import SimWorld
 
     world = SimWorld(args.sample, args.time_scale, args.seed)
     ports = {n: getattr(args, f"{n}_port") for n in ("furnace", "xrd", "thz", "pl")}
     host = EmulatorHost(world, ports=ports)
+    for spec in args.fault:
+        host.faults.inject_spec(spec)  # FaultSpecError is a ValueError: exit 2
+    control = None
+    if args.control or args.control_port is not None:
+        control = ControlServer(host.faults, truth=world.truth, port=args.control_port or 0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await host.start_async()
     try:
-        print(json.dumps({**host.resources, "time_scale": world.time_scale}), flush=True)
+        info: dict = {**host.resources, "time_scale": world.time_scale}
+        if control is not None:
+            await control.start()
+            info["control"] = control.port
+        print(json.dumps(info), flush=True)
         await stop.wait()
     finally:
+        if control is not None:
+            await control.stop()
         await host.stop_async()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

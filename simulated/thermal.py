@@ -31,6 +31,10 @@ conductance that gives a ~3 min natural time constant):
   (0.1-100 K/min; rate 0 = infinite, i.e. a step) while ramping is on; ``RAMPST?`` reports 1 until it
   arrives.
 
+Faults (``simulated.faults``): ``plant.fault`` may force output 1 to 100 % of its range (overshoot,
+runaway; switching the range to 0 still cuts the power, as the 336's output stage does) or pass only a
+fraction of the heater power to the block (heater failure).
+
 Integration is explicit Euler with a fixed internal step (0.2 simulated s, well below the smallest time
 constant, 6 s), advanced lazily to whatever time the caller asks for (``advance_to``).
 """
@@ -41,7 +45,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .clock import SimClock
@@ -135,6 +139,9 @@ class FurnacePlant:
         self.sensor_C = t0
         self.sample_C = t0
         self.loops: dict[int, ControlLoop] = {}
+        self.fault: Any = None
+        """A ``simulated.faults.PlantFault`` (overshoot/runaway: output 1 forced to 100 %; heater_failure:
+        only ``fraction`` of the power reaches the block) or None; set by the FaultInjector."""
         self.reset_controller()
 
     # ----------------------------------------------------------------------------------- controller
@@ -186,10 +193,14 @@ class FurnacePlant:
         return None
 
     def heater_power_W(self) -> float:
-        """Power dissipated in the block by output 1 (W)."""
+        """Power dissipated in the block by output 1 (W); a heater_failure fault lets only a fraction through."""
         lp = self.loops[1]
         frac = self.params.range_fractions[lp.heater_range]
-        return lp.output_percent / 100.0 * frac * self.params.max_power_W
+        power = lp.output_percent / 100.0 * frac * self.params.max_power_W
+        fault = self.fault
+        if fault is not None and fault.kind == "heater_failure" and fault.active(self.time_s):
+            power *= fault.fraction
+        return power
 
     # ---------------------------------------------------------------------------------- integration
     def _control(self, lp: ControlLoop, dt: float) -> None:
@@ -230,6 +241,11 @@ class FurnacePlant:
         prm = self.params
         for lp in self.loops.values():
             self._control(lp, dt)
+        fault = self.fault
+        if fault is not None and fault.kind in ("overshoot", "runaway") and fault.active(self.time_s):
+            lp1 = self.loops[1]
+            if lp1.heater_range > 0:  # a stuck output stage: full output on the selected range; RANGE 0 cuts it
+                lp1.output_percent = 100.0
         power = self.heater_power_W()
         self.heater_C += dt * (power - prm.loss_conductance_W_per_K * (self.heater_C - prm.ambient_C)) / (
             prm.heat_capacity_J_per_K

@@ -1,10 +1,16 @@
-"""The `hotstage` command line: demo, run, runs, show and the simulated-rig server.
+"""The `hotstage` command line: demo, run, runs, show, replay, report and the simulated-rig server.
 
     hotstage demo [--json]                      the default simulated experiment, on the embedded catalog
     hotstage run --program P.toml [--sample S.toml] [--rig R.toml]
     hotstage runs [--sample NAME] [--limit N] [--json]
     hotstage show UID [--json]
+    hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
+    hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
+
+`demo` and `run` analyse live (a derived run beside the raw run; `--no-analysis` turns it off, `--param`
+changes analysis parameters, see `analysis.live.parameters`); `demo` also writes the report figures into
+DATA/reports/<raw uid>/.
 
 Data go to `--data DIR`, else `$HOTSTAGE_DATA`, else `./hotstage-data/`; with `$HOTSTAGE_TILED_URI` set
 (and `$TILED_API_KEY`) a Tiled server is used instead. Errors in user input are reported in one line naming
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -53,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("--time-scale", type=float, default=None, help="simulated seconds per wall second")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _analysis_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
     run = sub.add_parser("run", help="run an in-situ temperature program")
@@ -61,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rig", help="rig TOML (default: the simulated rig)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _analysis_options(run)
     run.set_defaults(func=_cmd_run)
 
     runs = sub.add_parser("runs", help="list the runs in the catalog")
@@ -73,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("uid", help="run uid (or a unique prefix)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_show)
+
+    replay = sub.add_parser("replay", help="re-run the analysis on a stored raw run (a new derived run)")
+    replay.add_argument("uid", help="raw run uid (or a unique prefix)")
+    replay.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="analysis parameter override (JSON value), repeatable")
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(func=_cmd_replay)
+
+    report = sub.add_parser("report", help="PNG figures of a derived run")
+    report.add_argument("uid", help="derived run uid, or a raw run uid (its newest derived run)")
+    report.add_argument("--out", help="output directory (default: DATA/reports/<uid>)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=_cmd_report)
 
     sim = sub.add_parser("sim", help="the simulated rig")
     sim_sub = sim.add_subparsers(metavar="ACTION")
@@ -89,7 +111,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from simulated.parameters import SampleSpec
 
     rig = RigConfig() if args.time_scale is None else RigConfig(time_scale=args.time_scale)
-    return _run_program(args, rig, SampleSpec.default(), TemperatureProgram.demo(), "the demo program")
+    return _run_program(args, rig, SampleSpec.default(), TemperatureProgram.demo(), "the demo program", report=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -103,23 +125,107 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_program(args, rig, sample, program, args.program)
 
 
-def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, program_source: str) -> int:
-    """Validate, run on the session, then print the summary (human or JSON)."""
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-analysis", action="store_true", help="no live analysis (no derived run)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="analysis parameter override (JSON value), repeatable")
+
+
+def _analysis_setting(args: argparse.Namespace) -> Any:
+    """False, or the analysis parameters (validated before anything moves)."""
+    from analysis.live import AnalysisParameters, parse_overrides
+
+    if args.no_analysis:
+        return False
+    return AnalysisParameters().replace(**parse_overrides(args.param))
+
+
+def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, program_source: str,
+                 report: bool = False) -> int:
+    """Validate, run on the session, then print the summary (human or JSON) with the derived run's."""
+    import time
+
     from acquisition.session import Session
-    from acquisition.summary import summarise_run
+    from acquisition.summary import summarise_derived, summarise_run
     from plans.program import ProgramError
 
     try:
         program.validate(_limits(rig))  # before anything is opened or moved
     except ProgramError as exc:
         raise ProgramError(f"{program_source}: {exc} (rig limits from {rig.source})") from None
-    with Session(rig=rig, sample=sample, data_dir=args.data, progress=not args.no_progress) as session:
+    analysis = _analysis_setting(args)
+    with Session(rig=rig, sample=sample, data_dir=args.data, progress=not args.no_progress,
+                 analysis=analysis) as session:
+        t0 = time.monotonic()
         uid = session.insitu(program)
         run = session.catalog[uid]
         summary = summarise_run(run)
         summary["data"] = _where(args.data)
+        derived_uid = session.derived_uid(uid)
+        if derived_uid is not None:
+            summary["derived"] = summarise_derived(session.catalog[derived_uid])
+            stats = session.analysis.stats.get(uid, {}) if session.analysis else {}
+            summary["derived"]["live"] = {
+                "backlog_at_raw_stop": stats.get("backlog_at_raw_stop"),
+                "max_backlog": stats.get("max_backlog"),
+                "seconds_after_raw_stop": stats.get("lag_s"),
+                "wall_s": time.monotonic() - t0,
+            }
+            if report:
+                from acquisition.report import write_report
+
+                out = _reports_dir(args.data) / uid
+                summary["report"] = [str(p) for p in write_report(session.catalog[derived_uid], out)]
     _emit(summary, args.json, human=_human_summary)
     return 0 if summary.get("exit_status") == "success" else 1
+
+
+def _reports_dir(data: str | None) -> Any:
+    """DATA/reports (the embedded catalog's directory, or the default one with a server)."""
+    from pathlib import Path
+
+    from acquisition.storage import default_data_dir
+
+    return (Path(data) if data else default_data_dir()).expanduser().resolve() / "reports"
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from acquisition.replay import replay
+    from acquisition.storage import open_catalog
+    from acquisition.summary import derived_text, summarise_derived
+    from analysis.live import AnalysisParameters, parse_overrides
+
+    params = AnalysisParameters().replace(**parse_overrides(args.param))  # bad keys: exit 2 before any work
+    catalog = open_catalog(args.data)
+    uid = replay(catalog, args.uid, params)
+    summary = summarise_derived(catalog[uid])
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        print("\n".join(derived_text(summary)))
+    return 0 if summary.get("exit_status") == "success" and not (summary.get("summary") or {}).get("errors") else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from acquisition.report import write_report
+    from acquisition.storage import open_catalog
+    from acquisition.summary import find_derived, find_run
+
+    catalog = open_catalog(args.data)
+    run = find_run(catalog, args.uid)
+    start = run.metadata["start"]
+    if "derived_from" not in start:
+        derived = find_derived(catalog, start["uid"])
+        if derived is None:
+            raise ValueError(f"run {start['uid']} has no derived run; run `hotstage replay {start['uid']}` first")
+        run = catalog[derived]
+    out = args.out or _reports_dir(args.data) / run.metadata["start"]["derived_from"]
+    files = [str(p) for p in write_report(run, out)]
+    if args.json:
+        print(json.dumps({"uid": run.metadata["start"]["uid"], "files": files}, indent=1))
+    else:
+        print("\n".join(["report of derived run " + run.metadata["start"]["uid"], *files]))
+    return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -185,6 +291,18 @@ def _human_summary(s: dict[str, Any]) -> str:
     if s.get("data"):
         lines.append(f"data     {s['data']}")
     lines.append(f"uid      {s['uid']}")
+    if s.get("derived"):
+        from acquisition.summary import derived_text
+
+        lines.extend(derived_text(s["derived"]))
+        live = s["derived"].get("live") or {}
+        if live.get("backlog_at_raw_stop") is not None:
+            lines.append(f"analysis kept up: {live['backlog_at_raw_stop']} documents queued at the raw stop, derived "
+                         f"run complete {live['seconds_after_raw_stop']:.2f} s later (largest backlog "
+                         f"{live['max_backlog']})")
+    if s.get("report"):
+        lines.append("report   " + os.path.dirname(s["report"][0]) + "/  (" +
+                     ", ".join(os.path.basename(p) for p in s["report"]) + ")")
     return "\n".join(lines)
 
 

@@ -7,15 +7,26 @@ A `Session` is what a user (or the CLI) opens to run plans::
 
 It owns the rig (the simulated one by default, or real instruments from a rig TOML), a RunEngine whose
 every run carries `sample`, `program`, `rig`, `simulated` and `versions` in its start document, the
-non-blocking catalog writer, a progress bar and any live-analysis callbacks. On exit it drains the writer so
-every document of every run is stored, and leaves the furnace with its heater off.
+non-blocking catalog writer, a progress bar, the live analysis and any other live callbacks. On exit it
+drains the analysis and then the writer so every document of every run (raw and derived) is stored, and
+leaves the furnace with its heater off.
+
+Live analysis (`analysis.live.LiveAnalysis`, on by default; `analysis=False` turns it off, an
+`AnalysisParameters` or a dict of overrides changes its parameters): every raw run gets a derived run in the
+same catalog, written through the same `CatalogWriter` while the raw run goes on. The RunEngine thread and
+the analysis worker both hand documents to the writer, so the writer is called through one lock
+(`SerializedSink`: the writer numbers documents as they arrive and must see them one at a time). After each
+plan the session waits for the analysis to finish (its derived stop follows the raw stop), then flushes the
+writer; `derived_uid(raw_uid)` gives the derived run.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,6 +34,7 @@ from typing import Any
 from bluesky import RunEngine
 
 from acquisition.config import RigConfig
+from analysis.live import AnalysisParameters, LiveAnalysis
 from acquisition.progress import ProgressBar
 from acquisition.storage import CatalogWriter, open_catalog
 from plans.program import Cadence, RigLimits, TemperatureProgram
@@ -43,6 +55,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+class SerializedSink:
+    """Calls a document sink (the CatalogWriter) from several threads one at a time, in call order."""
+
+    def __init__(self, sink: DocumentCallback) -> None:
+        self.sink = sink
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, doc: dict) -> Any:
+        """Forward one document under the lock (the writer only enqueues: microseconds)."""
+        with self._lock:
+            return self.sink(name, doc)
+
+
+def analysis_parameters(analysis: bool | AnalysisParameters | Mapping[str, Any] | None) -> AnalysisParameters | None:
+    """None (analysis off) or the parameters: True → defaults, a dict → defaults with these overrides."""
+    if analysis is None or analysis is False:
+        return None
+    if analysis is True:
+        return AnalysisParameters()
+    if isinstance(analysis, AnalysisParameters):
+        return analysis
+    if isinstance(analysis, Mapping):
+        return AnalysisParameters().replace(**dict(analysis))
+    raise TypeError(f"analysis must be a bool, AnalysisParameters or a dict of overrides, got {analysis!r}")
+
+
 class Session:
     """A rig, a RunEngine and a catalog, opened together and closed safely together."""
 
@@ -55,8 +93,14 @@ class Session:
         progress: bool = True,
         live_callbacks: Iterable[DocumentCallback] = (),
         catalog: Any = None,
+        analysis: bool | AnalysisParameters | Mapping[str, Any] = True,
+        analysis_timeout: float | None = None,
     ) -> None:
         self.config = rig or RigConfig()
+        self.analysis_parameters = analysis_parameters(analysis)
+        self.analysis_timeout = analysis_timeout
+        self.analysis: LiveAnalysis | None = None
+        self.sink: DocumentCallback | None = None
         self.sample = sample
         self.data_dir = data_dir
         self.progress = progress
@@ -85,6 +129,10 @@ class Session:
             self.catalog = open_catalog(self.data_dir)
         self.writer = CatalogWriter(self.catalog)
         self._stack.callback(self.writer.close)
+        self.sink = SerializedSink(self.writer)
+        if self.analysis_parameters is not None:
+            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters)
+            self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
         self.rig = self._stack.enter_context(self._make_rig())
         self._stack.callback(self._make_safe)
         self.RE = RunEngine({}, call_returns_result=False)
@@ -97,7 +145,9 @@ class Session:
         )
         if self.sample is not None:
             self.RE.md["sample"] = sample_metadata(self.sample)
-        self.RE.subscribe(self.writer)
+        self.RE.subscribe(self.sink)
+        if self.analysis is not None:
+            self.RE.subscribe(self.analysis)
         for callback in self.live_callbacks:
             self.RE.subscribe(callback)
         if self.progress:
@@ -162,13 +212,26 @@ class Session:
         return self._run(plan)[0]
 
     def _run(self, plan: Any) -> tuple[str, ...]:
-        """Run a plan; storage is flushed afterwards whether it succeeded or not."""
+        """Run a plan; the analysis is drained and storage flushed afterwards whether it succeeded or not."""
         assert self.RE is not None and self.writer is not None
         try:
             uids = self.RE(plan)
         finally:
+            self.wait_for_analysis()
             self.writer.flush()
         return tuple(uids)
+
+    def wait_for_analysis(self) -> float:
+        """Wait (up to `analysis_timeout`) until the live analysis has caught up; returns the seconds waited."""
+        t0 = time.monotonic()
+        if self.analysis is not None and not self.analysis.wait(self.analysis_timeout):
+            log.warning("live analysis still %d documents behind after %s s; it goes on in the background",
+                        self.analysis.backlog, self.analysis_timeout)
+        return time.monotonic() - t0
+
+    def derived_uid(self, raw_uid: str) -> str | None:
+        """The uid of the live derived run of a raw run of this session (None with the analysis off)."""
+        return self.analysis.derived_uid(raw_uid) if self.analysis is not None else None
 
 
 def sample_metadata(sample: Any) -> dict[str, Any]:

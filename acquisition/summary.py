@@ -125,3 +125,67 @@ def _utc(t: float | None) -> str:
     if not t:
         return "?"
     return _dt.datetime.fromtimestamp(float(t), tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- derived runs (live analysis) -------------------------------------------------------------------
+ONSET_KEYS = ("active_onset_C", "zni_onset_C", "pl_max_C", "pl_max_heating_C", "pl_max_intensity",
+              "max_active_fraction", "errors")
+
+
+def find_derived(catalog: Any, raw_uid: str) -> str | None:
+    """The newest derived run of a raw run (its start's `derived_from`), or None."""
+    uids = list(catalog.search(Key("start.derived_from") == raw_uid).keys())
+    if not uids:
+        return None
+    return max(uids, key=lambda u: catalog[u].metadata["start"].get("time", 0.0))
+
+
+def summarise_derived(run: Any) -> dict[str, Any]:
+    """The derived run's uid, origin, status, events per stream, summary onsets and final weight fractions."""
+    start = run.metadata.get("start", {})
+    stop = run.metadata.get("stop") or {}
+    out: dict[str, Any] = {
+        "uid": start.get("uid"),
+        "derived_from": start.get("derived_from"),
+        "mode": start.get("mode"),
+        "exit_status": stop.get("exit_status", "running"),
+        "reason": stop.get("reason", ""),
+        "streams": dict(stop.get("num_events") or {}),
+        "analyses": [a.get("name") for a in start.get("analyses", [])],
+    }
+    if "summary" in run:
+        ds = run["summary"].read()
+        values = {k: _plain(ds[k].values[0]) for k in ds.data_vars}
+        out["summary"] = {k: values.get(k) for k in ONSET_KEYS if k in values}
+        out["final_weight_fractions"] = {k[len("final_wf_"):]: v for k, v in values.items()
+                                         if k.startswith("final_wf_")}
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalar → float/int, NaN → None (JSON-friendly)."""
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def derived_text(d: dict[str, Any]) -> list[str]:
+    """The human lines about a derived run (CLI `demo`, `run`, `replay`)."""
+    s = d.get("summary") or {}
+
+    def temp(key: str) -> str:
+        v = s.get(key)
+        return "not reached" if v is None else f"{v:.1f} °C"
+
+    lines = [
+        f"derived  {d['uid']}  ({d.get('mode')} analysis of {d.get('derived_from')}, {d['exit_status']}"
+        + (f"; {d['reason']}" if d.get("reason") else "") + ")",
+        f"onsets   active phase (γ+β+α): {temp('active_onset_C')};  Zn–I bands: {temp('zni_onset_C')};  "
+        f"PL maximum: {temp('pl_max_C')}",
+    ]
+    wf = {k: v for k, v in (d.get("final_weight_fractions") or {}).items() if v is not None and v >= 0.005}
+    if wf:
+        lines.append("phases   final (fit, crystalline part): " + ", ".join(
+            f"{k} {100 * v:.1f} %" for k, v in sorted(wf.items(), key=lambda kv: -kv[1])))
+    return lines

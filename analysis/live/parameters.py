@@ -1,0 +1,137 @@
+"""Parameters of the live analysis: one frozen dataclass, JSON-able, overridable by `key=value` strings.
+
+Every number a derived run depends on lives here and is written into the derived run's start document
+(`analyses[*].parameters`), so a replay with the same parameters reproduces the numbers. Where the defaults
+come from:
+
+- Phases offered to the whole-pattern fit: the crystalline phases of the (CsPbI3)x(agZIF-62)y composites
+  (DESIGN.md, "The simulated sample": δ, γ, β, α-CsPbI3 and CsI); γ, β and α are the photoactive ("black")
+  phases whose summed weight fraction defines the active-phase onset.
+- Instrument function (Caglioti U, V, W; fixed microstrain; radiation lines): a property of the diffractometer,
+  calibrated once on a line-profile standard (e.g. NIST SRM 660 LaB6), not of the sample, so it is an analysis
+  parameter, not something read per pattern. Defaults: `analysis.profiles.DEFAULT_CAGLIOTI` (small lab values),
+  microstrain 5·10⁻⁴ (a typical instrumental/sample broadening of a lab powder diffractometer), and the Cu Kα1+Kα2
+  doublet of a lab tube without a primary monochromator when the detector reports the Cu Kα1 wavelength
+  (`xrd_radiation = "auto"`; the 2θ axis and the wavelength themselves are read from the raw descriptor).
+- Active-phase onset threshold 10 wt % for m = 3 consecutive patterns: well above the ±3 wt % accuracy of the
+  fit (tests/test_phase_quant.py), so three patterns above it are not noise; m = 3 as in `analysis.onsets`.
+- THz second derivative: Savitzky–Golay, cubic, 15 cm⁻¹ window (`analysis.derivatives` defaults; about 1.5× the
+  ~10 cm⁻¹ width of the Zn–I bands, which keeps ~half their curvature and averages the noise down), bands at 135
+  and 275 cm⁻¹ (DESIGN.md / Li et al. 2023), amplitude = max of −d²A/dν² within ±2 cm⁻¹ of the band.
+  Reference = mean second derivative of the first 3 spectra of the run (before the bands grow); the band
+  amplitudes are taken on the referenced derivative, which removes the static ZIF bands they sit on.
+  Noise σ = 1.4826·MAD of the referenced derivative outside ±15 cm⁻¹ of the Zn–I bands and 10 cm⁻¹ from the ends
+  of the axis ("band-free regions": once the static bands are referenced away only the Zn–I bands remain).
+  Onset: k = 3, m = 3 (`analysis.onsets`, IUPAC 3σ detection limit).
+- PL: single-Gaussian fit of the band core in wavelength (`analysis.pl_fit.fit_pl` defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["AnalysisParameters", "parse_overrides", "ParameterError"]
+
+
+class ParameterError(ValueError):
+    """An unknown parameter name or a value of the wrong kind (message names the key)."""
+
+
+@dataclass(frozen=True)
+class AnalysisParameters:
+    """Everything the live analysis depends on (see the module docstring for each default's origin)."""
+
+    # which raw keys hold what (raw-run contract, plans/insitu.py)
+    temperature_key: str = "furnace_sample_temperature"
+    fallback_temperature_key: str = "furnace_temperature"
+    time_key: str = "clock_elapsed"
+    # XRD: whole-pattern phase quantification
+    phases: tuple[str, ...] = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI")
+    active_phases: tuple[str, ...] = ("CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha")
+    xrd_radiation: str = "auto"  # "auto" (Cu Kα doublet if the wavelength is Cu Kα1), "single", "cu_ka", "cu_ka1"
+    caglioti: tuple[float, float, float] = (0.01, -0.005, 0.005)
+    microstrain: float = 5e-4
+    background_order: int = 8
+    halos: bool = True
+    active_threshold: float = 0.10
+    active_m: int = 3
+    # THz / far-IR second derivative and Zn–I bands
+    thz_window_cm: float = 15.0
+    thz_polyorder: int = 3
+    zni_bands_cm: tuple[float, ...] = (135.0, 275.0)
+    band_half_width_cm: float = 2.0
+    band_exclude_cm: float = 15.0
+    edge_exclude_cm: float = 10.0
+    zni_reference_spectra: int = 3
+    zni_k: float = 3.0
+    zni_m: int = 3
+    # PL
+    pl_domain: str = "wavelength"
+    pl_two_gaussians: bool = False
+    pl_core: float = 0.3
+
+    def __post_init__(self) -> None:
+        """Coerce lists (from JSON/TOML) to tuples and check the few values that can be wrong."""
+        for f in ("phases", "active_phases", "zni_bands_cm"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        object.__setattr__(self, "caglioti", tuple(float(v) for v in self.caglioti))
+        if len(self.caglioti) != 3:
+            raise ParameterError(f"caglioti must be three numbers (U, V, W), got {self.caglioti!r}")
+        missing = [p for p in self.active_phases if p not in self.phases]
+        if missing:
+            raise ParameterError(f"active_phases {missing} are not among phases {list(self.phases)}")
+        if self.xrd_radiation not in ("auto", "single", "cu_ka", "cu_ka1"):
+            raise ParameterError(f"xrd_radiation must be auto, single, cu_ka or cu_ka1, got {self.xrd_radiation!r}")
+        if self.pl_domain not in ("wavelength", "energy"):
+            raise ParameterError(f"pl_domain must be wavelength or energy, got {self.pl_domain!r}")
+        for f in ("active_m", "zni_m", "zni_reference_spectra"):
+            if int(getattr(self, f)) < 1:
+                raise ParameterError(f"{f} must be >= 1, got {getattr(self, f)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples as lists) for the derived run's start document."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnalysisParameters:
+        """Build from a (partial) dict, e.g. a stored derived run's parameters; unknown keys raise."""
+        return cls().replace(**dict(d))
+
+    def replace(self, **changes: Any) -> AnalysisParameters:
+        """A copy with some parameters changed; unknown names raise ParameterError naming them."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ParameterError(f"unknown analysis parameter(s) {unknown}; known: {sorted(names)}")
+        for key, value in changes.items():
+            default = getattr(self, key)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ParameterError(f"{key} must be true or false, got {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise ParameterError(f"{key} must be a number, got {value!r}")
+                changes[key] = type(default)(value) if isinstance(default, float) else int(value)
+            if isinstance(default, str) and not isinstance(value, str):
+                raise ParameterError(f"{key} must be a string, got {value!r}")
+            if isinstance(default, tuple) and not isinstance(value, (list, tuple)):
+                raise ParameterError(f"{key} must be a list, got {value!r}")
+        return dataclasses.replace(self, **changes)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["active_threshold=0.2", "phases=[\\"CsI\\"]"]` → dict; values are JSON, else plain strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParameterError(f"--param expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out

@@ -1,0 +1,233 @@
+"""One derived run: the raw run's documents in (in order), the derived run's documents out (to a sink).
+
+`DerivedRun(raw_start, params, sink)` opens the derived run at once (its start document goes to the sink), builds
+an analyser per analysed raw stream from that stream's descriptor, turns each raw event into one derived event,
+and on the raw stop emits the one-event ``summary`` stream and the derived stop. Documents are made with
+event-model's ``compose_run`` (validated).
+
+Derived run contract (DESIGN.md, "Contracts a user relies on / Derived run"):
+
+* start: ``derived_from`` = raw run uid, ``analyses`` = [{name, version, parameters}] (version = the hotstage
+  version), ``plan_name`` = "live_analysis" or "replay_analysis" (``mode`` = "live"/"replay"), the raw run's
+  ``sample`` and ``program`` copied (so a catalog search on the sample finds both runs), ``parameters`` (all).
+* streams ``phase_fractions``, ``thz_derivative``, ``pl_fit`` (one event per raw xrd/thz/pl event; keys in
+  `analysis.live.modalities`), each event also carrying ``temperature`` (the analysis temperature, °C: the
+  parameter ``temperature_key``, falling back to ``fallback_temperature_key``), ``furnace_temperature``,
+  ``furnace_setpoint``, ``clock_elapsed`` (experiment s), ``raw_seq_num``, ``raw_time`` and ``error``
+  (1 when the analysis of this event raised: its values are NaN);
+* stream ``summary`` with one event at the raw stop (keys and definitions in `analysis.live.onsets`);
+* stop: exit_status "success" (or the raw run's status if that was not "success"); ``reason`` counts the
+  events whose analysis failed ("3 analysis errors; first: …").
+
+The ``truth`` stream of a simulated raw run is never read (only streams with an analyser are).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import event_model
+import numpy as np
+
+from .modalities import DEFAULT_ANALYSERS, StreamAnalyser
+from .onsets import SummaryBuilder
+from .parameters import AnalysisParameters
+
+__all__ = ["DerivedRun", "hotstage_version", "Sink", "COMMON_KEYS"]
+
+log = logging.getLogger(__name__)
+Sink = Callable[[str, dict], Any]
+NAN = float("nan")
+COMMON_KEYS = ("temperature", "furnace_temperature", "furnace_setpoint", "clock_elapsed", "raw_seq_num",
+               "raw_time", "error")
+
+
+def hotstage_version() -> str:
+    """The installed hotstage version (recorded with every analysis)."""
+    try:
+        return importlib.metadata.version("hotstage")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _common_keys() -> dict[str, dict[str, Any]]:
+    """Data keys every derived modality event carries."""
+    num = {"dtype": "number", "shape": [], "source": "raw event"}
+    return {
+        "temperature": {**num, "units": "degC"}, "furnace_temperature": {**num, "units": "degC"},
+        "furnace_setpoint": {**num, "units": "degC"}, "clock_elapsed": {**num, "units": "s"},
+        "raw_seq_num": {"dtype": "integer", "shape": [], "source": "raw event"},
+        "raw_time": {**num, "units": "s"},
+        "error": {"dtype": "integer", "shape": [], "source": "analysis"},
+    }
+
+
+class _Stream:
+    """A raw stream being analysed: its analyser and the derived descriptor's compose_event."""
+
+    def __init__(self, analyser: StreamAnalyser, bundle: Any) -> None:
+        self.analyser = analyser
+        self.bundle = bundle
+
+
+class DerivedRun:
+    """Analyses one raw run's documents and writes the derived run through `sink` (module docstring)."""
+
+    def __init__(self, raw_start: Mapping[str, Any], params: AnalysisParameters, sink: Sink, *,
+                 mode: str = "live", analysers: Mapping[str, type[StreamAnalyser]] | None = None) -> None:
+        """Open the derived run (emits its start document)."""
+        self.raw_uid = str(raw_start["uid"])
+        self.params = params
+        self.sink = sink
+        self.mode = mode
+        self.analysers = dict(DEFAULT_ANALYSERS if analysers is None else analysers)
+        self.summary = SummaryBuilder(params)
+        self.errors: list[str] = []  # the first 100 messages
+        self.error_count = 0
+        self._streams: dict[str, _Stream | None] = {}  # raw descriptor uid → stream (None: not analysed)
+        self._bundles: dict[str, Any] = {}
+        self.closed = False
+        version = hotstage_version()
+        pdict = params.to_dict()
+        analyses = [
+            {"name": cls.stream, "method": cls.analysis, "raw_stream": cls.raw_stream, "version": version,
+             "parameters": pdict}
+            for cls in self.analysers.values()
+        ]
+        analyses.append({"name": "summary", "method": "analysis.live.onsets.SummaryBuilder",
+                         "version": version, "parameters": pdict})
+        md: dict[str, Any] = {
+            "derived_from": self.raw_uid,
+            "analyses": analyses,
+            "parameters": pdict,
+            "plan_name": f"{mode}_analysis",
+            "mode": mode,
+            "versions": {"hotstage": version},
+        }
+        for key in ("sample", "program", "simulated", "scan_id"):
+            if key in raw_start:
+                md[f"raw_{key}" if key == "scan_id" else key] = raw_start[key]
+        self.bundle = event_model.compose_run(metadata=md)
+        self.uid = self.bundle.start_doc["uid"]
+        self.sink("start", self.bundle.start_doc)
+
+    # ------------------------------------------------------------------ documents of the raw run
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Feed one raw document (start excluded: it made this object)."""
+        if name == "descriptor":
+            self.descriptor(doc)
+        elif name == "event":
+            self.event(doc)
+        elif name == "event_page":
+            for ev in event_model.unpack_event_page(doc):  # type: ignore[arg-type]
+                self.event(ev)
+        elif name == "stop":
+            self.stop(doc)
+
+    def descriptor(self, doc: Mapping[str, Any]) -> None:
+        """Build the analyser of an analysed raw stream (derived descriptor emitted with its first event)."""
+        cls = self.analysers.get(doc.get("name", ""))
+        if cls is None:
+            self._streams[doc["uid"]] = None
+            return
+        try:
+            analyser = cls(self.params, doc)
+        except Exception as exc:  # noqa: BLE001 - a bad descriptor must not stop the other analyses
+            self._error(f"{cls.stream}: cannot analyse raw stream {doc.get('name')!r}: {exc!r}")
+            self._streams[doc["uid"]] = None
+            return
+        self._streams[doc["uid"]] = _Stream(analyser, None)
+
+    def _descriptor_bundle(self, analyser: StreamAnalyser) -> Any:
+        """The derived stream's descriptor (emitted once per derived stream)."""
+        if analyser.stream not in self._bundles:
+            keys = {**analyser.data_keys(), **_common_keys()}
+            bundle = self.bundle.compose_descriptor(
+                name=analyser.stream, data_keys=keys, configuration=analyser.configuration() or None,
+                object_keys={analyser.stream: sorted(keys)},
+            )
+            self.sink("descriptor", bundle.descriptor_doc)
+            self._bundles[analyser.stream] = bundle
+        return self._bundles[analyser.stream]
+
+    def event(self, doc: Mapping[str, Any]) -> None:
+        """Analyse one raw event of an analysed stream; failures give NaN values and error = 1."""
+        stream = self._streams.get(doc["descriptor"])
+        if stream is None:
+            return
+        analyser = stream.analyser
+        data = doc["data"]
+        error = False
+        try:
+            derived = analyser.process(data)
+        except Exception as exc:  # noqa: BLE001 - logged and recorded; the other analyses carry on
+            error = True
+            self._error(f"{analyser.stream}: raw event seq_num {doc.get('seq_num')}: {exc!r}")
+            derived = analyser.failed()
+            try:
+                analyser.recover()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: recover() failed", analyser.stream)
+        temperature = _value(data, self.params.temperature_key)
+        if not math.isfinite(temperature):
+            temperature = _value(data, self.params.fallback_temperature_key)
+        derived.update(
+            temperature=temperature,
+            furnace_temperature=_value(data, "furnace_temperature"),
+            furnace_setpoint=_value(data, "furnace_setpoint"),
+            clock_elapsed=_value(data, self.params.time_key),
+            raw_seq_num=int(doc.get("seq_num", 0)),
+            raw_time=float(doc.get("time", NAN)),
+            error=int(error),
+        )
+        bundle = self._descriptor_bundle(analyser)
+        now = time.time()
+        event = bundle.compose_event(data=derived, timestamps={k: now for k in derived}, time=now)
+        self.sink("event", event)
+        self.summary.add(analyser.stream, temperature, derived, error)
+
+    def stop(self, raw_stop: Mapping[str, Any] | None, reason: str = "") -> None:
+        """Emit the summary event and the derived stop (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            data = self.summary.compute()
+        except Exception as exc:  # noqa: BLE001
+            self._error(f"summary: {exc!r}")
+            data = {k: (0 if v["dtype"] == "integer" else NAN) for k, v in self.summary.data_keys().items()}
+        data["errors"] = self.error_count
+        bundle = self.bundle.compose_descriptor(name="summary", data_keys=self.summary.data_keys(),
+                                                object_keys={"summary": sorted(data)})
+        self.sink("descriptor", bundle.descriptor_doc)
+        now = time.time()
+        self.sink("event", bundle.compose_event(data=data, timestamps={k: now for k in data}, time=now))
+        raw_status = (raw_stop or {}).get("exit_status", "success")
+        parts = [reason] if reason else []
+        if raw_status != "success":
+            parts.append(f"raw run ended with {raw_status}")
+        if self.error_count:
+            parts.append(f"{self.error_count} analysis errors; first: {self.errors[0]}")
+        status = raw_status if raw_status in ("success", "abort", "fail") else "success"
+        self.sink("stop", self.bundle.compose_stop(exit_status=status, reason="; ".join(parts)))
+
+    def _error(self, message: str) -> None:
+        """Log an analysis failure and count it (the first 100 messages are kept)."""
+        log.error("live analysis of run %s: %s", self.raw_uid, message, exc_info=True)
+        self.error_count += 1
+        if len(self.errors) < 100:
+            self.errors.append(message)
+
+
+def _value(data: Mapping[str, Any], key: str) -> float:
+    """A scalar raw value as float (NaN when absent or not a number)."""
+    v = data.get(key)
+    try:
+        return float(np.asarray(v, dtype=np.float64)) if v is not None else NAN
+    except (TypeError, ValueError):
+        return NAN

@@ -6,7 +6,7 @@ A rig TOML (see README, "Running on a real rig") looks like::
     name = "lab-furnace-1"
     kind = "visa"                 # "simulated" (default) or "visa"
     visa_library = "@py"          # pyvisa backend: "@py" (pyvisa-py), "" (NI-VISA), "file.yaml@sim"
-    time_scale = 600.0            # simulated rigs only: experiment seconds per wall second
+    time_scale = 240.0            # simulated rigs only: experiment seconds per wall second
 
     [limits]
     max_C = 400.0

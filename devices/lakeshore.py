@@ -36,6 +36,13 @@ Time base: a real rig runs at ``time_scale = 1`` (experiment seconds are wall se
 runs its world ``time_scale`` times faster than wall time, so every experiment-second duration
 (settle time, timeout) is divided by ``time_scale`` to get wall seconds.
 
+Faults: every exchange goes through ``devices.visa``'s retry policy. Queries (``*IDN?``, ``KRDG?``,
+``SETP?``, ``RAMP?``, ``RAMPST?``, ``RANGE?``, ``HTR?``) are re-asked; replies are checked against the
+formats above (fixed decimals), so a truncated or garbled reply is re-asked rather than misread. Every
+command this driver writes (``SETP``, ``RAMP``, ``RANGE``; also ``OUTMODE``, ``PID``, ``MOUT``) sets an
+absolute state, so it is idempotent: re-sent after a dropped connection. ``heater_off(confirm=True)``
+reads ``RANGE?`` back.
+
 ``stop()`` sends ``RANGE <out>,0`` (heater off) and fails any pending set status with
 :class:`FurnaceSetCancelled`. Note that bluesky's RunEngine calls ``stop(success=True)`` on every
 object a plan ``set()`` when the plan ends, also on success; pass ``hold_on_success=True`` to keep
@@ -45,6 +52,7 @@ the heater on in that case (stop(success=False) — pause/abort/Ctrl-C — alway
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from typing import Any
@@ -58,6 +66,7 @@ from .visa import (
     DEFAULT_TIMEOUT_S,
     InstrumentIdentityError,
     InstrumentReplyError,
+    RetryPolicy,
     VisaInstrument,
     VisaSignal,
     VisaSignalRO,
@@ -98,15 +107,47 @@ def celsius_to_kelvin(celsius: float) -> float:
     return float(celsius) + ZERO_CELSIUS_K
 
 
+# Reply formats of the Model 336 (manual ch. 6; fixed decimals), checked strictly so that a truncated
+# reply ("+029" of "+0295.150") is rejected and re-asked instead of being read as 29 K.
+_DECIMAL = re.compile(r"^[+-]?\d+\.\d+$")
+_RAMP = re.compile(r"^([01]),([+-]?\d+(?:\.\d*)?)$")
+_DIGIT = re.compile(r"^[+]?(\d)$")
+
+#: Commands that set an absolute state: re-sending one after a lost connection is harmless.
+IDEMPOTENT_COMMANDS = ("SETP ", "RAMP ", "RANGE ", "OUTMODE ", "PID ", "MOUT ", "MODE ", "*CLS", "*ESE ", "*SRE ")
+
+
+def _idempotent(command: str) -> bool:
+    """Retry policy of the Model 336 commands: every setting this driver writes is absolute (module doc)."""
+    return command.upper().startswith(IDEMPOTENT_COMMANDS)
+
+
+def _number(reply: str) -> float:
+    """A fixed-decimal number such as ``+0295.150`` or ``+045.2``; ValueError otherwise (e.g. truncated)."""
+    if not _DECIMAL.match(reply):
+        raise ValueError(f"{reply!r} is not a Model 336 number (+dddd.ddd)")
+    return float(reply)
+
+
 def _parse_c(reply: str) -> float:
     """Parse a Kelvin reading such as ``+0295.150`` into °C."""
-    return kelvin_to_celsius(float(reply))
+    return kelvin_to_celsius(_number(reply))
 
 
 def _parse_ramp(reply: str) -> tuple[int, float]:
     """Parse a ``RAMP?`` reply ``<0|1>,<rate>`` into (on, K/min)."""
-    on, rate = reply.split(",")[:2]
-    return int(float(on)), float(rate)
+    m = _RAMP.match(reply.replace(" ", ""))
+    if not m:
+        raise ValueError(f"{reply!r} is not a RAMP? reply (<0|1>,<rate>)")
+    return int(m.group(1)), float(m.group(2))
+
+
+def _parse_digit(reply: str) -> int:
+    """One-digit integer reply (``RANGE?`` 0-3, ``RAMPST?`` 0/1)."""
+    m = _DIGIT.match(reply)
+    if not m:
+        raise ValueError(f"{reply!r} is not a one-digit reply")
+    return int(m.group(1))
 
 
 class FurnaceSettleTimeout(TimeoutError):
@@ -213,16 +254,16 @@ class LakeShore336Furnace(Device):
         parse=lambda r: _parse_ramp(r)[0],
         kind=Kind.config,
     )
-    ramping = Cpt(VisaSignalRO, query="RAMPST? {dev.output}", parse=lambda r: int(float(r)), kind=Kind.normal)
+    ramping = Cpt(VisaSignalRO, query="RAMPST? {dev.output}", parse=_parse_digit, kind=Kind.normal)
     heater_range = Cpt(
         VisaSignal,
         query="RANGE? {dev.output}",
         write=lambda dev, v: f"RANGE {dev.output},{_check_range(v)}",
-        parse=lambda r: int(float(r)),
+        parse=_parse_digit,
         kind=Kind.config,
     )
     heater_output = Cpt(
-        VisaSignalRO, query="HTR? {dev.output}", parse=float, units="%", precision=1, kind=Kind.normal
+        VisaSignalRO, query="HTR? {dev.output}", parse=_number, units="%", precision=1, kind=Kind.normal
     )
 
     def __init__(
@@ -246,9 +287,12 @@ class LakeShore336Furnace(Device):
         io_timeout: float = DEFAULT_TIMEOUT_S,
         serial: dict[str, Any] | None = None,
         check_identity: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         """Open ``resource`` (backend ``resource_manager``, default "@py") and check it is a Model 336.
+
+        ``retry``: the transient-fault policy of every exchange (default ``devices.visa.DEFAULT_RETRY``).
 
         Durations ``settle_time``/``timeout_margin`` are experiment seconds; ``time_scale`` is
         experiment seconds per wall second; ``poll_interval`` (wall s) defaults to
@@ -275,6 +319,8 @@ class LakeShore336Furnace(Device):
         self._pending: list[FurnaceSetStatus] = []
         self._pending_lock = threading.Lock()
         self._visa: VisaInstrument | None = None
+        self.compound_reads = not (resource_manager or "@py").endswith("@sim")
+        """read() sends one compound message (see read); False queries each signal on its own."""
         super().__init__("", name=name, **kwargs)
         if self.sample_input is None:
             self.sample_temperature.kind = Kind.omitted
@@ -286,6 +332,8 @@ class LakeShore336Furnace(Device):
             write_termination="\r\n",
             timeout_s=io_timeout,
             serial=LS336_SERIAL if serial is None else serial,
+            retry=retry,
+            idempotent=_idempotent,
         )
         if check_identity:
             try:
@@ -301,37 +349,55 @@ class LakeShore336Furnace(Device):
         assert self._visa is not None
         return self._visa
 
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Every read signal in one exchange: the 336 takes several queries joined by ``;`` in one message and
+        answers them in one reply joined by ``;`` (manual ch. 6, message syntax). One round trip per event
+        instead of six matters on a real controller too (each serial exchange costs tens of ms).
+        A reply that does not split into one valid answer per query is garbage: drained and re-asked.
+        pyvisa-sim matches whole messages only, so on a ``@sim`` backend each signal is queried on its own."""
+        signals = [getattr(self, attr) for attr in self.read_attrs]
+        if not self.compound_reads or not all(isinstance(sig, VisaSignalRO) for sig in signals):
+            return super().read()
+        command = ";".join(sig.command for sig in signals)
+
+        def parse(reply: str) -> list[Any]:
+            parts = reply.split(";")
+            if len(parts) != len(signals):
+                raise ValueError(f"{len(parts)} answers to {len(signals)} queries")
+            return [sig.parse_reply(part.strip()) for sig, part in zip(signals, parts)]
+
+        values = self.visa.query(command, parse=parse)
+        return {sig.name: {"value": value, "timestamp": sig.timestamp} for sig, value in zip(signals, values)}
+
     @property
     def position(self) -> float:
         """Present control-input temperature in °C (the readback a set() settles on)."""
         return float(self.temperature.get())
 
     def identify(self) -> str:
-        """Query ``*IDN?`` and check it is a Lake Shore MODEL336; return the identity string."""
-        reply = self.visa.query("*IDN?")
-        fields = [f.strip() for f in reply.split(",")]
-        if len(fields) < 2 or fields[0] != "LSCI" or fields[1] != "MODEL336":
-            raise InstrumentIdentityError(
-                f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; "
-                "expected 'LSCI,MODEL336,<serial>/<option>,<firmware>'",
-                instrument=self.visa.instrument,
-                command="*IDN?",
-                resource=self.resource,
-            )
-        return reply
+        """Query ``*IDN?`` and check it is a Lake Shore MODEL336; return the identity string.
+
+        A mismatch is re-asked like any unusable reply (a garbled identity must not condemn a good
+        instrument) and ends in InstrumentIdentityError; nothing is written before the identity is known.
+        """
+
+        def check(reply: str) -> str:
+            fields = [f.strip() for f in reply.split(",")]
+            if len(fields) < 4 or fields[0] != "LSCI" or fields[1] != "MODEL336":
+                raise InstrumentIdentityError(
+                    f"{self.visa.instrument}: {self.resource} answered *IDN? with {reply!r}; "
+                    "expected 'LSCI,MODEL336,<serial>/<option>,<firmware>'",
+                    instrument=self.visa.instrument,
+                    command="*IDN?",
+                    resource=self.resource,
+                )
+            return reply
+
+        return self.visa.query("*IDN?", parse=check)
 
     def _query_ramp(self) -> tuple[int, float]:
         """Return (ramp on 0/1, rate K/min) from ``RAMP? <out>``."""
-        reply = self.visa.query(f"RAMP? {self.output}")
-        try:
-            return _parse_ramp(reply)
-        except Exception as exc:
-            raise InstrumentReplyError(
-                f"{self.visa.instrument}: cannot parse RAMP? reply {reply!r} on {self.resource}",
-                instrument=self.visa.instrument,
-                command=f"RAMP? {self.output}",
-                resource=self.resource,
-            ) from exc
+        return self.visa.query(f"RAMP? {self.output}", parse=_parse_ramp)
 
     def configure_ramp(self, rate_C_per_min: float, *, on: bool = True) -> None:
         """Enable (or disable) setpoint ramping at ``rate_C_per_min`` (°C/min == K/min)."""
@@ -340,10 +406,26 @@ class LakeShore336Furnace(Device):
         self.ramp_rate._cache(rate)
         self.ramp_on._cache(int(bool(on)))
 
-    def heater_off(self) -> None:
-        """Switch the heater output off (``RANGE <out>,0``)."""
+    def heater_off(self, *, confirm: bool = False) -> None:
+        """Switch the heater output off (``RANGE <out>,0``).
+
+        ``confirm=True`` reads ``RANGE?`` back (re-sending the command if the link dropped in between, see
+        ``devices.visa``) and raises InstrumentReplyError unless the controller reports 0: the safety paths
+        (plans.safety.ensure_heater_off, the over-temperature suspender) use it.
+        """
         self.visa.write(f"RANGE {self.output},0")
         self.heater_range._cache(0)
+        if confirm:
+            rng = self.visa.query(f"RANGE? {self.output}", parse=_parse_digit)
+            self.heater_range._cache(rng)
+            if rng != 0:
+                raise InstrumentReplyError(
+                    f"{self.visa.instrument}: heater still on (RANGE? {self.output} -> {rng}) after "
+                    f"'RANGE {self.output},0' on {self.resource}; switch it off at the controller",
+                    instrument=self.visa.instrument,
+                    command=f"RANGE {self.output},0",
+                    resource=self.resource,
+                )
 
     @property
     def poll_interval(self) -> float:
@@ -371,7 +453,7 @@ class LakeShore336Furnace(Device):
         visa = self.visa
         with visa.lock:
             start = self.temperature.get()
-            rng = int(float(visa.query(f"RANGE? {self.output}")))
+            rng = visa.query(f"RANGE? {self.output}", parse=_parse_digit)
             on, rate = self._query_ramp()
             if rng == 0:
                 # The 336 ramps from its present setpoint; start the ramp from the actual readback.

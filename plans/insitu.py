@@ -50,6 +50,7 @@ from bluesky.utils import FailedStatus, Msg
 
 from devices.lakeshore import FurnaceSetCancelled  # type only: recognise a set cancelled by a pause
 
+from . import stubs
 from .program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
 from .safety import safe_furnace_wrapper
 
@@ -199,7 +200,7 @@ def settle(furnace: Any, target_C: float, *, timeout_s: float | None = None, ret
         except FailedStatus as err:
             if attempt >= retries or not _cancelled(err):
                 raise
-            yield from bps.checkpoint()
+            yield from stubs.checkpoint()
 
 
 @dataclass
@@ -221,8 +222,8 @@ class Acquirer:
         group = f"acquire-{uuid.uuid4()}"
         for modality in modalities:
             if modality != FURNACE_STREAM:
-                yield from bps.trigger(self.detectors[modality], group=group)
-        yield from bps.wait(group=group)
+                yield from stubs.trigger(self.detectors[modality], group=group)
+        yield from stubs.wait(group=group)
         common = [self.furnace] + ([self.clock] if self.clock is not None else [])
         for modality in modalities:
             devices = common if modality == FURNACE_STREAM else [self.detectors[modality], *common]
@@ -232,10 +233,10 @@ class Acquirer:
 
     def _event(self, stream: str, devices: list[Any]) -> MsgGenerator:
         """Read already-triggered devices into one event of `stream`."""
-        yield from bps.create(name=stream)
+        yield from stubs.create(name=stream)
         for device in devices:
-            yield from bps.read(device)
-        yield from bps.save()
+            yield from stubs.read(device)
+        yield from stubs.save()
         self.counts[stream] = self.counts.get(stream, 0) + 1
 
     def acquire_all(self, repeats: int = 1) -> MsgGenerator:
@@ -243,7 +244,7 @@ class Acquirer:
         for _ in range(repeats):
             for modality in MODALITIES:
                 if modality in self.detectors:
-                    yield from bps.checkpoint()
+                    yield from stubs.checkpoint()
                     yield from self.acquire(modality)
 
 
@@ -272,21 +273,21 @@ class ProgramRunner:
     def now(self) -> MsgGenerator:
         """Experiment seconds: the rig clock's `elapsed` (or wall time × time_scale without a clock)."""
         if self.acq.clock is not None:
-            value = yield from bps.rd(self.acq.clock.elapsed)
+            value = yield from stubs.rd(self.acq.clock.elapsed)
             return float(value)
         return time.monotonic() * self.time_scale
 
     def poll(self) -> MsgGenerator:
         """Read (temperature °C, experiment s, heater off?) once."""
-        temperature = yield from bps.rd(self.furnace.temperature)
+        temperature = yield from stubs.rd(self.furnace.temperature)
         t = yield from self.now()
-        heater = yield from bps.rd(self.furnace.heater_range)
+        heater = yield from stubs.rd(self.furnace.heater_range)
         return float(temperature), t, int(heater) == 0
 
     # -- commanding ------------------------------------------------------------------------------
     def prepare(self) -> MsgGenerator:
         """Before the run: ramp rate of the first segment, ramping on, settle at the start temperature."""
-        yield from bps.checkpoint()
+        yield from stubs.checkpoint()
         first_rate = next((s.rate_C_per_min for s in self.program.segments if not isinstance(s, Hold)), None)
         if first_rate is not None:
             yield from bps.mv(self.furnace.ramp_rate, first_rate)
@@ -303,14 +304,14 @@ class ProgramRunner:
             yield from bps.mv(self.furnace.ramp_on, 0)
             yield from bps.mv(self.furnace.setpoint, from_C)
         if rate_C_per_min is not None:
-            rate = yield from bps.rd(self.furnace.ramp_rate)
+            rate = yield from stubs.rd(self.furnace.ramp_rate)
             if abs(float(rate) - rate_C_per_min) > 1e-6:
                 yield from bps.mv(self.furnace.ramp_rate, rate_C_per_min)
-            on = yield from bps.rd(self.furnace.ramp_on)
+            on = yield from stubs.rd(self.furnace.ramp_on)
             if not int(on):
                 yield from bps.mv(self.furnace.ramp_on, 1)
         yield from bps.mv(self.furnace.setpoint, target_C)
-        heater = yield from bps.rd(self.furnace.heater_range)
+        heater = yield from stubs.rd(self.furnace.heater_range)
         if int(heater) != self.heater_range:
             yield from bps.mv(self.furnace.heater_range, self.heater_range)
 
@@ -322,7 +323,7 @@ class ProgramRunner:
         # acquisitions at the settled start temperature, before anything moves
         yield from self._tick(0, self.program.segments[0].kind)
         for index, seg in enumerate(self.program.segments):
-            yield from bps.checkpoint()
+            yield from stubs.checkpoint()
             if isinstance(seg, Hold):
                 yield from self._hold(index, seg, temps[index], rate)
             else:
@@ -332,7 +333,7 @@ class ProgramRunner:
 
     def _tick(self, index: int, kind: str) -> MsgGenerator:
         """One poll: checkpoint, read, acquire what is due, report progress; returns (T, t, heater_was_off)."""
-        yield from bps.checkpoint()
+        yield from stubs.checkpoint()
         temperature, t, heater_off = yield from self.poll()
         if self.t0 is None:
             self.t0 = t
@@ -357,12 +358,12 @@ class ProgramRunner:
             sp = temperature
             yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
         else:
-            sp = float((yield from bps.rd(self.furnace.setpoint)))
+            sp = float((yield from stubs.rd(self.furnace.setpoint)))
             yield from self.arm(seg.to_C, seg.rate_C_per_min)
         t_end = t + abs(seg.to_C - sp) / seg.rate_C_per_min * 60.0
         grace = max(60.0, 0.1 * (t_end - t))
         while True:
-            yield from bps.sleep(self.poll_s)
+            yield from stubs.sleep(self.poll_s)
             temperature, t, heater_off = yield from self._tick(index, seg.kind)
             if heater_off:  # paused (RunEngine stopped the furnace) or switched off: resume from here
                 self.resumes += 1
@@ -370,7 +371,7 @@ class ProgramRunner:
                 t_end = t + abs(seg.to_C - temperature) / seg.rate_C_per_min * 60.0
                 continue
             if t >= t_end - 0.5 * self.poll_s * self.time_scale:
-                ramping = yield from bps.rd(self.furnace.ramping)
+                ramping = yield from stubs.rd(self.furnace.ramping)
                 if not int(ramping) or t >= t_end + grace:
                     return
 
@@ -381,7 +382,7 @@ class ProgramRunner:
             yield from self.arm(hold_C, rate, from_C=temperature)
         held = 0.0
         while held < seg.minutes * 60.0:
-            yield from bps.sleep(self.poll_s)
+            yield from stubs.sleep(self.poll_s)
             temperature, t, heater_off = yield from self._tick(index, seg.kind)
             if heater_off:
                 self.resumes += 1

@@ -6,7 +6,7 @@ spectrometers) on ephemeral ports from an asyncio loop in a background thread, a
 devices of ``devices/`` to them through pyvisa-py (``@py``, ``TCPIP0::127.0.0.1::<port>::SOCKET``), so
 every byte a real instrument would see goes over a real socket. ``time_scale`` (simulated seconds per
 wall second) is handed to the devices so their settle times, timeouts and exposures are in experiment
-seconds. The default 600 replays a 75-min temperature program in 7.5 s of wall time.
+seconds. The default 240 replays a 75-min temperature program in ~19 s of wall time (see DEFAULT_TIME_SCALE).
 
 ``EmulatorHost`` is the server half alone (also used by ``hotstage sim serve``).
 """
@@ -20,16 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .faults import FaultInjector
 from .lakeshore_server import LakeShore336Server, LineServer
 from .parameters import SampleSpec
-from .scpi_server import ScpiArrayServer
+from .scpi_server import INSTRUMENTS, ScpiArrayServer
 from .thermal import ThermalParameters
 from .world import SimWorld
 
 __all__ = ["SimulatedRig", "EmulatorHost", "TruthReader", "DEFAULT_TIME_SCALE", "DEFAULT_EXPOSURES", "INSTRUMENT_NAMES"]
 
-DEFAULT_TIME_SCALE = 600.0
-"""Simulated s per wall s: a 75-min (4500 s) program takes 7.5 wall s."""
+DEFAULT_TIME_SCALE = 240.0
+"""Simulated s per wall s: the demo's 75-min (4500 s) program takes ~19 wall s.
+
+Why not faster: the simulated clock runs free, as a real one does, so the RunEngine, the live-analysis process
+and the catalog-writer process must keep up with it, and on the 2-core project machine they share two cores.
+Measured with the demo (XRD and PL every 5 °C at 10 °C/min: one acquisition every 30 experiment s): at 240 and
+300 every cadence point was acquired (125 and 122 XRD events); at 400 and 600 the cadence lost points (95 and 66
+events), because one acquisition cycle then took longer than the 75/50 ms of wall time between points."""
 
 DEFAULT_EXPOSURES = {"xrd": 10.0, "thz": 5.0, "pl": 1.0}
 """Default integration times (experiment s): lab powder XRD frame, FTIR co-add block, PL spectrum."""
@@ -50,11 +57,14 @@ class EmulatorHost:
         if unknown:
             raise ValueError(f"unknown instrument(s) {sorted(unknown)}; known: {INSTRUMENT_NAMES}")
         self.world = world
+        self.faults = FaultInjector(world)
+        """Fault injection for all four emulators and the furnace plant (``simulated.faults``)."""
+        f = self.faults
         self.servers: dict[str, LineServer] = {
-            "furnace": LakeShore336Server(world, host=host, port=ports.get("furnace", 0)),
-            "xrd": ScpiArrayServer(world, "xrd", host=host, port=ports.get("xrd", 0)),
-            "thz": ScpiArrayServer(world, "thz", host=host, port=ports.get("thz", 0)),
-            "pl": ScpiArrayServer(world, "pl", host=host, port=ports.get("pl", 0)),
+            "furnace": LakeShore336Server(world, host=host, port=ports.get("furnace", 0), faults=f),
+            "xrd": ScpiArrayServer(world, "xrd", host=host, port=ports.get("xrd", 0), faults=f),
+            "thz": ScpiArrayServer(world, "thz", host=host, port=ports.get("thz", 0), faults=f),
+            "pl": ScpiArrayServer(world, "pl", host=host, port=ports.get("pl", 0), faults=f),
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -189,7 +199,10 @@ class SimulatedRig:
 
     Attributes once started: ``furnace`` (LakeShore336Furnace), ``xrd`` (XRDDetector), ``thz``
     (FTIRSpectrometer), ``pl`` (PLSpectrometer), ``clock`` (ExperimentClock aligned with the world's
-    simulated time), ``truth_reader`` (a Readable of the ground truth), ``world``, ``resources``.
+    simulated time), ``truth_reader`` (a Readable of the ground truth), ``world``, ``resources``,
+    ``faults`` (the emulators' :class:`~simulated.faults.FaultInjector`: ``rig.faults.inject("xrd", "garbage",
+    count=3)``, ``rig.faults.clear()``). ``faults=["furnace:drop_connection@after=20", ...]`` arms faults
+    (spec strings, see ``simulated.faults``) before the devices connect.
     """
 
     def __init__(
@@ -203,6 +216,7 @@ class SimulatedRig:
         furnace_kwargs: dict[str, Any] | None = None,
         detector_kwargs: dict[str, Any] | None = None,
         ports: dict[str, int] | None = None,
+        faults: list[str] | tuple[str, ...] = (),
     ) -> None:
         """Describe the rig (nothing starts before ``__enter__``/``start()``).
 
@@ -220,6 +234,7 @@ class SimulatedRig:
         self.furnace_kwargs = dict(furnace_kwargs or {})
         self.detector_kwargs = dict(detector_kwargs or {})
         self.ports = ports
+        self.fault_specs = tuple(faults)
         self.world: SimWorld | None = None
         self.host: EmulatorHost | None = None
         self.furnace: Any = None
@@ -243,6 +258,8 @@ class SimulatedRig:
         self.truth_reader = TruthReader(self.world)
         self.host = EmulatorHost(self.world, ports=self.ports)
         try:
+            for spec in self.fault_specs:
+                self.host.faults.inject_spec(spec)
             self.host.start()
             self.clock = ExperimentClock(
                 name="clock", time_scale=self.time_scale, wall_clock=_clock_aligned_with(self.world)
@@ -254,13 +271,14 @@ class SimulatedRig:
             )
             self._devices.append(self.furnace)
             for attr, cls in (("xrd", XRDDetector), ("thz", FTIRSpectrometer), ("pl", PLSpectrometer)):
+                kwargs = {"full_scale": INSTRUMENTS[attr].full_scale, **self.detector_kwargs}
                 dev = cls(
                     res[attr],
                     name=attr,
                     resource_manager="@py",
                     time_scale=ts,
                     exposure=self.exposures[attr],
-                    **self.detector_kwargs,
+                    **kwargs,
                 )
                 setattr(self, attr, dev)
                 self._devices.append(dev)
@@ -296,6 +314,13 @@ class SimulatedRig:
         if self.host is None:
             raise RuntimeError("SimulatedRig is not running")
         return self.host.resources
+
+    @property
+    def faults(self) -> FaultInjector:
+        """The fault injector of the running emulators (see ``simulated.faults``)."""
+        if self.host is None:
+            raise RuntimeError("SimulatedRig is not running")
+        return self.host.faults
 
     @property
     def detectors(self) -> list[Any]:

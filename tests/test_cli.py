@@ -62,8 +62,13 @@ def test_demo_runs_the_default_experiment(demo: tuple[Path, dict]) -> None:
 def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
     data, summary = demo
     listed = json.loads(hotstage("runs", "--json", data=data).stdout)
-    assert [row["uid"] for row in listed] == [summary["uid"]]
-    assert listed[0]["sample"] == summary["sample"] and listed[0]["exit_status"] == "success"
+    raw = [row for row in listed if not row["derived_from"]]
+    assert [row["uid"] for row in raw] == [summary["uid"]]
+    assert raw[0]["sample"] == summary["sample"] and raw[0]["exit_status"] == "success"
+    # the live analysis's derived run is listed beside it, pointing back at it
+    derived = [row for row in listed if row["derived_from"]]
+    assert [row["uid"] for row in derived] == [summary["derived"]["uid"]]
+    assert derived[0]["derived_from"] == summary["uid"] and derived[0]["sample"] == summary["sample"]
     assert hotstage("runs", "--sample", "nonexistent", "--json", data=data).stdout.strip() == "[]"
     shown = json.loads(hotstage("show", summary["uid"][:8], "--json", data=data).stdout)
     assert shown["uid"] == summary["uid"] and shown["streams"] == summary["streams"]
@@ -74,7 +79,7 @@ def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
 def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:
     (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
     (tmp_path / "sample.toml").write_text('seed = 3\n[sample]\nname = "x0.25"\ncspbi3_wt_frac = 0.25\n')
-    (tmp_path / "rig.toml").write_text('[rig]\ntime_scale = 600\n[cadence]\nxrd = { every_C = 10 }\n')
+    (tmp_path / "rig.toml").write_text('[rig]\ntime_scale = 240\n[cadence]\nxrd = { every_C = 10 }\n')
     result = hotstage("run", "--program", str(tmp_path / "prog.toml"), "--sample", str(tmp_path / "sample.toml"),
                       "--rig", str(tmp_path / "rig.toml"), "--json", data=tmp_path / "data")
     assert result.returncode == 0, result.stderr

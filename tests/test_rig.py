@@ -65,8 +65,9 @@ def test_resources_read_describe(rig):
     assert rig.furnace.heater_range.get() == 0
     for det, n, unit in ((rig.xrd, 5000, "deg"), (rig.thz, 651, "cm^-1"), (rig.pl, 1101, "nm")):
         d = det.describe()
-        (key,) = d
+        (key,) = [k for k in d if k != det.name + "_saturated"]  # the array, beside the saturation flag
         assert d[key]["shape"] == [n] and d[key]["dtype_numpy"] == "<f8"
+        assert d[det.name + "_saturated"]["shape"] == []
         cfg = det.describe_configuration()
         assert any(v.get("units") == unit for v in cfg.values())
     assert rig.xrd.wavelength.get() == pytest.approx(1.5406, abs=1e-4)

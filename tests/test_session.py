@@ -41,7 +41,7 @@ def validate(name: str, doc: dict) -> None:
 @pytest.fixture
 def session(tmp_path: Path, request: pytest.FixtureRequest):
     """A session on the simulated rig; `@pytest.mark.parametrize("session", [K], indirect=True)` sets time_scale."""
-    time_scale = getattr(request, "param", 600.0)
+    time_scale = getattr(request, "param", 240.0)
     with Session(rig=RigConfig(time_scale=time_scale, cadence=CADENCE), sample=SampleSpec.default(),
                  data_dir=tmp_path, progress=False) as s:
         yield s

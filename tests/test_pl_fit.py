@@ -1,10 +1,9 @@
 """PL fits (analysis.pl_fit) against the simulator's ground truth: centre, FWHM, Urbach energy, integrated
-intensity across a ramp and across loadings; two-Gaussian separation; speed.  The analysis never reads truth."""
+intensity across a ramp and across loadings; two-Gaussian separation.  The analysis never reads truth; speed is measured by benchmarks/pl_fit.py."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -129,21 +128,10 @@ def test_dark_spectrum_is_not_fitted() -> None:
     assert not fit_pl(lam, y).success
 
 
-def test_fit_pl_and_speed(spectra: list) -> None:
+def test_fit_pl_as_dict(spectra: list) -> None:
+    """fit_pl's flat dict (what the live pl_fit stream stores) agrees with the truth; speed: benchmarks/pl_fit.py."""
     lam, y, truth = spectra[len(spectra) // 2]
     r = fit_pl(lam, y)
     d = r.as_dict()
     assert abs(d["centre_nm"] - truth["centre_nm"]) < 0.5 and abs(d["urbach_meV"] - truth["urbach_meV"]) < 1.0
     assert d["integrated_intensity"] > 0.0 and all(isinstance(v, float) for v in d.values())
-
-    def best_ms(fn, n: int = 15) -> float:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * min(times)  # min: robust to other jobs on the shared machine
-    # < 2 ms per fit for 1101 points (brief); ~0.3–0.5 ms measured
-    assert best_ms(lambda: fit_gaussian(lam, y)) < 2.0
-    assert best_ms(lambda: urbach_energy(lam, y)) < 2.0
-    assert best_ms(lambda: fit_two_gaussians(lam, y)) < 5.0  # up to 4 LM runs (starts), still live-rate

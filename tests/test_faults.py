@@ -13,7 +13,6 @@ unparseable replies (nothing moves), Ctrl-C (SIGINT) to a running acquisition sc
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -22,6 +21,8 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,13 @@ from devices.visa import (
     RetryPolicy,
 )
 from plans import Cadence, Cool, Hold, Ramp, RigLimits, TemperatureProgram, insitu_ramp
-from plans.safety import abort_if_paused
 from plans.suspenders import install_furnace_suspenders
 from simulated.faults import FaultInjector, FaultSpecError, parse_spec
 from simulated.rig import SimulatedRig
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_SCALE = 600.0
+OVERSHOOT_TIME_SCALE = 150.0  # see test_transient_overshoot_suspends_and_resumes
 EXPOSURES = {"xrd": 2.0, "thz": 2.0, "pl": 1.0}
 PROGRAM = TemperatureProgram(40.0, (Ramp(90.0, 30.0), Hold(0.5), Cool(60.0, 30.0)))
 CADENCE = {"xrd": Cadence.every_degrees(5), "thz": Cadence.every_degrees(10), "pl": Cadence.every_degrees(5)}
@@ -84,14 +85,13 @@ class Outcome:
 OUTCOMES: list[Outcome] = []
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """One rig, one RunEngine with the furnace suspenders, one catalog; prints the outcome table at the end."""
-    data = tmp_path_factory.mktemp("faults")
+@contextmanager
+def make_bench(data: Path, time_scale: float) -> Iterator["Bench"]:
+    """One rig, one RunEngine with the furnace suspenders and an event counter, one catalog under `data`."""
     catalog = open_catalog(data)
     writer = CatalogWriter(catalog)
     rig = SimulatedRig(
-        time_scale=TIME_SCALE,
+        time_scale=time_scale,
         exposures=EXPOSURES,
         furnace_kwargs={"io_timeout": IO_TIMEOUT, "retry": FAST_RETRY},
         detector_kwargs={"io_timeout": IO_TIMEOUT, "opc_margin": 0.3, "retry": FAST_RETRY},
@@ -102,11 +102,19 @@ def bench(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     RE.subscribe(counter)  # first: counts what the RunEngine emitted
     RE.subscribe(writer)
     safety = install_furnace_suspenders(RE, rig.furnace, max_C=MAX_C, band_C=15.0, band_timeout_s=60.0)
-    b = Bench(rig, RE, writer, catalog, counter, safety)
-    yield b
-    safety.remove()
-    rig.close()
-    writer.close(timeout=30)
+    try:
+        yield Bench(rig, RE, writer, catalog, counter, safety)
+    finally:
+        safety.remove()
+        rig.close()
+        writer.close(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """One rig, one RunEngine with the furnace suspenders, one catalog; prints the outcome table at the end."""
+    with make_bench(tmp_path_factory.mktemp("faults"), TIME_SCALE) as b:
+        yield b
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
     if OUTCOMES:
         lines = [
@@ -294,21 +302,23 @@ def test_saturation_is_flagged_in_the_events(bench: Bench) -> None:
     assert not np.any(np.asarray(bench.catalog[uid]["xrd"].read()["xrd_saturated"].values, dtype=bool))
 
 
-def test_transient_overshoot_suspends_and_resumes(bench: Bench) -> None:
-    """Heater output stuck at 100 % for 6 s: the band suspender suspends (heater off), resumes, the run completes.
+def test_transient_overshoot_suspends_and_resumes(tmp_path: Path) -> None:
+    """Heater output stuck at 100 % for 9 s: the band suspender suspends (heater off), resumes, the run completes.
 
-    Full power heats the simulated stage at ~4 °C/s, so 6 s rise ~24 °C past the 15 °C band but stay below the
-    over-temperature limit even if the suspender reacts late (at time_scale 600, 20 ms of wall time are 12 s).
+    On a rig of its own at time_scale 150: full power heats the simulated stage at ~4 °C/s, and the watch thread
+    samples the readback every 2 experiment s only down to 10 ms of wall time, i.e. every 6 s at the suite's 600,
+    between which the readback jumps ~24 °C: too coarse to tell a band trip from an over-temperature.
     """
-    band = bench.safety.suspenders[1]
-    o, error = bench.run(
-        "furnace:overshoot 6 s", at_C=50.0,
-        during=lambda: bench.rig.faults.inject("furnace", "overshoot", duration=6.0),
-    )
-    assert error is None, error
-    assert o.exit_status == "success"
-    assert band.trips >= 1
-    assert_safe(o)
+    with make_bench(tmp_path, OVERSHOOT_TIME_SCALE) as slow:
+        band = slow.safety.suspenders[1]
+        o, error = slow.run(
+            "furnace:overshoot 9 s", at_C=50.0,
+            during=lambda: slow.rig.faults.inject("furnace", "overshoot", duration=9.0),
+        )
+        assert error is None, error
+        assert o.exit_status == "success"
+        assert band.trips >= 1
+        assert_safe(o)
 
 
 # ----------------------------------------------------------------------------------------------------

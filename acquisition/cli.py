@@ -7,6 +7,7 @@
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
+    hotstage spool flush [--json]                write documents left in the storage spool to the catalog
 
 `demo` and `run` analyse live (a derived run beside the raw run; `--no-analysis` turns it off, `--param`
 changes analysis parameters, see `analysis.live.parameters`); `demo` also writes the report figures into
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: DATA/reports/<uid>)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=_cmd_report)
+
+    spool = sub.add_parser("spool", help="the storage spool (documents not yet known to be in the catalog)")
+    spool_sub = spool.add_subparsers(metavar="ACTION")
+    flush = spool_sub.add_parser("flush", help="write what the spool holds to the catalog (nothing twice)")
+    flush.add_argument("--json", action="store_true")
+    flush.set_defaults(func=_cmd_spool_flush)
 
     sim = sub.add_parser("sim", help="the simulated rig")
     sim_sub = sim.add_subparsers(metavar="ACTION")
@@ -226,6 +233,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         print("\n".join(["report of derived run " + run.metadata["start"]["uid"], *files]))
     return 0
+
+
+def _cmd_spool_flush(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from acquisition.spool import default_spool_dir, flush_spool, pending_runs
+    from acquisition.storage import catalog_location, close_catalog, open_catalog
+
+    catalog = open_catalog(args.data)
+    try:
+        directory = default_spool_dir(catalog_location(catalog))
+        results = flush_spool(catalog, directory) if pending_runs(directory) else []
+    finally:
+        close_catalog(catalog)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=1))
+    elif not results:
+        print(f"spool {directory}: empty, nothing to write")
+    else:
+        for r in results:
+            extra = "; a stop document was added (exit_status fail)" if r.stop_added else ""
+            print(f"{r.run_uid}: {r.status}, {r.documents} documents ({r.events} events){extra}")
+            for e in r.errors[:3]:
+                print(f"    {e}")
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:

@@ -15,50 +15,14 @@ through `load_jsonl` and `replay_documents` with any sink (a list's ``append``, 
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 
+from acquisition.jsonl import Document, load_jsonl, save_jsonl
 from analysis.live import AnalysisParameters, LiveAnalysis
 
 __all__ = ["load_jsonl", "save_jsonl", "replay_documents", "replay", "parameters_of"]
-
-Document = tuple[str, dict]
-
-
-def load_jsonl(path: str | os.PathLike[str]) -> Iterator[Document]:
-    """Yield (name, doc) from a JSONL file of ``[name, doc]`` lines (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                name, doc = json.loads(line)
-                yield name, doc
-
-
-def _jsonable(x: Any) -> Any:
-    """numpy arrays/scalars → lists/numbers (for JSON)."""
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Mapping):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def save_jsonl(docs: Iterable[Document], path: str | os.PathLike[str]) -> Path:
-    """Write documents as JSONL, one ``[name, doc]`` per line (floats with repr precision)."""
-    path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
-        for name, doc in docs:
-            f.write(json.dumps([name, _jsonable(dict(doc))], separators=(",", ":"), allow_nan=True) + "\n")
-    return path
 
 
 def parameters_of(params: AnalysisParameters | Mapping[str, Any] | None) -> AnalysisParameters:

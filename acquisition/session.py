@@ -36,7 +36,7 @@ from bluesky import RunEngine
 from acquisition.config import RigConfig
 from analysis.live import AnalysisParameters, LiveAnalysis
 from acquisition.progress import ProgressBar
-from acquisition.storage import CatalogWriter, open_catalog
+from acquisition.storage import CatalogWriter, catalog_location, open_catalog
 from plans.program import Cadence, RigLimits, TemperatureProgram
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class Session:
         self.rig: Any = None
         self.RE: RunEngine | None = None
         self.writer: CatalogWriter | None = None
+        self.safety: Any = None
+        """The furnace suspenders of every run (`plans.suspenders.FurnaceSafety`)."""
         self._stack = ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class Session:
         """Open storage first (so nothing acquired can be lost), then the rig, then the RunEngine."""
         if self.catalog is None:
             self.catalog = open_catalog(self.data_dir)
+        self._flush_leftover_spool()
         self.writer = CatalogWriter(self.catalog)
         self._stack.callback(self.writer.close)
         self.sink = SerializedSink(self.writer)
@@ -145,6 +148,7 @@ class Session:
         )
         if self.sample is not None:
             self.RE.md["sample"] = sample_metadata(self.sample)
+        self.safety = self._install_suspenders()
         self.RE.subscribe(self.sink)
         if self.analysis is not None:
             self.RE.subscribe(self.analysis)
@@ -152,6 +156,27 @@ class Session:
             self.RE.subscribe(callback)
         if self.progress:
             self.RE.subscribe(ProgressBar())
+
+    def _install_suspenders(self) -> Any:
+        """Over-temperature (rig max_C + 10 °C: heater off, abort) and out-of-band (suspend) for every run."""
+        from plans.suspenders import DEFAULT_OVER_TEMPERATURE_MARGIN_C, install_furnace_suspenders
+
+        assert self.RE is not None
+        safety = install_furnace_suspenders(
+            self.RE, self.rig.furnace, max_C=self.config.limits.max_C + DEFAULT_OVER_TEMPERATURE_MARGIN_C
+        )
+        self._stack.callback(safety.remove)
+        return safety
+
+    def _flush_leftover_spool(self) -> None:
+        """Write runs an earlier process left in the spool (it died, or the catalog was down) before new ones."""
+        from acquisition.spool import default_spool_dir, flush_spool, pending_runs
+
+        directory = default_spool_dir(catalog_location(self.catalog))
+        if pending_runs(directory):
+            for r in flush_spool(self.catalog, directory):
+                log.warning("spool: run %s from an earlier session: %s (%d documents)", r.run_uid, r.status,
+                            r.documents)
 
     def _make_rig(self) -> Any:
         """The simulated rig by default; real instruments when the rig TOML says `kind = "visa"`."""

@@ -165,7 +165,8 @@ def open_catalog(
     uri: str | None = None,
     api_key: str | None = None,
 ):
-    """Open the run catalog: a Tiled server if ``uri``/``$HOTSTAGE_TILED_URI`` is set, else embedded.
+    """Open the run catalog: a Tiled server if ``uri`` is given (or ``$HOTSTAGE_TILED_URI`` is set and no
+    ``data_dir`` is given: an explicit directory wins over the environment), else embedded.
 
     The embedded catalog lives under ``data_dir`` (default ``$HOTSTAGE_DATA`` or ``./hotstage-data``),
     is created if missing and sees the runs written earlier into the same directory. Close it with
@@ -173,7 +174,7 @@ def open_catalog(
     """
     from tiled.client import from_context, from_uri
 
-    uri = uri or os.environ.get(URI_ENV) or None
+    uri = uri or (os.environ.get(URI_ENV) if data_dir is None else None) or None
     if uri:
         api_key = api_key or os.environ.get(API_KEY_ENV) or None
         client = from_uri(uri, api_key=api_key)
@@ -207,7 +208,7 @@ def open_catalog(
 
 def describe_location(data_dir: str | os.PathLike[str] | None = None, uri: str | None = None) -> str:
     """Say where runs go, with the same precedence as ``open_catalog`` (for CLI messages)."""
-    uri = uri or os.environ.get(URI_ENV) or None
+    uri = uri or (os.environ.get(URI_ENV) if data_dir is None else None) or None
     if uri:
         return f"Tiled server {uri}"
     root = Path(data_dir) if data_dir is not None else default_data_dir()

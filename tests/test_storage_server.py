@@ -32,6 +32,7 @@ from bluesky import RunEngine
 from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_uri
 
+from acquisition.spool import flush_spool, pending_runs
 from acquisition.storage import CatalogWriter, close_catalog, describe_location, open_catalog, read_stream
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -117,6 +118,13 @@ def server(tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(autouse=True)
+def spool_in_tmp(tmp_path, monkeypatch):
+    """Server-mode writers spool under the default data dir (./hotstage-data/spool): keep it in tmp_path."""
+    monkeypatch.setenv("HOTSTAGE_SPOOL", str(tmp_path / "spool"))
+    return tmp_path / "spool"
+
+
 @pytest.fixture
 def spectrum():
     """A 4000-float array signal with reproducible values."""
@@ -192,6 +200,52 @@ def test_server_outage_mid_run_is_retried_and_loses_nothing(server, spectrum):
     assert run.metadata["stop"]["num_events"] == {"primary": points}
     seq_nums = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
     np.testing.assert_array_equal(seq_nums, np.arange(1, points + 1))
+    events = [d for n, d in recorded if n == "event"]
+    np.testing.assert_array_equal(read_stream(run)["spectrum"].values,
+                                  np.array([e["data"]["spectrum"] for e in events]))
+
+
+def test_outage_outlasting_the_session_is_written_from_the_spool(server, spectrum, spool_in_tmp):
+    """The server goes away and the session ends before it is back: close() keeps the documents in the spool;
+    once the server is back, flush_spool writes the run, every event once, with its own stop document."""
+    catalog = open_catalog(uri=server.uri, api_key=server.api_key)
+    writer = CatalogWriter(catalog, flush_interval=0.1, backoff=(0.1, 0.5))
+    assert writer.spool.directory == spool_in_tmp
+    RE = RunEngine()
+    RE.subscribe(writer)
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    points = 8
+
+    def plan():
+        yield from bps.open_run()
+        for i in range(points):
+            if i == 3:
+                yield from bps.sleep(0.5)  # let the first events be stored
+                server.stop()
+            yield from bps.trigger_and_read([det, spectrum])
+            yield from bps.sleep(0.05)
+        yield from bps.close_run()
+
+    try:
+        RE(plan())  # the run goes on without its catalog
+        assert not writer.close(timeout=3)  # not stored: kept in the spool
+        assert not writer.alive
+    finally:
+        close_catalog(catalog)
+    uid = recorded[0][1]["uid"]
+    (spooled,) = pending_runs(spool_in_tmp)
+    assert spooled.stem == uid
+    server.start()
+    client = from_uri(server.uri, api_key=server.api_key)
+    (result,) = flush_spool(client, spool_in_tmp)
+    assert result.status == "written" and not result.stop_added and result.events == points, result
+    assert pending_runs(spool_in_tmp) == []
+    run = client[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run.metadata["stop"]["num_events"] == {"primary": points}
+    seq_nums = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+    np.testing.assert_array_equal(seq_nums, np.arange(1, points + 1))  # the first events were stored live: once
     events = [d for n, d in recorded if n == "event"]
     np.testing.assert_array_equal(read_stream(run)["spectrum"].values,
                                   np.array([e["data"]["spectrum"] for e in events]))

@@ -75,7 +75,7 @@ class Spool:
         """The spool file of one run."""
         return self.directory / f"{run_uid}.jsonl"
 
-    def _run(self, name: str, doc: dict[str, Any]) -> str:
+    def run_of(self, name: str, doc: dict[str, Any]) -> str:
         """The run a document belongs to (remembering descriptors and resources as they pass)."""
         if name == "start":
             return doc["uid"]
@@ -102,7 +102,7 @@ class Spool:
         """Append (seq, name, doc) items; returns once they are on disk (flushed and fsynced)."""
         touched: dict[str, IO[str]] = {}
         for _, name, doc in items:
-            run = self._run(name, doc)
+            run = self.run_of(name, doc)
             f = self._file(run)
             f.write(dump_line(name, doc))
             touched[run] = f

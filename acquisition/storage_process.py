@@ -277,6 +277,7 @@ class ProcessCatalogWriter(CatalogWriter):
         self._manual_restart = False
         self._proc: Any = None
         self._abandoned = False
+        self._failed_runs: set[str] = set()  # runs with a document the writer gave up on: their spool files stay
         self.spool = Spool(spool_dir if spool_dir is not None else default_spool_dir(self.location))
         """Durable copy of every document not yet known to be stored (``acquisition.spool``)."""
         self._ready = threading.Event()
@@ -396,7 +397,8 @@ class ProcessCatalogWriter(CatalogWriter):
                 _, name, doc = self._unacked.popleft()
                 if name == "stop":
                     self._run_context.pop(doc.get("run_start"), None)
-                    self.spool.finish(doc.get("run_start", ""))
+                    if doc.get("run_start") not in self._failed_runs:  # else its spool file keeps the failed one
+                        self.spool.finish(doc.get("run_start", ""))
             self._mark_stored(seq)
         elif kind == "error":
             e = msg[1]
@@ -406,6 +408,7 @@ class ProcessCatalogWriter(CatalogWriter):
             for seq, name, doc in self._unacked:
                 if seq == msg[1]:
                     self.failed.append((name, doc))
+                    self._failed_runs.add(self.spool.run_of(name, doc))
                     break
         elif kind == "fatal":
             logger.critical("CatalogWriter: writer process cannot work: %s", msg[1])

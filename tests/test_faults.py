@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
+from acquisition.spool import pending_runs
 from acquisition.storage import CatalogWriter, open_catalog
 from devices.lakeshore import LakeShore336Furnace
 from devices.spectrometers import XRDDetector
@@ -103,7 +105,7 @@ def make_bench(data: Path, time_scale: float) -> Iterator["Bench"]:
     RE.subscribe(writer)
     safety = install_furnace_suspenders(RE, rig.furnace, max_C=MAX_C, band_C=15.0, band_timeout_s=60.0)
     try:
-        yield Bench(rig, RE, writer, catalog, counter, safety)
+        yield Bench(rig, RE, writer, catalog, counter, safety, data)
     finally:
         safety.remove()
         rig.close()
@@ -172,6 +174,7 @@ class Bench:
     catalog: Any
     counter: EventCounter
     safety: Any
+    data: Path
 
     def plant_heater_range(self) -> int:
         """Heater range of output 1 read from the emulator's plant itself (not through the device)."""
@@ -319,6 +322,37 @@ def test_transient_overshoot_suspends_and_resumes(tmp_path: Path) -> None:
         assert o.exit_status == "success"
         assert band.trips >= 1
         assert_safe(o)
+
+
+def test_storage_outage_mid_run_loses_nothing(bench: Bench) -> None:
+    """The catalog's table store is locked (unavailable) for 3 s from mid-run: acquisition goes on to the end, the
+    run's documents are held in the spool meanwhile, and once the store is back every event is stored, once."""
+    at_stop: dict[str, Any] = {}
+    released = threading.Event()
+
+    def outage() -> None:
+        con = sqlite3.connect(bench.data / "tables.sqlite", isolation_level=None, timeout=0, check_same_thread=False)
+        con.execute("BEGIN EXCLUSIVE")
+
+        def release() -> None:
+            con.execute("ROLLBACK")
+            con.close()
+            released.set()
+
+        threading.Timer(3.0, release).start()
+
+    def on_stop(name: str, doc: dict) -> None:
+        if name == "stop":
+            at_stop["outage"] = not released.is_set()
+            at_stop["spooled"] = [p.stem for p in pending_runs(bench.writer.spool.directory)]
+            at_stop["run"] = doc["run_start"]
+
+    o, error = bench.run("storage outage 3 s", during=outage, callbacks=(on_stop,))
+    assert error is None and o.exit_status == "success", error
+    assert at_stop["outage"] and at_stop["run"] in at_stop["spooled"]  # the run ended during the outage, spooled
+    assert any("locked" in str(e) for e in bench.writer.errors)  # the outage was real: writes were refused
+    assert_safe(o)
+    assert at_stop["run"] not in [p.stem for p in pending_runs(bench.writer.spool.directory)]  # stored: unspooled
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -163,6 +163,18 @@ def test_run_written_through_server_and_read_by_plain_client(server, spectrum, m
     assert httpx.get(f"{server.uri}/api/v1/search/", timeout=5).status_code == 401  # no key, no access
 
 
+def run_with_outage(server, spectrum, points: int):
+    """A run of ``points`` events (det + spectrum); the server is stopped before the 4th, once the first are stored."""
+    yield from bps.open_run()
+    for i in range(points):
+        if i == 3:
+            yield from bps.sleep(0.5)  # let the first events be stored
+            server.stop()
+        yield from bps.trigger_and_read([det, spectrum])
+        yield from bps.sleep(0.05)
+    yield from bps.close_run()
+
+
 def test_server_outage_mid_run_is_retried_and_loses_nothing(server, spectrum):
     """Stop the server while a run is acquired, start it again: the writer retries and the run is complete."""
     catalog = open_catalog(uri=server.uri, api_key=server.api_key)
@@ -173,18 +185,8 @@ def test_server_outage_mid_run_is_retried_and_loses_nothing(server, spectrum):
     RE.subscribe(lambda name, doc: recorded.append((name, doc)))
     points = 10
 
-    def plan():
-        yield from bps.open_run()
-        for i in range(points):
-            if i == 3:
-                yield from bps.sleep(0.5)  # let the first events be stored
-                server.stop()
-            yield from bps.trigger_and_read([det, spectrum])
-            yield from bps.sleep(0.05)
-        yield from bps.close_run()
-
     try:
-        RE(plan())
+        RE(run_with_outage(server, spectrum, points))
         time.sleep(0.5)
         assert writer.backlog > 0 and not writer.flush(timeout=0.5)
         server.start()
@@ -217,18 +219,8 @@ def test_outage_outlasting_the_session_is_written_from_the_spool(server, spectru
     RE.subscribe(lambda name, doc: recorded.append((name, doc)))
     points = 8
 
-    def plan():
-        yield from bps.open_run()
-        for i in range(points):
-            if i == 3:
-                yield from bps.sleep(0.5)  # let the first events be stored
-                server.stop()
-            yield from bps.trigger_and_read([det, spectrum])
-            yield from bps.sleep(0.05)
-        yield from bps.close_run()
-
     try:
-        RE(plan())  # the run goes on without its catalog
+        RE(run_with_outage(server, spectrum, points))  # the run goes on without its catalog
         assert not writer.close(timeout=3)  # not stored: kept in the spool
         assert not writer.alive
     finally:

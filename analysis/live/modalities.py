@@ -309,7 +309,9 @@ class PLAnalyser(StreamAnalyser):
             "area": float(fit.area), "area_su": float(fit.area_su),
             "integrated_intensity": float(integrated_intensity(self.wavelength, y)),
             "urbach_meV": float(fit.urbach_meV), "urbach_meV_su": float(fit.urbach_meV_su),
-            "chi2_red": float(fit.chi2_red), "fit_success": int(bool(fit.success)),
+            "chi2_red": float(fit.chi2_red),
+            # a converged fit whose centre is not located to pl_max_centre_su_nm is not a result (parameters.py)
+            "fit_success": int(bool(fit.success) and float(fit.centre_nm_su) <= p.pl_max_centre_su_nm),
         }
 
 

@@ -162,8 +162,12 @@ class Session:
         from plans.suspenders import DEFAULT_OVER_TEMPERATURE_MARGIN_C, install_furnace_suspenders
 
         assert self.RE is not None
+        # Every 2 experiment s, but not more often than every 50 ms of wall time: at the simulated rig's 240x the
+        # watch's default floor of 10 ms polled the furnace 100 times a second and took GIL time from acquisition.
+        period = min(max(2.0 / self.config.time_scale, 0.05), 0.5) if self.config.simulated else None
         safety = install_furnace_suspenders(
-            self.RE, self.rig.furnace, max_C=self.config.limits.max_C + DEFAULT_OVER_TEMPERATURE_MARGIN_C
+            self.RE, self.rig.furnace, max_C=self.config.limits.max_C + DEFAULT_OVER_TEMPERATURE_MARGIN_C,
+            period_s=period,
         )
         self._stack.callback(safety.remove)
         return safety

@@ -61,7 +61,7 @@ def blind_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     (root / "sample.toml").write_text(SAMPLES[request.param])
     sample = load_sample(root / "sample.toml")
     program = TemperatureProgram(100.0, (Ramp(230.0, 10.0), Hold(2.0)), name=f"blind-{request.param}")
-    with Session(RigConfig(), sample, root / "data", progress=False) as s:
+    with Session(RigConfig(time_scale=120.0), sample, root / "data", progress=False) as s:  # as test_live
         pattern_truth = tt.record_pattern_truth(s)
         raw_uid = s.insitu(program, cadence=CADENCE)
         derived_uid = s.derived_uid(raw_uid)

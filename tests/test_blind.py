@@ -74,24 +74,11 @@ def blind_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @tt.GAMMA_BETA_XFAIL
 def test_blind_phase_fractions(blind_run: dict[str, Any]) -> None:
-    _, streams, _ = blind_run["derived"]
-    errors = tt.pattern_errors(streams["phase_fractions"], blind_run["pattern_truth"])
-    assert len(errors) >= 20
-    worst = max(errors, key=lambda e: abs(e[2]))
-    print(f"{blind_run['name']}: worst phase-fraction error {100 * worst[2]:+.2f} wt % ({worst[1]} at {worst[0]:.1f} °C)")
-    within = sum(abs(e[2]) <= 0.03 for e in errors) / len(errors)
-    assert within >= 0.95, (within, worst)
-    assert abs(worst[2]) <= 0.035, worst
+    tt.assert_phase_fractions(blind_run, f"{blind_run['name']}: ")
 
 
 def test_blind_pl_centre(blind_run: dict[str, Any]) -> None:
-    _, streams, _ = blind_run["derived"]
-    _, raw, _ = blind_run["raw"]
-    fitted = [d for d in streams["pl_fit"] if d["fit_success"]]
-    assert len(fitted) >= 8
-    truth = tt.truth_for([d["raw_time"] for d in fitted], raw["truth"])
-    dev = [abs(d["centre_nm"] - t["truth_pl_centre_nm"]) for d, t in zip(fitted, truth)]
-    assert max(dev) <= 2.0, dev
+    tt.assert_pl_centres(blind_run)
 
 
 def test_blind_active_onset(blind_run: dict[str, Any]) -> None:

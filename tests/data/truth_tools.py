@@ -133,3 +133,27 @@ def true_zni_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str, An
     temps = np.array([d["temperature"] for d in derived])
     true_signal = np.where(np.arange(z.size) < n_ref, np.nan, slope * dz)
     return onset(temps, true_signal, np.where(ok, sigma, np.inf), k=k, m=m).temperature, slope
+
+
+def assert_phase_fractions(run: Mapping[str, Any], label: str = "") -> None:
+    """Phases ≥ 5 wt % within ±3 wt % of their pattern's truth: 95 % of comparisons inside ±3, all inside ±3.5."""
+    _, streams, _ = run["derived"]
+    errors = pattern_errors(streams["phase_fractions"], run["pattern_truth"])
+    assert len(errors) >= 20
+    worst = max(errors, key=lambda e: abs(e[2]))
+    print(f"{label}worst phase-fraction error {100 * worst[2]:+.2f} wt % ({worst[1]} at {worst[0]:.1f} °C)")
+    within = sum(abs(e[2]) <= 0.03 for e in errors) / len(errors)
+    assert within >= 0.95, (within, worst)
+    assert abs(worst[2]) <= 0.035, worst
+
+
+def assert_pl_centres(run: Mapping[str, Any]) -> None:
+    """PL centre within ±2 nm of the truth stream's wherever the band was fitted (at least 8 fits)."""
+    _, streams, _ = run["derived"]
+    _, raw, _ = run["raw"]
+    fitted = [d for d in streams["pl_fit"] if d["fit_success"]]
+    assert len(fitted) >= 8
+    truth = truth_for([d["raw_time"] for d in fitted], raw["truth"])
+    dev = [abs(d["centre_nm"] - t["truth_pl_centre_nm"]) for d, t in zip(fitted, truth)]
+    print(f"PL centre: worst deviation {max(dev):.2f} nm over {len(dev)} fits")
+    assert max(dev) <= 2.0, dev

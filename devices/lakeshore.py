@@ -58,7 +58,7 @@ import time
 from typing import Any
 
 from ophyd import Component as Cpt
-from ophyd import Device, Kind
+from ophyd import Device, Kind, Signal
 from ophyd.status import DeviceStatus
 from pyvisa import constants
 
@@ -265,6 +265,10 @@ class LakeShore336Furnace(Device):
     heater_output = Cpt(
         VisaSignalRO, query="HTR? {dev.output}", parse=_number, units="%", precision=1, kind=Kind.normal
     )
+    stops = Cpt(Signal, value=0, kind=Kind.omitted)
+    """How many times stop() has run (pause, suspension, abort, end of plan). The RunEngine replays the messages
+    since the last checkpoint on resume, which can switch the heater back on before the plan sees it was off;
+    a plan that finds this count changed knows it was interrupted and re-arms its ramp from the readback."""
 
     def __init__(
         self,
@@ -532,6 +536,7 @@ class LakeShore336Furnace(Device):
 
     def stop(self, *, success: bool = False) -> None:
         """Heater off (``RANGE <out>,0``) and cancel pending moves (see module doc for hold_on_success)."""
+        self.stops.put(int(self.stops.get()) + 1)
         self._cancel_pending(FurnaceSetCancelled(f"{self.name}: set() cancelled by stop(success={success})"))
         if success and self.hold_on_success:
             return

@@ -108,7 +108,7 @@ def step_and_hold(
             yield from settle(furnace, t)
             if settle_s > 0:
                 yield from bps.sleep(settle_s / time_scale)
-            yield from acq.acquire_all(repeats)
+            yield from acq.acquire_all(repeats, hold_C=t)
         yield from bps.close_run()
         return dict(acq.counts)
 

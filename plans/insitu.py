@@ -24,16 +24,19 @@ How the ramp loop works (all through bluesky plan stubs and the devices' ophyd s
    still lag (natural cooling is slower than 10 °C/min below ~55 °C on the simulated stage). A hold ends after
    its experiment minutes.
 5. `bps.checkpoint()` runs at the top of every poll, outside any event bundle, so a pause (deferred or
-   immediate) can happen at any poll. The RunEngine switches the heater off while paused; when the loop next
-   reads the heater range as 0 it re-arms the furnace from its present readback (ramp restarted from where the
-   furnace is, same rate and target) and the interrupted segment continues. Paused time does not count
-   towards a hold.
+   immediate) can happen at any poll. The RunEngine switches the heater off while paused (`furnace.stop()`,
+   which also counts the stop in the furnace's `stops` signal); when the loop next finds the heater range 0 or
+   the stop count changed since the ramp was commanded, it re-arms the furnace from its present readback (ramp
+   restarted from where the furnace is, same rate and target) and the interrupted segment continues. The count
+   matters because a resume replays the messages since the last checkpoint, which can switch the heater back
+   on first; the commands of a re-arm end with a checkpoint of their own so that a replay never repeats them.
+   Paused time does not count towards a hold.
 
 Polling interval: experiment seconds = min over cadences of (every_C / fastest rate in °C/s / 4, every_s / 4),
 clamped to [0.5, 5] experiment s, divided by the furnace's `time_scale` and clamped to [5 ms, 1 s] wall. So the
 temperature moves at most a quarter of the finest °C step between polls (the Model 336 updates each input
 10 times per second, so polling faster gains nothing), and a fast simulated rig is not polled faster than 200 Hz.
-Each poll costs three queries (KRDG?, the clock, RANGE?).
+Each poll costs three queries (KRDG?, the clock, RANGE?) and a read of the soft `stops` signal.
 """
 
 from __future__ import annotations
@@ -203,6 +206,19 @@ def settle(furnace: Any, target_C: float, *, timeout_s: float | None = None, ret
             yield from stubs.checkpoint()
 
 
+def stops_of(furnace: Any) -> MsgGenerator:
+    """The furnace's count of stop() calls (`stops` signal; None for a furnace without one).
+
+    The RunEngine stops the furnace on every pause and suspension, then on resume replays the messages since
+    the last checkpoint — which may switch the heater back on before the plan reads the heater range — so a
+    changed count, not the heater range alone, tells a plan it was interrupted.
+    """
+    signal = getattr(furnace, "stops", None)
+    if signal is None:
+        return None
+    return int((yield from stubs.rd(signal)))
+
+
 @dataclass
 class Acquirer:
     """Acquisition state shared by the plans: which devices go into each event, counts per stream."""
@@ -239,13 +255,27 @@ class Acquirer:
         yield from stubs.save()
         self.counts[stream] = self.counts.get(stream, 0) + 1
 
-    def acquire_all(self, repeats: int = 1) -> MsgGenerator:
-        """Each modality `repeats` times (xrd, thz, pl order), with a checkpoint between acquisitions."""
+    def acquire_all(self, repeats: int = 1, hold_C: float | None = None) -> MsgGenerator:
+        """Each modality `repeats` times (xrd, thz, pl order), with a checkpoint between acquisitions.
+
+        With `hold_C`, a pause or suspension (the RunEngine switched the heater off) is followed by settling at
+        `hold_C` again: before an acquisition when it came between two, and when it came during one, that
+        acquisition's event is kept (nothing acquired is dropped; its temperatures say where it was taken) and
+        the acquisition is taken again once settled.
+        """
+        stops = (yield from stops_of(self.furnace)) if hold_C is not None else None
         for _ in range(repeats):
             for modality in MODALITIES:
-                if modality in self.detectors:
-                    yield from stubs.checkpoint()
+                if modality not in self.detectors:
+                    continue
+                yield from stubs.checkpoint()
+                while True:
+                    if hold_C is not None and (yield from stops_of(self.furnace)) != stops:
+                        yield from settle(self.furnace, hold_C)
+                        stops = yield from stops_of(self.furnace)
                     yield from self.acquire(modality)
+                    if hold_C is None or (yield from stops_of(self.furnace)) == stops:
+                        break
 
 
 @dataclass
@@ -263,6 +293,8 @@ class ProgramRunner:
     last: dict[str, tuple[float, float]] = field(default_factory=dict)
     t0: float | None = None
     resumes: int = 0
+    armed_stops: int | None = None
+    """The furnace's stop() count when the ramp was last commanded (see `stops_of`)."""
 
     @property
     def furnace(self) -> Any:
@@ -278,11 +310,16 @@ class ProgramRunner:
         return time.monotonic() * self.time_scale
 
     def poll(self) -> MsgGenerator:
-        """Read (temperature °C, experiment s, heater off?) once."""
+        """Read (temperature °C, experiment s, interrupted?) once.
+
+        Interrupted: the heater is off, or the furnace was stopped (pause, suspension) since the ramp was last
+        commanded — the caller then re-arms the ramp from the present readback.
+        """
         temperature = yield from stubs.rd(self.furnace.temperature)
         t = yield from self.now()
         heater = yield from stubs.rd(self.furnace.heater_range)
-        return float(temperature), t, int(heater) == 0
+        stops = yield from stops_of(self.furnace)
+        return float(temperature), t, int(heater) == 0 or stops != self.armed_stops
 
     # -- commanding ------------------------------------------------------------------------------
     def prepare(self) -> MsgGenerator:
@@ -293,12 +330,15 @@ class ProgramRunner:
             yield from bps.mv(self.furnace.ramp_rate, first_rate)
         yield from bps.mv(self.furnace.ramp_on, 1)
         yield from settle(self.furnace, self.program.start_C, timeout_s=self.start_timeout_s)
+        self.armed_stops = yield from stops_of(self.furnace)
 
     def arm(self, target_C: float, rate_C_per_min: float | None, from_C: float | None = None) -> MsgGenerator:
         """Command a setpoint ramp to `target_C` (from `from_C` when re-arming after the heater was off).
 
         Only settings that differ from the controller's are written (reads are cheap, each command is not).
+        Ends with a checkpoint (see the comment there).
         """
+        stops = yield from stops_of(self.furnace)  # before the commands: a pause among them must count
         if from_C is not None:
             # The 336 ramps from its present setpoint: restart the ramp from where the furnace actually is.
             yield from bps.mv(self.furnace.ramp_on, 0)
@@ -314,6 +354,10 @@ class ProgramRunner:
         heater = yield from stubs.rd(self.furnace.heater_range)
         if int(heater) != self.heater_range:
             yield from bps.mv(self.furnace.heater_range, self.heater_range)
+        self.armed_stops = stops
+        # a checkpoint here keeps these commands out of the messages a resume replays: replayed, they would
+        # switch the heater on at a setpoint that kept ramping while paused (far from the readback)
+        yield from stubs.checkpoint()
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> MsgGenerator:
@@ -332,9 +376,9 @@ class ProgramRunner:
         return dict(self.acq.counts)
 
     def _tick(self, index: int, kind: str) -> MsgGenerator:
-        """One poll: checkpoint, read, acquire what is due, report progress; returns (T, t, heater_was_off)."""
+        """One poll: checkpoint, read, acquire what is due, report progress; returns (T, t, interrupted)."""
         yield from stubs.checkpoint()
-        temperature, t, heater_off = yield from self.poll()
+        temperature, t, interrupted = yield from self.poll()
         if self.t0 is None:
             self.t0 = t
         due = []
@@ -349,12 +393,12 @@ class ProgramRunner:
             self.progress(
                 ProgressInfo(t - self.t0, self.program.duration_s, temperature, index, kind, dict(self.acq.counts))
             )
-        return temperature, t, heater_off
+        return temperature, t, interrupted
 
     def _ramp(self, index: int, seg: Ramp | Cool) -> MsgGenerator:
         """Command one ramp/cool and poll until the controller's setpoint ramp has reached the target."""
-        temperature, t, heater_off = yield from self.poll()
-        if heater_off:  # e.g. paused between segments: start the ramp from the readback
+        temperature, t, interrupted = yield from self.poll()
+        if interrupted:  # e.g. paused between segments: start the ramp from the readback
             sp = temperature
             yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
         else:
@@ -364,8 +408,8 @@ class ProgramRunner:
         grace = max(60.0, 0.1 * (t_end - t))
         while True:
             yield from stubs.sleep(self.poll_s)
-            temperature, t, heater_off = yield from self._tick(index, seg.kind)
-            if heater_off:  # paused (RunEngine stopped the furnace) or switched off: resume from here
+            temperature, t, interrupted = yield from self._tick(index, seg.kind)
+            if interrupted:  # paused (RunEngine stopped the furnace) or switched off: resume from here
                 self.resumes += 1
                 yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
                 t_end = t + abs(seg.to_C - temperature) / seg.rate_C_per_min * 60.0
@@ -377,14 +421,14 @@ class ProgramRunner:
 
     def _hold(self, index: int, seg: Hold, hold_C: float, rate: float | None) -> MsgGenerator:
         """Keep the setpoint at `hold_C` for `seg.minutes` of experiment time (paused time excluded)."""
-        temperature, t_prev, heater_off = yield from self.poll()
-        if heater_off:
+        temperature, t_prev, interrupted = yield from self.poll()
+        if interrupted:
             yield from self.arm(hold_C, rate, from_C=temperature)
         held = 0.0
         while held < seg.minutes * 60.0:
             yield from stubs.sleep(self.poll_s)
-            temperature, t, heater_off = yield from self._tick(index, seg.kind)
-            if heater_off:
+            temperature, t, interrupted = yield from self._tick(index, seg.kind)
+            if interrupted:
                 self.resumes += 1
                 yield from self.arm(hold_C, rate, from_C=temperature)
             else:

@@ -22,8 +22,10 @@ The suspenders (installed with ``RE.install_suspender`` by :func:`install_furnac
   naming the temperature). Not resumable: an over-temperature is a hardware problem to look at.
 * :class:`OutsideBand` — readback more than ``band_C`` above the setpoint while the heater is on and either
   driving (output > 0) or the readback still rising (overshoot, runaway; a stage that merely cools more
-  slowly than a cooling ramp has its heater at 0 and a falling readback, which is not a fault), or more than ``band_C`` below it with the heater on (range > 0: it cannot
-  keep up, e.g. heater failure). The run is suspended (bluesky: the RunEngine stops the furnace — heater
+  slowly than a cooling ramp has its heater at 0 and a falling readback, which is not a fault), or more than
+  ``band_C`` below it with the heater on (range > 0: it cannot keep up, e.g. heater failure) for at least
+  ``low_grace_s`` experiment seconds since it was last off or stopped (``DEFAULT_LOW_GRACE_S``). A sample whose
+  reads spanned more than ``MAX_SAMPLE_SPAN_EXP_S`` (a retried query) is not judged. The run is suspended (bluesky: the RunEngine stops the furnace — heater
   off — and rewinds to the last checkpoint); it resumes once the readback is back within ``band_C / 2`` on
   the side that tripped (the in-situ loop then re-arms the heater from the present readback); if it has not
   come back within ``timeout_s`` experiment seconds, or trips ``max_trips`` times in one run, the run is
@@ -57,6 +59,14 @@ MIN_PERIOD_WALL_S, MAX_PERIOD_WALL_S = 0.01, 0.5
 DEFAULT_BAND_C = 15.0
 DEFAULT_BAND_TIMEOUT_S = 300.0
 DEFAULT_MAX_TRIPS = 3
+MAX_SAMPLE_SPAN_EXP_S = 5.0
+"""A watch sample whose reads spanned more than this many experiment seconds (a query retried after a timeout) is
+not judged against the band: its readback and setpoint are from different moments (at 600x a 0.3 s timeout is
+3 experiment minutes of ramp, enough to put a correct readback 20 °C "below" a later setpoint)."""
+DEFAULT_LOW_GRACE_S = 60.0
+"""Experiment seconds the heater must have been on (no stop() in between) before "below the band" counts: after a
+pause or suspension the controller's setpoint ramp has run on while the heater was off, and the plan needs a poll
+to re-arm the ramp from the readback; a failing heater shows as a lag that keeps growing, not in the first minute."""
 DEFAULT_OVER_TEMPERATURE_MARGIN_C = 10.0
 """Over-temperature threshold above the rig's max_C: the programs are validated against max_C, a few °C of
 overshoot at the end of a fast ramp are normal (simulated/thermal.py: ~0.5 °C at 10 °C/min)."""
@@ -73,6 +83,10 @@ class WatchSample:
     t_wall: float
     rising: bool = False
     """The readback rose since the previous poll (by more than 0.01 °C)."""
+    heater_on_s: float = 0.0
+    """Experiment seconds the heater has been on without a stop() in between (0 when off)."""
+    span_s: float = 0.0
+    """Experiment seconds between the first and the last of the sample's reads (a retried query stretches it)."""
 
     @property
     def deviation_C(self) -> float:
@@ -91,6 +105,10 @@ class FurnaceWatch:
             ts = float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
             period_s = min(max(DEFAULT_PERIOD_EXP_S / ts, MIN_PERIOD_WALL_S), MAX_PERIOD_WALL_S)
         self.period_s = float(period_s)
+        ts = getattr(furnace, "time_scale", 1.0)
+        self.time_scale = float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
+        self._on_since: float | None = None
+        self._stops: int | None = None
         self.readback = Signal(name=f"{getattr(furnace, 'name', 'furnace')}_watch_readback", value=math.nan)
         self.sample: WatchSample | None = None
         self.errors = 0
@@ -106,15 +124,27 @@ class FurnaceWatch:
     def poll_once(self) -> WatchSample:
         """Read the furnace once, publish the readback, return the sample."""
         f = self.furnace
+        t_first = time.monotonic()
         readback = float(f.temperature.get())
+        setpoint = float(f.setpoint.get())
+        heater_output = float(f.heater_output.get())
+        heater_range = int(f.heater_range.get())
+        now = time.monotonic()
+        stops = getattr(f, "stops", None)
+        stops = int(stops.get()) if stops is not None else None
+        if heater_range == 0 or stops != self._stops or self._on_since is None:
+            self._on_since = now  # off, or stopped (paused/suspended) and on again since the previous poll
+        self._stops = stops
         prev = self.sample
         sample = WatchSample(
             readback_C=readback,
-            setpoint_C=float(f.setpoint.get()),
-            heater_output=float(f.heater_output.get()),
-            heater_range=int(f.heater_range.get()),
-            t_wall=time.monotonic(),
+            setpoint_C=setpoint,
+            heater_output=heater_output,
+            heater_range=heater_range,
+            t_wall=now,
             rising=prev is not None and readback > prev.readback_C + 0.01,
+            heater_on_s=0.0 if heater_range == 0 else (now - self._on_since) * self.time_scale,
+            span_s=(now - t_first) * self.time_scale,
         )
         self.sample = sample
         self.polls += 1
@@ -140,6 +170,7 @@ class FurnaceWatch:
             listener.reset()
         self.sample = None
         self.aborting = None
+        self._on_since = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="hotstage-furnace-watch", daemon=True)
         self._thread.start()
@@ -225,14 +256,16 @@ class OutsideBand(SuspenderBase):
 
     def __init__(self, watch: FurnaceWatch, band_C: float = DEFAULT_BAND_C, *,
                  timeout_s: float = DEFAULT_BAND_TIMEOUT_S, max_trips: int = DEFAULT_MAX_TRIPS,
-                 resume_fraction: float = 0.5, sleep: float = 0.0) -> None:
-        """``timeout_s`` in experiment seconds (converted with the furnace's time_scale); ``sleep`` wall s before resuming."""
+                 resume_fraction: float = 0.5, sleep: float = 0.0, low_grace_s: float = DEFAULT_LOW_GRACE_S) -> None:
+        """``timeout_s``, ``low_grace_s`` in experiment seconds (converted with the furnace's time_scale); ``sleep``
+        wall s before resuming."""
         super().__init__(watch.readback, sleep=sleep, tripped_message=f"furnace readback outside ±{band_C:g} °C of setpoint")
         self.watch = watch
         self.band_C = float(band_C)
         self.timeout_s = float(timeout_s)
         self.max_trips = int(max_trips)
         self.resume_fraction = float(resume_fraction)
+        self.low_grace_s = float(low_grace_s)
         self.side: str | None = None
         self.trips = 0
         self.fired: str | None = None
@@ -266,11 +299,11 @@ class OutsideBand(SuspenderBase):
     def _excursion(self) -> str | None:
         """'high', 'low' or None from the latest watch sample (module doc for the heater-aware rule)."""
         s = self.watch.sample
-        if s is None:
+        if s is None or s.span_s > MAX_SAMPLE_SPAN_EXP_S:
             return None
         if s.deviation_C > self.band_C and s.heater_range > 0 and (s.heater_output > 0.0 or s.rising):
             return "high"
-        if s.deviation_C < -self.band_C and s.heater_range > 0:
+        if s.deviation_C < -self.band_C and s.heater_range > 0 and s.heater_on_s >= self.low_grace_s:
             return "low"
         return None
 

@@ -12,7 +12,8 @@ from typing import Any
 import event_model
 import pytest
 from bluesky import RunEngine
-from bluesky.utils import RunEngineInterrupted
+from bluesky.preprocessors import plan_mutator
+from bluesky.utils import Msg, RunEngineInterrupted
 
 from plans import (
     Cadence,
@@ -27,6 +28,7 @@ from plans import (
     sintering_array,
     step_and_hold,
 )
+from plans.suspenders import install_furnace_suspenders
 from simulated.parameters import SampleSpec
 from simulated.rig import SimulatedRig
 
@@ -194,6 +196,90 @@ def test_pause_and_resume_gives_one_complete_run(RE: RunEngine) -> None:
     assert max(temps) > 57.0, temps  # the ramp was re-armed after the pause and reached its target
     assert rec.counts()["truth"] == rec.counts()["xrd"] + rec.counts()["pl"]
     assert heater_after == 0
+
+
+def pause_at(plan: Any, armed: Callable[[Msg], bool], where: Callable[[Msg], bool]) -> Any:
+    """`plan` with an immediate pause (as Ctrl-C) before the first message matching `where` after one matching `armed`."""
+    state = {"armed": False, "done": False}
+
+    def mutate(msg: Msg) -> tuple[Any, Any]:
+        if state["done"]:
+            return None, None
+        if not state["armed"]:
+            state["armed"] = armed(msg)
+            return None, None
+        if not where(msg):
+            return None, None
+        state["done"] = True
+
+        def head() -> Any:
+            yield Msg("pause", None, defer=False)
+            return (yield msg)
+
+        return head(), None
+
+    return plan_mutator(plan, mutate)
+
+
+def test_pause_right_after_the_ramp_is_commanded(RE: RunEngine) -> None:
+    """Paused while the ramp is being commanded (Ctrl-C lands anywhere), band suspender installed. The resume
+    replays the commands since the last checkpoint and the heater comes back on at a setpoint that ramped on
+    while paused; the plan must notice the stop (furnace.stops), re-arm the ramp from the readback, and the band
+    suspender must not judge a heater that has just come back on (it did: out-of-band trip, then abort)."""
+    program = TemperatureProgram(25.0, (Ramp(120.0, 20.0),))
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        safety = install_furnace_suspenders(RE, rig.furnace, max_C=LIMITS.max_C, band_C=15.0)
+        plan = insitu_ramp(rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(20)},
+                           clock=rig.clock, limits=LIMITS)
+        setpoint = rig.furnace.setpoint
+        plan = pause_at(plan, lambda m: m.command == "set" and m.obj is setpoint and m.args[0] == 120.0,
+                        lambda m: m.command == "wait")
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        assert rig.furnace.heater_range.get() == 0
+        time.sleep(1.0)  # 120 experiment s paused: the controller's setpoint ramps on by 40 °C, heater off
+        assert rig.furnace.setpoint.get() - rig.furnace.temperature.get() > 20.0
+        RE.resume()
+        safety.remove()
+    assert safety.abort_reason is None
+    assert [s["exit_status"] for s in rec.of("stop")] == ["success"]
+    assert max(e["data"]["furnace_temperature"] for e in rec.events("pl")) > 100.0
+
+
+def test_band_is_not_judged_on_a_sample_whose_reads_were_slow() -> None:
+    """A watch sample whose setpoint query was answered late (0.1 s wall = 30 experiment s at 300x) mixes a readback
+    and a setpoint from different moments of a ramp: it is not judged against the band; a prompt one is."""
+    from plans.suspenders import FurnaceWatch, OutsideBand
+
+    with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
+        watch = FurnaceWatch(rig.furnace)
+        band = OutsideBand(watch, 15.0, low_grace_s=0.0)
+        rig.furnace.heater_range.put(3)
+        rig.furnace.setpoint.put(200.0)  # ramp off: the setpoint jumps, the readback is ~175 °C below it
+        prompt = watch.poll_once()
+        assert prompt.span_s < 5.0 and band._excursion() == "low"
+        rig.faults.inject("furnace", "slow", 1, match="SETP?", delay=0.1)
+        slow = watch.poll_once()
+        assert slow.span_s > 5.0 and band._excursion() is None
+        rig.furnace.heater_range.put(0)
+
+
+def test_step_and_hold_resettles_after_a_pause_between_acquisitions(RE: RunEngine) -> None:
+    """A pause just before an acquisition of a hold (heater off meanwhile): that event is kept (taken off
+    temperature, and says so), then the furnace settles again and the acquisition is repeated."""
+    rec = Recorder(RE)
+    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+        plan = step_and_hold(rig.furnace, detectors(rig, ("pl",)), [80.0], repeats=3, clock=rig.clock, limits=LIMITS)
+        plan = pause_at(plan, lambda m: m.command == "save", lambda m: m.command == "trigger")
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan)
+        time.sleep(1.0)  # 120 experiment s with the heater off: the stage cools well below 80 °C
+        assert rig.furnace.temperature.get() < 75.0
+        RE.resume()
+    temps = [e["data"]["furnace_temperature"] for e in rec.events("pl")]
+    assert [s["exit_status"] for s in rec.of("stop")] == ["success"]
+    assert [abs(t - 80.0) <= 1.5 for t in temps] == [True, False, True, True], temps
 
 
 def test_abort_while_paused_runs_cleanup(RE: RunEngine) -> None:

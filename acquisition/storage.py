@@ -145,12 +145,24 @@ def _serialization_registry():
     return registry
 
 
+_WAL_DONE: set[Path] = set()
+
+
 def _enable_wal(path: Path) -> None:
     """Put a SQLite file in WAL mode (persistent), so readers do not fail while the writer appends.
 
     Without it the ADBC SQLite driver tiled uses for the table store raises "database is locked" to a
     reader polling a run that is being written (seen in tests of live visibility).
+    Once per file per process, before tiled's readers exist: this opens the file with Python's own SQLite
+    library, and closing that connection releases every POSIX lock the process holds on the file, including
+    the WAL read locks of the ADBC driver's (separate) SQLite library. Readers robbed of their locks were
+    seen to read a stale snapshot for good (runs written afterwards came back with empty tables) once a
+    restarted writer process reset the WAL: in the fault suite, whose storage-outage case used to take its
+    lock from the test process. So a process that opens the same catalog again does not reopen the file.
     """
+    path = Path(path).resolve()
+    if path in _WAL_DONE:
+        return
     import sqlite3
 
     con = sqlite3.connect(path)
@@ -158,6 +170,7 @@ def _enable_wal(path: Path) -> None:
         con.execute("PRAGMA journal_mode=WAL")
     finally:
         con.close()
+    _WAL_DONE.add(path)
 
 
 def open_catalog(

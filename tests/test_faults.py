@@ -13,9 +13,9 @@ unparseable replies (nothing moves), Ctrl-C (SIGINT) to a running acquisition sc
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -324,6 +324,17 @@ def test_transient_overshoot_suspends_and_resumes(tmp_path: Path) -> None:
         assert_safe(o)
 
 
+LOCK_HOLDER = textwrap.dedent("""
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
+    con.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    con.execute("ROLLBACK")
+""")
+"""Holds an exclusive lock on a SQLite file for argv[2] seconds (prints "locked" once it has it)."""
+
+
 def test_storage_outage_mid_run_loses_nothing(bench: Bench) -> None:
     """The catalog's table store is locked (unavailable) for 3 s from mid-run: acquisition goes on to the end, the
     run's documents are held in the spool meanwhile, and once the store is back every event is stored, once."""
@@ -331,15 +342,18 @@ def test_storage_outage_mid_run_loses_nothing(bench: Bench) -> None:
     released = threading.Event()
 
     def outage() -> None:
-        con = sqlite3.connect(bench.data / "tables.sqlite", isolation_level=None, timeout=0, check_same_thread=False)
-        con.execute("BEGIN EXCLUSIVE")
+        # Another process holds the lock, as in a real outage. (Not this one: closing a Python sqlite3 connection
+        # on tables.sqlite would drop every POSIX lock this process holds on the file, including those of the
+        # catalog's own ADBC readers — see acquisition.storage._enable_wal.)
+        holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(bench.data / "tables.sqlite"), "3.0"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
 
         def release() -> None:
-            con.execute("ROLLBACK")
-            con.close()
+            holder.wait(30)
             released.set()
 
-        threading.Timer(3.0, release).start()
+        threading.Thread(target=release, daemon=True).start()
 
     def on_stop(name: str, doc: dict) -> None:
         if name == "stop":
@@ -353,6 +367,26 @@ def test_storage_outage_mid_run_loses_nothing(bench: Bench) -> None:
     assert any("locked" in str(e) for e in bench.writer.errors)  # the outage was real: writes were refused
     assert_safe(o)
     assert at_stop["run"] not in [p.stem for p in pending_runs(bench.writer.spool.directory)]  # stored: unspooled
+
+
+def test_killed_writer_process_mid_run_loses_nothing(bench: Bench) -> None:
+    """SIGKILL the catalog-writer process mid-run: the session's writer restarts it in resume mode, re-sends what
+    was not acknowledged, and every stream (arrays, scalars, the boolean saturation flags) reads back complete."""
+    killed: list[int] = []
+
+    def kill() -> None:
+        killed.append(bench.writer.pid)
+        os.kill(bench.writer.pid, signal.SIGKILL)
+
+    restarts = bench.writer.restart_count
+    o, error = bench.run("writer process killed", during=kill)
+    assert error is None and o.exit_status == "success", error
+    assert killed and bench.writer.restart_count == restarts + 1 and bench.writer.pid != killed[0]
+    assert_safe(o)
+    run = bench.catalog[bench.counter.last_start]
+    for stream in MODALITY_STREAMS:
+        ds = run[stream].read()
+        assert ds[f"{stream}_saturated"].shape == ds["time"].shape == (o.streams[stream],)
 
 
 # ----------------------------------------------------------------------------------------------------

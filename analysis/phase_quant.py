@@ -27,6 +27,16 @@ moderate width changes are read by interpolation; warm fits start from the previ
 new model evaluation. Cold fits first scan each phase's strain over ±`strain_search` (thermal expansion of up to
 ±1.5 %, e.g. α-CsPbI3 referenced at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of
 half a FWHM in peak shift, then a coarse width scan, then Gauss–Newton.
+
+Weak phases along a ramp (changed after γ/β misassignments at the γ→β transition, ≈ 178 °C): a phase too weak to
+refine used to keep whatever strain/width it last had — often values a transient refinement or a re-scan had run
+onto noise (widths on the 10 µm bound, strains +1.6 %) — so when it grew its column matched nothing, it never
+became significant, and its look-alike took its intensity (β 6–7 wt % low, γ high). Now (i) before each warm fit
+a phase whose width was not refined returns to its last well-determined (ε, Y) (refined at ≥ GOOD_MIN_FRACTION),
+else to the starting strain with the width of the strongest refined phase (`_revert_held`); (ii) when a phase
+becomes significant or χ² jumps (against the lowest of the last RESEED_WINDOW patterns), the newcomers and all
+held phases are re-selected forward as in a cold fit, refined phases kept (`_warm_rescans`); (iii) a phase whose
+width ends on a bound must pass a likelihood-ratio test against the refit without it (`_admit`).
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ _LN2 = math.log(2.0)
 _REFINABLE = frozenset({"strain", "width", "zero", "halos"})
 RESEED_SIGMAS: float = 5.0
 """Warm fits re-scan held phases' strains when χ²/(N−P) rose by more than this many of its standard deviations
-(√(2/(N−P)) relative, the χ² distribution) since the previous pattern."""
+(√(2/(N−P)), the χ² distribution) above the lowest of the last `RESEED_WINDOW` patterns."""
 _HELD_ZERO_TOLERANCE = 0.002
 """deg: columns of phases held (not refined) follow zero-shift changes only beyond this (≪ any FWHM)."""
 ONE_STEP_SU: float = 1.0
@@ -74,6 +84,12 @@ ANTICIPATE: float = 0.6
 """Warm fits re-render a phase's table with its reference strain/width this fraction of the validity window ahead of
 the current value in the direction the value is drifting (thermal expansion, coarsening): the table then serves
 (1 + ANTICIPATE) windows of drift instead of one. Accuracy is unchanged (the same validity test applies)."""
+GOOD_MIN_FRACTION: float = 0.05
+"""A phase's refined (ε, Y) are remembered as its values to hold it at (see `_revert_held`) only when its weight
+fraction is at least this: a weak phase's profile refines onto noise or a neighbour's misfit."""
+RESEED_WINDOW: int = 10
+"""The χ² jump test compares with the lowest χ²/(N−P) of this many previous patterns (a phase that grows over
+several patterns raises χ² step by step, each step below the threshold)."""
 RESCAN_MIN_FRACTION: float = 0.01
 """Warm fits re-scan the strain and width of a phase that became refinable (significant) since the previous pattern
 when its weight fraction is at least this (a phase appearing at a transition carries a stale ε/Y otherwise)."""
@@ -242,6 +258,12 @@ class PhaseQuantifier:
         self._wrows: NDArray[np.intp] | None = None
         self._rowok = np.zeros(self._M.shape[0], dtype=bool)
         self._prev_refined: set[int] = set()
+        # (ε, Y) of each phase at the end of the last fit that refined its width (NaN: never): what a held phase
+        # reverts to (see `_revert_held`)
+        self._good = np.full((np_, 2), np.nan)
+        self._width_refined: set[int] = set()
+        self._dropped: set[int] = set()
+        self._last_c = np.zeros(self._nl)
         self._params: list[tuple[str, int]] = []
         self._cov: FloatArray | None = None
         self._col_key: list[tuple | None] = [None] * np_
@@ -251,6 +273,7 @@ class PhaseQuantifier:
         self._s_key: float | None = None
         self._passive: NDArray[np.bool_] | None = None
         self._last_gof2: float | None = None
+        self._recent_gof2: list[float] = []
         self._n_eval = 0
 
     @property
@@ -798,6 +821,7 @@ class PhaseQuantifier:
             self._drift_eps = self._eps - self._prev_eps
             self._drift_wid = self._wid / self._prev_wid - 1.0
             self._prev_eps, self._prev_wid = self._eps.copy(), self._wid.copy()
+            self._revert_held()
             halos = self.halos and "halos" in self.refine
             try:
                 out = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
@@ -805,48 +829,170 @@ class PhaseQuantifier:
             finally:
                 self._anticipate = False
         self._prev_refined = {p for kind, p in out[1] if kind == "strain"}
-        return self._result(y, w, yy, out, cold, reseeded)
+        self._remember_good(out[1], out[0])
+        res = self._result(y, w, yy, out, cold, reseeded)
+        if self._dropped:  # phases left out by `_admit` return (at their held values) for the next pattern
+            self._active[list(self._dropped)] = True
+            self._dropped.clear()
+        return res
+
+    def _remember_good(self, params: list[tuple[str, int]], lin: _Linear) -> None:
+        """Record (ε, Y) of the phases whose width was refined at ≥ GOOD_MIN_FRACTION (and not left on a bound)."""
+        lo, hi = self.width_bounds
+        tol = 1e-6 * (hi - lo)
+        self._width_refined = {p for kind, p in params if kind == "width"}
+        cs = lin.c[self._nb + self._nh:self._nl]
+        total = float(self._zmv_over_norm @ cs)
+        wf = self._zmv_over_norm * cs / total if total > 0 else np.zeros_like(cs)
+        for p in self._width_refined:
+            if wf[p] >= GOOD_MIN_FRACTION and lo + tol < self._wid[p] < hi - tol:
+                self._good[p] = self._eps[p], self._wid[p]
+
+    def _held_prior(self, p: int) -> tuple[float, float]:
+        """(ε, Y) a held phase p is kept at: its last well-determined values, else the starting strain with the
+        width of the strongest width-refined phase (or the starting width)."""
+        if np.isfinite(self._good[p, 0]):
+            return float(self._good[p, 0]), float(self._good[p, 1])
+        off = self._nb + self._nh
+        ref = [q for q in self._width_refined if q != p]
+        if ref and self._passive is not None:
+            c = self._last_c
+            q = max(ref, key=lambda q: c[off + q] * self._zmv_over_norm[q])
+            return float(self.strain_start[p]), float(self._wid[q])
+        return float(self.strain_start[p]), float(self.width_start)
+
+    def _revert_held(self) -> None:
+        """Warm fits: phases not refined in the previous fit return to `_held_prior` before the new pattern.
+
+        A phase too weak to refine can still have been refined transiently (while it absorbed part of a neighbour's
+        or an emerging polymorph's intensity) or re-scanned onto noise, leaving its strain far off or its width on a
+        bound (10 µm or 2 nm crystallites). Held at such values its column is no template of the phase, so when the
+        phase does grow (γ→β at ≈ 180 °C) NNLS cannot see it, it never becomes significant, never gets re-scanned,
+        and its intensity is taken by the look-alike that is refined (β low, γ high by several wt %). Kept at
+        plausible values instead, the column of a growing phase matches well enough to be picked up and re-scanned.
+        Widths that are followed from another phase move only beyond 5 % (no column re-evaluation otherwise)."""
+        for p in range(self._np):
+            if p in self._width_refined:
+                continue
+            e, yv = self._held_prior(p)
+            if e != self._eps[p] or abs(yv / self._wid[p] - 1.0) > 0.05:
+                self._eps[p], self._wid[p] = e, yv
 
     def _warm_rescans(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, halos: bool) -> tuple[tuple, bool]:
-        """After a warm refinement: re-scan phases that just became significant, or all held ones after a χ² jump.
+        """After a warm refinement: forward re-selection of the weak phases when one became significant or χ² jumped.
 
-        A phase that was too weak to refine carries a stale strain/width (it may have been last refined on the other
-        side of a transition, or never); when it becomes significant — or when χ²/(N−P) jumped by more than
-        RESEED_SIGMAS of its scatter since the previous pattern — its strain is scanned over the cold-fit grid at
-        the current width, then its width coarsely (×¼…×4), then everything is refined again; the result is kept
-        if χ² fell. Costs a few milliseconds, only at transitions.
+        Trigger: a phase became refinable (scale ≥ min_significance s.u., ≥ RESCAN_MIN_FRACTION) since the previous
+        pattern, or χ²/(N−P) rose by more than RESEED_SIGMAS of its scatter above the lowest of the last
+        RESEED_WINDOW patterns. Then the candidates — the newcomers and every held phase — are re-selected as in the
+        cold forward selection, with the well-refined phases kept as they are: all candidates are taken out, and
+        one at a time the candidate whose strain scan (cold-fit grid × candidate widths: its held value, the
+        starting one, those of the refined phases) lowers χ² most is put back if it lowers it by
+        ≥ 2·min_significance², its width scanned, everything refined; the rest return at their held values. The
+        result replaces the warm fit if χ² is lower. Why all held phases and not the newcomer alone: at γ→β or
+        β→α the intensity of the growing polymorph is first taken by whichever look-alike has the better-placed
+        column (α for β, β for α); re-scanning that one alone keeps the wrong phase. Costs tens of milliseconds,
+        only at transitions.
         """
         lin = out[0]
         dof = max(y.size - int(lin.passive.sum()) - len(out[1]), 1)
         gof2 = lin.chi2 / dof
-        last = self._last_gof2
-        jumped = last is not None and gof2 > last * (1.0 + RESEED_SIGMAS * math.sqrt(2.0 / dof))
+        recent = self._recent_gof2[-RESEED_WINDOW:]
+        jumped = bool(recent) and gof2 > min(recent) + RESEED_SIGMAS * math.sqrt(2.0 / dof)
         off = self._nb + self._nh
         cs = lin.c[off:self._nl]
         total = float(self._zmv_over_norm @ cs)
         wf = self._zmv_over_norm * cs / total if total > 0 else np.zeros_like(cs)
         refined = {p for kind, p in out[1] if kind == "strain"}
         newly = sorted(p for p in refined - self._prev_refined if wf[p] >= RESCAN_MIN_FRACTION)
-        targets = newly or (sorted(self._held) if jumped else [])
-        if not targets:
+        lo, hi = self.width_bounds
+        tol = 1e-6 * (hi - lo)
+        pinned = [p for p in sorted(refined) if p in self._width_refined_now(out[1])
+                  and not lo + tol < self._wid[p] < hi - tol]
+        if not (newly or jumped):
+            return (self._admit(y, w, yy, out, pinned, halos) if pinned else out), False
+        keep = {p for p in refined - set(newly) if p in self._prev_refined}
+        cands = [p for p in range(self._np) if p not in keep]
+        if not cands:
             return out, False
         snap = self._get()
-        if newly:  # strain × candidate widths (its own, the starting one, those of the phases refined before it):
-            # a stale width can hide the right strain; strongest newcomer first
-            widths = {float(self._wid[p]) for p in self._prev_refined} | {float(self.width_start)}
-            for p in sorted(newly, key=lambda p: -lin.c[off + p] * self._A[off + p].sum()):
-                grid = self._strain_grid(p)
-                cands = [(e, yv) for yv in sorted(widths | {float(self._wid[p])}) for e, _ in grid]
-                lin = self._scan(y, w, yy, p, cands, lin, exact=False)[0]
-        else:
-            lin = self._strain_scan(y, w, yy, lin, targets)
-        if "width" in self.refine:
-            lin = self._width_scan(y, w, yy, lin, [p for p in targets if p in refined])
+        widths = {float(self._wid[p]) for p in keep} | {float(self.width_start)}
+        held_at = {p: (self._held_prior(p) if p not in newly else (float(self._eps[p]), float(self._wid[p])))
+                   for p in cands}
+        self._active[cands] = False
+        self._update_columns(derivs=False)
+        lin = self._solve_linear(y, w, yy)
+        self._passive = lin.passive
+        threshold = 2.0 * self.min_significance ** 2
+        while True:
+            best = None
+            for p in cands:
+                if self._active[p]:
+                    continue
+                self._active[p] = True
+                self._eps[p], self._wid[p] = held_at[p]
+                grid = self._strain_grid(p) if "strain" in self.refine else [held_at[p]]
+                ws = sorted(widths | {held_at[p][1]})
+                trial, k, cols = self._scan(y, w, yy, p, [(e, yv) for yv in ws for e, _ in grid], lin, exact=False,
+                                            commit=False)
+                self._active[p] = False
+                if k >= 0 and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
+                    params = [(e, yv) for yv in ws for e, _ in grid][k]
+                    best = (trial, p, params, cols[k])
+            if best is None or lin.chi2 - best[0].chi2 < threshold:
+                break
+            trial, p, params, col = best
+            self._active[p] = True
+            self._commit(p, params, col, trial)
+            lin = trial
+            if "width" in self.refine:
+                lin = self._width_scan(y, w, yy, lin, [p])
+            lin = self._refine(y, w, yy, 8, halos, False, WARM_SHIFT_TOLERANCE, True)[0]
+        for p in cands:
+            if not self._active[p]:
+                self._eps[p], self._wid[p] = held_at[p] if p not in newly else self._held_prior(p)
+                self._col_key[p] = None
+        self._active[:] = True
         out2 = self._refine(y, w, yy, self.max_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
-        if out2[0].chi2 < out[0].chi2:
-            return out2, True
-        self._set(snap)
-        return self._refine(y, w, yy, self.warm_iterations, False, False, WARM_SHIFT_TOLERANCE, True), False
+        # the re-selection admits a phase only for Δχ² ≥ 2·min_significance²: the warm fit is kept only if it is
+        # better by the likelihood-ratio margin min_significance² (not for a weak phase the selection left out)
+        if out2[0].chi2 < out[0].chi2 + self.min_significance ** 2:
+            out, reseeded = out2, True
+        else:
+            self._set(snap)
+            for p in cands:
+                self._col_key[p] = None
+            out, reseeded = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True), False
+        pinned = [p for p in sorted(self._width_refined_now(out[1])) if not lo + tol < self._wid[p] < hi - tol]
+        return (self._admit(y, w, yy, out, pinned, halos) if pinned else out), reseeded
+
+    @staticmethod
+    def _width_refined_now(params: list[tuple[str, int]]) -> set[int]:
+        """Phases whose width is among the refined parameters."""
+        return {p for kind, p in params if kind == "width"}
+
+    def _admit(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, newly: Sequence[int], halos: bool
+               ) -> tuple:
+        """Likelihood-ratio test of phases that just became refinable (or whose width sits on a bound): each must lower χ² by ≥ min_significance²
+        against the refit without it, weakest first, or it is left out of this pattern's model (scale 0).
+
+        The Wald test that made it refinable (scale ≥ min_significance s.u.) is met too easily by a phase whose
+        width ran onto the 2 nm bound while it soaked up background or halo misfit (α-CsPbI3 at 5 wt % of 2 nm
+        crystallites in a pure-β pattern, Δχ² ≈ 10); the refit without it decides.
+        """
+        off = self._nb + self._nh
+        for p in sorted((p for p in newly if out[0].c[off + p] > 0.0), key=lambda p: out[0].c[off + p]):
+            snap = self._get()
+            self._active[p] = False
+            self._dropped.add(p)
+            out2 = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
+            if out[0].chi2 <= out2[0].chi2 - self.min_significance ** 2:  # it earns its place
+                self._active[p] = True
+                self._dropped.discard(p)
+                self._set(snap)
+                out = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
+            else:
+                out = out2
+        return out
 
     def _result(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, cold: bool, reseeded: bool) -> QuantResult:
         """Assemble the QuantResult (curve, R factors, Hill–Howard fractions and their uncertainties)."""
@@ -864,6 +1010,8 @@ class PhaseQuantifier:
         rwp = math.sqrt(chi2 / yy) if yy > 0 else math.nan
         rexp = math.sqrt(dof / yy) if yy > 0 else math.nan
         self._last_gof2 = chi2 / dof
+        self._recent_gof2 = (self._recent_gof2 + [chi2 / dof])[-RESEED_WINDOW:]
+        self._last_c = c.copy()
         cov = self._cov  # σ²(JᵀWJ)⁻¹ at the final θ, σ² = χ²/(N − P) (the Rietveld convention)
         off = nb + nh
         cs = c[off:nl]

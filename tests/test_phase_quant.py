@@ -211,3 +211,31 @@ def test_warm_refinement_through_polymorph_transitions(synth: XRDSynthesizer) ->
         err = {p: r.weight_fractions[p] - v for p, v in true.items() if v >= PRESENT}
         assert max(abs(v) for v in err.values()) <= TOLERANCE_WT, (t, err, r.weight_fractions)
     assert {"CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha"} <= seen  # the ramp does cross the transitions
+
+
+def test_warm_gamma_beta_transition_is_not_misassigned(synth: XRDSynthesizer) -> None:
+    """Default sample, all five phases offered, XRD every 5 °C on a 10 °C/min heating ramp, several noise seeds:
+    γ and β within ±3 wt % through the γ→β transition (≈ 175–195 °C).
+
+    Regression: a weak phase refined transiently (or re-scanned onto noise) was then held at a stale strain or a
+    width on a bound (10 µm crystallites); when β grew out of γ its column did not match, it never became
+    significant and γ took its intensity — β 6–7 wt % low at ≈ 178 °C in 4 of these 6 seeds.
+    """
+    temps = np.arange(27.7, 196.0, 5.0)
+    window = (170.0, 196.0)
+    worst = {}
+    for seed in range(6):
+        q = _quantifier(synth)
+        rng = np.random.default_rng(seed)
+        sample = CompositeSample()
+        for t in temps:
+            ramp(sample, float(t), 10.0)
+            r = q.fit(synth(sample.state, EXPOSURE_S, rng))
+            if not window[0] <= t <= window[1]:
+                continue
+            err = _errors(r, synth.last_truth)
+            for name in ("CsPbI3-gamma", "CsPbI3-beta"):
+                if name in err and abs(err[name]) > abs(worst.get((seed, name), (0.0, 0.0))[1]):
+                    worst[(seed, name)] = (float(t), err[name])
+    bad = {k: v for k, v in worst.items() if abs(v[1]) > TOLERANCE_WT}
+    assert not bad, bad

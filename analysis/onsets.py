@@ -6,7 +6,15 @@ Gaussian noise) and m = 3 (a run of three independent false alarms ≈ 2·10⁻�
 choices (IUPAC "3σ" limit of detection), not fitted to anything.
 
 The reported onset is the temperature of the FIRST point of the run (where the signal first crossed), together
-with its index.  The signal is used as given: subtract any constant reference (e.g. the pre-ramp value of a band
+with its index. With ``refine=True`` the temperature is instead where the signal crosses k·σ, from a
+least-squares line through the points around that crossing (``REFINE_BEFORE`` points before the run, the run,
+``REFINE_AFTER`` after it; clamped to the window): a slowly rising band passes k·σ between acquisitions, and a
+single noisy point decides which one first exceeds it, so the first-point temperature scatters by
+~σ/(dS/dT) rounded up to the next cadence step (10.7 °C misses at a 5 °C THz cadence were seen), while the line
+averages the noise of ~9 points and interpolates between them (on simulated THz ramps at a 5 °C cadence:
+worst |measured − truth| 5.4 °C instead of 10 °C, rms 3.5 instead of 5.7 °C over 16 runs). Detection (whether and where there is an onset)
+is unchanged; the index is still the run's first point. Truth definitions in tests use the same refinement on
+the noise-free signal.  The signal is used as given: subtract any constant reference (e.g. the pre-ramp value of a band
 amplitude) before calling.  NaN signals never count as exceeding and break a run.  `OnsetDetector` is the
 streaming twin for live use: fed one point at a time, it reports the same onset (same temperature and index) as
 `onset()` on the full series, exactly once, at the point that completes the run.
@@ -34,9 +42,14 @@ def _exceeds(signal: float, sigma: float, k: float) -> bool:
     return bool(signal > k * sigma)  # NaN compares False
 
 
+REFINE_BEFORE, REFINE_AFTER = 3, 3
+"""Points before the detection run and after it that the refined crossing's line is fitted through."""
+
+
 def onset(temperatures: ArrayLike, signal: ArrayLike, noise_sigma: float | ArrayLike, k: float = 3.0,
-          m: int = 3) -> Onset:
-    """First temperature where `signal` > k·σ for `m` consecutive points (σ scalar or per point)."""
+          m: int = 3, *, refine: bool = False) -> Onset:
+    """First temperature where `signal` > k·σ for `m` consecutive points (σ scalar or per point); with `refine`,
+    the temperature where a local line through the signal crosses k·σ (module docstring)."""
     t = np.asarray(temperatures, dtype=np.float64)
     s = np.asarray(signal, dtype=np.float64)
     if t.shape != s.shape or t.ndim != 1:
@@ -54,7 +67,31 @@ def onset(temperatures: ArrayLike, signal: ArrayLike, noise_sigma: float | Array
     if hits.size == 0:
         return Onset(None, None)
     i = int(hits[0])
+    if refine:
+        return Onset(refined_crossing(t, s, float(k * sig[i]), i, m), i)
     return Onset(float(t[i]), i)
+
+
+def refined_crossing(t: np.ndarray, s: np.ndarray, level: float, first: int, m: int) -> float:
+    """Temperature where a least-squares line through s(t) near the run starting at `first` equals `level`.
+
+    Points ``first - REFINE_BEFORE`` … ``first + m - 1 + REFINE_AFTER`` (finite ones); the crossing is clamped
+    to their temperature range. Falls back to t[first] when the line does not rise with temperature along the
+    window's direction (fewer than 3 points, flat, or falling).
+    """
+    lo, hi = max(first - REFINE_BEFORE, 0), min(first + m + REFINE_AFTER, t.size)
+    tw, sw = t[lo:hi], s[lo:hi]
+    ok = np.isfinite(tw) & np.isfinite(sw)
+    tw, sw = tw[ok], sw[ok]
+    if tw.size < 3 or np.ptp(tw) <= 0:
+        return float(t[first])
+    slope, intercept = np.polyfit(tw, sw, 1)
+    # the signal must grow along the series (heating: with T; cooling: against it)
+    direction = np.sign(tw[-1] - tw[0])
+    if not np.isfinite(slope) or slope * direction <= 0:
+        return float(t[first])
+    crossing = (level - intercept) / slope
+    return float(np.clip(crossing, tw.min(), tw.max()))
 
 
 class OnsetDetector:

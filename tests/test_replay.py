@@ -95,8 +95,12 @@ def test_replay_process_equals_thread(recorded: list[tuple[str, dict]]) -> None:
     _assert_same(tt.split(a)[1], tt.split(b)[1])
 
 
-def _assert_same(x: dict[str, list[dict]], y: dict[str, list[dict]], rtol: float = 1e-6, atol: float = 1e-9) -> None:
-    """Every derived number equal within tolerance (times, which are when the analysis ran, excluded)."""
+def _assert_same(x: dict[str, list[dict]], y: dict[str, list[dict]], rtol: float = 1e-6, atol: float = 1e-7) -> None:
+    """Every derived number equal within tolerance (times, which are when the analysis ran, excluded).
+
+    Not bit for bit: the analysis process limits BLAS to one thread (analysis/live/callback.py), a thread in this
+    process does not, and the summation order differs: ~1e-10 in a 95 wt % fraction, a few 1e-9 absolute in a
+    phase fitted at 0.08 wt % (hence atol 1e-7 = 1e-5 wt %, 200× below any fraction's standard uncertainty)."""
     assert set(x) == set(y)
     for stream in x:
         assert len(x[stream]) == len(y[stream]), stream

@@ -1,12 +1,13 @@
 """The `summary` of a derived run: onsets and extrema computed at the raw run's stop from the derived series.
 
-Definitions (each computed with `analysis.onsets.onset`, which reports the temperature of the FIRST point of the
-first run of m consecutive points above the threshold, in acquisition order; NaN when never reached):
+Definitions (each computed with `analysis.onsets.onset`: detected at the first run of m consecutive points above
+the threshold, in acquisition order, and reported as the temperature where a local least-squares line through the
+signal crosses the threshold (``refine=True``, see `analysis.onsets`); NaN when never reached):
 
 * **Active-phase onset** (``active_onset_C``): first temperature at which the summed Hill–Howard weight fraction of
   the active phases (γ + β + α-CsPbI3 by default, normalised over the crystalline phases offered to the fit)
   exceeds ``active_threshold`` (10 wt %) for ``active_m`` (3) consecutive XRD patterns.
-  (`onset(T, active_fraction, noise_sigma=1, k=active_threshold, m=active_m)`.)
+  (`onset(T, active_fraction, noise_sigma=1, k=active_threshold, m=active_m, refine=True)`.)
 * **Zn–I onset** (``zni_onset_C``): first temperature at which the Zn–I signal — the sum over the Zn–I bands
   (135, 275 cm⁻¹) of −d²A/dν² on the derivative referenced to the first spectra — exceeds ``zni_k`` (3) times its
   noise σ (from the band-free regions of the same referenced derivative, × √(number of bands)) for ``zni_m`` (3)
@@ -90,10 +91,10 @@ class SummaryBuilder:
         p = self.params
         out: dict[str, Any] = {}
         xt, act = np.asarray(self.xrd_t), np.asarray(self.active)
-        out["active_onset_C"] = _temp(onset(xt, act, 1.0, k=p.active_threshold, m=p.active_m).temperature) \
+        out["active_onset_C"] = _temp(onset(xt, act, 1.0, k=p.active_threshold, m=p.active_m, refine=True).temperature) \
             if xt.size else NAN
         tt, z, zs = np.asarray(self.thz_t), np.asarray(self.zni), np.asarray(self.zni_sigma)
-        out["zni_onset_C"] = _temp(onset(tt, z, zs, k=p.zni_k, m=p.zni_m).temperature) if tt.size else NAN
+        out["zni_onset_C"] = _temp(onset(tt, z, zs, k=p.zni_k, m=p.zni_m, refine=True).temperature) if tt.size else NAN
         pt, ii = np.asarray(self.pl_t), np.asarray(self.pl_ii)
         out["pl_max_C"], out["pl_max_intensity"] = _argmax(pt, ii)
         if pt.size:

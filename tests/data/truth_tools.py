@@ -111,7 +111,7 @@ def true_active_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str,
     tr = truth_for([d["raw_time"] for d in derived], truth)
     act = np.array([sum(true_fractions(t)[p] for p in ACTIVE) for t in tr])
     temps = np.array([d["temperature"] for d in derived])
-    return onset(temps, act, 1.0, k=threshold, m=m).temperature
+    return onset(temps, act, 1.0, k=threshold, m=m, refine=True).temperature
 
 
 def true_zni_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str, Any]], n_ref: int = 3,
@@ -132,7 +132,7 @@ def true_zni_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str, An
     slope = float(np.sum(sig[ok] * dz[ok]) / np.sum(dz[ok] ** 2))
     temps = np.array([d["temperature"] for d in derived])
     true_signal = np.where(np.arange(z.size) < n_ref, np.nan, slope * dz)
-    return onset(temps, true_signal, np.where(ok, sigma, np.inf), k=k, m=m).temperature, slope
+    return onset(temps, true_signal, np.where(ok, sigma, np.inf), k=k, m=m, refine=True).temperature, slope
 
 
 def assert_phase_fractions(run: Mapping[str, Any], label: str = "") -> None:

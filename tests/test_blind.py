@@ -72,7 +72,6 @@ def blind_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
             "name": request.param}
 
 
-@tt.GAMMA_BETA_XFAIL
 def test_blind_phase_fractions(blind_run: dict[str, Any]) -> None:
     tt.assert_phase_fractions(blind_run, f"{blind_run['name']}: ")
 
@@ -93,9 +92,10 @@ def test_blind_active_onset(blind_run: dict[str, Any]) -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known limitation (issue 5, open): the 3σ×3 onset of a slowly rising Zn–I band amplitude is uncertain "
-           "by ~σ/slope; blind runs missed the ±10 °C tolerance intermittently for both samples (10.7 °C for "
-           "x0.6-slow, 10.8 °C for x0.25-fast, within 2 °C in other runs). The onset needs an uncertainty of its own.")
+    reason="known defect (issue 5, open): for x0.6-slow the measured Zn–I onset is 138 °C against a truth onset of "
+           "147 °C, the same in repeated runs (the sample's seed fixes the noise): a 9 °C offset with 1 °C to spare, "
+           "not understood (offline, the same sample and ramp give truth 142 °C and |measured - truth| <= 4.7 °C "
+           "over 16 noise seeds). x0.25-fast: 138 vs 142 °C.")
 def test_blind_zni_onset(blind_run: dict[str, Any]) -> None:
     _, streams, _ = blind_run["derived"]
     _, raw, _ = blind_run["raw"]

@@ -18,19 +18,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import pytest
 
 from analysis.onsets import onset
 
 PHASES = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI")
 ACTIVE = ("CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha")
 
-GAMMA_BETA_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="known defect (issue 5, open): the warm-started fit intermittently misassigns gamma/beta at the "
-           "gamma->beta transition (~175-200 °C; the structures differ by a small distortion): beta off by 4.5-8.6 "
-           "wt % in 2 of 4 CI runs, within 1 wt % in the others. Kept running, not hidden; fix in "
-           "analysis/phase_quant.py (e.g. a cold re-fit when the gamma/beta split moves fast).")
 
 
 def split(docs: Iterable[tuple[str, dict]]) -> tuple[dict, dict[str, list[dict]], dict]:

@@ -42,7 +42,7 @@ width ends on a bound must pass a likelihood-ratio test against the refit withou
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -764,36 +764,49 @@ class PhaseQuantifier:
         included phases are refined by a few Gauss–Newton steps before the next round, so a misfit of the main
         phase is not taken up by a look-alike (α/β/γ-CsPbI3 share their pseudo-cubic sub-cell reflections).
         """
-        off = self._nb + self._nh
         self._active[:] = False
         self._update_columns(derivs=False)
         lin = self._solve_linear(y, w, yy)
         self._passive = lin.passive
+
+        def start(p: int) -> list[tuple[float, float]]:
+            self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
+            return self._strain_grid(p) if "strain" in self.refine else [(self._eps[p], self._wid[p])]
+
+        self._forward_select(y, w, yy, lin, range(self._np), start, lambda: self._refine(y, w, yy, 8, self.halos)[0])
+        # the phases not selected stay in the model at their starting values (NNLS keeps them at ≈ 0)
+        for p in np.flatnonzero(~self._active):
+            self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
+            self._col_key[p] = None
+        self._active[:] = True
+
+    def _forward_select(self, y: FloatArray, w: FloatArray, yy: float, lin: _Linear, cands: Sequence[int],
+                        start: Callable[[int], list[tuple[float, float]]], refine: Callable[[], _Linear]) -> _Linear:
+        """Add inactive candidates one at a time: each round scans every one (its (ε, Y) candidates from
+        `start(p)`, which also sets its starting values) and adds the one lowering χ² most if by ≥
+        2·min_significance²; its width is scanned, then `refine()` runs before the next round."""
+        off = self._nb + self._nh
         threshold = 2.0 * self.min_significance ** 2
-        while not self._active.all():
+        while True:
             best = None
-            for p in np.flatnonzero(~self._active):
+            for p in cands:
+                if self._active[p]:
+                    continue
                 self._active[p] = True
-                self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
-                cands = self._strain_grid(p) if "strain" in self.refine else [(self._eps[p], self._wid[p])]
-                trial, k, cols = self._scan(y, w, yy, p, cands, lin, exact=False, commit=False)
+                grid = start(p)
+                trial, k, cols = self._scan(y, w, yy, p, grid, lin, exact=False, commit=False)
                 self._active[p] = False
                 if k >= 0 and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
-                    best = (trial, p, cands[k], cols[k])
+                    best = (trial, p, grid[k], cols[k])
             if best is None or lin.chi2 - best[0].chi2 < threshold:
-                break
+                return lin
             trial, p, params, col = best
             self._active[p] = True
             self._commit(p, params, col, trial)
             lin = trial
             if "width" in self.refine:
                 lin = self._width_scan(y, w, yy, lin, [p])
-            lin = self._refine(y, w, yy, 8, self.halos)[0]
-        # the phases not selected stay in the model at their starting values (NNLS keeps them at ≈ 0)
-        for p in np.flatnonzero(~self._active):
-            self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
-            self._col_key[p] = None
-        self._active[:] = True
+            lin = refine()
 
     # ------------------------------------------------------------------ public API
     def fit(self, counts: ArrayLike, *, warm_start: bool = True, weights: ArrayLike | None = None) -> QuantResult:
@@ -922,31 +935,14 @@ class PhaseQuantifier:
         self._update_columns(derivs=False)
         lin = self._solve_linear(y, w, yy)
         self._passive = lin.passive
-        threshold = 2.0 * self.min_significance ** 2
-        while True:
-            best = None
-            for p in cands:
-                if self._active[p]:
-                    continue
-                self._active[p] = True
-                self._eps[p], self._wid[p] = held_at[p]
-                grid = self._strain_grid(p) if "strain" in self.refine else [held_at[p]]
-                ws = sorted(widths | {held_at[p][1]})
-                trial, k, cols = self._scan(y, w, yy, p, [(e, yv) for yv in ws for e, _ in grid], lin, exact=False,
-                                            commit=False)
-                self._active[p] = False
-                if k >= 0 and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
-                    params = [(e, yv) for yv in ws for e, _ in grid][k]
-                    best = (trial, p, params, cols[k])
-            if best is None or lin.chi2 - best[0].chi2 < threshold:
-                break
-            trial, p, params, col = best
-            self._active[p] = True
-            self._commit(p, params, col, trial)
-            lin = trial
-            if "width" in self.refine:
-                lin = self._width_scan(y, w, yy, lin, [p])
-            lin = self._refine(y, w, yy, 8, halos, False, WARM_SHIFT_TOLERANCE, True)[0]
+
+        def start(p: int) -> list[tuple[float, float]]:
+            self._eps[p], self._wid[p] = held_at[p]
+            grid = self._strain_grid(p) if "strain" in self.refine else [held_at[p]]
+            return [(e, yv) for yv in sorted(widths | {held_at[p][1]}) for e, _ in grid]
+
+        self._forward_select(y, w, yy, lin, cands, start,
+                             lambda: self._refine(y, w, yy, 8, halos, False, WARM_SHIFT_TOLERANCE, True)[0])
         for p in cands:
             if not self._active[p]:
                 self._eps[p], self._wid[p] = held_at[p] if p not in newly else self._held_prior(p)

@@ -18,7 +18,10 @@ Nothing is written twice: a flush writes through the writer engine in *resume* m
 that exist and skips the events whose ``seq_num`` is already stored (`acquisition.storage_engine`); a run whose
 stop document is already stored is only removed from the spool.
 
-Layout: one JSONL file per run (``<run uid>.jsonl``, `acquisition.jsonl` format) in the spool directory:
+Layout: one JSONL file per run (``<run uid>.jsonl``, `acquisition.jsonl` format, large numeric arrays in its
+binary form — ``dump_line(..., binary_arrays=True)``: ~0.05 ms instead of ~1.4 ms for a 4000-float array on the
+courier thread, which shares the GIL with the RunEngine; older spool files, arrays as lists, read the same)
+in the spool directory:
 ``$HOTSTAGE_SPOOL`` if set, else ``spool/`` inside the embedded catalog's directory, or, for a Tiled server,
 inside the default data directory (``$HOTSTAGE_DATA`` or ``./hotstage-data``). The writing process holds an
 exclusive `flock` on each file it writes, so a flush never touches a run that is still being acquired.
@@ -104,7 +107,7 @@ class Spool:
         for _, name, doc in items:
             run = self.run_of(name, doc)
             f = self._file(run)
-            f.write(dump_line(name, doc))
+            f.write(dump_line(name, doc, binary_arrays=True))
             touched[run] = f
             self.spooled += 1
         for f in touched.values():

@@ -43,11 +43,41 @@ def test_spool_files_per_run_and_finish(tmp_path: Path) -> None:
     assert spool.spooled == 4
 
 
+def test_spool_writes_large_arrays_in_binary_bit_exact(tmp_path: Path) -> None:
+    """Large arrays are spooled as base64 of their bytes (cheap for the courier thread), read back exactly;
+    lines written the old way (arrays as lists) still read."""
+    spectrum = np.random.default_rng(1).random(4000)
+    spectrum[[3, 7]] = [np.nan, -np.inf]
+    image = np.arange(200, dtype=np.uint16).reshape(10, 20)
+    event = {"uid": "e-1", "descriptor": "d-1", "seq_num": 1, "time": 1.1, "data": {
+        "spectrum": spectrum, "image": image, "small": np.arange(3.0), "det": float("nan"),
+        "text": '@not-a-placeholder:0@"'}, "timestamps": {"spectrum": 1.1}}
+    spool = Spool(tmp_path)
+    spool.append([(1, "start", {"uid": "run-1", "time": 1.0}),
+                  (2, "descriptor", {"uid": "d-1", "run_start": "run-1", "data_keys": {}, "time": 1.0}),
+                  (3, "event", event)])
+    spool.close()
+    text = (tmp_path / "run-1.jsonl").read_text()
+    assert text.count("__ndarray__") == 2 and len(text) < 4000 * 12  # not 4000 float reprs
+    (_, _, (_, got)) = load_jsonl(tmp_path / "run-1.jsonl")
+    data = got["data"]
+    assert data["spectrum"].dtype == np.float64 and np.array_equal(data["spectrum"], spectrum, equal_nan=True)
+    assert data["image"].dtype == np.uint16 and data["image"].shape == (10, 20) and (data["image"] == image).all()
+    assert data["small"] == [0.0, 1.0, 2.0] and np.isnan(data["det"]) and data["text"] == event["data"]["text"]
+    old = tmp_path / "old.jsonl"
+    old.write_text(dump_line("event", event))  # the format before binary arrays (and of recorded runs)
+    ((_, got_old),) = load_jsonl(old)
+    assert np.array_equal(got_old["data"]["spectrum"], spectrum, equal_nan=True)
+
+
 def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     """A process killed while writing leaves half a line: it was never on disk whole, so it is not a document."""
     path = tmp_path / "x.jsonl"
     path.write_text(dump_line("start", {"uid": "a"}) + dump_line("stop", {"uid": "b", "run_start": "a"})[:-9])
     assert [n for n, _ in load_jsonl(path)] == ["start"]
+    event = {"uid": "e", "data": {"x": np.arange(100.0)}}
+    path.write_text(dump_line("start", {"uid": "a"}) + dump_line("event", event, binary_arrays=True)[:-40])
+    assert [n for n, _ in load_jsonl(path)] == ["start"]  # cut inside the base64 text
 
 
 CRASHING_RUN = """

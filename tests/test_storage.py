@@ -144,10 +144,9 @@ def test_events_visible_within_one_second_while_plan_runs(catalog, stored, spect
     assert not read_errors, read_errors[:3]
     assert set(acquired) == set(range(1, points + 1))
     late = {s: seen.get(s, float("inf")) - acquired[s] for s in acquired}
-    # Within 1 s of acquisition; the events of a stream's first second within 1.5 s: its first rows create the
-    # stream's table and array nodes, ~0.7 s in the embedded catalog on the 2-core project machine (README).
-    first = acquired[1]
-    assert all(lat < (1.5 if acquired[s] - first < 1.0 else 1.0) for s, lat in late.items()), late
+    # Within 1 s of acquisition, the stream's first rows included (they also create its table and array nodes;
+    # measured 0.48-0.70 s for them on the 2-core project machine, 0.24-0.58 s for later rows)
+    assert all(lat < 1.0 for lat in late.values()), late
     assert all(seen[s] < acquired[points] + 1.2 for s in acquired)  # seen before the stop document
 
 

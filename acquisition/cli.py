@@ -1,9 +1,10 @@
-"""The `hotstage` command line: demo, run, runs, show, replay, report and the simulated-rig server.
+"""The `hotstage` command line: demo, run, runs, show, export, replay, report and the simulated-rig server.
 
     hotstage demo [--json]                      the default simulated experiment, on the embedded catalog
     hotstage run --program P.toml [--sample S.toml] [--rig R.toml]
     hotstage runs [--sample NAME] [--limit N] [--json]
     hotstage show UID [--json]
+    hotstage export UID [--out FILE] [--json]    a run's documents as JSON lines (DATA/exports/<uid>.jsonl)
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -83,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("uid", help="run uid (or a unique prefix)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_show)
+
+    export = sub.add_parser("export", help="a run's documents as JSON lines (what `hotstage replay` and "
+                                           "acquisition.replay read; the recorded-run format of tests/data)")
+    export.add_argument("uid", help="run uid (or a unique prefix)")
+    export.add_argument("--out", help="output file (default: DATA/exports/<uid>.jsonl)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=_cmd_export)
 
     replay = sub.add_parser("replay", help="re-run the analysis on a stored raw run (a new derived run)")
     replay.add_argument("uid", help="raw run uid (or a unique prefix)")
@@ -283,6 +292,30 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     summary = summarise_run(find_run(open_catalog(args.data), args.uid))
     _emit(summary, args.json, human=_human_summary)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from acquisition.jsonl import save_jsonl
+    from acquisition.storage import default_data_dir, open_catalog
+    from acquisition.summary import find_run
+
+    run = find_run(open_catalog(args.data), args.uid)
+    uid = run.metadata["start"]["uid"]
+    data = (Path(args.data) if args.data else default_data_dir()).expanduser().resolve()
+    out = Path(args.out) if args.out else data / "exports" / f"{uid}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    def counted() -> Any:
+        for name, doc in run.documents():
+            counts[name] = counts.get(name, 0) + 1
+            yield name, doc
+
+    save_jsonl(counted(), out)
+    summary = {"uid": uid, "path": str(out.resolve()), "documents": counts}
+    _emit(summary, args.json, human=lambda s: f"{s['path']}: {sum(s['documents'].values())} documents "
+                                             f"({', '.join(f'{k} {v}' for k, v in s['documents'].items())})")
     return 0
 
 

@@ -76,6 +76,27 @@ def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
     assert summary["uid"] in human and "xrd:" in human
 
 
+def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    """`hotstage export` writes every document of the run, in order, in the recorded-run format."""
+    from acquisition.jsonl import load_jsonl
+
+    data, summary = demo
+    out = tmp_path / "run.jsonl"
+    result = json.loads(hotstage("export", summary["uid"][:8], "--out", str(out), "--json", data=data).stdout)
+    docs = list(load_jsonl(out))
+    assert result["uid"] == summary["uid"] and result["path"] == str(out.resolve())
+    assert docs[0][0] == "start" and docs[0][1]["uid"] == summary["uid"] and docs[-1][0] == "stop"
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    events: dict[str, int] = {}
+    for n, d in docs:
+        if n == "event":
+            events[names[d["descriptor"]]] = events.get(names[d["descriptor"]], 0) + 1
+    assert events == {name: s["events"] for name, s in summary["streams"].items()}
+    assert result["documents"]["event"] == sum(events.values())
+    assert "documents" in hotstage("export", summary["uid"], data=data).stdout  # default: DATA/exports/<uid>.jsonl
+    assert (data / "exports" / f"{summary['uid']}.jsonl").exists()
+
+
 def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:
     (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
     (tmp_path / "sample.toml").write_text('seed = 3\n[sample]\nname = "x0.25"\ncspbi3_wt_frac = 0.25\n')

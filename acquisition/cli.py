@@ -1,10 +1,11 @@
-"""The `hotstage` command line: demo, run, runs, show, export, replay, report and the simulated-rig server.
+"""The `hotstage` command line: demo, run, runs, show, export, replay, report, serve and the simulated-rig server.
 
     hotstage demo [--json]                      the default simulated experiment, on the embedded catalog
     hotstage run --program P.toml [--sample S.toml] [--rig R.toml]
     hotstage runs [--sample NAME] [--limit N] [--json]
     hotstage show UID [--json]
     hotstage export UID [--out FILE] [--json]    a run's documents as JSON lines (DATA/exports/<uid>.jsonl)
+    hotstage serve [--host H] [--port P] [--api-key K]   the embedded catalog as a Tiled server
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
@@ -92,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file (default: DATA/exports/<uid>.jsonl)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=_cmd_export)
+
+    serve_cat = sub.add_parser("serve", help="serve the embedded catalog over HTTP (a Tiled server) until Ctrl-C")
+    serve_cat.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cat.add_argument("--port", type=int, default=8000)
+    serve_cat.add_argument("--api-key", help="the key clients must give (default: $TILED_API_KEY, else random)")
+    serve_cat.set_defaults(func=_cmd_serve)
 
     replay = sub.add_parser("replay", help="re-run the analysis on a stored raw run (a new derived run)")
     replay.add_argument("uid", help="raw run uid (or a unique prefix)")
@@ -316,6 +323,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     summary = {"uid": uid, "path": str(out.resolve()), "documents": counts}
     _emit(summary, args.json, human=lambda s: f"{s['path']}: {sum(s['documents'].values())} documents "
                                              f"({', '.join(f'{k} {v}' for k, v in s['documents'].items())})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from acquisition.storage import serve_catalog
+
+    serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key)
     return 0
 
 

@@ -194,12 +194,21 @@ def open_catalog(
         _LOCATIONS[client.context] = CatalogLocation(uri=uri, api_key=api_key)
         return client
 
-    from tiled.catalog import from_uri as catalog_from_uri
     from tiled.client import Context
-    from tiled.server.app import build_app
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     root = root.expanduser().resolve()
+    app = embedded_app(root)
+    client = from_context(Context.from_app(app))
+    _LOCATIONS[client.context] = CatalogLocation(data_dir=str(root))
+    return client
+
+
+def embedded_app(root: Path, authentication: Any = None) -> Any:
+    """The Tiled app serving the embedded catalog under ``root`` (created if missing; see ``open_catalog``)."""
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.server.app import build_app
+
     (root / "data").mkdir(parents=True, exist_ok=True)
     catalog_db = root / "catalog.db"
     _enable_wal(root / "tables.sqlite")
@@ -213,10 +222,29 @@ def open_catalog(
     # for a user at a terminal, in this process and in the writer process alike.
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
-    app = build_app(adapter, serialization_registry=_serialization_registry())
-    client = from_context(Context.from_app(app))
-    _LOCATIONS[client.context] = CatalogLocation(data_dir=str(root))
-    return client
+    return build_app(adapter, authentication=authentication, serialization_registry=_serialization_registry())
+
+
+def serve_catalog(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+                  api_key: str | None = None) -> None:
+    """Serve the embedded catalog over HTTP until interrupted (``hotstage serve``).
+
+    Other machines or processes then read (and write) it as a Tiled server: ``HOTSTAGE_TILED_URI`` =
+    ``http://host:port`` with ``TILED_API_KEY`` = the key (``api_key``, else ``$TILED_API_KEY``, else a random
+    one), printed at start. SQLite allows one writer at a time: sessions writing through this server and
+    sessions writing the directory directly take turns (the writers retry on "database is locked").
+    """
+    import secrets
+
+    import uvicorn
+    from tiled.config import Authentication
+
+    root = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().resolve()
+    api_key = api_key or os.environ.get(API_KEY_ENV) or secrets.token_hex(32)
+    app = embedded_app(root, Authentication(single_user_api_key=api_key))
+    print(f"hotstage: serving the embedded catalog {root} at http://{host}:{port}\n"
+          f"  {URI_ENV}=http://{host}:{port} {API_KEY_ENV}={api_key}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def describe_location(data_dir: str | os.PathLike[str] | None = None, uri: str | None = None) -> str:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,41 @@ def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_
     assert result["documents"]["event"] == sum(events.values())
     assert "documents" in hotstage("export", summary["uid"], data=data).stdout  # default: DATA/exports/<uid>.jsonl
     assert (data / "exports" / f"{summary['uid']}.jsonl").exists()
+
+
+def test_serve_makes_the_catalog_a_tiled_server(demo: tuple[Path, dict]) -> None:
+    """`hotstage serve`: a plain Tiled client with the printed URI and key reads the demo run; SIGTERM stops it."""
+    import socket
+
+    from tiled.client import from_uri
+
+    data, summary = demo
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HOTSTAGE_DATA": str(data)}
+    env.pop("TILED_API_KEY", None)
+    proc = subprocess.Popen([HOTSTAGE, "serve", "--port", str(port)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        settings = dict(part.split("=", 1) for part in proc.stdout.readline().split())
+        assert settings["HOTSTAGE_TILED_URI"] == f"http://127.0.0.1:{port}"
+        for _ in range(100):  # uvicorn binds just after printing
+            try:
+                client = from_uri(settings["HOTSTAGE_TILED_URI"], api_key=settings["TILED_API_KEY"])
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.1)
+        run = client[summary["uid"]]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run["xrd"].read()["xrd_counts"].shape[0] == summary["streams"]["xrd"]["events"]
+        with pytest.raises(Exception):  # noqa: B017 - no key, no access
+            from_uri(settings["HOTSTAGE_TILED_URI"], api_key="wrong")[summary["uid"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then re-raises the signal it caught (exit by SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
 
 
 def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:

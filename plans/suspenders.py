@@ -25,7 +25,8 @@ The suspenders (installed with ``RE.install_suspender`` by :func:`install_furnac
   slowly than a cooling ramp has its heater at 0 and a falling readback, which is not a fault), or more than
   ``band_C`` below it with the heater on (range > 0: it cannot keep up, e.g. heater failure) for at least
   ``low_grace_s`` experiment seconds since it was last off or stopped (``DEFAULT_LOW_GRACE_S``). A sample whose
-  reads spanned more than ``MAX_SAMPLE_SPAN_EXP_S`` (a retried query) is not judged. The run is suspended (bluesky: the RunEngine stops the furnace — heater
+  reads spanned more than ``MAX_SAMPLE_SPAN_EXP_S`` (a retried query) is not judged. The run is suspended
+  (bluesky: the RunEngine stops the furnace — heater
   off — and rewinds to the last checkpoint); it resumes once the readback is back within ``band_C / 2`` on
   the side that tripped (the in-situ loop then re-arms the heater from the present readback); if it has not
   come back within ``timeout_s`` experiment seconds, or trips ``max_trips`` times in one run, the run is
@@ -100,13 +101,12 @@ class FurnaceWatch:
     def __init__(self, furnace: Any, *, period_s: float | None = None) -> None:
         """Watch ``furnace`` every ``period_s`` wall s (default 2 experiment s / the furnace's time_scale)."""
         self.furnace = furnace
-        if period_s is None:
-            ts = getattr(furnace, "time_scale", 1.0)
-            ts = float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
-            period_s = min(max(DEFAULT_PERIOD_EXP_S / ts, MIN_PERIOD_WALL_S), MAX_PERIOD_WALL_S)
-        self.period_s = float(period_s)
         ts = getattr(furnace, "time_scale", 1.0)
         self.time_scale = float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
+        """Experiment seconds per wall second of the rig (1 on a real rig)."""
+        if period_s is None:
+            period_s = min(max(DEFAULT_PERIOD_EXP_S / self.time_scale, MIN_PERIOD_WALL_S), MAX_PERIOD_WALL_S)
+        self.period_s = float(period_s)
         self._on_since: float | None = None
         self._stops: int | None = None
         self.readback = Signal(name=f"{getattr(furnace, 'name', 'furnace')}_watch_readback", value=math.nan)
@@ -356,11 +356,9 @@ class OutsideBand(SuspenderBase):
     def _start_timer(self) -> None:
         """Abort unless back in the band within timeout_s experiment seconds."""
         self._cancel_timer()
-        ts = getattr(self.watch.furnace, "time_scale", 1.0)
-        ts = float(ts) if isinstance(ts, (int, float)) and ts > 0 else 1.0
         reason = self._reason
         self._timer = threading.Timer(
-            self.timeout_s / ts, lambda: self._abort(f"{reason}; not back within {self.timeout_s:g} s")
+            self.timeout_s / self.watch.time_scale, lambda: self._abort(f"{reason}; not back within {self.timeout_s:g} s")
         )
         self._timer.daemon = True
         self._timer.start()

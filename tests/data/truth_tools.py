@@ -140,6 +140,29 @@ def assert_phase_fractions(run: Mapping[str, Any], label: str = "") -> None:
     assert abs(worst[2]) <= 0.035, worst
 
 
+def assert_active_onset(run: Mapping[str, Any], label: str = "") -> float:
+    """Active-phase onset within ±10 °C of the truth onset (same definition); returns the truth onset."""
+    _, streams, _ = run["derived"]
+    _, raw, _ = run["raw"]
+    (summary,) = streams["summary"]
+    truth = true_active_onset(streams["phase_fractions"], raw["truth"])
+    print(f"{label}active onset {summary['active_onset_C']:.1f} °C (truth {truth})")
+    assert truth is not None and abs(summary["active_onset_C"] - truth) <= 10.0, (summary["active_onset_C"], truth)
+    return truth
+
+
+def assert_zni_onset(run: Mapping[str, Any], label: str = "") -> float:
+    """Zn–I onset within ±10 °C of the truth onset (same definition, positive calibration); returns the truth."""
+    _, streams, _ = run["derived"]
+    _, raw, _ = run["raw"]
+    (summary,) = streams["summary"]
+    truth, slope = true_zni_onset(streams["thz_derivative"], raw["truth"])
+    print(f"{label}Zn–I onset {summary['zni_onset_C']:.1f} °C (truth {truth})")
+    assert slope > 0 and truth is not None and np.isfinite(summary["zni_onset_C"])
+    assert abs(summary["zni_onset_C"] - truth) <= 10.0, (summary["zni_onset_C"], truth)
+    return truth
+
+
 def assert_pl_centres(run: Mapping[str, Any]) -> None:
     """PL centre within ±2 nm of the truth stream's wherever the band was fitted (at least 8 fits)."""
     _, streams, _ = run["derived"]

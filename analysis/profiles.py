@@ -21,9 +21,9 @@ Where the formulas come from:
   perpendicular to the scattering plane. The unpolarised lab form differs from pymatgen's (1+cos²2θ)/(sin²θ cosθ)
   only by the constant 1/2.
 
-`render_peaks` is the hot path of live phase quantification: each peak is evaluated only within
-±window·FWHM, peaks of similar window length together as one padded 2-D array, accumulated with
-``np.bincount``. The Lorentzian part is
+`render_peaks` is the hot path of live phase quantification (table renders) and of the simulator: each peak is
+evaluated only within ±window·FWHM, by a compiled loop (numba: a few ns per point, no padded temporaries). The
+Lorentzian part is
 truncated at ±window·FWHM and the missing tail area (1 − (2/π)·atan(2·window)) is added back as a flat pedestal
 over the window, so every rendered peak keeps its integrated area while the shape error stays below
 1/(1 + 4·window²) of the Lorentzian peak height (0.7 % at the default window of 6).
@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -49,8 +50,6 @@ DEFAULT_CAGLIOTI: tuple[float, float, float] = (0.01, -0.005, 0.005)
 DEFAULT_WINDOW: float = 6.0
 """Half-width, in FWHM, over which each peak is evaluated by `render_peaks` (Lorentzian tail there: 0.7 % of
 its peak height; the truncated tail's area is restored as a flat pedestal so areas stay exact)."""
-_RENDER_GROUPS: int = 6
-"""Peaks are rendered in up to this many groups of similar window length (padding waste vs. call overhead)."""
 
 
 def pseudo_voigt(x: ArrayLike, centre: float, fwhm: float, eta: float) -> NDArray[np.float64]:
@@ -143,23 +142,24 @@ def render_peaks(two_theta: ArrayLike, centres: ArrayLike, areas: ArrayLike, fwh
     # flat pedestal over the window: areas stay exact and the shape error is at most L(edge) = 1/(1 + 4·window²)
     tail = 1.0 - (2.0 / math.pi) * math.atan(2.0 * window)
     ped = a * e * tail / (2.0 * half)
-    has_g = bool(np.any(cg != 0.0))
-    live = np.flatnonzero((lengths > 0) & (a != 0.0))
-    if live.size == 0:
-        return out
-    # peaks padded to a common window length per group (sorted by length): broadcasting, no ragged gathers
-    order = live[np.argsort(lengths[live], kind="stable")]
-    n_groups = min(_RENDER_GROUPS, max(1, order.size // 8))
-    for g in np.array_split(order, n_groups):
-        k = int(lengths[g[-1]])
-        ar = np.arange(k)
-        idx = lo[g, None] + ar
-        np.minimum(idx, n - 1, out=idx)
-        u = (x[idx] - c[g, None]) * inv_w[g, None]
-        u *= u
-        y = cl[g, None] / (1.0 + 4.0 * u) + ped[g, None]
-        if has_g:
-            y += cg[g, None] * np.exp(-4.0 * LN2 * u)
-        y *= ar < lengths[g, None]
-        out += np.bincount(idx.ravel(), weights=y.ravel(), minlength=n)
+    _accumulate_peaks(x, c, lo, lengths, inv_w, cg, cl, ped, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_peaks(x: NDArray[np.float64], c: NDArray[np.float64], lo: NDArray[np.intp],
+                      lengths: NDArray[np.intp], inv_w: NDArray[np.float64], cg: NDArray[np.float64],
+                      cl: NDArray[np.float64], ped: NDArray[np.float64], out: NDArray[np.float64]) -> None:
+    """Add each peak's Lorentzian + pedestal (+ Gaussian) over its window points lo … lo + length − 1 to `out`."""
+    g4 = -4.0 * LN2
+    for k in range(c.size):
+        if lengths[k] <= 0 or (cg[k] == 0.0 and cl[k] == 0.0 and ped[k] == 0.0):
+            continue
+        ck, iw, gk, lk, pk = c[k], inv_w[k], cg[k], cl[k], ped[k]
+        for i in range(lo[k], lo[k] + lengths[k]):
+            u = (x[i] - ck) * iw
+            u *= u
+            v = lk / (1.0 + 4.0 * u) + pk
+            if gk != 0.0:
+                v += gk * math.exp(g4 * u)
+            out[i] += v

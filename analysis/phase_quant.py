@@ -50,7 +50,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from analysis.crystal import Crystal
 from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
-from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance
+from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, replacement_chi2
 from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
                                    polarisation_from_sin)
 from analysis.radiation import Radiation
@@ -141,6 +141,19 @@ class _Linear:
     c: FloatArray
     passive: NDArray[np.bool_]
     chi2: float
+
+
+@dataclass
+class _Step:
+    """A solved joint (Kaufman) linearised problem: solution, normal matrix, passive set, θ-shifts, the χ² it
+    predicts after the step, and the basis change from Gram rows to joint columns."""
+
+    x: FloatArray
+    g: FloatArray
+    passive: NDArray[np.bool_]
+    shift: FloatArray
+    predicted: float
+    basis: FloatArray
 
 
 class PhaseQuantifier:
@@ -243,11 +256,14 @@ class PhaseQuantifier:
         self._A[: self._nb] = self._bg
         self._dphase = self._M[nl:nl + 3 * np_].reshape(np_, 3, n)
         self._dhalo = self._M[nl + 3 * np_:].reshape(nh, 2, n)
-        # Gram cache for the current pattern's weights: the weighted rows requested last (one contiguous block), their
-        # Gram matrix and AᵀWy; rows rewritten since (`_rowok` False) are re-multiplied alone
-        self._rowok = np.zeros(self._M.shape[0], dtype=bool)
-        self._wrows = None
+        # Gram cache for the current pattern's weights, over every row of `_M`: Gram entries `_G` and AᵀWy `_Gy`;
+        # `_gok` marks the rows whose entries against each other are current (rows rewritten since leave the set and
+        # are re-multiplied alone)
+        self._G = np.zeros((self._M.shape[0], self._M.shape[0]))
+        self._Gy = np.zeros(self._M.shape[0])
+        self._gok = np.zeros(self._M.shape[0], dtype=bool)
         self._lin_rows = np.arange(nl, dtype=np.intp)
+        self._w, self._y = np.ones(n), np.zeros(n)
         self._sw = np.ones(n)
         self._ysw = np.zeros(n)
         self._anticipate = False
@@ -255,8 +271,6 @@ class PhaseQuantifier:
         self._prev_wid = self._wid.copy()
         self._drift_eps = np.zeros(np_)
         self._drift_wid = np.zeros(np_)
-        self._wrows: NDArray[np.intp] | None = None
-        self._rowok = np.zeros(self._M.shape[0], dtype=bool)
         self._prev_refined: set[int] = set()
         # (ε, Y) of each phase at the end of the last fit that refined its width (NaN: never): what a held phase
         # reverts to (see `_revert_held`)
@@ -313,28 +327,12 @@ class PhaseQuantifier:
             self._tables[p] = tab
         return tab
 
-    def _phase_column(self, p: int, strain: float, width: float, derivs: bool, out: FloatArray | None = None
-                      ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, FloatArray | None]:
-        """Unit-scale column of phase p at (ε, Y, current z) and, on request, ∂/∂ε, ∂/∂Y, ∂/∂z (into `out` rows).
-
-        The table holds G/P (polarisation divided out at its nodes), so the column is r³·P(2θ)·(G/P)(sinθ·r).
-        """
+    def _phase_column(self, p: int, strain: float, width: float, col: FloatArray,
+                      derivs: tuple[FloatArray, FloatArray, FloatArray] | None = None) -> None:
+        """Unit-scale column of phase p at (ε, Y, current z) into `col` and, on request, ∂/∂ε, ∂/∂Y, ∂/∂z into
+        `derivs` (`PhaseTable.column`)."""
         s, dsdz = self._axis_sin()
-        tab = self._tables[p]
-        g, g_y, g_s, r = tab.evaluate(s, strain, width, derivs)
-        pr = self._pol * (r * r * r)
-        col = np.multiply(pr, g, out=None if out is None else out[0])
-        if not derivs:
-            return col, None, None, None
-        pg = g_s
-        pg *= pr
-        d_eps = np.multiply(pg, s, out=None if out is None else out[1])
-        d_eps *= 1.0 / (1.0 + tab.strain_ref)
-        d_eps += col * (3.0 / (1.0 + strain))
-        d_y = np.multiply(pr, g_y, out=None if out is None else out[2])
-        d_z = np.multiply(pg, dsdz, out=None if out is None else out[3])
-        d_z *= r
-        return col, d_eps, d_y, d_z
+        self._tables[p].column(s, self._pol, dsdz, strain, width, col, derivs)
 
     def _update_columns(self, derivs: bool = True) -> None:
         """Bring the design rows (phases, halos) and their derivatives up to the current nonlinear parameters."""
@@ -356,8 +354,9 @@ class PhaseQuantifier:
                     old[2] == key[2] or (p in self._held and abs(old[2] - key[2]) < _HELD_ZERO_TOLERANCE)):
                 continue
             self._table(p)
-            out = [self._A[nb + nh + p], self._dphase[p, 0], self._dphase[p, 1], self._dphase[p, 2]]
-            self._phase_column(p, self._eps[p], self._wid[p], derivs_p, out)
+            d = self._dphase[p]
+            self._phase_column(p, self._eps[p], self._wid[p], self._A[nb + nh + p],
+                               (d[0], d[1], d[2]) if derivs_p else None)
             self._touch(self._phase_rows(p))
             self._col_key[p] = key + (derivs_p,)
             changed = True
@@ -403,43 +402,45 @@ class PhaseQuantifier:
 
     def _touch(self, rows: Sequence[int]) -> None:
         """Mark rows of `_M` as rewritten: their weighted copies and Gram entries are recomputed when next needed."""
-        self._rowok[rows] = False
+        self._gok[rows] = False
 
     def _set_pattern(self, y: FloatArray, w: FloatArray) -> None:
         """New counts and weights: every cached weighted row and Gram entry is stale."""
+        self._w, self._y = w, y
         self._sw = np.sqrt(w)
         self._ysw = y * self._sw
-        self._wrows = None
+        self._gok[:] = False
 
     def _gram(self, params: list[tuple[str, int]]) -> tuple[FloatArray, FloatArray, list[int]]:
         """Weighted Gram matrix and AᵀWy of the linear columns plus the derivative rows the parameters need.
 
-        Cached for the current pattern: when the same rows are requested again (the next Gauss–Newton trial), only
-        rows rewritten since (the refined phases' columns and derivatives) are re-weighted and multiplied against the
-        block — the background, halo and held-phase blocks are reused (float64 BLAS on contiguous rows).
+        Cached for the current pattern: when rows requested again were rewritten since (the refined phases' columns
+        and derivatives, after a Gauss–Newton step), only those are re-weighted and multiplied against the requested
+        rows — the background, halo and held-phase entries are computed once per pattern (float64 BLAS).
         """
         dr = self._deriv_rows(params)
         rows = np.concatenate((self._lin_rows, np.asarray(dr, dtype=np.intp))) if dr else self._lin_rows
-        if self._wrows is None or not np.array_equal(rows, self._wrows):
-            a = self._M.take(rows, axis=0)
-            a *= self._sw
-            self._wb, self._wrows = a, rows
-            self._gb = a @ a.T
-            self._hb = a @ self._ysw
-            self._rowok[rows] = True
-        else:
-            bad = np.flatnonzero(~self._rowok[rows])
-            if bad.size:
-                a = self._wb
-                for k in bad:
-                    np.multiply(self._M[rows[k]], self._sw, out=a[k])
-                ab = a[bad]
-                blk = ab @ a.T
-                self._gb[bad, :] = blk
-                self._gb[:, bad] = blk.T
-                self._hb[bad] = ab @ self._ysw
-                self._rowok[rows] = True
-        return self._gb.copy(), self._hb.copy(), rows.tolist()
+        ok = self._gok
+        bad = rows[~ok[rows]]
+        lin_only = not dr  # rows 0 … nl−1: contiguous, served by views instead of gathered copies
+        if bad.size == rows.size:  # nothing current (a new pattern): one symmetric product
+            wb = self._M[:self._nl] * self._sw if lin_only else self._M.take(rows, axis=0) * self._sw
+            self._G[np.ix_(rows, rows)] = wb @ wb.T
+            self._Gy[rows] = wb @ self._ysw
+        elif bad.size:  # the rewritten rows against the requested ones
+            wb = self._M.take(bad, axis=0)
+            wb *= self._w
+            blk = wb @ (self._M[:self._nl] if lin_only else self._M.take(rows, axis=0)).T
+            self._G[bad[:, None], rows] = blk
+            self._G[rows[:, None], bad] = blk.T
+            self._Gy[bad] = wb @ self._y
+        # the rows requested are now mutually current; others may hold entries stale against the rewritten ones
+        ok[:] = False
+        ok[rows] = True
+        if lin_only:
+            nl = self._nl
+            return self._G[:nl, :nl].copy(), self._Gy[:nl].copy(), rows.tolist()
+        return self._G[np.ix_(rows, rows)], self._Gy[rows], rows.tolist()
 
     def _linear(self, g: FloatArray, h: FloatArray, yy: float) -> _Linear:
         """Bounded solution of the linear block (the variable-projection inner problem) at the current θ."""
@@ -447,6 +448,12 @@ class PhaseQuantifier:
         gl, hl = g[:nl, :nl], h[:nl]
         c, passive = bounded_lsq(gl, hl, self._nonneg, self._passive)
         return _Linear(gl, hl, c, passive, chi2_from_gram(yy, gl, hl, c))
+
+    def _linear_at(self, y: FloatArray, c: FloatArray, passive: NDArray[np.bool_]) -> _Linear:
+        """The linear solution `c` taken as is at the current columns (χ² from the residual; no Gram matrix)."""
+        r = y - c @ self._A
+        r *= r
+        return _Linear(np.zeros((0, 0)), np.zeros(0), c, passive, float(self._w @ r))
 
     def _solve_linear(self, y: FloatArray, w: FloatArray, yy: float) -> _Linear:
         """Gram matrix of the linear columns only and its bounded solution (used by the scans)."""
@@ -480,12 +487,9 @@ class PhaseQuantifier:
                     out += [("hq", j), ("hw", j)]
         return out
 
-    def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]]
-               ) -> tuple[FloatArray, FloatArray, NDArray[np.bool_], FloatArray]:
-        """Joint linearised normal equations over [A; s·∂model/∂θ] (Kaufman), from the Gram by a change of basis.
-
-        Returns the joint solution, the joint Gram, its passive set and the θ-shifts.
-        """
+    def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]],
+               yy: float) -> _Step:
+        """Joint linearised normal equations over [A; s·∂model/∂θ] (Kaufman), from the Gram by a change of basis."""
         nl, np_ = self._nl, self._np
         off = self._nb + self._nh
         pos = {r: k for k, r in enumerate(rows)}
@@ -513,7 +517,7 @@ class PhaseQuantifier:
         warm = np.ones(n, dtype=bool)
         warm[:nl] = lin.passive
         x, passive = bounded_lsq(gj, hj, nonneg, warm)
-        return x, gj, passive, x[nl:]
+        return _Step(x, gj, passive, x[nl:], chi2_from_gram(yy, gj, hj, x), t)
 
     # ------------------------------------------------------------------ nonlinear parameters
     def _get(self) -> tuple:
@@ -595,30 +599,31 @@ class PhaseQuantifier:
             params = new
             self._update_columns()  # derivative rows of phases that became refined
             g, h, rows = self._gram(params)
-        g_joint = passive_joint = None
+        st: _Step | None = None
         converged = False
         recentred = 0
         it = 0
         while params and it < max_iter:
             it += 1
             self._n_iter += 1
-            _, g_joint, passive_joint, shift = self._joint(g, h, rows, lin, params)
-            pinned = self._pinned(params, shift)
+            st = self._joint(g, h, rows, lin, params, yy)
+            pinned = self._pinned(params, st.shift)
             if pinned:  # parameters at a bound pushing outwards are held for this step (projected Gauss–Newton)
                 free = [pr for pr in params if pr not in pinned]
                 if not free:
                     converged = True
                     break
-                _, g_joint, passive_joint, shift = self._joint(g, h, rows, lin, free)
+                st = self._joint(g, h, rows, lin, free, yy)
             else:
                 free = params
-            dof = n - int(passive_joint.sum())
-            self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(dof, 1))
+            shift = st.shift
+            dof = n - int(st.passive.sum())
+            self._cov = covariance(st.g, st.passive, lin.chi2 / max(dof, 1))
             su = np.sqrt(np.maximum(np.diag(self._cov)[self._nl:], 0.0))
             if np.all(np.abs(shift) <= tolerance * su + 1e-15):
                 if pinned:
-                    _, g_joint, passive_joint, _ = self._joint(g, h, rows, lin, params)
-                    self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(dof, 1))
+                    st = self._joint(g, h, rows, lin, params, yy)
+                    self._cov = covariance(st.g, st.passive, lin.chi2 / max(dof, 1))
                 if recentre and recentred < 2 and self._recentre():
                     recentred += 1
                     self._update_columns()
@@ -629,22 +634,30 @@ class PhaseQuantifier:
                 converged = True
                 break
             step = self._trust(free, shift)
-            small = one_step and not pinned and bool(np.all(np.abs(shift) <= ONE_STEP_SU * su)) and bool(
-                np.array_equal(step, shift))
+            untruncated = one_step and not pinned and bool(np.array_equal(step, shift))
             base = self._get()
+            if untruncated and bool(np.all(np.abs(shift) <= ONE_STEP_SU * su)):
+                # a full step below ONE_STEP_SU s.u.: taken with the joint solution's linear part, final
+                self._apply(free, step, base)
+                self._update_columns()
+                lin = self._linear_at(y, st.x[:self._nl], st.passive[:self._nl])
+                self._passive = lin.passive
+                converged = True
+                break
             accepted = False
+            sigma2 = lin.chi2 / max(dof, 1)  # that of self._cov
             for _ in range(6):
                 self._apply(free, step, base)
                 self._update_columns()
-                g2, h2, rows2 = self._gram(params)
+                g2, h2, rows2 = self._gram([])  # the linear block only: the trial needs χ² and the projection
                 trial = self._linear(g2, h2, yy)
                 if trial.chi2 <= lin.chi2 * (1.0 + 1e-12) + 1e-12:
-                    g, h, rows, lin = g2, h2, rows2, trial
+                    lin = trial
                     self._passive = lin.passive
                     accepted = True
                     break
                 step = 0.5 * step
-                small = False
+                untruncated = False
             if not accepted:  # no decrease along the Gauss–Newton direction: at the minimum within noise
                 self._set(base)
                 self._update_columns()
@@ -656,21 +669,40 @@ class PhaseQuantifier:
             # a refined phase whose scale fell to zero cannot be refined (its Jacobian rows vanish)
             off = self._nb + self._nh
             keep = [pr for pr in params if pr[0] not in ("strain", "width") or lin.c[off + pr[1]] > 0.0]
-            if len(keep) != len(params):
-                params = keep if any(k[0] in ("strain", "width") for k in keep) else []
-                g, h, rows = self._gram(params)
-            elif small:  # a full step below ONE_STEP_SU s.u.: the next shift is second order
+            if len(keep) == len(params) and untruncated and self._chord_converged(y, lin, st, rows, su, sigma2,
+                                                                                         tolerance):
                 converged = True
                 break
+            if len(keep) != len(params):
+                params = keep if any(k[0] in ("strain", "width") for k in keep) else []
+            g, h, rows = self._gram(params)
+        g_joint = passive_joint = None
         if not params:
             converged = True
-            g_joint = passive_joint = None
             self._cov = covariance(lin.g, lin.passive, lin.chi2 / max(n - int(lin.passive.sum()), 1))
         elif not converged:
-            _, g_joint, passive_joint, _ = self._joint(g, h, rows, lin, params)
-            self._cov = covariance(g_joint, passive_joint, lin.chi2 / max(n - int(passive_joint.sum()), 1))
+            st = self._joint(g, h, rows, lin, params, yy)
+            self._cov = covariance(st.g, st.passive, lin.chi2 / max(n - int(st.passive.sum()), 1))
+        if params and st is not None:
+            g_joint, passive_joint = st.g, st.passive
         self._params = params
         return lin, params, g_joint, passive_joint, it, converged
+
+    def _chord_converged(self, y: FloatArray, lin: _Linear, st: _Step, rows: list[int], su: FloatArray,
+                         sigma2: float, tolerance: float) -> bool:
+        """Warm fits, after an untruncated step: would the next Gauss–Newton shift be within `tolerance` s.u.?
+
+        The next shift is estimated with the step's own normal matrix (a chord, or frozen-Jacobian, step:
+        δ = (JᵀWJ)⁻¹·JᵀWr with J's derivative rows at the new θ and r the new residual) — the normal matrix changes
+        by far less than its own precision over a step of a few s.u., and the gradient costs two matrix–vector
+        products instead of the Gram matrix and joint solve of a second iteration (which, in most warm patterns,
+        only confirms convergence). The test is that of the loop: every shift within `tolerance` s.u."""
+        wr = self._w * (y - lin.c @ self._A)
+        grad = st.basis.T @ (self._M.take(rows, axis=0) @ wr)
+        if not sigma2 > 0:
+            return False
+        nxt = (self._cov[self._nl:] @ grad) / sigma2  # self._cov = σ²·(joint normal matrix)⁻¹ of this step
+        return bool(np.all(np.abs(nxt) <= tolerance * su + 1e-15))
 
     def _recentre(self) -> bool:
         """Drop tables whose width node is off-centre (re-rendered on the next update); True if any was."""
@@ -702,14 +734,18 @@ class PhaseQuantifier:
                              for e, yv in candidates])
         else:
             self._table(p)
-            cols = np.array([self._phase_column(p, e, yv, False)[0] for e, yv in candidates])
+            cols = np.empty((len(candidates), self.two_theta.size))
+            for k, (e, yv) in enumerate(candidates):
+                self._phase_column(p, e, yv, cols[k])
         self._n_eval += len(candidates)
         cw = cols * w
         cross = cw @ self._A.T
         cc = np.einsum("kn,kn->k", cw, cols)
         cy = cw @ y
+        chi2 = replacement_chi2(lin.g, lin.h, row, cross, cc, cy, self._nonneg, lin.passive, yy)
         best, best_k = lin, -1
-        for k in range(len(candidates)):
+        k = int(np.argmin(chi2))
+        if chi2[k] < lin.chi2:
             g = lin.g.copy()
             h = lin.h.copy()
             g[row, :] = cross[k]
@@ -717,9 +753,7 @@ class PhaseQuantifier:
             g[row, row] = cc[k]
             h[row] = cy[k]
             c, passive = bounded_lsq(g, h, self._nonneg, lin.passive)
-            chi2 = chi2_from_gram(yy, g, h, c)
-            if chi2 < best.chi2:
-                best, best_k = _Linear(g, h, c, passive, chi2), k
+            best, best_k = _Linear(g, h, c, passive, chi2_from_gram(yy, g, h, c)), k
         if commit and best_k >= 0:
             self._commit(p, candidates[best_k], cols[best_k], best)
         return best, best_k, cols
@@ -769,11 +803,12 @@ class PhaseQuantifier:
         lin = self._solve_linear(y, w, yy)
         self._passive = lin.passive
 
-        def start(p: int) -> list[tuple[float, float]]:
+        def start(p: int) -> tuple[list[tuple[float, float]], list[float]]:
             self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
-            return self._strain_grid(p) if "strain" in self.refine else [(self._eps[p], self._wid[p])]
+            return (self._strain_grid(p) if "strain" in self.refine else [(self._eps[p], self._wid[p])]), []
 
-        self._forward_select(y, w, yy, lin, range(self._np), start, lambda: self._refine(y, w, yy, 8, self.halos)[0])
+        self._forward_select(y, w, yy, lin, range(self._np), start, lambda: self._refine(y, w, yy, 8, self.halos)[0],
+                             coarse_widths=True)
         # the phases not selected stay in the model at their starting values (NNLS keeps them at ≈ 0)
         for p in np.flatnonzero(~self._active):
             self._eps[p], self._wid[p] = self.strain_start[p], self.width_start
@@ -781,10 +816,15 @@ class PhaseQuantifier:
         self._active[:] = True
 
     def _forward_select(self, y: FloatArray, w: FloatArray, yy: float, lin: _Linear, cands: Sequence[int],
-                        start: Callable[[int], list[tuple[float, float]]], refine: Callable[[], _Linear]) -> _Linear:
-        """Add inactive candidates one at a time: each round scans every one (its (ε, Y) candidates from
-        `start(p)`, which also sets its starting values) and adds the one lowering χ² most if by ≥
-        2·min_significance²; its width is scanned, then `refine()` runs before the next round."""
+                        start: Callable[[int], tuple[list[tuple[float, float]], list[float]]],
+                        refine: Callable[[], _Linear], coarse_widths: bool) -> _Linear:
+        """Add inactive candidates one at a time: each round scans every one and adds the one lowering χ² most if
+        by ≥ 2·min_significance²; with `coarse_widths` its width is scanned (×¼ … ×4), then `refine()` runs before
+        the next round.
+
+        `start(p)` sets p's starting values and gives its (ε, Y) grid and other widths to try at the grid's best
+        strain (a separable search: peak positions fix the strain whatever the width, so the widths are tried at
+        one strain rather than the grid repeated per width — a quarter of the candidate columns)."""
         off = self._nb + self._nh
         threshold = 2.0 * self.min_significance ** 2
         while True:
@@ -793,20 +833,27 @@ class PhaseQuantifier:
                 if self._active[p]:
                     continue
                 self._active[p] = True
-                grid = start(p)
+                grid, widths = start(p)
                 trial, k, cols = self._scan(y, w, yy, p, grid, lin, exact=False, commit=False)
+                pick = (grid[k], cols[k]) if k >= 0 else None
+                if k >= 0 and widths:
+                    alt = [(grid[k][0], yv) for yv in widths]
+                    trial2, k2, cols2 = self._scan(y, w, yy, p, alt, lin, exact=False, commit=False)
+                    if k2 >= 0 and trial2.chi2 < trial.chi2:
+                        trial, pick = trial2, (alt[k2], cols2[k2])
                 self._active[p] = False
-                if k >= 0 and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
-                    best = (trial, p, grid[k], cols[k])
+                if pick is not None and trial.c[off + p] > 0.0 and (best is None or trial.chi2 < best[0].chi2):
+                    best = (trial, p) + pick
             if best is None or lin.chi2 - best[0].chi2 < threshold:
                 return lin
             trial, p, params, col = best
             self._active[p] = True
             self._commit(p, params, col, trial)
             lin = trial
-            if "width" in self.refine:
+            if "width" in self.refine and coarse_widths:
                 lin = self._width_scan(y, w, yy, lin, [p])
-            lin = refine()
+            refine()
+            lin = self._solve_linear(y, w, yy)  # the next round's scans need the Gram matrix at the refined θ
 
     # ------------------------------------------------------------------ public API
     def fit(self, counts: ArrayLike, *, warm_start: bool = True, weights: ArrayLike | None = None) -> QuantResult:
@@ -898,9 +945,9 @@ class PhaseQuantifier:
         pattern, or χ²/(N−P) rose by more than RESEED_SIGMAS of its scatter above the lowest of the last
         RESEED_WINDOW patterns. Then the candidates — the newcomers and every held phase — are re-selected as in the
         cold forward selection, with the well-refined phases kept as they are: all candidates are taken out, and
-        one at a time the candidate whose strain scan (cold-fit grid × candidate widths: its held value, the
-        starting one, those of the refined phases) lowers χ² most is put back if it lowers it by
-        ≥ 2·min_significance², its width scanned, everything refined; the rest return at their held values. The
+        one at a time the candidate whose scan (the cold-fit strain grid at its held width, then at the best strain
+        the starting width and those of the refined phases) lowers χ² most is put back if it lowers it by
+        ≥ 2·min_significance², everything refined; the rest return at their held values. The
         result replaces the warm fit if χ² is lower. Why all held phases and not the newcomer alone: at γ→β or
         β→α the intensity of the growing polymorph is first taken by whichever look-alike has the better-placed
         column (α for β, β for α); re-scanning that one alone keeps the wrong phase. Costs tens of milliseconds,
@@ -936,13 +983,14 @@ class PhaseQuantifier:
         lin = self._solve_linear(y, w, yy)
         self._passive = lin.passive
 
-        def start(p: int) -> list[tuple[float, float]]:
+        def start(p: int) -> tuple[list[tuple[float, float]], list[float]]:
             self._eps[p], self._wid[p] = held_at[p]
             grid = self._strain_grid(p) if "strain" in self.refine else [held_at[p]]
-            return [(e, yv) for yv in sorted(widths | {held_at[p][1]}) for e, _ in grid]
+            return grid, sorted(widths - {held_at[p][1]})
 
         self._forward_select(y, w, yy, lin, cands, start,
-                             lambda: self._refine(y, w, yy, 8, halos, False, WARM_SHIFT_TOLERANCE, True)[0])
+                             lambda: self._refine(y, w, yy, 8, halos, False, WARM_SHIFT_TOLERANCE, True)[0],
+                             coarse_widths=False)
         for p in cands:
             if not self._active[p]:
                 self._eps[p], self._wid[p] = held_at[p] if p not in newly else self._held_prior(p)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
@@ -48,10 +49,6 @@ WIDTH_RECENTRE: float = 0.04
 """At convergence, re-render and iterate again when |Y/Y_ref − 1| exceeds this (final model near the centre node)."""
 MAX_TABLE_POINTS: int = 400_000
 """Cap on table length (memory: 12 float64 columns, ≈ 38 MB at the cap)."""
-_CR = np.array([[0.0, -0.5, 1.0, -0.5], [1.0, 0.0, -2.5, 1.5], [0.0, 0.5, 2.0, -1.5], [0.0, 0.0, -0.5, 0.5]])
-"""Catmull–Rom weights of the nodes i−1, i, i+1, i+2 as polynomials in the cell fraction f (columns: 1, f, f², f³)."""
-_CR_D = np.array([[-0.5, 2.0, -1.5, 0.0], [0.0, -5.0, 4.5, 0.0], [0.5, 4.0, -4.5, 0.0], [0.0, -1.0, 1.5, 0.0]])
-"""d/df of the Catmull–Rom weights (columns: 1, f, f², f³)."""
 _TABLE_S_MARGIN: float = 0.03
 """The table spans sinθ·(1 ± 3 %) beyond the data so strains up to ±3 % read inside it."""
 
@@ -181,7 +178,6 @@ class PhaseTable:
         self.s_lo = s_lo
         self.h_s = h_s
         self.n = n
-        self._wt = np.zeros((8, 12))
 
     def centred(self, width: float) -> bool:
         """True when Y is close to the centre node (no final re-render needed)."""
@@ -192,38 +188,60 @@ class PhaseTable:
         return (abs(strain - self.strain_ref) <= STRAIN_WINDOW
                 and abs(width / self.width_ref - 1.0) <= WIDTH_WINDOW)
 
-    def evaluate(self, s: FloatArray, strain: float, width: float, need_derivs: bool
-                 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None, float]:
-        """Table value G/P, d(G/P)/dY, d(G/P)/d(sinθ_read) at sinθ·r and r = (1+ε)/(1+ε_ref); derivatives on request.
+    def column(self, s: FloatArray, pol: FloatArray, dsdz: FloatArray, strain: float, width: float,
+               col: FloatArray, derivs: tuple[FloatArray, FloatArray, FloatArray] | None = None) -> None:
+        """Unit-scale column at (ε, Y) into `col` and, when `derivs` is given, ∂/∂ε, ∂/∂Y, ∂/∂z into its arrays.
 
-        One gather of the 12-wide table rows and one small matrix product contract the quadratic in Y at the four
-        nodes of each read point; the Catmull–Rom weights (and their derivatives) then combine the nodes.
+        `s` is sinθ of the (zero-corrected) measured axis, `pol` the polarisation factor there, `dsdz` d(sinθ)/dz.
+        The table holds G/P, so the column is r³·P(2θ)·(G/P)(sinθ·r), r = (1+ε)/(1+ε_ref) (module doc); its strain
+        derivative follows from the read position sinθ·r and the r³ factor, its zero-shift derivative from dsdz.
         """
-        r = (1.0 + strain) / (1.0 + self.strain_ref)
-        u = s * (r / self.h_s)
-        u -= self.s_lo / self.h_s
-        np.clip(u, 1.0, self.n - 2.000001, out=u)
-        i = u.astype(np.intp)
+        d_eps, d_y, d_z = (col, col, col) if derivs is None else derivs
+        _read_column(self.tab, self.s_lo, self.h_s, self.n, s, pol, dsdz, self.strain_ref, strain,
+                     width - self.width_ref, col, d_eps, d_y, d_z, derivs is not None)
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray, pol: FloatArray,
+                 dsdz: FloatArray, strain_ref: float, strain: float, dy: float, out: FloatArray, d_eps: FloatArray,
+                 d_y: FloatArray, d_z: FloatArray, derivs: bool) -> None:
+    """One pass over the axis: gather the four Catmull–Rom nodes, contract the quadratic in Y, combine (see
+    `PhaseTable.column`); a single compiled loop instead of a dozen array temporaries per column."""
+    r = (1.0 + strain) / (1.0 + strain_ref)
+    scale = r / h_s
+    off = s_lo / h_s
+    hi = n - 2.000001
+    half_dy2 = 0.5 * dy * dy
+    r3 = r * r * r
+    d_eps_s = 1.0 / ((1.0 + strain_ref) * h_s)
+    d_eps_c = 3.0 / (1.0 + strain)
+    for k in range(s.size):
+        u = s[k] * scale - off
+        if u < 1.0:
+            u = 1.0
+        elif u > hi:
+            u = hi
+        i = int(u)
         f = u - i
-        rows = self.tab.take(i, axis=0)
-        dy = width - self.width_ref
-        wt = self._wt
-        for j in range(4):
-            k = 3 * j
-            wt[j, k], wt[j, k + 1], wt[j, k + 2] = 1.0, dy, 0.5 * dy * dy
-            wt[4 + j, k + 1], wt[4 + j, k + 2] = 1.0, dy
-        powers = np.empty((4, f.size))
-        powers[0] = 1.0
-        powers[1] = f
-        np.multiply(f, f, out=powers[2])
-        np.multiply(powers[2], f, out=powers[3])
-        c = _CR @ powers
-        if not need_derivs:
-            v = wt[:4] @ rows.T
-            return np.einsum("jn,jn->n", c, v), None, None, r
-        vd = wt @ rows.T
-        g = np.einsum("jn,jn->n", c, vd[:4])
-        g_y = np.einsum("jn,jn->n", c, vd[4:])
-        g_s = np.einsum("jn,jn->n", _CR_D @ powers, vd[:4])
-        g_s *= 1.0 / self.h_s
-        return g, g_y, g_s, r
+        f2 = f * f
+        f3 = f2 * f
+        w0 = -0.5 * f + f2 - 0.5 * f3
+        w1 = 1.0 - 2.5 * f2 + 1.5 * f3
+        w2 = 0.5 * f + 2.0 * f2 - 1.5 * f3
+        w3 = -0.5 * f2 + 0.5 * f3
+        v0 = tab[i, 0] + dy * tab[i, 1] + half_dy2 * tab[i, 2]
+        v1 = tab[i, 3] + dy * tab[i, 4] + half_dy2 * tab[i, 5]
+        v2 = tab[i, 6] + dy * tab[i, 7] + half_dy2 * tab[i, 8]
+        v3 = tab[i, 9] + dy * tab[i, 10] + half_dy2 * tab[i, 11]
+        pr = pol[k] * r3
+        col = pr * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3)
+        out[k] = col
+        if derivs:
+            g_y = (w0 * (tab[i, 1] + dy * tab[i, 2]) + w1 * (tab[i, 4] + dy * tab[i, 5])
+                   + w2 * (tab[i, 7] + dy * tab[i, 8]) + w3 * (tab[i, 10] + dy * tab[i, 11]))
+            g_s = ((-0.5 + 2.0 * f - 1.5 * f2) * v0 + (-5.0 * f + 4.5 * f2) * v1
+                   + (0.5 + 4.0 * f - 4.5 * f2) * v2 + (-f + 1.5 * f2) * v3)
+            pg = pr * g_s
+            d_eps[k] = pg * s[k] * d_eps_s + col * d_eps_c
+            d_y[k] = pr * g_y
+            d_z[k] = pg * dsdz[k] * r / h_s

@@ -127,7 +127,9 @@ def _ranges_mask(x: FloatArray, ranges: Sequence[tuple[float, float]] | None) ->
 
 
 def band_amplitude(x: ArrayLike, d2: ArrayLike, centre: float, half_width: float = 2.0) -> FloatArray | float:
-    """Band amplitude = max of −d²I/dx² within ±half_width of the centre (DESIGN); per spectrum for 2-D `d2`."""
+    """Band amplitude −d²I/dx² at a band (DESIGN): the max within ±half_width of the centre, or the value at the
+    nearest point when the window holds none (half_width = 0: unbiased by noise, which a max is not — the live
+    analysis' choice, see analysis.live.parameters); per spectrum for 2-D `d2`."""
     xa = np.asarray(x, dtype=np.float64)
     d = np.asarray(d2, dtype=np.float64)
     sel = np.abs(xa - centre) <= half_width

@@ -17,11 +17,14 @@ Streams (DESIGN.md, "Contracts a user relies on / Derived run"):
   ``halo_fraction``, ``cold`` (1 for a cold start), ``converged``.
 * ``thz_derivative`` (from ``thz``): ``d2_absorbance`` (−free sign: the Savitzky–Golay second derivative
   d²A/dν² on the raw wavenumber axis, an array; the axis is in the descriptor configuration ``wavenumber``),
-  ``band_<c>`` (−d²A/dν² at band c, raw), ``zni_<c>`` (the same on the referenced derivative, i.e. the growth
-  of band c since the reference spectra), ``d2_sigma`` (noise σ of the referenced derivative from its band-free
-  regions), ``zni_signal`` = Σ_c zni_<c>, ``zni_sigma`` = σ·√(number of bands) (independent noise at bands more
-  than a window apart), ``zni_snr`` = zni_signal / zni_sigma. Referenced values are NaN for the first
-  ``zni_reference_spectra`` spectra, which make up the reference.
+  ``band_<c>`` (−d²A/dν² at the centre of band c, raw), ``zni_<c>`` (the same on the referenced derivative,
+  i.e. the growth of band c since the reference spectra), ``d2_sigma`` (noise σ of the referenced derivative
+  from its band-free regions), ``zni_signal`` = Σ_c zni_<c>, ``zni_sigma`` = σ·√(number of bands) (independent
+  noise at bands more than a window apart), ``zni_snr`` = zni_signal / zni_sigma. Referenced values are NaN for
+  the first ``zni_reference_spectra`` spectra, which make up the reference. The amplitude is the value at the
+  band centre (``band_half_width_cm`` = 0), not a maximum over a window: a maximum of noisy points is biased
+  upwards, so ``zni_signal`` would sit above 0 without any band and its σ would not be ``zni_sigma``
+  (analysis.live.parameters).
 * ``pl_fit`` (from ``pl``): ``centre_nm``, ``fwhm_nm``, ``area`` (counts·nm) with ``*_su``, ``integrated_intensity``
   (∫(counts − background) dλ, computed even when the band fit fails), ``urbach_meV`` (+ s.u.), ``chi2_red``,
   ``fit_success``.

@@ -9,9 +9,10 @@ signal crosses the threshold (``refine=True``, see `analysis.onsets`); NaN when 
   exceeds ``active_threshold`` (10 wt %) for ``active_m`` (3) consecutive XRD patterns.
   (`onset(T, active_fraction, noise_sigma=1, k=active_threshold, m=active_m, refine=True)`.)
 * **Zn–I onset** (``zni_onset_C``): first temperature at which the Zn–I signal — the sum over the Zn–I bands
-  (135, 275 cm⁻¹) of −d²A/dν² on the derivative referenced to the first spectra — exceeds ``zni_k`` (3) times its
-  noise σ (from the band-free regions of the same referenced derivative, × √(number of bands)) for ``zni_m`` (3)
-  consecutive THz spectra.
+  (135, 275 cm⁻¹) of −d²A/dν² at the band centres on the derivative referenced to the mean of the first
+  ``zni_reference_spectra`` (3) spectra — exceeds ``zni_k`` (3) times its noise σ (from the band-free regions of
+  the same referenced derivative, × √(number of bands)) for ``zni_m`` (3) consecutive THz spectra. The signal is
+  unbiased (zero mean without a band, see `analysis.live.parameters`), which the k·σ test assumes.
 * **PL maximum** (``pl_max_C``, ``pl_max_intensity``): temperature of the PL spectrum with the largest integrated
   intensity over the whole run (``pl_max_heating_C``: the same over the first heating part only, i.e. up to the
   maximum temperature reached).

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.live.parameters import AnalysisParameters
 from analysis.onsets import onset
 
 PHASES = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI")
@@ -107,15 +108,19 @@ def true_active_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str,
     return onset(temps, act, 1.0, k=threshold, m=m, refine=True).temperature
 
 
-def true_zni_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str, Any]], n_ref: int = 3,
-                   k: float = 3.0, m: int = 3) -> tuple[float | None, float]:
+def true_zni_onset(derived: list[Mapping[str, Any]], truth: list[Mapping[str, Any]],
+                   params: AnalysisParameters | None = None) -> tuple[float | None, float]:
     """The Zn–I onset by the analysis' definition on the noise-free true signal; also the calibration slope.
 
     True signal = slope · (z − z_ref): z the simulator's Zn–I density at each THz event, z_ref its mean over the
     reference spectra, slope the least-squares proportionality (through 0) between the measured Zn–I signal and
-    z − z_ref — i.e. the band amplitude the analysis would measure without noise. Same σ (the measured one),
-    same k, m and temperatures as the analysis.
+    z − z_ref — i.e. the band amplitude the analysis would measure without noise (−d²A/dν² at the band centre is
+    linear in z). Same σ (the measured one), same temperatures, and the number of reference spectra, k and m of
+    the analysis parameters the run was analysed with (`params`, default the analysis defaults), so the two
+    definitions cannot drift apart.
     """
+    p = AnalysisParameters() if params is None else params
+    n_ref, k, m = p.zni_reference_spectra, p.zni_k, p.zni_m
     tr = truth_for([d["raw_time"] for d in derived], truth)
     z = np.array([float(t["truth_zni_density"]) for t in tr])
     dz = z - z[:n_ref].mean()
@@ -153,10 +158,11 @@ def assert_active_onset(run: Mapping[str, Any], label: str = "") -> float:
 
 def assert_zni_onset(run: Mapping[str, Any], label: str = "") -> float:
     """Zn–I onset within ±10 °C of the truth onset (same definition, positive calibration); returns the truth."""
-    _, streams, _ = run["derived"]
+    start, streams, _ = run["derived"]
     _, raw, _ = run["raw"]
     (summary,) = streams["summary"]
-    truth, slope = true_zni_onset(streams["thz_derivative"], raw["truth"])
+    params = AnalysisParameters.from_dict(start["parameters"])  # what the run was analysed with
+    truth, slope = true_zni_onset(streams["thz_derivative"], raw["truth"], params)
     print(f"{label}Zn–I onset {summary['zni_onset_C']:.1f} °C (truth {truth})")
     assert slope > 0 and truth is not None and np.isfinite(summary["zni_onset_C"])
     assert abs(summary["zni_onset_C"] - truth) <= 10.0, (summary["zni_onset_C"], truth)

@@ -50,7 +50,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from analysis.crystal import Crystal
 from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
-from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, replacement_chi2
+from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
                                    polarisation_from_sin)
 from analysis.radiation import Radiation
@@ -217,7 +217,8 @@ class PhaseQuantifier:
         tt_max = min(float(x[-1]) * (1.0 + strain_search + 0.01) + margin + 2.0, 179.0)
         self._models = [PeakModel(phase_peaks(c, self.radiation, tt_max, min_relative_intensity), self.radiation,
                                   tuple(float(v) for v in caglioti), float(microstrain), eta) for c in self.phases]
-        self._zmv_over_norm = np.array([c.zmv / m.pk.norm for c, m in zip(self.phases, self._models)])
+        self._norms = np.array([m.pk.norm for m in self._models])
+        self._zmv_over_norm = np.array([c.zmv for c in self.phases]) / self._norms
         self._s_lo = math.sin(math.radians(max(float(x[0]) - margin, 0.05)) / 2.0)
         self._s_hi = math.sin(math.radians(min(float(x[-1]) + margin, 179.0)) / 2.0)
         # fixed background rows (Chebyshev on the measured range)
@@ -260,6 +261,7 @@ class PhaseQuantifier:
         # `_gok` marks the rows whose entries against each other are current (rows rewritten since leave the set and
         # are re-multiplied alone)
         self._G = np.zeros((self._M.shape[0], self._M.shape[0]))
+        self._wbuf = np.empty_like(self._M)  # weighted rows for the Gram products
         self._Gy = np.zeros(self._M.shape[0])
         self._gok = np.zeros(self._M.shape[0], dtype=bool)
         self._lin_rows = np.arange(nl, dtype=np.intp)
@@ -424,12 +426,11 @@ class PhaseQuantifier:
         bad = rows[~ok[rows]]
         lin_only = not dr  # rows 0 … nl−1: contiguous, served by views instead of gathered copies
         if bad.size == rows.size:  # nothing current (a new pattern): one symmetric product
-            wb = self._M[:self._nl] * self._sw if lin_only else self._M.take(rows, axis=0) * self._sw
+            wb = gather_weighted(self._M, rows, self._sw, self._wbuf)
             self._G[np.ix_(rows, rows)] = wb @ wb.T
             self._Gy[rows] = wb @ self._ysw
         elif bad.size:  # the rewritten rows against the requested ones
-            wb = self._M.take(bad, axis=0)
-            wb *= self._w
+            wb = gather_weighted(self._M, bad, self._w, self._wbuf)
             blk = wb @ (self._M[:self._nl] if lin_only else self._M.take(rows, axis=0)).T
             self._G[bad[:, None], rows] = blk
             self._G[rows[:, None], bad] = blk.T
@@ -698,7 +699,7 @@ class PhaseQuantifier:
         products instead of the Gram matrix and joint solve of a second iteration (which, in most warm patterns,
         only confirms convergence). The test is that of the loop: every shift within `tolerance` s.u."""
         wr = self._w * (y - lin.c @ self._A)
-        grad = st.basis.T @ (self._M.take(rows, axis=0) @ wr)
+        grad = st.basis.T @ (self._M @ wr)[rows]
         if not sigma2 > 0:
             return False
         nxt = (self._cov[self._nl:] @ grad) / sigma2  # self._cov = σ²·(joint normal matrix)⁻¹ of this step
@@ -1044,9 +1045,12 @@ class PhaseQuantifier:
         iterations = self._n_iter
         nb, nh, nl = self._nb, self._nh, self._nl
         c = lin.c
-        curve = c @ self._A
+        off = nb + nh
         background = c[:nb] @ self._A[:nb]
-        halo = c[nb:nb + nh] @ self._A[nb:nb + nh] if nh else np.zeros_like(y)
+        halo = c[nb:off] @ self._A[nb:off] if nh else np.zeros_like(y)
+        phases = c[off:nl] @ self._A[off:nl]
+        curve = background + halo
+        curve += phases
         resid = y - curve
         chi2 = float(w @ (resid * resid))
         n_par = int(lin.passive.sum()) + len(params)
@@ -1057,7 +1061,6 @@ class PhaseQuantifier:
         self._recent_gof2 = (self._recent_gof2 + [chi2 / dof])[-RESEED_WINDOW:]
         self._last_c = c.copy()
         cov = self._cov  # σ²(JᵀWJ)⁻¹ at the final θ, σ² = χ²/(N − P) (the Rietveld convention)
-        off = nb + nh
         cs = c[off:nl]
         a = self._zmv_over_norm
         total = float(a @ cs)
@@ -1066,16 +1069,16 @@ class PhaseQuantifier:
         if total > 0:
             jac = (np.diag(a) * total - np.outer(a * cs, a)) / total ** 2
             cov_c = cov[off:nl, off:nl]
-            wf_su = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, cov_c, jac), 0.0))
+            wf_su = np.sqrt(np.maximum(((jac @ cov_c) * jac).sum(axis=1), 0.0))
         else:
             wf_su = np.zeros_like(cs)
-        norms = np.array([m.pk.norm for m in self._models])
+        norms = self._norms
         sc, sc_su = cs / norms, np.sqrt(np.maximum(np.diag(cov)[off:nl], 0.0)) / norms
         su_theta = dict(zip(params, np.sqrt(np.maximum(np.diag(cov)[nl:], 0.0)))) if params else {}
         refined = {p for kind, p in params if kind in ("strain", "width")}
         lam = self.radiation.wavelength
-        phase_area = float(cs @ (self._A[off:nl] @ self._dx))
-        halo_area = float((halo * self._dx).sum())
+        phase_area = float(phases @ self._dx)
+        halo_area = float(halo @ self._dx)
         names = self.names
         return QuantResult(
             weight_fractions=dict(zip(names, map(float, wf))), weight_fraction_su=dict(zip(names, map(float, wf_su))),

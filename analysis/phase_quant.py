@@ -52,7 +52,7 @@ from analysis.crystal import Crystal
 from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
 from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
-                                   polarisation_from_sin)
+                                   polarisation_coefficients, shifted_axis)
 from analysis.radiation import Radiation
 
 __all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q"]
@@ -238,6 +238,8 @@ class PhaseQuantifier:
         self._dx = np.gradient(x)
         self._sin0 = np.sin(np.radians(x) * 0.5)
         self._cos0 = np.cos(np.radians(x) * 0.5)
+        self._pol_ab = polarisation_coefficients(self.radiation)
+        self._s, self._dsdz, self._pol = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -301,15 +303,7 @@ class PhaseQuantifier:
     def _axis_sin(self) -> tuple[FloatArray, FloatArray]:
         """sinθ and d(sinθ)/dz on the zero-corrected axis (cached per zero shift)."""
         if self._s_key != self._zero:
-            # sin/cos of (θ − z/2) by the addition theorem from the fixed axis: no transcendental per point
-            dz = math.radians(self._zero) * 0.5
-            cd, sd = math.cos(dz), math.sin(dz)
-            self._s = self._sin0 * cd
-            self._s -= self._cos0 * sd
-            self._dsdz = self._cos0 * cd
-            self._dsdz += self._sin0 * sd
-            self._dsdz *= -math.pi / 360.0
-            self._pol = polarisation_from_sin(self._s, self.radiation)
+            shifted_axis(self._sin0, self._cos0, self._zero, *self._pol_ab, self._s, self._dsdz, self._pol)
             self._s_key = self._zero
         return self._s, self._dsdz
 
@@ -530,52 +524,65 @@ class PhaseQuantifier:
         self._eps, self._wid, self._zero, self._hq, self._hw = (snap[0].copy(), snap[1].copy(), snap[2],
                                                                 snap[3].copy(), snap[4].copy())
 
+    def _bounds(self, kind: str, i: int) -> tuple[float, float]:
+        """Lower and upper bound of a nonlinear parameter."""
+        if kind == "strain":
+            return -self.strain_range, self.strain_range
+        if kind == "width":
+            return self.width_bounds
+        if kind == "zero":
+            return -self.zero_range, self.zero_range
+        if kind == "hq":
+            q0 = float(self._halo_q0[i])
+            return q0 - self._halo_q_bound, q0 + self._halo_q_bound
+        w0 = float(self._halo_w0[i])
+        return w0 * self._halo_w_bounds[0], w0 * self._halo_w_bounds[1]
+
+    def _value(self, kind: str, i: int) -> float:
+        """Current value of a nonlinear parameter."""
+        if kind == "strain":
+            return float(self._eps[i])
+        if kind == "width":
+            return float(self._wid[i])
+        if kind == "zero":
+            return self._zero
+        return float(self._hq[i] if kind == "hq" else self._hw[i])
+
     def _apply(self, params: list[tuple[str, int]], shift: FloatArray, base: tuple) -> None:
         """Set θ = base + shift, clipped to the bounds."""
         self._set(base)
-        lo_w, hi_w = self.width_bounds
-        for (kind, i), d in zip(params, shift):
+        for (kind, i), d in zip(params, shift.tolist()):
+            lo, hi = self._bounds(kind, i)
+            v = min(max(self._value(kind, i) + d, lo), hi)
             if kind == "strain":
-                self._eps[i] = float(np.clip(self._eps[i] + d, -self.strain_range, self.strain_range))
+                self._eps[i] = v
             elif kind == "width":
-                self._wid[i] = float(np.clip(self._wid[i] + d, lo_w, hi_w))
+                self._wid[i] = v
             elif kind == "zero":
-                self._zero = float(np.clip(self._zero + d, -self.zero_range, self.zero_range))
+                self._zero = v
             elif kind == "hq":
-                q0 = self._halo_q0[i]
-                self._hq[i] = float(np.clip(self._hq[i] + d, q0 - self._halo_q_bound, q0 + self._halo_q_bound))
+                self._hq[i] = v
             else:
-                w0 = self._halo_w0[i]
-                self._hw[i] = float(np.clip(self._hw[i] + d, w0 * self._halo_w_bounds[0],
-                                            w0 * self._halo_w_bounds[1]))
+                self._hw[i] = v
 
     def _pinned(self, params: list[tuple[str, int]], shift: FloatArray) -> list[tuple[str, int]]:
         """Parameters sitting on a bound whose Gauss–Newton shift points outside it."""
-        lo_w, hi_w = self.width_bounds
         out = []
-        for (kind, i), d in zip(params, shift):
-            if kind == "strain":
-                v, lo, hi = self._eps[i], -self.strain_range, self.strain_range
-            elif kind == "width":
-                v, lo, hi = self._wid[i], lo_w, hi_w
-            elif kind == "zero":
-                v, lo, hi = self._zero, -self.zero_range, self.zero_range
-            elif kind == "hq":
-                v, lo, hi = self._hq[i], self._halo_q0[i] - self._halo_q_bound, self._halo_q0[i] + self._halo_q_bound
-            else:
-                v, lo, hi = self._hw[i], self._halo_w0[i] * self._halo_w_bounds[0], self._halo_w0[i] * self._halo_w_bounds[1]
+        for (kind, i), d in zip(params, shift.tolist()):
+            lo, hi = self._bounds(kind, i)
+            v = self._value(kind, i)
             tol = 1e-9 * max(abs(hi - lo), 1e-12)
             if (d > 0 and v >= hi - tol) or (d < 0 and v <= lo + tol):
                 out.append((kind, i))
         return out
 
     def _trust(self, params: list[tuple[str, int]], shift: FloatArray) -> FloatArray:
-        """Scale the Gauss–Newton step so no parameter moves further than a safe amount in one iteration."""
-        limits = {"strain": lambda i: 2e-3, "width": lambda i: 0.5 * self._wid[i], "zero": lambda i: 0.05,
-                  "hq": lambda i: 0.05, "hw": lambda i: 0.25 * self._hw[i]}
+        """Scale the Gauss–Newton step so no parameter moves further than a safe amount in one iteration (strain
+        2×10⁻³, width half its value, zero shift and halo centre 0.05, halo width a quarter of its value)."""
         ratio = 1.0
-        for (kind, i), d in zip(params, shift):
-            lim = limits[kind](i)
+        for (kind, i), d in zip(params, shift.tolist()):
+            lim = (2e-3 if kind == "strain" else 0.5 * self._wid[i] if kind == "width"
+                   else 0.25 * self._hw[i] if kind == "hw" else 0.05)
             if abs(d) > lim:
                 ratio = min(ratio, lim / abs(d))
         return shift * ratio

@@ -53,17 +53,41 @@ _TABLE_S_MARGIN: float = 0.03
 """The table spans sinθ·(1 ± 3 %) beyond the data so strains up to ±3 % read inside it."""
 
 
-def polarisation_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
-    """Polarisation factor from sinθ (no trigonometric calls): cos2θ = 1 − 2 sin²θ (same formulas as profiles)."""
-    c2 = 1.0 - 2.0 * s * s
-    c2 *= c2
+def polarisation_coefficients(rad: Radiation) -> tuple[float, float]:
+    """(a, b) with the polarisation factor P = a + b·cos²2θ for the radiation's beam (same formulas as profiles:
+    lab (1 + cos²2θ)/2, lab with a monochromator at 2θ_M (1 + cos²2θ_M·cos²2θ)/(1 + cos²2θ_M), synchrotron
+    p + (1 − p)·cos²2θ)."""
     if rad.polarisation == "synchrotron":
         p = rad.synchrotron_polarisation
-        return p + (1.0 - p) * c2
+        return p, 1.0 - p
     if rad.monochromator_two_theta is None:
-        return 0.5 * (1.0 + c2)
+        return 0.5, 0.5
     km = math.cos(math.radians(rad.monochromator_two_theta)) ** 2
-    return (1.0 + km * c2) / (1.0 + km)
+    return 1.0 / (1.0 + km), km / (1.0 + km)
+
+
+def polarisation_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
+    """Polarisation factor from sinθ (no trigonometric calls): cos2θ = 1 − 2 sin²θ."""
+    a, b = polarisation_coefficients(rad)
+    c2 = 1.0 - 2.0 * s * s
+    c2 *= c2
+    return a + b * c2
+
+
+@numba.njit(cache=True, nogil=True)
+def shifted_axis(sin0: FloatArray, cos0: FloatArray, zero_deg: float, pol_a: float, pol_b: float, s: FloatArray,
+                 dsdz: FloatArray, pol: FloatArray) -> None:
+    """sinθ, d(sinθ)/dz and the polarisation factor on the axis 2θ − z, from sinθ₀, cosθ₀ of the fixed axis by the
+    addition theorem (one pass, no transcendental per point; z in degrees, the derivative per degree of z)."""
+    h = math.radians(zero_deg) * 0.5
+    cd, sd = math.cos(h), math.sin(h)
+    k = -math.pi / 360.0
+    for i in range(s.size):
+        v = sin0[i] * cd - cos0[i] * sd
+        s[i] = v
+        dsdz[i] = (cos0[i] * cd + sin0[i] * sd) * k
+        c = 1.0 - 2.0 * v * v
+        pol[i] = pol_a + pol_b * c * c
 
 
 @dataclass

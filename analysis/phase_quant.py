@@ -18,13 +18,15 @@ Algorithm: linear parameters (b, a ≥ 0, s ≥ 0) by bounded least squares on t
 J. Numer. Anal. 10, 413 (1973)); θ by Gauss–Newton steps of the Kaufman approximation (Kaufman, BIT 15, 49 (1975)):
 one joint linearised solve over [linear columns | s·∂pattern/∂θ], θ-part taken, linear part re-projected, with
 step halving when χ² does not fall. Convergence: every shift below `SHIFT_TOLERANCE` × its standard uncertainty
-(the usual Rietveld shift/esd test). Weights 1/max(y, 1) (Poisson) unless given. Standard uncertainties from the
+(the usual Rietveld shift/esd test); warm fits test the shift the next iteration would make with the step's own
+normal matrix (a chord step, `_chord_converged`) instead of running that iteration. Weights 1/max(y, 1) (Poisson) unless given. Standard uncertainties from the
 inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice; Prince, Mathematical Techniques in
 Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
 
 Speed: each phase is rendered once into a sinθ table (`analysis.quant.tables`) from which strain, zero shift and
 moderate width changes are read by interpolation; warm fits start from the previous solution and usually need one
-new model evaluation. Cold fits first scan each phase's strain over ±`strain_search` (thermal expansion of up to
+new model evaluation and one Gram matrix (cached over all model rows: after a step only the refined phases' rows are
+multiplied again). The small dense solves and the per-point loops are compiled (numba, `analysis.quant`). Cold fits first scan each phase's strain over ±`strain_search` (thermal expansion of up to
 ±1.5 %, e.g. α-CsPbI3 referenced at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of
 half a FWHM in peak shift, then a coarse width scan, then Gauss–Newton.
 
@@ -55,7 +57,7 @@ from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, Phase
                                    polarisation_coefficients, shifted_axis)
 from analysis.radiation import Radiation
 
-__all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q"]
+__all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q", "warm_up"]
 
 FloatArray = NDArray[np.float64]
 
@@ -93,6 +95,17 @@ several patterns raises χ² step by step, each step below the threshold)."""
 RESCAN_MIN_FRACTION: float = 0.01
 """Warm fits re-scan the strain and width of a phase that became refinable (significant) since the previous pattern
 when its weight fraction is at least this (a phase appearing at a transition carries a stale ε/Y otherwise)."""
+
+
+def warm_up() -> None:
+    """Load every compiled kernel the quantifier uses (numba cache; compiled on the first use after an install:
+    ~10 s once, then ~1 s per new process): a live analysis does this before its first pattern, not on it."""
+    from analysis import profiles
+    from analysis.quant import linear, tables
+
+    profiles.warm_up()
+    tables.warm_up()
+    linear.warm_up()
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,9 @@ def _accumulate_peaks(x: NDArray[np.float64], c: NDArray[np.float64], lo: NDArra
             if gk != 0.0:
                 v += gk * math.exp(g4 * u)
             out[i] += v
+
+
+def warm_up() -> None:
+    """Load the compiled peak kernel now (numba cache; compiled on the first use after an install). Its first call
+    costs ~0.4 s (seconds when compiling): a real-time simulator or a live analysis must not spend that mid-run."""
+    render_peaks(np.linspace(10.0, 11.0, 8), [10.5], [1.0], [0.1], [0.5])

@@ -98,6 +98,7 @@ class XRDSynthesizer:
             sin_t = sin_t[keep]
             self._peaks[name] = _PhasePeaks(sin_t, wl_a[keep], area[keep], float(crystal.zmv),
                                             self._lp(np.degrees(2.0 * np.arcsin(sin_t))))
+        profiles.warm_up()  # the compiled peak kernel is loaded now, not on the first pattern of a real-time run
         # background and halo shapes do not depend on the state: precompute
         tt = self.axis
         b0, b1, b_air = self.background

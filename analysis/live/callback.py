@@ -43,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..phase_quant import warm_up
 from .modalities import StreamAnalyser
 from .parameters import AnalysisParameters
 from .run import DerivedRun, Sink
@@ -161,6 +162,7 @@ def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_co
         on_start=lambda raw, derived: out_conn.send(("started", raw, derived)),
         on_stop=lambda raw, run: out_conn.send(("stopped", raw, _run_info(run))),
     )
+    warm_up()  # the compiled fitting kernels load before the first pattern (seconds once after an install)
     out_conn.send(("ready",))
     processed = 0
     while True:
@@ -208,6 +210,7 @@ class LiveAnalysis:
         self._dead = False
         self._last_warning = 0.0
         self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()
         if self.process:
             if start_method not in multiprocessing.get_all_start_methods():
                 start_method = "spawn"
@@ -222,10 +225,17 @@ class LiveAnalysis:
             self._threads = [threading.Thread(target=self._courier, name=f"{name}-courier", daemon=True),
                              threading.Thread(target=self._receiver, name=f"{name}-receiver", daemon=True)]
         else:
+            warm_up()
+            self._ready.set()
             self._router = RunRouter(self.params, sink, mode, analysers, self._started, self._stopped_local)
             self._threads = [threading.Thread(target=self._work, name=name, daemon=True)]
         for t in self._threads:
             t.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the worker has loaded its compiled kernels (True) or `timeout` s passed (False); documents
+        sent before are queued, not lost — waiting keeps that one-off CPU load out of the first run."""
+        return self._ready.wait(timeout) and not self._dead
 
     # ------------------------------------------------------------------ RunEngine side (cheap)
     def __call__(self, name: str, doc: dict) -> None:
@@ -398,11 +408,13 @@ class LiveAnalysis:
                 self._stopped(msg[1], msg[2])
             elif kind == "ready":
                 log.debug("live analysis process %s ready", self._proc.pid)
+                self._ready.set()
 
     def _died(self) -> None:
         """The analysis process is gone: say so loudly (acquisition and storage of raw data go on)."""
         if not self._dead:
             self._dead = True
+            self._ready.set()  # nobody waits for a dead worker
             log.critical("live analysis process died (exit code %s); %d documents were not analysed. Raw data "
                          "are stored as usual; re-run the analysis with `hotstage replay`.",
                          self._proc.exitcode, self.backlog)

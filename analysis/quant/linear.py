@@ -246,3 +246,15 @@ def gather_weighted(m: FloatArray, rows: NDArray[np.intp], weights: FloatArray, 
     view = out[:rows.size]
     _gather_weighted(m, rows, weights, view)
     return view
+
+
+def warm_up() -> None:
+    """Load this module's compiled kernels now (see `analysis.profiles.warm_up`), with the argument types of
+    `PhaseQuantifier`'s calls."""
+    g = np.array([[2.0, 0.5], [0.5, 1.0]])
+    h = np.array([1.0, -1.0])
+    nonneg = np.array([False, True])
+    bounded_lsq(g, h, nonneg, np.ones(2, dtype=bool))
+    covariance(g, np.ones(2, dtype=bool), 1.0)
+    replacement_chi2(g, h, 1, g.copy(), h.copy(), h.copy(), nonneg, np.ones(2, dtype=bool), 3.0)
+    gather_weighted(g, np.arange(2, dtype=np.intp), h, np.empty((2, 2)))

@@ -269,3 +269,14 @@ def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray
             d_eps[k] = pg * s[k] * d_eps_s + col * d_eps_c
             d_y[k] = pr * g_y
             d_z[k] = pg * dsdz[k] * r / h_s
+
+
+def warm_up() -> None:
+    """Load this module's compiled kernels now (see `analysis.profiles.warm_up`), with the argument types of
+    `PhaseQuantifier`'s calls."""
+    x = np.linspace(0.1, 0.2, 8)
+    out = [np.empty(8) for _ in range(6)]
+    shifted_axis(x, x, 0.0, 0.5, 0.5, out[0], out[1], out[2])
+    tab = np.zeros((16, 12))
+    for derivs in (False, True):
+        _read_column(tab, 0.05, 0.01, 16, x, x, x, 0.0, 0.0, 0.0, out[3], out[4], out[5], out[5], derivs)

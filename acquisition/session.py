@@ -54,7 +54,8 @@ DocumentCallback = Callable[[str, dict], Any]
 def versions() -> dict[str, str]:
     """Versions of hotstage and the stack it runs on, for every run's start metadata."""
     out = {}
-    for dist in ("hotstage", "bluesky", "ophyd", "event-model", "tiled", "bluesky-tiled-plugins", "pyvisa", "numpy", "scipy"):
+    for dist in ("hotstage", "bluesky", "ophyd", "event-model", "tiled", "bluesky-tiled-plugins", "pyvisa", "numpy",
+                 "scipy", "numba"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -19,16 +19,17 @@ J. Numer. Anal. 10, 413 (1973)); θ by Gauss–Newton steps of the Kaufman appro
 one joint linearised solve over [linear columns | s·∂pattern/∂θ], θ-part taken, linear part re-projected, with
 step halving when χ² does not fall. Convergence: every shift below `SHIFT_TOLERANCE` × its standard uncertainty
 (the usual Rietveld shift/esd test); warm fits test the shift the next iteration would make with the step's own
-normal matrix (a chord step, `_chord_converged`) instead of running that iteration. Weights 1/max(y, 1) (Poisson) unless given. Standard uncertainties from the
-inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice; Prince, Mathematical Techniques in
-Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
+normal matrix (a chord step, `_chord_converged`) instead of running that iteration. Weights 1/max(y, 1) (Poisson)
+unless given. Standard uncertainties from the inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice;
+Prince, Mathematical Techniques in Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
 
 Speed: each phase is rendered once into a sinθ table (`analysis.quant.tables`) from which strain, zero shift and
 moderate width changes are read by interpolation; warm fits start from the previous solution and usually need one
 new model evaluation and one Gram matrix (cached over all model rows: after a step only the refined phases' rows are
-multiplied again). The small dense solves and the per-point loops are compiled (numba, `analysis.quant`). Cold fits first scan each phase's strain over ±`strain_search` (thermal expansion of up to
-±1.5 %, e.g. α-CsPbI3 referenced at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of
-half a FWHM in peak shift, then a coarse width scan, then Gauss–Newton.
+multiplied again). The small dense solves and the per-point loops are compiled (numba, `analysis.quant`). Cold fits
+first scan each phase's strain over ±`strain_search` (thermal expansion of up to ±1.5 %, e.g. α-CsPbI3 referenced
+at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of half a FWHM in peak shift, then a
+coarse width scan, then Gauss–Newton.
 
 Weak phases along a ramp (changed after γ/β misassignments at the γ→β transition, ≈ 178 °C): a phase too weak to
 refine used to keep whatever strain/width it last had — often values a transient refinement or a re-scan had run
@@ -78,10 +79,10 @@ RESEED_SIGMAS: float = 5.0
 _HELD_ZERO_TOLERANCE = 0.002
 """deg: columns of phases held (not refined) follow zero-shift changes only beyond this (≪ any FWHM)."""
 ONE_STEP_SU: float = 1.0
-"""Warm fits: a full (untruncated) Gauss–Newton step whose every shift is below this many s.u. is accepted as the
-converged solution without another Gram matrix and solve: Gauss–Newton converges quadratically near the minimum, so
-the shift after it is second order (≪ the tolerance); the s.u. are those of the step's normal matrix, as Rietveld
-programs report the last cycle's."""
+"""Warm fits: a full (untruncated) Gauss–Newton step whose every shift is below this many s.u. is taken as the
+converged solution, with the joint solution's linear part, without a trial evaluation: Gauss–Newton converges
+quadratically near the minimum, so the shift after it is second order (≪ the tolerance); the s.u. are those of the
+step's normal matrix, as Rietveld programs report the last cycle's."""
 ANTICIPATE: float = 0.6
 """Warm fits re-render a phase's table with its reference strain/width this fraction of the validity window ahead of
 the current value in the direction the value is drifting (thermal expansion, coarsening): the table then serves
@@ -158,14 +159,13 @@ class _Linear:
 
 @dataclass
 class _Step:
-    """A solved joint (Kaufman) linearised problem: solution, normal matrix, passive set, θ-shifts, the χ² it
-    predicts after the step, and the basis change from Gram rows to joint columns."""
+    """A solved joint (Kaufman) linearised problem: solution, normal matrix, passive set, θ-shifts and the basis
+    change from Gram rows to joint columns."""
 
     x: FloatArray
     g: FloatArray
     passive: NDArray[np.bool_]
     shift: FloatArray
-    predicted: float
     basis: FloatArray
 
 
@@ -495,8 +495,8 @@ class PhaseQuantifier:
                     out += [("hq", j), ("hw", j)]
         return out
 
-    def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]],
-               yy: float) -> _Step:
+    def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]]
+               ) -> _Step:
         """Joint linearised normal equations over [A; s·∂model/∂θ] (Kaufman), from the Gram by a change of basis."""
         nl, np_ = self._nl, self._np
         off = self._nb + self._nh
@@ -525,7 +525,7 @@ class PhaseQuantifier:
         warm = np.ones(n, dtype=bool)
         warm[:nl] = lin.passive
         x, passive = bounded_lsq(gj, hj, nonneg, warm)
-        return _Step(x, gj, passive, x[nl:], chi2_from_gram(yy, gj, hj, x), t)
+        return _Step(x, gj, passive, x[nl:], t)
 
     # ------------------------------------------------------------------ nonlinear parameters
     def _get(self) -> tuple:
@@ -627,14 +627,14 @@ class PhaseQuantifier:
         while params and it < max_iter:
             it += 1
             self._n_iter += 1
-            st = self._joint(g, h, rows, lin, params, yy)
+            st = self._joint(g, h, rows, lin, params)
             pinned = self._pinned(params, st.shift)
             if pinned:  # parameters at a bound pushing outwards are held for this step (projected Gauss–Newton)
                 free = [pr for pr in params if pr not in pinned]
                 if not free:
                     converged = True
                     break
-                st = self._joint(g, h, rows, lin, free, yy)
+                st = self._joint(g, h, rows, lin, free)
             else:
                 free = params
             shift = st.shift
@@ -643,7 +643,7 @@ class PhaseQuantifier:
             su = np.sqrt(np.maximum(np.diag(self._cov)[self._nl:], 0.0))
             if np.all(np.abs(shift) <= tolerance * su + 1e-15):
                 if pinned:
-                    st = self._joint(g, h, rows, lin, params, yy)
+                    st = self._joint(g, h, rows, lin, params)
                     self._cov = covariance(st.g, st.passive, lin.chi2 / max(dof, 1))
                 if recentre and recentred < 2 and self._recentre():
                     recentred += 1
@@ -702,7 +702,7 @@ class PhaseQuantifier:
             converged = True
             self._cov = covariance(lin.g, lin.passive, lin.chi2 / max(n - int(lin.passive.sum()), 1))
         elif not converged:
-            st = self._joint(g, h, rows, lin, params, yy)
+            st = self._joint(g, h, rows, lin, params)
             self._cov = covariance(st.g, st.passive, lin.chi2 / max(n - int(st.passive.sum()), 1))
         if params and st is not None:
             g_joint, passive_joint = st.g, st.passive

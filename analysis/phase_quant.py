@@ -53,6 +53,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from analysis.crystal import Crystal
 from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
+from analysis.quant.halos import halo_columns
 from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
                                    polarisation_coefficients, shifted_axis)
@@ -102,11 +103,12 @@ def warm_up() -> None:
     """Load every compiled kernel the quantifier uses (numba cache; compiled on the first use after an install:
     ~10 s once, then ~1 s per new process): a live analysis does this before its first pattern, not on it."""
     from analysis import profiles
-    from analysis.quant import linear, tables
+    from analysis.quant import halos, linear, tables
 
     profiles.warm_up()
     tables.warm_up()
     linear.warm_up()
+    halos.warm_up()
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,7 @@ class PhaseQuantifier:
         self._active = np.ones(np_, dtype=bool)  # inactive phases have a zero column (cold forward selection)
         self._held: set[int] = set(range(np_))  # phases whose ε/Y were not refined in the last iteration
         self._halo_key: tuple | None = None
+        self._halo_derivs = True  # whether halo derivative rows are kept current (set per refinement)
         self._s_key: float | None = None
         self._passive: NDArray[np.bool_] | None = None
         self._last_gof2: float | None = None
@@ -370,17 +373,16 @@ class PhaseQuantifier:
             self._col_key[p] = key + (derivs_p,)
             changed = True
         if nh:
-            key = (tuple(self._hq), tuple(self._hw), self._zero)
+            # derivative rows only when halo Q/FWHM may be refined (cold fits; warm with "halos" in `refine`)
+            derivs_h = derivs and self._halo_derivs
+            key = (tuple(self._hq), tuple(self._hw), self._zero, derivs_h)
             old = self._halo_key
-            if old is None or old[:2] != key[:2] or abs(old[2] - key[2]) >= _HELD_ZERO_TOLERANCE:
-                q = (4.0 * math.pi / self.radiation.wavelength) * self._s
-                for j in range(nh):
-                    u = (q - self._hq[j]) / self._hw[j]
-                    hj = np.exp(-4.0 * _LN2 * u * u)
-                    self._A[nb + j] = hj
-                    self._dhalo[j, 0] = hj * (8.0 * _LN2) * u / self._hw[j]
-                    self._dhalo[j, 1] = hj * (8.0 * _LN2) * u * u / self._hw[j]
-                    self._touch([nb + j, self._nl + 3 * self._np + 2 * j, self._nl + 3 * self._np + 2 * j + 1])
+            if (old is None or old[:2] != key[:2] or abs(old[2] - key[2]) >= _HELD_ZERO_TOLERANCE
+                    or (derivs_h and not old[3])):
+                halo_columns(self._s, 4.0 * math.pi / self.radiation.wavelength, self._hq, self._hw,
+                             self._A[nb:nb + nh], self._dhalo, derivs_h)
+                d0 = self._nl + 3 * self._np
+                self._touch(list(range(nb, nb + nh)) + list(range(d0, d0 + 2 * nh)))
                 self._halo_key = key
                 changed = True
         self._n_eval += changed
@@ -610,6 +612,7 @@ class PhaseQuantifier:
         gives the projected solution and χ², a change of basis gives the joint (Kaufman) normal equations.
         """
         n = y.size
+        self._halo_derivs = with_halos
         self._update_columns()
         params = [pr for pr in self._params if self._active[pr[1]] or pr[0] not in ("strain", "width")]
         g, h, rows = self._gram(params)

@@ -249,6 +249,7 @@ def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray
         f = u - i
         f2 = f * f
         f3 = f2 * f
+        # Catmull–Rom weights (Keys' cubic convolution, a = −½) of the nodes i−1, i, i+1, i+2 at cell fraction f
         w0 = -0.5 * f + f2 - 0.5 * f3
         w1 = 1.0 - 2.5 * f2 + 1.5 * f3
         w2 = 0.5 * f + 2.0 * f2 - 1.5 * f3
@@ -263,7 +264,7 @@ def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray
         if derivs:
             g_y = (w0 * (tab[i, 1] + dy * tab[i, 2]) + w1 * (tab[i, 4] + dy * tab[i, 5])
                    + w2 * (tab[i, 7] + dy * tab[i, 8]) + w3 * (tab[i, 10] + dy * tab[i, 11]))
-            g_s = ((-0.5 + 2.0 * f - 1.5 * f2) * v0 + (-5.0 * f + 4.5 * f2) * v1
+            g_s = ((-0.5 + 2.0 * f - 1.5 * f2) * v0  # d/df of the weights + (-5.0 * f + 4.5 * f2) * v1
                    + (0.5 + 4.0 * f - 4.5 * f2) * v2 + (-f + 1.5 * f2) * v3)
             pg = pr * g_s
             d_eps[k] = pg * s[k] * d_eps_s + col * d_eps_c

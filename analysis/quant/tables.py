@@ -264,7 +264,8 @@ def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray
         if derivs:
             g_y = (w0 * (tab[i, 1] + dy * tab[i, 2]) + w1 * (tab[i, 4] + dy * tab[i, 5])
                    + w2 * (tab[i, 7] + dy * tab[i, 8]) + w3 * (tab[i, 10] + dy * tab[i, 11]))
-            g_s = ((-0.5 + 2.0 * f - 1.5 * f2) * v0  # d/df of the weights + (-5.0 * f + 4.5 * f2) * v1
+            # d/df of the weights, times the node values
+            g_s = ((-0.5 + 2.0 * f - 1.5 * f2) * v0 + (-5.0 * f + 4.5 * f2) * v1
                    + (0.5 + 4.0 * f - 4.5 * f2) * v2 + (-f + 1.5 * f2) * v3)
             pg = pr * g_s
             d_eps[k] = pg * s[k] * d_eps_s + col * d_eps_c

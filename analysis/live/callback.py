@@ -16,7 +16,8 @@ falls behind it says so, and it still processes every event.
   patterns acquired on the 5 °C cadence from 123 to 35 (the furnace keeps ramping while the RunEngine waits).
   In the process mode a courier thread ships batches of documents through a pipe (a reader thread on the other
   side drains it, so neither side blocks on a full pipe) and a receiver thread hands the derived documents to
-  ``sink`` in order. ``process=False`` runs the same code in one worker thread of this process (no pickling:
+  ``sink`` in order. The analysis process runs at a lower priority (``ANALYSIS_NICENESS``): its documents queue,
+  the RunEngine's timing cannot wait. ``process=False`` runs the same code in one worker thread of this process (no pickling:
   analysers defined anywhere, e.g. in a test, work; fine for replay, where no RunEngine competes).
 * Backlog = documents accepted but not yet analysed (and their derived documents handed to the sink). When it
   exceeds ``warn_backlog`` a warning is logged (at most every ``warn_interval`` s); for each run the backlog when
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -140,9 +142,24 @@ def single_threaded_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+ANALYSIS_NICENESS: int = 5
+"""The analysis process runs this much nicer than the acquisition: its work queues and may wait, the RunEngine's
+and the instruments' timing may not (on 2 cores, cold fits and re-selections at a phase transition otherwise take
+CPU from a real-time run: a starved RunEngine misses cadence points or a furnace settle)."""
+
+
+def _lower_priority() -> None:
+    """Raise this process's niceness by ANALYSIS_NICENESS where the OS allows it (POSIX); else leave it."""
+    try:
+        os.nice(ANALYSIS_NICENESS)
+    except (AttributeError, OSError):  # no os.nice (Windows) or not permitted: run at normal priority
+        log.debug("live analysis: niceness unchanged")
+
+
 def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_conn: Any, out_conn: Any) -> None:
     """Entry point of the analysis process: receive raw documents, send derived documents and progress back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the RunEngine's business; the parent closes us
+    _lower_priority()
     single_threaded_blas()
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 

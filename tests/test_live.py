@@ -205,3 +205,20 @@ def test_one_failing_event_is_recorded() -> None:
     assert sum(e["error"] for e in streams["phase_fractions"]) == 0
     assert streams["summary"][0]["errors"] == 1
     assert stop["exit_status"] == "success" and "1 analysis errors" in stop["reason"]
+
+
+def test_analysis_process_is_ready_with_kernels_loaded_and_niced() -> None:
+    """The analysis process reports ready (what opening a Session waits for) once its compiled kernels are loaded,
+    and runs ANALYSIS_NICENESS nicer than the acquisition process."""
+    import os
+
+    from analysis.live import LiveAnalysis
+    from analysis.live.callback import ANALYSIS_NICENESS
+
+    live = LiveAnalysis(lambda name, doc: None, AnalysisParameters())
+    try:
+        assert live.wait_ready(120)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, live._proc.pid) == min(ours + ANALYSIS_NICENESS, 19)
+    finally:
+        live.close(60)

@@ -17,8 +17,8 @@ falls behind it says so, and it still processes every event.
   In the process mode a courier thread ships batches of documents through a pipe (a reader thread on the other
   side drains it, so neither side blocks on a full pipe) and a receiver thread hands the derived documents to
   ``sink`` in order. The analysis process runs at a lower priority (``ANALYSIS_NICENESS``): its documents queue,
-  the RunEngine's timing cannot wait. ``process=False`` runs the same code in one worker thread of this process (no pickling:
-  analysers defined anywhere, e.g. in a test, work; fine for replay, where no RunEngine competes).
+  the RunEngine's timing cannot wait. ``process=False`` runs the same code in one worker thread of this process
+  (no pickling: analysers defined anywhere, e.g. in a test, work; fine for replay, where no RunEngine competes).
 * Backlog = documents accepted but not yet analysed (and their derived documents handed to the sink). When it
   exceeds ``warn_backlog`` a warning is logged (at most every ``warn_interval`` s); for each run the backlog when
   its raw stop arrived and the delay from the raw stop to the derived stop are kept in ``stats[raw_uid]`` and

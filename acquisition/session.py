@@ -45,7 +45,7 @@ from plans.program import Cadence, RigLimits, TemperatureProgram
 log = logging.getLogger(__name__)
 
 ANALYSIS_READY_TIMEOUT_S: float = 300.0
-"""How long opening a session waits for the live analysis to load its compiled kernels (about 1 s; about 10 s
+"""How long opening a session waits for the live analysis to load its compiled kernels (about 0.5 s; about 10 s
 once after an install, when they are compiled) before its first run; past it the session goes on (documents
 queue, nothing is lost)."""
 

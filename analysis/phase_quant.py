@@ -101,7 +101,7 @@ when its weight fraction is at least this (a phase appearing at a transition car
 
 def warm_up() -> None:
     """Load every compiled kernel the quantifier uses (numba cache; compiled on the first use after an install:
-    ~10 s once, then ~1 s per new process): a live analysis does this before its first pattern, not on it."""
+    ~10 s once, then ~0.5 s per new process): a live analysis does this before its first pattern, not on it."""
     from analysis import profiles
     from analysis.quant import halos, linear, tables
 

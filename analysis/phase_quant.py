@@ -52,11 +52,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from analysis.crystal import Crystal
-from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K
+from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K, polarisation_coefficients
 from analysis.quant.halos import halo_columns
 from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
-                                   polarisation_coefficients, shifted_axis)
+                                   shifted_axis)
 from analysis.radiation import Radiation
 
 __all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q", "warm_up"]
@@ -72,7 +72,6 @@ SHIFT_TOLERANCE: float = 0.2
 WARM_SHIFT_TOLERANCE: float = 0.5
 """Warm fits: the same test, looser — a remaining shift of half an s.u. costs less than its own noise and is
 picked up by the next pattern's fit (errors do not accumulate: each fit starts from the previous solution)."""
-_LN2 = math.log(2.0)
 _REFINABLE = frozenset({"strain", "width", "zero", "halos"})
 RESEED_SIGMAS: float = 5.0
 """Warm fits re-scan held phases' strains when χ²/(N−P) rose by more than this many of its standard deviations
@@ -1133,8 +1132,10 @@ class PhaseQuantifier:
         """Unit-height Gaussian halos in Q on `two_theta` (rows), as used by the model."""
         q = self._halo_q0 if q is None else np.asarray(q, dtype=float)
         fw = self._halo_w0 if fwhm is None else np.asarray(fwhm, dtype=float)
-        qq = (4.0 * math.pi / self.radiation.wavelength) * np.sin(np.radians(self.two_theta - zero) / 2.0)
-        return np.exp(-4.0 * _LN2 * ((qq[None, :] - q[:, None]) / fw[:, None]) ** 2)
+        out = np.empty((q.size, self.two_theta.size))
+        halo_columns(np.sin(np.radians(self.two_theta - zero) / 2.0), 4.0 * math.pi / self.radiation.wavelength,
+                     q, fw, out, np.empty((0, 2, 0)), False)
+        return out
 
     @property
     def background_basis(self) -> FloatArray:

@@ -98,16 +98,23 @@ def tch_combine(fwhm_g: ArrayLike, fwhm_l: ArrayLike) -> tuple[NDArray[np.float6
     return total, np.clip(eta, 0.0, 1.0)
 
 
-def polarisation_factor(two_theta: ArrayLike, radiation: "Radiation") -> NDArray[np.float64]:
-    """Polarisation factor (1 at 2θ = 0) for the radiation's beam (lab, lab+monochromator, synchrotron)."""
-    c2 = np.cos(np.radians(np.asarray(two_theta, dtype=float))) ** 2
+def polarisation_coefficients(radiation: "Radiation") -> tuple[float, float]:
+    """(a, b) with the polarisation factor P = a + b·cos²2θ for the radiation's beam (module docstring): lab
+    (1 + cos²2θ)/2, lab with a monochromator at 2θ_M (1 + cos²2θ_M·cos²2θ)/(1 + cos²2θ_M), synchrotron
+    p + (1 − p)·cos²2θ."""
     if radiation.polarisation == "synchrotron":
         p = radiation.synchrotron_polarisation
-        return p + (1.0 - p) * c2
+        return p, 1.0 - p
     if radiation.monochromator_two_theta is None:
-        return 0.5 * (1.0 + c2)
+        return 0.5, 0.5
     km = math.cos(math.radians(radiation.monochromator_two_theta)) ** 2
-    return (1.0 + km * c2) / (1.0 + km)
+    return 1.0 / (1.0 + km), km / (1.0 + km)
+
+
+def polarisation_factor(two_theta: ArrayLike, radiation: "Radiation") -> NDArray[np.float64]:
+    """Polarisation factor (1 at 2θ = 0) for the radiation's beam (lab, lab+monochromator, synchrotron)."""
+    a, b = polarisation_coefficients(radiation)
+    return a + b * np.cos(np.radians(np.asarray(two_theta, dtype=float))) ** 2
 
 
 def lorentz_polarisation(two_theta: ArrayLike, radiation: "Radiation | float") -> NDArray[np.float64]:

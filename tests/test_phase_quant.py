@@ -246,7 +246,8 @@ def test_table_column_derivatives_match_finite_differences(synth: XRDSynthesizer
     column it returns: within 1e-5 relative for ε and Y (the differences' own truncation error is ~1e-8); within
     2e-3 for z, whose Jacobian leaves out the slope of the polarisation factor with z (measured 8e-4 relative: it
     changes a Gauss–Newton step, not the converged solution)."""
-    from analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, polarisation_coefficients, shifted_axis
+    from analysis.profiles import polarisation_coefficients
+    from analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, shifted_axis
 
     rad = synth.radiation
     model = PeakModel(phase_peaks(Crystal.builtin("CsPbI3-beta"), rad, 70.0, 1e-3), rad, synth.caglioti,

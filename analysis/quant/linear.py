@@ -108,8 +108,9 @@ def _lawson_hanson(g: FloatArray, h: FloatArray, nonneg: BoolArray, p: BoolArray
     low = np.empty((n, n))
     free = ~nonneg
     x = _sub_solve(gs, hs, p, low)
-    if np.any(nonneg & (x < 0.0)):  # make the start feasible: drop the offending constrained variables, re-solve
-        p &= ~(nonneg & (x < 0.0))
+    neg = nonneg & (x < 0.0)
+    if np.any(neg):  # make the start feasible: drop the offending constrained variables, re-solve
+        p &= ~neg
         x = _sub_solve(gs, hs, p, low)
         if np.any(nonneg & (x < 0.0)):  # still infeasible: the free-only start is always feasible
             p = free.copy()

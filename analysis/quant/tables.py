@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from analysis.profiles import render_peaks, tch_combine
+from analysis.profiles import polarisation_coefficients, render_peaks, tch_combine
 from analysis.radiation import Radiation
 
 FloatArray = NDArray[np.float64]
@@ -53,21 +53,8 @@ _TABLE_S_MARGIN: float = 0.03
 """The table spans sinθ·(1 ± 3 %) beyond the data so strains up to ±3 % read inside it."""
 
 
-def polarisation_coefficients(rad: Radiation) -> tuple[float, float]:
-    """(a, b) with the polarisation factor P = a + b·cos²2θ for the radiation's beam (same formulas as profiles:
-    lab (1 + cos²2θ)/2, lab with a monochromator at 2θ_M (1 + cos²2θ_M·cos²2θ)/(1 + cos²2θ_M), synchrotron
-    p + (1 − p)·cos²2θ)."""
-    if rad.polarisation == "synchrotron":
-        p = rad.synchrotron_polarisation
-        return p, 1.0 - p
-    if rad.monochromator_two_theta is None:
-        return 0.5, 0.5
-    km = math.cos(math.radians(rad.monochromator_two_theta)) ** 2
-    return 1.0 / (1.0 + km), km / (1.0 + km)
-
-
 def polarisation_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
-    """Polarisation factor from sinθ (no trigonometric calls): cos2θ = 1 − 2 sin²θ."""
+    """Polarisation factor from sinθ (no trigonometric calls): cos2θ = 1 − 2 sin²θ (`polarisation_coefficients`)."""
     a, b = polarisation_coefficients(rad)
     c2 = 1.0 - 2.0 * s * s
     c2 *= c2

@@ -19,7 +19,7 @@ J. Numer. Anal. 10, 413 (1973)); θ by Gauss–Newton steps of the Kaufman appro
 one joint linearised solve over [linear columns | s·∂pattern/∂θ], θ-part taken, linear part re-projected, with
 step halving when χ² does not fall. Convergence: every shift below `SHIFT_TOLERANCE` × its standard uncertainty
 (the usual Rietveld shift/esd test); warm fits test the shift the next iteration would make with the step's own
-normal matrix (a chord step, `_chord_converged`) instead of running that iteration. Weights 1/max(y, 1) (Poisson)
+normal matrix (a chord step, `_chord_final`) instead of running that iteration. Weights 1/max(y, 1) (Poisson)
 unless given. Standard uncertainties from the inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice;
 Prince, Mathematical Techniques in Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
 
@@ -78,6 +78,10 @@ RESEED_SIGMAS: float = 5.0
 (√(2/(N−P)), the χ² distribution) above the lowest of the last `RESEED_WINDOW` patterns."""
 _HELD_ZERO_TOLERANCE = 0.002
 """deg: columns of phases held (not refined) follow zero-shift changes only beyond this (≪ any FWHM)."""
+_ABSENT_ZERO_TOLERANCE = 0.02
+"""deg: the same for held phases at zero scale (on their NNLS bound: no part of the model). Their column only
+decides whether NNLS releases them, through its overlap with the residual; a lag of 0.02° (a fifth of the
+narrowest FWHM, ~0.1°) changes that overlap by a few per cent, and the column follows the zero once released."""
 ONE_STEP_SU: float = 1.0
 """Warm fits: a full (untruncated) Gauss–Newton step whose every shift is below this many s.u. is taken as the
 converged solution, with the joint solution's linear part, without a trial evaluation: Gauss–Newton converges
@@ -322,6 +326,12 @@ class PhaseQuantifier:
             self._s_key = self._zero
         return self._s, self._dsdz
 
+    def _zero_tolerance(self, p: int) -> float:
+        """Zero-shift change a held phase's column may lag behind (larger when the phase is at zero scale)."""
+        passive = self._passive
+        absent = passive is not None and not passive[self._nb + self._nh + p]
+        return _ABSENT_ZERO_TOLERANCE if absent else _HELD_ZERO_TOLERANCE
+
     def _table(self, p: int) -> PhaseTable:
         """The phase's table, re-rendered at the current (ε, Y) when they left its validity window."""
         tab = self._tables[p]
@@ -362,7 +372,7 @@ class PhaseQuantifier:
             old = self._col_key[p]
             derivs_p = derivs and p not in self._held
             if isinstance(old, tuple) and old[:2] == key[:2] and (old[3] or not derivs_p) and (
-                    old[2] == key[2] or (p in self._held and abs(old[2] - key[2]) < _HELD_ZERO_TOLERANCE)):
+                    old[2] == key[2] or (p in self._held and abs(old[2] - key[2]) < self._zero_tolerance(p))):
                 continue
             self._table(p)
             d = self._dphase[p]
@@ -667,8 +677,17 @@ class PhaseQuantifier:
                 self._passive = lin.passive
                 converged = True
                 break
-            accepted = False
             sigma2 = lin.chi2 / max(dof, 1)  # that of self._cov
+            if untruncated:
+                self._apply(free, step, base)
+                self._update_columns()
+                final = self._chord_final(y, lin, st, rows, su, sigma2, tolerance)
+                if final is not None:
+                    lin = final
+                    self._passive = lin.passive
+                    converged = True
+                    break
+            accepted = False
             for _ in range(6):
                 self._apply(free, step, base)
                 self._update_columns()
@@ -692,10 +711,6 @@ class PhaseQuantifier:
             # a refined phase whose scale fell to zero cannot be refined (its Jacobian rows vanish)
             off = self._nb + self._nh
             keep = [pr for pr in params if pr[0] not in ("strain", "width") or lin.c[off + pr[1]] > 0.0]
-            if len(keep) == len(params) and untruncated and self._chord_converged(y, lin, st, rows, su, sigma2,
-                                                                                         tolerance):
-                converged = True
-                break
             if len(keep) != len(params):
                 params = keep if any(k[0] in ("strain", "width") for k in keep) else []
             g, h, rows = self._gram(params)
@@ -711,21 +726,34 @@ class PhaseQuantifier:
         self._params = params
         return lin, params, g_joint, passive_joint, it, converged
 
-    def _chord_converged(self, y: FloatArray, lin: _Linear, st: _Step, rows: list[int], su: FloatArray,
-                         sigma2: float, tolerance: float) -> bool:
-        """Warm fits, after an untruncated step: would the next Gauss–Newton shift be within `tolerance` s.u.?
+    def _chord_final(self, y: FloatArray, lin: _Linear, st: _Step, rows: list[int], su: FloatArray, sigma2: float,
+                     tolerance: float) -> _Linear | None:
+        """Warm fits, after an untruncated step to θ₁ (columns current): the converged solution without a trial
+        projection and a second iteration, or None when the step must be tried the usual way (step halving).
 
-        The next shift is estimated with the step's own normal matrix (a chord, or frozen-Jacobian, step:
-        δ = (JᵀWJ)⁻¹·JᵀWr with J's derivative rows at the new θ and r the new residual) — the normal matrix changes
-        by far less than its own precision over a step of a few s.u., and the gradient costs two matrix–vector
-        products instead of the Gram matrix and joint solve of a second iteration (which, in most warm patterns,
-        only confirms convergence). The test is that of the loop: every shift within `tolerance` s.u."""
-        wr = self._w * (y - lin.c @ self._A)
-        grad = st.basis.T @ (self._M @ wr)[rows]
+        The joint solution's linear part c₁ at θ₁ gives the residual r₁ and χ²₁; if χ²₁ ≤ χ²₀ the step is accepted
+        (the projected χ² at θ₁ is lower still). The next shift of every parameter is then estimated by a chord
+        (frozen-Jacobian) step: δ = (JᵀWJ)⁻¹·JᵀWr₁ with the step's own normal matrix and J's rows at θ₁ — the
+        normal matrix changes by far less than its own precision over a step of a few s.u., and the gradient costs
+        two matrix–vector products instead of the Gram matrix and joint solve of a second iteration (which, in most
+        warm patterns, only confirms convergence). Converged when δ's θ-part passes the loop's test (every shift
+        within `tolerance` s.u.); the solution is c₁ plus δ's linear part (a Gauss–Newton update, second order from
+        the projection). A δ that would take a bounded linear parameter below zero falls back to the trial."""
         if not sigma2 > 0:
-            return False
-        nxt = (self._cov[self._nl:] @ grad) / sigma2  # self._cov = σ²·(joint normal matrix)⁻¹ of this step
-        return bool(np.all(np.abs(nxt) <= tolerance * su + 1e-15))
+            return None
+        nl = self._nl
+        c1 = st.x[:nl]
+        r = y - c1 @ self._A
+        wr = r * self._w
+        if not float(wr @ r) <= lin.chi2 * (1.0 + 1e-12) + 1e-12:
+            return None
+        nxt = (self._cov @ (st.basis.T @ (self._M @ wr)[rows])) / sigma2
+        if not np.all(np.abs(nxt[nl:]) <= tolerance * su + 1e-15):
+            return None
+        c = c1 + nxt[:nl]
+        if np.any(c[self._nonneg] < 0.0):
+            return None
+        return self._linear_at(y, c, st.passive[:nl])
 
     def _recentre(self) -> bool:
         """Drop tables whose width node is off-centre (re-rendered on the next update); True if any was."""

@@ -97,6 +97,8 @@ fraction is at least this: a weak phase's profile refines onto noise or a neighb
 RESEED_WINDOW: int = 10
 """The χ² jump test compares with the lowest χ²/(N−P) of this many previous patterns (a phase that grows over
 several patterns raises χ² step by step, each step below the threshold)."""
+TABLE_CACHE: int = 3
+"""Tables kept per phase (the current one among them), ≤ 0.4 MB each."""
 RESCAN_MIN_FRACTION: float = 0.01
 """Warm fits re-scan the strain and width of a phase that became refinable (significant) since the previous pattern
 when its weight fraction is at least this (a phase appearing at a transition carries a stale ε/Y otherwise)."""
@@ -270,6 +272,7 @@ class PhaseQuantifier:
         self._hq = self._halo_q0.copy()
         self._hw = self._halo_w0.copy()
         self._tables: list[PhaseTable | None] = [None] * np_
+        self._recent_tables: list[list[PhaseTable]] = [[] for _ in range(np_)]  # newest last, TABLE_CACHE each
         nl, nh = self._nl, self._nh
         # every model row in one array: linear columns, then ∂/∂ε, ∂/∂Y, ∂/∂z per phase, then ∂/∂q, ∂/∂w per halo
         self._M = np.zeros((nl + 3 * np_ + 2 * nh, n))
@@ -333,10 +336,14 @@ class PhaseQuantifier:
         return _ABSENT_ZERO_TOLERANCE if absent else _HELD_ZERO_TOLERANCE
 
     def _table(self, p: int) -> PhaseTable:
-        """The phase's table, re-rendered at the current (ε, Y) when they left its validity window."""
+        """The phase's table, re-rendered at the current (ε, Y) when they left its validity window (unless one of
+        the phase's `TABLE_CACHE` most recent tables is valid there: widths jump back and forth at transitions)."""
         tab = self._tables[p]
         eps, wid = self._eps[p], self._wid[p]
         if tab is None or not tab.valid(eps, wid):
+            tab = next((t for t in reversed(self._recent_tables[p]) if t.valid(eps, wid)), None)
+            self._tables[p] = tab
+        if tab is None:
             eps_ref, wid_ref = eps, wid
             if self._anticipate:  # warm: place the reference ahead of a steady drift so the table serves longer
                 d_eps, d_wid = self._drift_eps[p], self._drift_wid[p]
@@ -346,6 +353,7 @@ class PhaseQuantifier:
                     wid_ref = wid / (1.0 - math.copysign(ANTICIPATE * WIDTH_WINDOW, d_wid))
             tab = PhaseTable(self._models[p], eps_ref, wid_ref, self._s_lo, self._s_hi, self.window)
             self._tables[p] = tab
+            self._recent_tables[p] = (self._recent_tables[p] + [tab])[-TABLE_CACHE:]
         return tab
 
     def _phase_column(self, p: int, strain: float, width: float, col: FloatArray,
@@ -761,6 +769,7 @@ class PhaseQuantifier:
         for p, tab in enumerate(self._tables):
             if tab is not None and not tab.centred(self._wid[p]):
                 self._tables[p] = None
+                self._recent_tables[p] = [t for t in self._recent_tables[p] if t.centred(self._wid[p])]
                 self._col_key[p] = None
                 any_ = True
         return any_

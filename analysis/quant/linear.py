@@ -107,6 +107,9 @@ def _lawson_hanson(g: FloatArray, h: FloatArray, nonneg: BoolArray, p: BoolArray
             gs[i, j] = g[i, j] * inv[i] * inv[j]
     low = np.empty((n, n))
     free = ~nonneg
+    for i in range(n):  # a zero column (a phase left out of the model) is held at 0, never passive: it would make
+        if nonneg[i] and not g[i, i] > 0.0:  # every passive sub-system singular (a least-squares solve each time)
+            p[i] = False
     x = _sub_solve(gs, hs, p, low)
     neg = nonneg & (x < 0.0)
     if np.any(neg):  # make the start feasible: drop the offending constrained variables, re-solve

@@ -288,6 +288,9 @@ class PhaseQuantifier:
         self._Gy = np.zeros(self._M.shape[0])
         self._gok = np.zeros(self._M.shape[0], dtype=bool)
         self._lin_rows = np.arange(nl, dtype=np.intp)
+        self._col_version = 0  # counts column rewrites (`_touch`): the cached model curves are of one version
+        self._parts_c: FloatArray | None = None
+        self._parts_version = -1
         self._w, self._y = np.ones(n), np.zeros(n)
         self._sw = np.ones(n)
         self._ysw = np.zeros(n)
@@ -431,6 +434,7 @@ class PhaseQuantifier:
     def _touch(self, rows: Sequence[int]) -> None:
         """Mark rows of `_M` as rewritten: their weighted copies and Gram entries are recomputed when next needed."""
         self._gok[rows] = False
+        self._col_version += 1
 
     def _set_pattern(self, y: FloatArray, w: FloatArray) -> None:
         """New counts and weights: every cached weighted row and Gram entry is stale."""
@@ -478,9 +482,23 @@ class PhaseQuantifier:
 
     def _linear_at(self, y: FloatArray, c: FloatArray, passive: NDArray[np.bool_]) -> _Linear:
         """The linear solution `c` taken as is at the current columns (χ² from the residual; no Gram matrix)."""
-        r = y - c @ self._A
+        r = y - self._curve_parts(c)[3]
         r *= r
         return _Linear(np.zeros((0, 0)), np.zeros(0), c, passive, float(self._w @ r))
+
+    def _curve_parts(self, c: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Background, halo, crystalline and total model curves of linear solution `c` at the current columns,
+        computed once per solution and set of columns (`_linear_at` and `_result` share them)."""
+        if self._parts_c is not c or self._parts_version != self._col_version:
+            nb, off, nl = self._nb, self._nb + self._nh, self._nl
+            background = c[:nb] @ self._A[:nb]
+            halo = c[nb:off] @ self._A[nb:off] if off > nb else np.zeros_like(background)
+            phases = c[off:nl] @ self._A[off:nl]
+            curve = background + halo
+            curve += phases
+            self._parts = (background, halo, phases, curve)
+            self._parts_c, self._parts_version = c, self._col_version
+        return self._parts
 
     def _solve_linear(self, y: FloatArray, w: FloatArray, yy: float) -> _Linear:
         """Gram matrix of the linear columns only and its bounded solution (used by the scans)."""
@@ -793,10 +811,15 @@ class PhaseQuantifier:
             cols = np.array([self._models[p].render(self.two_theta - self._zero, e, yv, 0.0, self.window)
                              for e, yv in candidates])
         else:
-            self._table(p)
+            tab = self._table(p)
             cols = np.empty((len(candidates), self.two_theta.size))
-            for k, (e, yv) in enumerate(candidates):
-                self._phase_column(p, e, yv, cols[k])
+            widths = {yv for _, yv in candidates}
+            if len(widths) == 1:  # a strain scan: one width contraction for all candidates
+                self._axis_sin()
+                tab.columns(self._s, self._pol, np.array([e for e, _ in candidates]), widths.pop(), cols)
+            else:
+                for k, (e, yv) in enumerate(candidates):
+                    self._phase_column(p, e, yv, cols[k])
         self._n_eval += len(candidates)
         cw = cols * w
         cross = cw @ self._A.T
@@ -921,9 +944,14 @@ class PhaseQuantifier:
         y = np.asarray(counts, dtype=np.float64)
         if y.shape != self.two_theta.shape:
             raise ValueError(f"counts has shape {y.shape}, expected {self.two_theta.shape}")
-        w = 1.0 / np.maximum(y, 1.0) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w.shape != y.shape or np.any(w < 0) or not np.all(np.isfinite(w)):
-            raise ValueError("weights must be finite, non-negative and shaped like counts")
+        if not np.isfinite(y).all():
+            raise ValueError("counts must be finite")
+        if weights is None:
+            w = 1.0 / np.maximum(y, 1.0)
+        else:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != y.shape or np.any(w < 0) or not np.all(np.isfinite(w)):
+                raise ValueError("weights must be finite, non-negative and shaped like counts")
         yy = float(w @ (y * y))
         cold = not (warm_start and self.is_warm)
         self._n_eval = 0
@@ -1105,11 +1133,7 @@ class PhaseQuantifier:
         nb, nh, nl = self._nb, self._nh, self._nl
         c = lin.c
         off = nb + nh
-        background = c[:nb] @ self._A[:nb]
-        halo = c[nb:off] @ self._A[nb:off] if nh else np.zeros_like(y)
-        phases = c[off:nl] @ self._A[off:nl]
-        curve = background + halo
-        curve += phases
+        background, halo, phases, curve = self._curve_parts(c)
         resid = y - curve
         chi2 = float(w @ (resid * resid))
         n_par = int(lin.passive.sum()) + len(params)

@@ -176,7 +176,8 @@ def test_measured_beta_profile_is_beta() -> None:
 
 
 def test_invalid_arguments(synth: XRDSynthesizer) -> None:
-    """Unknown refine options, bad axes and mis-shaped counts are rejected with ValueError."""
+    """Unknown refine options, bad axes, mis-shaped or non-finite counts and negative weights are rejected with
+    ValueError."""
     delta = [Crystal.builtin("CsPbI3-delta")]
     with pytest.raises(ValueError):
         PhaseQuantifier(delta, synth.axis, synth.radiation, refine=("strain", "cell"))
@@ -185,6 +186,12 @@ def test_invalid_arguments(synth: XRDSynthesizer) -> None:
     q = PhaseQuantifier(delta, synth.axis, synth.radiation)
     with pytest.raises(ValueError):
         q.fit(np.ones(10))
+    bad = np.ones(synth.axis.size)
+    bad[7] = np.nan
+    with pytest.raises(ValueError, match="counts must be finite"):
+        q.fit(bad)
+    with pytest.raises(ValueError, match="weights"):
+        q.fit(np.ones(synth.axis.size), weights=-np.ones(synth.axis.size))
 
 
 def test_warm_refinement_through_polymorph_transitions(synth: XRDSynthesizer) -> None:
@@ -273,3 +280,18 @@ def test_table_column_derivatives_match_finite_differences(synth: XRDSynthesizer
         minus = column(eps - h * step[0], wid - h * step[1], zero - h * step[2])[0]
         numeric = (plus - minus) / (2.0 * h)
         assert np.linalg.norm(analytic - numeric) <= tol * np.linalg.norm(numeric), step
+
+
+def test_strain_scan_columns_match_single_reads(synth: XRDSynthesizer) -> None:
+    """`PhaseTable.columns` (one width contraction for a strain scan) gives the columns `PhaseTable.column` reads."""
+    q = PhaseQuantifier([Crystal.builtin("CsPbI3-gamma")], synth.axis, synth.radiation)
+    tab = q._table(0)
+    s, _ = q._axis_sin()
+    strains = np.array([-4e-3, -1e-3, 0.0, 2.5e-3])
+    width = 1.1 * tab.width_ref
+    batch = np.empty((strains.size, synth.axis.size))
+    tab.columns(s, q._pol, strains, width, batch)
+    for k, e in enumerate(strains):
+        one = np.empty(synth.axis.size)
+        tab.column(s, q._pol, q._dsdz, float(e), width, one)
+        assert np.max(np.abs(batch[k] - one)) <= 1e-12 * np.max(np.abs(one)), k

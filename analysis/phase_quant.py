@@ -288,6 +288,7 @@ class PhaseQuantifier:
         self._Gy = np.zeros(self._M.shape[0])
         self._gok = np.zeros(self._M.shape[0], dtype=bool)
         self._lin_rows = np.arange(nl, dtype=np.intp)
+        self._rows_of: dict[tuple, tuple[NDArray[np.intp], list[int]]] = {}  # Gram rows per refined parameter set
         self._col_version = 0  # counts column rewrites (`_touch`): the cached model curves are of one version
         self._parts_c: FloatArray | None = None
         self._parts_version = -1
@@ -439,6 +440,7 @@ class PhaseQuantifier:
     def _set_pattern(self, y: FloatArray, w: FloatArray) -> None:
         """New counts and weights: every cached weighted row and Gram entry is stale."""
         self._w, self._y = w, y
+        self._parts_c = None
         self._sw = np.sqrt(w)
         self._ysw = y * self._sw
         self._gok[:] = False
@@ -450,18 +452,27 @@ class PhaseQuantifier:
         and derivatives, after a Gauss–Newton step), only those are re-weighted and multiplied against the requested
         rows — the background, halo and held-phase entries are computed once per pattern (float64 BLAS).
         """
-        dr = self._deriv_rows(params)
-        rows = np.concatenate((self._lin_rows, np.asarray(dr, dtype=np.intp))) if dr else self._lin_rows
+        key = tuple(params)
+        if key not in self._rows_of:
+            dr = self._deriv_rows(params)
+            rows = np.concatenate((self._lin_rows, np.asarray(dr, dtype=np.intp))) if dr else self._lin_rows
+            self._rows_of[key] = (rows, rows.tolist())
+        rows, row_list = self._rows_of[key]
         ok = self._gok
         bad = rows[~ok[rows]]
-        lin_only = not dr  # rows 0 … nl−1: contiguous, served by views instead of gathered copies
+        lin_only = rows.size == self._nl  # rows 0 … nl−1: contiguous, served by views instead of gathered copies
         if bad.size == rows.size:  # nothing current (a new pattern): one symmetric product
             wb = gather_weighted(self._M, rows, self._sw, self._wbuf)
-            self._G[np.ix_(rows, rows)] = wb @ wb.T
-            self._Gy[rows] = wb @ self._ysw
+            g, gy = wb @ wb.T, wb @ self._ysw
+            self._G[np.ix_(rows, rows)] = g
+            self._Gy[rows] = gy
+            ok[:] = False
+            ok[rows] = True
+            return g, gy, row_list
         elif bad.size:  # the rewritten rows against the requested ones
             wb = gather_weighted(self._M, bad, self._w, self._wbuf)
-            blk = wb @ (self._M[:self._nl] if lin_only else self._M.take(rows, axis=0)).T
+            # against a contiguous block of `_M` (no gathered copy), then the requested columns
+            blk = wb @ self._M[:self._nl].T if lin_only else (wb @ self._M[:int(rows.max()) + 1].T)[:, rows]
             self._G[bad[:, None], rows] = blk
             self._G[rows[:, None], bad] = blk.T
             self._Gy[bad] = wb @ self._y
@@ -470,8 +481,8 @@ class PhaseQuantifier:
         ok[rows] = True
         if lin_only:
             nl = self._nl
-            return self._G[:nl, :nl].copy(), self._Gy[:nl].copy(), rows.tolist()
-        return self._G[np.ix_(rows, rows)], self._Gy[rows], rows.tolist()
+            return self._G[:nl, :nl].copy(), self._Gy[:nl].copy(), row_list
+        return self._G[np.ix_(rows, rows)], self._Gy[rows], row_list
 
     def _linear(self, g: FloatArray, h: FloatArray, yy: float) -> _Linear:
         """Bounded solution of the linear block (the variable-projection inner problem) at the current θ."""
@@ -482,13 +493,11 @@ class PhaseQuantifier:
 
     def _linear_at(self, y: FloatArray, c: FloatArray, passive: NDArray[np.bool_]) -> _Linear:
         """The linear solution `c` taken as is at the current columns (χ² from the residual; no Gram matrix)."""
-        r = y - self._curve_parts(c)[3]
-        r *= r
-        return _Linear(np.zeros((0, 0)), np.zeros(0), c, passive, float(self._w @ r))
+        return _Linear(np.zeros((0, 0)), np.zeros(0), c, passive, self._curve_parts(c)[4])
 
-    def _curve_parts(self, c: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Background, halo, crystalline and total model curves of linear solution `c` at the current columns,
-        computed once per solution and set of columns (`_linear_at` and `_result` share them)."""
+    def _curve_parts(self, c: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
+        """Background, halo, crystalline and total model curves of linear solution `c` at the current columns and
+        their χ², computed once per solution, set of columns and pattern (`_linear_at` and `_result` share them)."""
         if self._parts_c is not c or self._parts_version != self._col_version:
             nb, off, nl = self._nb, self._nb + self._nh, self._nl
             background = c[:nb] @ self._A[:nb]
@@ -496,7 +505,9 @@ class PhaseQuantifier:
             phases = c[off:nl] @ self._A[off:nl]
             curve = background + halo
             curve += phases
-            self._parts = (background, halo, phases, curve)
+            r = self._y - curve
+            r *= r
+            self._parts = (background, halo, phases, curve, float(self._w @ r))
             self._parts_c, self._parts_version = c, self._col_version
         return self._parts
 
@@ -869,7 +880,8 @@ class PhaseQuantifier:
         """Coarse Lorentzian-width scan (×¼ … ×4) of the given phases, exact renders."""
         lo, hi = self.width_bounds
         for p in phases:
-            cands = [(float(self._eps[p]), float(np.clip(self._wid[p] * f, lo, hi))) for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
+            cands = [(float(self._eps[p]), float(np.clip(self._wid[p] * f, lo, hi)))
+                     for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
             lin = self._scan(y, w, yy, p, cands, lin, exact=True)[0]
         return lin
 
@@ -1093,7 +1105,8 @@ class PhaseQuantifier:
             self._set(snap)
             for p in cands:
                 self._col_key[p] = None
-            out, reseeded = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True), False
+            out = self._refine(y, w, yy, self.warm_iterations, halos, False, WARM_SHIFT_TOLERANCE, True)
+            reseeded = False
         pinned = [p for p in sorted(self._width_refined_now(out[1])) if not lo + tol < self._wid[p] < hi - tol]
         return (self._admit(y, w, yy, out, pinned, halos) if pinned else out), reseeded
 
@@ -1104,8 +1117,9 @@ class PhaseQuantifier:
 
     def _admit(self, y: FloatArray, w: FloatArray, yy: float, out: tuple, newly: Sequence[int], halos: bool
                ) -> tuple:
-        """Likelihood-ratio test of phases that just became refinable (or whose width sits on a bound): each must lower χ² by ≥ min_significance²
-        against the refit without it, weakest first, or it is left out of this pattern's model (scale 0).
+        """Likelihood-ratio test of phases that just became refinable (or whose width sits on a bound): each must
+        lower χ² by ≥ min_significance² against the refit without it, weakest first, or it is left out of this
+        pattern's model (scale 0).
 
         The Wald test that made it refinable (scale ≥ min_significance s.u.) is met too easily by a phase whose
         width ran onto the 2 nm bound while it soaked up background or halo misfit (α-CsPbI3 at 5 wt % of 2 nm
@@ -1133,10 +1147,8 @@ class PhaseQuantifier:
         nb, nh, nl = self._nb, self._nh, self._nl
         c = lin.c
         off = nb + nh
-        background, halo, phases, curve = self._curve_parts(c)
-        resid = y - curve
-        chi2 = float(w @ (resid * resid))
-        n_par = int(lin.passive.sum()) + len(params)
+        background, halo, phases, curve, chi2 = self._curve_parts(c)
+        n_par = int(np.count_nonzero(lin.passive)) + len(params)
         dof = max(y.size - n_par, 1)
         rwp = math.sqrt(chi2 / yy) if yy > 0 else math.nan
         rexp = math.sqrt(dof / yy) if yy > 0 else math.nan
@@ -1148,35 +1160,37 @@ class PhaseQuantifier:
         a = self._zmv_over_norm
         total = float(a @ cs)
         wf = a * cs / total if total > 0 else np.zeros_like(cs)
-        # ∂W_p/∂c_i = a_p(δ_pi T − c_p a_i)/T²
+        su_all = np.sqrt(np.maximum(np.diagonal(cov), 0.0))
         if total > 0:
-            jac = (np.diag(a) * total - np.outer(a * cs, a)) / total ** 2
+            # ∂W_p/∂c_i = (δ_pi a_p − W_p a_i)/T, so var W_p = (a_p² C_pp − 2 a_p W_p (Ca)_p + W_p² aᵀCa)/T²
             cov_c = cov[off:nl, off:nl]
-            wf_su = np.sqrt(np.maximum(((jac @ cov_c) * jac).sum(axis=1), 0.0))
+            ca = cov_c @ a
+            var = a * a * np.diagonal(cov_c) - 2.0 * a * wf * ca + wf * wf * float(a @ ca)
+            wf_su = np.sqrt(np.maximum(var, 0.0)) / total
         else:
             wf_su = np.zeros_like(cs)
         norms = self._norms
-        sc, sc_su = cs / norms, np.sqrt(np.maximum(np.diag(cov)[off:nl], 0.0)) / norms
-        su_theta = dict(zip(params, np.sqrt(np.maximum(np.diag(cov)[nl:], 0.0)))) if params else {}
+        sc, sc_su = cs / norms, su_all[off:nl] / norms
+        su_theta = dict(zip(params, su_all[nl:].tolist())) if params else {}
         refined = {p for kind, p in params if kind in ("strain", "width")}
         lam = self.radiation.wavelength
         phase_area = float(phases @ self._dx)
         halo_area = float(halo @ self._dx)
         names = self.names
         return QuantResult(
-            weight_fractions=dict(zip(names, map(float, wf))), weight_fraction_su=dict(zip(names, map(float, wf_su))),
-            scale_factors=dict(zip(names, map(float, sc))), scale_factor_su=dict(zip(names, map(float, sc_su))),
-            strain=dict(zip(names, map(float, self._eps))),
-            strain_su={n: float(su_theta.get(("strain", p), 0.0)) for p, n in enumerate(names)},
-            width=dict(zip(names, map(float, self._wid))),
-            width_su={n: float(su_theta.get(("width", p), 0.0)) for p, n in enumerate(names)},
+            weight_fractions=dict(zip(names, wf.tolist())), weight_fraction_su=dict(zip(names, wf_su.tolist())),
+            scale_factors=dict(zip(names, sc.tolist())), scale_factor_su=dict(zip(names, sc_su.tolist())),
+            strain=dict(zip(names, self._eps.tolist())),
+            strain_su={n: su_theta.get(("strain", p), 0.0) for p, n in enumerate(names)},
+            width=dict(zip(names, self._wid.tolist())),
+            width_su={n: su_theta.get(("width", p), 0.0) for p, n in enumerate(names)},
             size_nm={n: SCHERRER_K * lam / (10.0 * math.radians(yv)) for n, yv in zip(names, self._wid)},
             refined={n: p in refined for p, n in enumerate(names)},
             zero_shift=float(self._zero), zero_shift_su=float(su_theta.get(("zero", 0), 0.0)),
             halo_intensity=halo_area,
             halo_fraction=halo_area / (halo_area + phase_area) if halo_area + phase_area > 0 else 0.0,
-            halo_amplitudes=tuple(map(float, c[nb:nb + nh])), halo_q=tuple(map(float, self._hq)),
-            halo_fwhm_q=tuple(map(float, self._hw)), rwp=rwp, rexp=rexp, gof=rwp / rexp, chi2=chi2,
+            halo_amplitudes=tuple(c[nb:nb + nh].tolist()), halo_q=tuple(self._hq.tolist()),
+            halo_fwhm_q=tuple(self._hw.tolist()), rwp=rwp, rexp=rexp, gof=rwp / rexp, chi2=chi2,
             n_points=int(y.size), n_parameters=n_par, curve=curve, background=background, halo=halo,
             n_iterations=int(iterations), n_evaluations=int(self._n_eval), converged=bool(converged), cold=cold,
             reseeded=reseeded)

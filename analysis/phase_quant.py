@@ -289,6 +289,10 @@ class PhaseQuantifier:
         self._gok = np.zeros(self._M.shape[0], dtype=bool)
         self._lin_rows = np.arange(nl, dtype=np.intp)
         self._rows_of: dict[tuple, tuple[NDArray[np.intp], list[int]]] = {}  # Gram rows per refined parameter set
+        self._phase_row_sets = [np.array([self._nb + self._nh + p, nl + 3 * p, nl + 3 * p + 1, nl + 3 * p + 2],
+                                         dtype=np.intp) for p in range(np_)]
+        self._halo_row_set = np.r_[np.arange(self._nb, self._nb + nh), np.arange(nl + 3 * np_, nl + 3 * np_ + 2 * nh)]
+        self._basis_of: dict[tuple, tuple] = {}  # `_joint`'s change-of-basis recipe per refined parameter set
         self._col_version = 0  # counts column rewrites (`_touch`): the cached model curves are of one version
         self._parts_c: FloatArray | None = None
         self._parts_version = -1
@@ -402,8 +406,7 @@ class PhaseQuantifier:
                     or (derivs_h and not old[3])):
                 halo_columns(self._s, 4.0 * math.pi / self.radiation.wavelength, self._hq, self._hw,
                              self._A[nb:nb + nh], self._dhalo, derivs_h)
-                d0 = self._nl + 3 * self._np
-                self._touch(list(range(nb, nb + nh)) + list(range(d0, d0 + 2 * nh)))
+                self._touch(self._halo_row_set)
                 self._halo_key = key
                 changed = True
         self._n_eval += changed
@@ -427,10 +430,9 @@ class PhaseQuantifier:
                 rows.append(nl + 3 * np_ + 2 * i + 1)
         return rows
 
-    def _phase_rows(self, p: int) -> list[int]:
+    def _phase_rows(self, p: int) -> NDArray[np.intp]:
         """Rows of `_M` holding phase p's column and its three derivatives."""
-        d = self._nl + 3 * p
-        return [self._nb + self._nh + p, d, d + 1, d + 2]
+        return self._phase_row_sets[p]
 
     def _touch(self, rows: Sequence[int]) -> None:
         """Mark rows of `_M` as rewritten: their weighted copies and Gram entries are recomputed when next needed."""
@@ -546,34 +548,47 @@ class PhaseQuantifier:
     def _joint(self, g: FloatArray, h: FloatArray, rows: list[int], lin: _Linear, params: list[tuple[str, int]]
                ) -> _Step:
         """Joint linearised normal equations over [A; s·∂model/∂θ] (Kaufman), from the Gram by a change of basis."""
-        nl, np_ = self._nl, self._np
-        off = self._nb + self._nh
-        pos = {r: k for k, r in enumerate(rows)}
-        t = np.zeros((len(rows), nl + len(params)))
-        t[np.arange(nl), np.arange(nl)] = 1.0
-        zero_phases = sorted({i for kind, i in params if kind in ("strain", "width")})
-        for k, (kind, i) in enumerate(params):
-            col = nl + k
-            if kind == "strain":
-                t[pos[nl + 3 * i], col] = lin.c[off + i]
-            elif kind == "width":
-                t[pos[nl + 3 * i + 1], col] = lin.c[off + i]
-            elif kind == "zero":
-                for p in zero_phases:
-                    t[pos[nl + 3 * p + 2], col] = lin.c[off + p]
-            elif kind == "hq":
-                t[pos[nl + 3 * np_ + 2 * i], col] = lin.c[self._nb + i]
-            else:
-                t[pos[nl + 3 * np_ + 2 * i + 1], col] = lin.c[self._nb + i]
+        nl = self._nl
+        key = (tuple(rows), tuple(params))  # rows are the Gram's: a superset when pinned parameters are left out
+        if key not in self._basis_of:
+            self._basis_of[key] = self._basis_recipe(rows, params)
+        template, tr, tc, src, nonneg, warm = self._basis_of[key]
+        t = template.copy()
+        t[tr, tc] = lin.c[src]
         gj = t.T @ g @ t
         hj = t.T @ h
-        n = nl + len(params)
-        nonneg = np.zeros(n, dtype=bool)
-        nonneg[:nl] = self._nonneg
-        warm = np.ones(n, dtype=bool)
+        warm = warm.copy()
         warm[:nl] = lin.passive
         x, passive = bounded_lsq(gj, hj, nonneg, warm)
         return _Step(x, gj, passive, x[nl:], t)
+
+    def _basis_recipe(self, rows: list[int], params: list[tuple[str, int]]) -> tuple:
+        """Where the scales enter the change of basis of `_joint` for this parameter set: the identity block over
+        the linear columns, (row, column, scale index) of each derivative entry, and the joint non-negativity."""
+        nl, np_ = self._nl, self._np
+        off = self._nb + self._nh
+        pos = {r: k for k, r in enumerate(rows)}
+        zero_phases = sorted({i for kind, i in params if kind in ("strain", "width")})
+        entries: list[tuple[int, int, int]] = []
+        for k, (kind, i) in enumerate(params):
+            col = nl + k
+            if kind == "strain":
+                entries.append((pos[nl + 3 * i], col, off + i))
+            elif kind == "width":
+                entries.append((pos[nl + 3 * i + 1], col, off + i))
+            elif kind == "zero":
+                entries += [(pos[nl + 3 * p + 2], col, off + p) for p in zero_phases]
+            elif kind == "hq":
+                entries.append((pos[nl + 3 * np_ + 2 * i], col, self._nb + i))
+            else:
+                entries.append((pos[nl + 3 * np_ + 2 * i + 1], col, self._nb + i))
+        n = nl + len(params)
+        template = np.zeros((len(rows), n))
+        template[np.arange(nl), np.arange(nl)] = 1.0
+        tr, tc, src = (np.array(v, dtype=np.intp) for v in zip(*entries)) if entries else (np.zeros(0, np.intp),) * 3
+        nonneg = np.zeros(n, dtype=bool)
+        nonneg[:nl] = self._nonneg
+        return template, tr, tc, src, nonneg, np.ones(n, dtype=bool)
 
     # ------------------------------------------------------------------ nonlinear parameters
     def _get(self) -> tuple:

@@ -153,9 +153,9 @@ def bounded_lsq(g: FloatArray, h: FloatArray, nonneg: BoolArray, warm: BoolArray
     Lawson–Hanson started from the warm passive set (its solution, made feasible by zeroing negative constrained
     entries): in sequential refinement the guess is usually right and one solve plus the KKT check suffice.
     """
-    p = (warm | ~nonneg) if warm is not None else ~nonneg
+    p = (warm | ~nonneg) if warm is not None else ~nonneg  # a new array: the solver updates it in place
     return _lawson_hanson(np.ascontiguousarray(g, dtype=np.float64), np.ascontiguousarray(h, dtype=np.float64),
-                          nonneg, p.copy(), int(max_iter))
+                          nonneg, p, int(max_iter))
 
 
 @_jit

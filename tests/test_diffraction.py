@@ -399,3 +399,15 @@ Cl1 0.03 0.03 0.03 0 0 0
     c_none = Crystal.from_cif(tmp_path / "none.cif")
     assert [s.uiso for s in c_none.sites] == [DEFAULT_UISO, DEFAULT_UISO]
     assert c_none.z == 1 and c_none.formula_mass == pytest.approx(132.905 + 35.45, rel=1e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 0.95])
+def test_render_peaks_tabulated_exp_is_within_2e6(eta: float) -> None:
+    """The phase tables' tabulated Gaussian (`fast_exp`) stays within 2e-6 of each peak's height of exp's."""
+    x = np.linspace(10.0, 80.0, 20_000)
+    centres, areas, fwhm = np.array([20.0, 35.3, 61.7]), np.array([1.0, 2.5, 0.7]), np.array([0.08, 0.3, 1.1])
+    exact = render_peaks(x, centres, areas, fwhm, eta)
+    fast = render_peaks(x, centres, areas, fwhm, eta, fast_exp=True)
+    height = (areas / fwhm).max()
+    assert np.max(np.abs(fast - exact)) <= 2e-6 * height
+    assert eta == 1.0 or np.max(np.abs(fast - exact)) > 0.0  # the table is in use

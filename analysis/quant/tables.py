@@ -184,7 +184,7 @@ class PhaseTable:
         n = int(math.ceil((s_hi - s_lo) / h_s)) + 3
         grid = s_lo + h_s * np.arange(n)
         xs = np.degrees(2.0 * np.arcsin(np.minimum(grid, 1.0)))
-        nodes = [render_peaks(xs, tt, area, fw, eta, window=window) for fw, eta in profiles]
+        nodes = [render_peaks(xs, tt, area, fw, eta, window=window, fast_exp=True) for fw, eta in profiles]
         # the polarisation factor at the table node is divided out (G/P is tabulated): the caller multiplies by P at
         # the measured angle, which is the exact intensity bookkeeping of the mapping (module doc) without a
         # second polarisation evaluation at the read position per column

@@ -730,17 +730,22 @@ class PhaseQuantifier:
                 converged = True
                 break
             sigma2 = lin.chi2 / max(dof, 1)  # that of self._cov
+            accepted = chord_accepted = False
             if untruncated:
                 self._apply(free, step, base)
                 self._update_columns()
-                final = self._chord_final(y, lin, st, rows, su, sigma2, tolerance)
+                final, chord_accepted = self._chord_final(y, lin, st, rows, su, sigma2, tolerance)
                 if final is not None:
                     lin = final
                     self._passive = lin.passive
                     converged = True
                     break
-            accepted = False
-            for _ in range(6):
+                if chord_accepted:  # χ² fell already with the joint linear part: no trial projection needed,
+                    g, h, rows = self._gram(params)  # the next iteration's Gram gives the projection at θ₁
+                    lin = self._linear(g, h, yy)
+                    self._passive = lin.passive
+                    accepted = True
+            for _ in range(0 if accepted else 6):
                 self._apply(free, step, base)
                 self._update_columns()
                 g2, h2, rows2 = self._gram([])  # the linear block only: the trial needs χ² and the projection
@@ -765,6 +770,8 @@ class PhaseQuantifier:
             keep = [pr for pr in params if pr[0] not in ("strain", "width") or lin.c[off + pr[1]] > 0.0]
             if len(keep) != len(params):
                 params = keep if any(k[0] in ("strain", "width") for k in keep) else []
+            elif chord_accepted:
+                continue  # the Gram of these parameters at θ₁ is current
             g, h, rows = self._gram(params)
         g_joint = passive_joint = None
         if not params:
@@ -779,7 +786,7 @@ class PhaseQuantifier:
         return lin, params, g_joint, passive_joint, it, converged
 
     def _chord_final(self, y: FloatArray, lin: _Linear, st: _Step, rows: list[int], su: FloatArray, sigma2: float,
-                     tolerance: float) -> _Linear | None:
+                     tolerance: float) -> tuple[_Linear | None, bool]:
         """Warm fits, after an untruncated step to θ₁ (columns current): the converged solution without a trial
         projection and a second iteration, or None when the step must be tried the usual way (step halving).
 
@@ -790,22 +797,23 @@ class PhaseQuantifier:
         two matrix–vector products instead of the Gram matrix and joint solve of a second iteration (which, in most
         warm patterns, only confirms convergence). Converged when δ's θ-part passes the loop's test (every shift
         within `tolerance` s.u.); the solution is c₁ plus δ's linear part (a Gauss–Newton update, second order from
-        the projection). A δ that would take a bounded linear parameter below zero falls back to the trial."""
+        the projection). A δ that would take a bounded linear parameter below zero falls back to the trial.
+        Returns the solution (or None) and whether χ² fell (the step is then accepted either way)."""
         if not sigma2 > 0:
-            return None
+            return None, False
         nl = self._nl
         c1 = st.x[:nl]
         r = y - c1 @ self._A
         wr = r * self._w
         if not float(wr @ r) <= lin.chi2 * (1.0 + 1e-12) + 1e-12:
-            return None
-        nxt = (self._cov @ (st.basis.T @ (self._M @ wr)[rows])) / sigma2
+            return None, False
+        nxt = (self._cov @ (st.basis.T @ (self._M[:max(rows) + 1] @ wr)[rows])) / sigma2
         if not np.all(np.abs(nxt[nl:]) <= tolerance * su + 1e-15):
-            return None
+            return None, True
         c = c1 + nxt[:nl]
         if np.any(c[self._nonneg] < 0.0):
-            return None
-        return self._linear_at(y, c, st.passive[:nl])
+            return None, True
+        return self._linear_at(y, c, st.passive[:nl]), True
 
     def _recentre(self) -> bool:
         """Drop tables whose width node is off-centre (re-rendered on the next update); True if any was."""
@@ -821,13 +829,15 @@ class PhaseQuantifier:
     # ------------------------------------------------------------------ cold-start searches
     def _strain_step(self, p: int) -> float:
         """Strain step moving the phase's strong peaks by about half their FWHM (grid spacing of the scan)."""
-        tt, area, fwhm, _ = self._models[p].peaks(self._eps[p], self._wid[p])
+        model = self._models[p]
+        tt, area, gauss, lor1 = model.geometry(self._eps[p])
         x = self.two_theta
         sel = (tt > x[0]) & (tt < x[-1]) & (area >= 0.05 * (area.max() if area.size else 0.0))
         if not sel.any():
             return 2e-3
+        fwhm = model.profile(gauss[sel], self._wid[p] * lor1[sel])[0]  # the strong peaks' widths only
         th = np.radians(tt[sel]) / 2.0
-        return float(np.clip(np.min(0.5 * np.radians(fwhm[sel]) / (2.0 * np.tan(th))), 5e-5, 2e-3))
+        return float(np.clip(np.min(0.5 * np.radians(fwhm) / (2.0 * np.tan(th))), 5e-5, 2e-3))
 
     def _scan(self, y: FloatArray, w: FloatArray, yy: float, p: int, candidates: Sequence[tuple[float, float]],
               lin: _Linear, exact: bool, commit: bool = True) -> tuple[_Linear, int, FloatArray]:

@@ -24,9 +24,12 @@ unless given. Standard uncertainties from the inverse of the joint normal matrix
 Prince, Mathematical Techniques in Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
 
 Speed: each phase is rendered once into a sinθ table (`analysis.quant.tables`) from which strain, zero shift and
-moderate width changes are read by interpolation; warm fits start from the previous solution and usually need one
-new model evaluation and one Gram matrix (cached over all model rows: after a step only the refined phases' rows are
-multiplied again). The small dense solves and the per-point loops are compiled (numba, `analysis.quant`). Cold fits
+moderate width changes are read by interpolation (a phase keeps its `TABLE_CACHE` most recent tables: widths jump back
+and forth at transitions); warm fits start from the previous solution and usually need one Gram matrix (cached over
+all model rows: after a step only the refined phases' rows are multiplied again), one Gauss–Newton step and one chord
+step that both accepts the step and tests convergence (`_chord_final`). Phases at zero scale follow zero-shift changes
+only beyond `_ABSENT_ZERO_TOLERANCE`. The small dense solves and the per-point loops are compiled (numba,
+`analysis.quant`). Cold fits
 first scan each phase's strain over ±`strain_search` (thermal expansion of up to ±1.5 %, e.g. α-CsPbI3 referenced
 at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of half a FWHM in peak shift, then a
 coarse width scan, then Gauss–Newton.

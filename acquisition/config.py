@@ -35,62 +35,196 @@ A rig TOML (see README, "Running on a real rig") looks like::
     pl = { every_C = 5 }
     thz = { every_C = 10 }
 
-Unknown sections or keys are rejected with an error naming the file and the key, before anything moves.
+The schema is a set of pydantic models (`extra="forbid"`, strict types, finite numbers): every key is known, every
+number is finite and inside the physical range stated in its field's description, so no setting can switch a
+safety limit off (`max_C = inf` is an error, not "no limit"). A bad file raises `RigConfigError` (a ValueError)
+with ONE line, `FILE: KEY = VALUE: why`, before anything is opened or moved.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_type_hints
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 from simulated.rig import DEFAULT_TIME_SCALE
 
 MODALITIES = ("xrd", "thz", "pl")
+INSTRUMENTS = ("furnace", *MODALITIES)
+RIG_KEYS = ("name", "kind", "visa_library", "time_scale")
+"""Keys of the `[rig]` table (they are top-level attributes of `RigConfig`)."""
+
+Modality = Literal["xrd", "thz", "pl"]
+InstrumentName = Literal["furnace", "xrd", "thz", "pl"]
+Input336 = Literal["A", "B", "C", "D"]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+_RULE = "hotstage_rule"  # error type of the cross-field rules below (their message already names the key)
 
 
 class RigConfigError(ValueError):
-    """A rig TOML that cannot be used; the message names the file and the key."""
+    """A rig TOML that cannot be used; the message (one line) names the file, the key, the value and why."""
 
 
-@dataclass(frozen=True)
-class InstrumentConfig:
+_NO_VALUE = object()
+
+
+def _rule(why: str, key: str = "", value: Any = _NO_VALUE) -> PydanticCustomError:
+    """A rule failed: `why`, about `key` (relative to the location checked; "" = the location itself) = `value`."""
+    context: dict[str, Any] = {"why": why, "key": key}
+    if value is not _NO_VALUE:
+        context["value"] = value
+    return PydanticCustomError(_RULE, "{why}", context)
+
+
+class _OneLineErrors(type(BaseModel)):  # type: ignore[misc]
+    """Metaclass: calling the class (direct construction) raises RigConfigError with one line, like from_dict.
+
+    Not an `__init__` override: pydantic would call that for nested models too and nest the errors."""
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        try:
+            return super().__call__(*args, **data)
+        except ValidationError as exc:
+            raise RigConfigError(one_line(exc, str(data.get("source") or f"<{cls.__name__}>"))) from None
+
+
+class _Model(BaseModel, metaclass=_OneLineErrors):
+    """Strict (a string is not a number), frozen, finite, no unknown keys."""
+
+    model_config = _STRICT
+
+
+class InstrumentConfig(_Model):
     """One instrument's address and acquisition settings."""
 
-    resource: str = ""
-    exposure_s: float = 1.0
-    output: int = 1
-    control_input: str = "A"
-    sample_input: str | None = "B"
-    tolerance_C: float = 1.0
-    settle_s: float = 30.0
+    resource: str = Field(
+        "", description="VISA resource name (e.g. TCPIP0::host::7777::SOCKET); required for a visa rig")
+    exposure_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="detector integration in experiment seconds: above 0, at most 1 h (longer is a stuck setting, "
+                    "not an in-situ measurement)")
+    output: int = Field(1, ge=1, le=2, description="heater output: the Lake Shore 336 has two heater outputs, 1 and 2")
+    control_input: Input336 = Field("A", description="sensor input of the control loop: the 336 has inputs A–D")
+    sample_input: Input336 | None = Field("B", description="sensor input at the sample: the 336 has inputs A–D")
+    tolerance_C: float = Field(
+        1.0, gt=0, le=50,
+        description="settled when within this many °C of the setpoint: above 0, at most 50 °C (wider is not "
+                    "a temperature any more)")
+    settle_s: float = Field(
+        30.0, ge=0, le=3600, description="time the readback must stay within tolerance: 0 s to 1 h")
+
+    @field_validator("resource")
+    @classmethod
+    def _visa_resource_name(cls, value: str) -> str:
+        """Empty, or a VISA resource name pyvisa can parse (a raw socket's port within 1–65535)."""
+        if not value:
+            return value
+        from pyvisa import rname
+
+        try:
+            parsed = rname.parse_resource_name(value)
+        except rname.InvalidResourceName as exc:
+            raise _rule(f"not a VISA resource name ({exc})", value=value) from None
+        port = getattr(parsed, "port", None)
+        if port is not None and str(port).isdigit() and not 1 <= int(port) <= 65535:
+            raise _rule(f"TCP port {port} is outside 1–65535", value=value)
+        return value
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
+class LimitsConfig(_Model):
     """What the furnace may be asked to do; programs are validated against it before anything moves."""
 
-    max_C: float = 400.0
-    min_C: float = 0.0
-    min_rate_C_per_min: float = 0.1
-    max_rate_C_per_min: float = 50.0
+    max_C: float = Field(
+        400.0, gt=-196, le=1200,
+        description="highest temperature a program may ask for, and max_C + 10 °C trips the over-temperature "
+                    "guard: at most 1200 °C (the Lake Shore 336 reads to 1500 K, hot stages top out at "
+                    "~1000–1200 °C)")
+    min_C: float = Field(
+        0.0, ge=-196, lt=1200,
+        description="lowest temperature a program may ask for: not below -196 °C (a liquid-nitrogen-cooled stage)")
+    min_rate_C_per_min: float = Field(
+        0.1, ge=0.1, le=100, description="the Lake Shore 336 RAMP command accepts 0.1–100 K/min")
+    max_rate_C_per_min: float = Field(
+        50.0, ge=0.1, le=100, description="the Lake Shore 336 RAMP command accepts 0.1–100 K/min")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsConfig:
+        if not self.max_C > self.min_C:
+            raise _rule(f"must be above min_C = {self.min_C!r}", "max_C", self.max_C)
+        if not self.max_rate_C_per_min >= self.min_rate_C_per_min:
+            raise _rule(f"must not be below min_rate_C_per_min = {self.min_rate_C_per_min!r}", "max_rate_C_per_min",
+                        self.max_rate_C_per_min)
+        return self
 
 
-@dataclass(frozen=True)
-class RigConfig:
+class CadenceEntry(TypedDict, total=False):
+    """`{ every_C = N }` or `{ every_s = N }`: exactly one of the two."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    every_C: Annotated[float, Field(
+        gt=0, le=100, description="acquire every N °C of temperature change: above 0, at most 100 °C (coarser "
+                                  "misses every phase transition of a ramp)")]
+    every_s: Annotated[float, Field(
+        gt=0, le=86400, description="acquire every N experiment seconds: above 0, at most a day")]
+
+
+def _one_criterion(entry: dict[str, float]) -> dict[str, float]:
+    if len(entry) != 1:
+        raise _rule("give exactly one of { every_C = N } or { every_s = N }", value=entry)
+    return entry
+
+
+Cadence = Annotated[CadenceEntry, AfterValidator(_one_criterion)]
+
+
+def _default_cadence() -> dict[str, dict[str, float]]:
+    return {"xrd": {"every_C": 5.0}, "pl": {"every_C": 5.0}, "thz": {"every_C": 10.0}}
+
+
+class RigConfig(_Model):
     """Everything a session needs to know about the rig."""
 
-    name: str = "simulated-rig"
-    kind: str = "simulated"
-    visa_library: str = "@py"
-    time_scale: float = DEFAULT_TIME_SCALE
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    instruments: dict[str, InstrumentConfig] = field(default_factory=dict)
-    cadence: dict[str, dict[str, float]] = field(
-        default_factory=lambda: {"xrd": {"every_C": 5.0}, "pl": {"every_C": 5.0}, "thz": {"every_C": 10.0}}
-    )
+    name: str = Field("simulated-rig", min_length=1, description="the rig's name, stored with every run")
+    kind: Literal["simulated", "visa"] = Field("simulated", description="simulated emulators or VISA instruments")
+    visa_library: str = Field("@py", description="pyvisa backend: @py (pyvisa-py), '' (NI-VISA), file.yaml@sim")
+    time_scale: float = Field(
+        DEFAULT_TIME_SCALE, gt=0, le=10000,
+        description="experiment seconds per wall second: simulated rigs above 0 and at most 10000 (a 1-h program "
+                    "in 0.36 s; faster, the rig's polling cannot keep a cadence); a visa rig runs in real time: 1")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    instruments: dict[InstrumentName, InstrumentConfig] = Field(default_factory=dict)
+    cadence: dict[Modality, Cadence] = Field(default_factory=_default_cadence)
     source: str = "<defaults>"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _visa_runs_in_real_time(cls, data: Any) -> Any:
+        """A visa rig without a time_scale runs at 1 (the simulated default 240 does not apply to hardware)."""
+        if isinstance(data, dict) and data.get("kind") == "visa" and "time_scale" not in data:
+            data = {**data, "time_scale": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _visa_rules(self) -> RigConfig:
+        if self.kind != "visa":
+            return self
+        if self.time_scale != 1.0:
+            raise _rule("a visa rig runs in real time (instruments cannot run faster than the clock): give 1 or "
+                        "leave it out", "rig.time_scale", self.time_scale)
+        for name in INSTRUMENTS:
+            inst = self.instruments.get(name)
+            if inst is None:
+                raise _rule(f"a visa rig needs a [{name}] section with a resource", name)
+            if not inst.resource:
+                raise _rule("required for a visa rig", f"{name}.resource")
+        return self
 
     @property
     def simulated(self) -> bool:
@@ -103,82 +237,131 @@ class RigConfig:
             "name": self.name,
             "kind": self.kind,
             "time_scale": self.time_scale if self.simulated else 1.0,
-            "limits": vars(self.limits),
+            "limits": self.limits.model_dump(),
             "instruments": {k: {"resource": v.resource, "exposure_s": v.exposure_s} for k, v in self.instruments.items()},
             "config_file": self.source,
         }
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RigConfig:
-        """Read a rig TOML, rejecting unknown keys and bad values with the file and key named."""
+        """Read a rig TOML, rejecting unknown keys and bad values in one line naming the file and the key."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise RigConfigError(f"{path}: rig file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RigConfigError(f"{path}: cannot read the rig file: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise RigConfigError(f"{path}: not valid TOML: {exc}") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> RigConfig:
-        """Build from parsed TOML; see the module docstring for the layout."""
-        allowed = {"rig", "limits", "furnace", "cadence", *MODALITIES}
-        _reject_unknown(data, allowed, source, "")
-        rig = dict(data.get("rig", {}))
-        _reject_unknown(rig, {"name", "kind", "visa_library", "time_scale"}, source, "rig.")
-        kind = rig.get("kind", "simulated")
-        if kind not in ("simulated", "visa"):
-            raise RigConfigError(f"{source}: rig.kind must be 'simulated' or 'visa', got {kind!r}")
-        limits_d = dict(data.get("limits", {}))
-        _reject_unknown(limits_d, set(LimitsConfig.__dataclass_fields__), source, "limits.")
-        limits = LimitsConfig(**{k: _number(v, source, f"limits.{k}") for k, v in limits_d.items()})
-        if limits.max_C <= limits.min_C or limits.max_rate_C_per_min < limits.min_rate_C_per_min:
-            raise RigConfigError(f"{source}: limits are inconsistent: {limits}")
-        instruments = {}
-        for name in ("furnace", *MODALITIES):
-            if name in data:
-                section = dict(data[name])
-                _reject_unknown(section, set(InstrumentConfig.__dataclass_fields__), source, f"{name}.")
-                instruments[name] = InstrumentConfig(**section)
-                if kind == "visa" and not instruments[name].resource:
-                    raise RigConfigError(f"{source}: {name}.resource is required for a visa rig")
-        if kind == "visa" and "furnace" not in instruments:
-            raise RigConfigError(f"{source}: a visa rig needs a [furnace] section with a resource")
-        cadence = dict(cls().cadence)
-        for name, spec in data.get("cadence", {}).items():
-            if name not in MODALITIES:
-                raise RigConfigError(f"{source}: cadence.{name}: unknown modality (use {', '.join(MODALITIES)})")
-            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("every_C", "every_s"):
-                raise RigConfigError(f"{source}: cadence.{name} must be {{ every_C = N }} or {{ every_s = N }}")
-            key, value = next(iter(spec.items()))
-            if _number(value, source, f"cadence.{name}.{key}") <= 0:
-                raise RigConfigError(f"{source}: cadence.{name}.{key} must be > 0, got {value}")
-            cadence[name] = {key: float(value)}
-        time_scale = _number(rig.get("time_scale", DEFAULT_TIME_SCALE), source, "rig.time_scale")
-        if time_scale <= 0:
-            raise RigConfigError(f"{source}: rig.time_scale must be > 0, got {time_scale}")
-        return cls(
-            name=str(rig.get("name", "simulated-rig" if kind == "simulated" else "rig")),
-            kind=kind,
-            visa_library=str(rig.get("visa_library", "@py")),
-            time_scale=time_scale,
-            limits=limits,
-            instruments=instruments,
-            cadence=cadence,
-            source=source,
-        )
+        """Build from parsed TOML (see the module docstring for the layout); RigConfigError on any bad key."""
+        if not isinstance(data, dict):
+            raise RigConfigError(f"{source}: expected a table, got {data!r}")
+        sections = ("rig", "limits", *INSTRUMENTS, "cadence")
+        for key, value in data.items():
+            if key not in sections:
+                raise RigConfigError(f"{source}: {key}: unknown section (allowed: {', '.join(sections)})")
+            if not isinstance(value, dict):
+                raise RigConfigError(f"{source}: {key} = {_show(value)}: must be a table ([{key}])")
+        rig = data.get("rig", {})
+        for key in rig:
+            if key not in RIG_KEYS:
+                raise RigConfigError(f"{source}: rig.{key}: unknown key (allowed: {', '.join(RIG_KEYS)})")
+        payload: dict[str, Any] = dict(rig)
+        if "name" not in rig:
+            payload["name"] = "rig" if rig.get("kind") == "visa" else "simulated-rig"
+        if "limits" in data:
+            payload["limits"] = data["limits"]
+        payload["instruments"] = {name: data[name] for name in INSTRUMENTS if name in data}
+        payload["cadence"] = {**_default_cadence(), **data.get("cadence", {})}
+        payload["source"] = source
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise RigConfigError(one_line(exc, source)) from None
 
 
-def _reject_unknown(section: dict[str, Any], allowed: set[str], source: str, prefix: str) -> None:
-    """Raise naming the first key that the schema does not know."""
-    for key in section:
-        if key not in allowed:
-            raise RigConfigError(f"{source}: unknown key {prefix}{key!r} (allowed: {', '.join(sorted(allowed))})")
+# -- one-line errors --------------------------------------------------------------------------------
+def one_line(exc: ValidationError, source: str) -> str:
+    """`SOURCE: KEY = VALUE: why` for the first error (keys as written in the rig TOML), plus `(and N more)`."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = _toml_loc(first["loc"])
+    key = ".".join(loc)
+    if first["type"] == _RULE:
+        ctx = first.get("ctx", {})
+        key = ".".join(p for p in (key, ctx.get("key", "")) if p)
+        text = f"{key} = {_show(ctx['value'])}: {ctx['why']}" if "value" in ctx else f"{key}: {ctx['why']}"
+    elif first["type"] == "missing":
+        text = f"{key}: required"
+    elif first["type"] == "extra_forbidden" or "[key]" in first["loc"]:
+        text = f"{key}: unknown key{_allowed(loc)}"
+    else:
+        why = first["msg"]
+        description = _description(loc)
+        if description and "ctx" in first:
+            why = f"{why} ({description})"
+        text = f"{key} = {_show(first['input'])}: {why}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {text}{more}"
 
 
-def _number(value: Any, source: str, key: str) -> float:
-    """A TOML number as float, or an error naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RigConfigError(f"{source}: {key} must be a number, got {value!r}")
-    return float(value)
+def _toml_loc(loc: tuple[Any, ...]) -> list[str]:
+    """Model location → the key as written in the rig TOML (`time_scale` → `rig.time_scale`, …)."""
+    parts = [str(p) for p in loc if p != "[key]" and not str(p).startswith("function-")]
+    if parts and parts[0] == "instruments":
+        parts = parts[1:]
+    elif parts and parts[0] in RIG_KEYS:
+        parts = ["rig", *parts]
+    return parts
+
+
+def _allowed(loc: list[str]) -> str:
+    """` (allowed: …)` for an unknown key at `loc`."""
+    section = loc[0] if len(loc) > 1 else ""
+    if loc == ["cadence", loc[-1]]:
+        names: tuple[str, ...] = MODALITIES
+    elif section == "limits":
+        names = tuple(LimitsConfig.model_fields)
+    elif section in INSTRUMENTS:
+        names = tuple(InstrumentConfig.model_fields)
+    elif section == "cadence":
+        names = ("every_C", "every_s")
+    else:
+        return ""
+    return f" (allowed: {', '.join(names)})"
+
+
+def _description(loc: list[str]) -> str | None:
+    """The description (the range and why) of the field at a TOML location."""
+    if len(loc) == 2 and loc[0] == "limits":
+        info = LimitsConfig.model_fields.get(loc[1])
+    elif len(loc) == 2 and loc[0] in INSTRUMENTS:
+        info = InstrumentConfig.model_fields.get(loc[1])
+    elif len(loc) == 2 and loc[0] == "rig":
+        info = RigConfig.model_fields.get(loc[1])
+    elif len(loc) == 3 and loc[0] == "cadence":
+        return _annotated_description(get_type_hints(CadenceEntry, include_extras=True).get(loc[2]))
+    else:
+        return None
+    return info.description if info is not None else None
+
+
+def _annotated_description(annotation: Any) -> str | None:
+    for meta in getattr(annotation, "__metadata__", ()):
+        if getattr(meta, "description", None):
+            return meta.description
+    return None
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML (inf and nan as written, strings quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return repr(value)

@@ -107,6 +107,8 @@ class RigLimits:
     min_C: float = 0.0
 
     def __post_init__(self) -> None:
+        for key in ("max_C", "min_rate", "max_rate", "min_C"):
+            _number(getattr(self, key), f"rig limits: {key}")  # inf would switch the limit (and its guard) off
         if not (self.min_C < self.max_C) or not (0 < self.min_rate <= self.max_rate):
             raise ProgramError(f"inconsistent rig limits {self}")
 
@@ -170,10 +172,14 @@ class Cadence:
         return {k: float(v) for k, v in (("every_C", self.every_C), ("every_s", self.every_s)) if v is not None}
 
 
+MAX_HOLD_MINUTES = 7 * 24 * 60.0
+"""Longest hold segment: a week. Longer is a unit slip (seconds for minutes) in a supervised furnace program."""
+
+
 def _number(value: Any, where: str) -> float:
-    """A finite float, or ProgramError naming where it came from."""
+    """A finite float, or ProgramError naming where it came from (`WHERE = VALUE: must be a finite number`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProgramError(f"{where} must be a finite number, got {value!r}")
+        raise ProgramError(f"{where} = {value!r}: must be a finite number")
     return float(value)
 
 
@@ -203,6 +209,8 @@ class TemperatureProgram:
         for key in d:
             if key not in allowed:
                 raise ProgramError(f"{source}: unknown key {key!r} (allowed: start_C, name, [[segment]])")
+        for key in _DERIVED_KEYS & set(d):
+            _number(d[key], f"{source}: {key}")  # ignored, but not any value
         if "start_C" not in d:
             raise ProgramError(f"{source}: missing key 'start_C'")
         start = _number(d["start_C"], f"{source}: start_C")
@@ -216,8 +224,8 @@ class TemperatureProgram:
             if not isinstance(entry, dict):
                 raise ProgramError(f"{source}: segment {i} must be a table, got {entry!r}")
             kind = entry.get("kind")
-            if kind not in _KINDS:
-                raise ProgramError(f"{source}: segment {i}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+            if not isinstance(kind, str) or kind not in _KINDS:
+                raise ProgramError(f"{source}: segment {i}: kind = {kind!r}: must be one of {', '.join(_KINDS)}")
             fields = _FIELDS[kind]
             for key in entry:
                 if key != "kind" and key not in fields:
@@ -240,7 +248,7 @@ class TemperatureProgram:
         try:
             with path.open("rb") as f:
                 data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ProgramError(f"{path}: not valid TOML: {err}") from err
         except OSError as err:
             raise ProgramError(f"{path}: cannot read: {err}") from err
@@ -319,8 +327,9 @@ class TemperatureProgram:
             where = f"segment {i} ({getattr(seg, 'kind', type(seg).__name__)})"
             if isinstance(seg, Hold):
                 minutes = _number(seg.minutes, f"{where}: minutes")
-                if minutes <= 0:
-                    raise ProgramError(f"{where}: minutes = {minutes} must be > 0")
+                if not 0 < minutes <= MAX_HOLD_MINUTES:
+                    raise ProgramError(f"{where}: minutes = {minutes} must be > 0 and at most {MAX_HOLD_MINUTES:g} "
+                                       f"(a week)")
                 continue
             if not isinstance(seg, (Ramp, Cool)):
                 raise ProgramError(f"{where}: not a Ramp, Hold or Cool segment: {seg!r}")

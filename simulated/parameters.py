@@ -122,24 +122,50 @@ class ModelParameters:
         validate_parameters(self)
 
 
+# Upper bounds by unit (the field name's suffix), each far beyond any calibrated value but below where the model's
+# exponentials overflow or stop meaning anything: a value above one is a slip (units, exponent), not a tunable.
+_UPPER_BOUNDS: tuple[tuple[str, float, str], ...] = (
+    ("_per_K", 1e-3, "thermal expansion of a solid is ~1e-5 1/K"),
+    ("_C", 1500.0, "°C: above any hot stage (the Lake Shore 336 reads to 1500 K)"),
+    ("_kJ_mol", 1000.0, "kJ/mol: beyond the strongest chemical bonds"),
+    ("_meV", 1000.0, "meV: 1 eV is beyond any Urbach or quenching energy here"),
+    ("_per_s", 1e20, "1/s (or nm²/s): beyond vibrational attempt frequencies (~1e13)"),
+    ("_nm", 1e4, "nm: beyond the PL range and the crystallite sizes XRD resolves"),
+    ("_avrami_n", 4.0, "JMAK exponents lie within 1–4"),
+    ("_s", 3600.0, "s: relaxation and integration steps far shorter than an hour"),
+    ("", 1000.0, "a dimensionless factor"),
+)
+
+
+def _upper_bound(name: str) -> tuple[float, str]:
+    """The largest sensible value of a parameter (by its unit suffix) and why."""
+    for suffix, bound, why in _UPPER_BOUNDS:
+        if name.endswith(suffix):
+            return bound, why
+    raise AssertionError("unreachable: the last suffix matches every name")
+
+
 def validate_parameters(p: ModelParameters, source: str = "<ModelParameters>") -> None:
     """Raise SampleConfigError for non-finite or out-of-range parameter values."""
     for f in dataclasses.fields(p):
         v = getattr(p, f.name)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise SampleConfigError(f"{source}: [model] {f.name} must be a finite number, got {v!r}")
+            raise SampleConfigError(f"{source}: [model] {f.name} = {v!r}: must be a finite number")
         if v < 0.0:
-            raise SampleConfigError(f"{source}: [model] {f.name} must be >= 0, got {v!r}")
+            raise SampleConfigError(f"{source}: [model] {f.name} = {v!r}: must be >= 0")
+        bound, why = _upper_bound(f.name)
+        if v > bound:
+            raise SampleConfigError(f"{source}: [model] {f.name} = {v!r}: must be at most {bound:g} ({why})")
     positive = ("forward_avrami_n", "reverse_avrami_n", "recryst_avrami_n", "polymorph_tau_s",
                 "max_substep_s", "polymorph_width_C", "tg_width_C", "quench_width_C", "pl_passivation_nm",
                 "pl_absorption_x", "pl_interface_decay_x", "interface_kappa", "forward_dT_width_C",
                 "reverse_dT_width_C", "size_black_nucleus_nm")
     for name in positive:
         if getattr(p, name) <= 0.0:
-            raise SampleConfigError(f"{source}: [model] {name} must be > 0, got {getattr(p, name)!r}")
+            raise SampleConfigError(f"{source}: [model] {name} = {getattr(p, name)!r}: must be > 0")
     for name in ("milled_frac_csi", "milled_frac_poorly_crystalline", "pl_unpassivated"):
         if getattr(p, name) > 1.0:
-            raise SampleConfigError(f"{source}: [model] {name} must be within 0–1, got {getattr(p, name)!r}")
+            raise SampleConfigError(f"{source}: [model] {name} = {getattr(p, name)!r}: must be within 0–1")
     if p.milled_frac_csi + p.milled_frac_poorly_crystalline > 1.0:
         raise SampleConfigError(f"{source}: [model] milled_frac_csi + milled_frac_poorly_crystalline exceeds 1")
 
@@ -182,7 +208,7 @@ class SampleSpec:
                 doc = tomllib.load(fh)
         except OSError as exc:
             raise SampleConfigError(f"{src}: cannot read sample file ({exc})") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SampleConfigError(f"{src}: invalid TOML ({exc})") from exc
         return cls.from_mapping(doc, source=src)
 
@@ -202,23 +228,23 @@ class SampleSpec:
                 raise SampleConfigError(f"{source}: unknown key [sample] {key!r} (allowed: name, cspbi3_wt_frac)")
         default = cls.default()
         name = sample.get("name", default.name)
-        if not isinstance(name, str):
-            raise SampleConfigError(f"{source}: [sample] name must be a string, got {name!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise SampleConfigError(f"{source}: [sample] name = {name!r}: must be a non-empty string")
         x = sample.get("cspbi3_wt_frac", default.cspbi3_wt_frac)
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-            raise SampleConfigError(f"{source}: [sample] cspbi3_wt_frac must be a number within 0–1, got {x!r}")
+            raise SampleConfigError(f"{source}: [sample] cspbi3_wt_frac = {x!r}: must be a number within 0–1")
         if "cspbi3_wt_frac" in sample and "name" not in sample:
             name = f"(CsPbI3){x:g}(agZIF-62){1.0 - x:g}"
         seed = doc.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SampleConfigError(f"{source}: seed must be a non-negative integer, got {seed!r}")
+            raise SampleConfigError(f"{source}: seed = {seed!r}: must be a non-negative integer")
         fields = {f.name for f in dataclasses.fields(ModelParameters)}
         kwargs: dict[str, float] = {}
         for key, value in model.items():
             if key not in fields:
                 raise SampleConfigError(f"{source}: unknown key [model] {key!r}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SampleConfigError(f"{source}: [model] {key} must be a number, got {value!r}")
+                raise SampleConfigError(f"{source}: [model] {key} = {value!r}: must be a number")
             kwargs[key] = float(value)
         try:
             params = ModelParameters(**kwargs)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,44 @@ __all__ = ["AnalysisParameters", "parse_overrides", "ParameterError"]
 
 class ParameterError(ValueError):
     """An unknown parameter name or a value of the wrong kind (message names the key)."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Allowed interval of a numeric parameter (open or closed at each end) and why."""
+
+    lo: float
+    hi: float
+    why: str
+    lo_open: bool = False
+
+    def check(self, key: str, value: float) -> None:
+        """ParameterError `KEY = VALUE: must be within …` unless lo ≤ (or <) value ≤ hi."""
+        if not (value > self.lo if self.lo_open else value >= self.lo) or not value <= self.hi:
+            interval = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+            raise ParameterError(f"{key} = {value!r}: must be within {interval} ({self.why})")
+
+
+RANGES: dict[str, _Range] = {
+    "caglioti": _Range(-10.0, 10.0, "Caglioti U, V, W in deg²: lab instruments give |U|, |V|, |W| < 0.1"),
+    "microstrain": _Range(0.0, 0.05, "fixed microstrain: 5 % is beyond any crystalline powder"),
+    "background_order": _Range(0, 30, "Chebyshev background order: higher orders start to fit the peaks"),
+    "active_threshold": _Range(0.0, 1.0, "a weight fraction", lo_open=True),
+    "active_m": _Range(1, 100, "consecutive patterns above the threshold"),
+    "thz_window_cm": _Range(0.0, 200.0, "Savitzky–Golay window in cm⁻¹: the Zn–I bands are ~10 cm⁻¹ wide",
+                            lo_open=True),
+    "thz_polyorder": _Range(2, 10, "a second derivative needs a polynomial of order >= 2"),
+    "zni_bands_cm": _Range(0.0, 10000.0, "band centres in cm⁻¹ of the far-IR/THz axis", lo_open=True),
+    "band_half_width_cm": _Range(0.0, 50.0, "half-width in cm⁻¹ around a band centre (0: the nearest point)"),
+    "band_exclude_cm": _Range(0.0, 200.0, "cm⁻¹ excluded around each band from the noise estimate"),
+    "edge_exclude_cm": _Range(0.0, 200.0, "cm⁻¹ excluded at each end of the axis from the noise estimate"),
+    "zni_reference_spectra": _Range(1, 100, "spectra averaged into the reference"),
+    "zni_k": _Range(0.0, 100.0, "detection level in σ (IUPAC: 3)", lo_open=True),
+    "zni_m": _Range(1, 100, "consecutive spectra above the level"),
+    "pl_core": _Range(0.0, 1.0, "fraction of the PL peak height above which the band core is fitted", lo_open=True),
+    "pl_max_centre_su_nm": _Range(0.0, 100.0, "1σ of the fitted PL centre in nm", lo_open=True),
+}
+"""The allowed range of every numeric parameter (all numbers must also be finite)."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +130,45 @@ class AnalysisParameters:
     pl_max_centre_su_nm: float = 0.5
 
     def __post_init__(self) -> None:
-        """Coerce lists (from JSON/TOML) to tuples and check the few values that can be wrong."""
-        for f in ("phases", "active_phases", "zni_bands_cm"):
-            object.__setattr__(self, f, tuple(getattr(self, f)))
-        object.__setattr__(self, "caglioti", tuple(float(v) for v in self.caglioti))
+        """Coerce lists (from JSON/TOML) to tuples; check types, finiteness and ranges (ParameterError, one line)."""
+        for f in ("phases", "active_phases", "zni_bands_cm", "caglioti"):
+            value = getattr(self, f)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise ParameterError(f"{f} = {value!r}: must be a list")
+            object.__setattr__(self, f, tuple(value))
+        for f in ("phases", "active_phases"):
+            if not all(isinstance(v, str) and v for v in getattr(self, f)):
+                raise ParameterError(f"{f} = {list(getattr(self, f))!r}: must be a list of phase names")
+        if not self.phases:
+            raise ParameterError("phases = []: the fit needs at least one phase")
+        for f in ("caglioti", "zni_bands_cm"):
+            values = getattr(self, f)
+            if not all(_is_number(v) for v in values):
+                raise ParameterError(f"{f} = {list(values)!r}: must be a list of finite numbers")
+            object.__setattr__(self, f, tuple(float(v) for v in values))
+            for v in values:
+                RANGES[f].check(f, float(v))
         if len(self.caglioti) != 3:
-            raise ParameterError(f"caglioti must be three numbers (U, V, W), got {self.caglioti!r}")
+            raise ParameterError(f"caglioti = {list(self.caglioti)!r}: must be three numbers (U, V, W)")
+        if not self.zni_bands_cm:
+            raise ParameterError("zni_bands_cm = []: give at least one band centre")
+        for f in dataclasses.fields(self):
+            default = f.default
+            value = getattr(self, f.name)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ParameterError(f"{f.name} = {value!r}: must be true or false")
+            elif isinstance(default, int):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ParameterError(f"{f.name} = {value!r}: must be an integer")
+            elif isinstance(default, float):
+                if not _is_number(value):
+                    raise ParameterError(f"{f.name} = {value!r}: must be a finite number")
+                object.__setattr__(self, f.name, float(value))
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise ParameterError(f"{f.name} = {value!r}: must be a string")
+            if f.name in RANGES and not isinstance(default, tuple):
+                RANGES[f.name].check(f.name, getattr(self, f.name))
         missing = [p for p in self.active_phases if p not in self.phases]
         if missing:
             raise ParameterError(f"active_phases {missing} are not among phases {list(self.phases)}")
@@ -104,9 +176,6 @@ class AnalysisParameters:
             raise ParameterError(f"xrd_radiation must be auto, single, cu_ka or cu_ka1, got {self.xrd_radiation!r}")
         if self.pl_domain not in ("wavelength", "energy"):
             raise ParameterError(f"pl_domain must be wavelength or energy, got {self.pl_domain!r}")
-        for f in ("active_m", "zni_m", "zni_reference_spectra"):
-            if int(getattr(self, f)) < 1:
-                raise ParameterError(f"{f} must be >= 1, got {getattr(self, f)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples as lists) for the derived run's start document."""
@@ -123,19 +192,12 @@ class AnalysisParameters:
         unknown = sorted(set(changes) - names)
         if unknown:
             raise ParameterError(f"unknown analysis parameter(s) {unknown}; known: {sorted(names)}")
-        for key, value in changes.items():
-            default = getattr(self, key)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ParameterError(f"{key} must be true or false, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ParameterError(f"{key} must be a number, got {value!r}")
-                changes[key] = type(default)(value) if isinstance(default, float) else int(value)
-            if isinstance(default, str) and not isinstance(value, str):
-                raise ParameterError(f"{key} must be a string, got {value!r}")
-            if isinstance(default, tuple) and not isinstance(value, (list, tuple)):
-                raise ParameterError(f"{key} must be a list, got {value!r}")
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # __post_init__ checks types and ranges
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -22,6 +22,8 @@ Commands this driver sends (``<out>`` = control loop/output 1–2, ``<in>`` = in
 ``RAMPST? <out>``                      ``0`` | ``1`` (setpoint ramp in progress)
 ``RANGE? <out>`` / ``RANGE <out>,<r>``  0 off, 1 low, 2 medium, 3 high
 ``HTR? <out>``                         heater output in percent, ``+045.2``
+``TLIMIT <in>,<K>`` / ``TLIMIT? <in>``  temperature limit in K (0 = off): above it the controller itself
+                                       turns all control outputs off (``set_temperature_limit``)
 =====================================  ===================================================
 
 ``set(T_C)`` writes, in this order: (only when the heater range is 0/off) ``RAMP <out>,0,<rate>``,
@@ -114,7 +116,9 @@ _RAMP = re.compile(r"^([01]),([+-]?\d+(?:\.\d*)?)$")
 _DIGIT = re.compile(r"^[+]?(\d)$")
 
 #: Commands that set an absolute state: re-sending one after a lost connection is harmless.
-IDEMPOTENT_COMMANDS = ("SETP ", "RAMP ", "RANGE ", "OUTMODE ", "PID ", "MOUT ", "MODE ", "*CLS", "*ESE ", "*SRE ")
+IDEMPOTENT_COMMANDS = (
+    "SETP ", "RAMP ", "RANGE ", "OUTMODE ", "PID ", "MOUT ", "MODE ", "TLIMIT ", "*CLS", "*ESE ", "*SRE ",
+)
 
 
 def _idempotent(command: str) -> bool:
@@ -132,6 +136,16 @@ def _number(reply: str) -> float:
 def _parse_c(reply: str) -> float:
     """Parse a Kelvin reading such as ``+0295.150`` into °C."""
     return kelvin_to_celsius(_number(reply))
+
+
+_LIMIT = re.compile(r"^[+]?\d+(?:\.\d+)?$")
+
+
+def _parse_limit(reply: str) -> float:
+    """A ``TLIMIT?`` reply in K: ``+0450.000`` or the manual's ``+nnnn`` (no sign or decimals also accepted)."""
+    if not _LIMIT.match(reply):
+        raise ValueError(f"{reply!r} is not a TLIMIT? reply (+nnnn K)")
+    return float(reply)
 
 
 def _parse_ramp(reply: str) -> tuple[int, float]:
@@ -430,6 +444,36 @@ class LakeShore336Furnace(Device):
                     command=f"RANGE {self.output},0",
                     resource=self.resource,
                 )
+
+    def set_temperature_limit(self, max_C: float | None) -> dict[str, float | None]:
+        """Arm the controller's own over-temperature interlock: ``TLIMIT <in>,<K>`` on the control and sample inputs.
+
+        Above the limit the Model 336 turns every control output off by itself (manual ch. 6, TLIMIT), so the
+        furnace is protected even when this computer hangs or the link is gone. ``None`` turns the limits off
+        (0 K). Each limit is read back (``TLIMIT? <in>``) and must agree within 0.5 K, else InstrumentReplyError
+        (the command is absolute, so a dropped link simply re-sends it). Returns input → limit in °C (None = off).
+        """
+        if max_C is not None and not (math.isfinite(float(max_C)) and celsius_to_kelvin(float(max_C)) > 0.0):
+            raise ValueError(f"temperature limit must be a finite temperature above 0 K, got {max_C!r} °C")
+        limit_K = 0.0 if max_C is None else round(celsius_to_kelvin(float(max_C)), 1)
+        inputs = [self.control_input]
+        if self.sample_input is not None and self.sample_input != self.control_input:
+            inputs.append(self.sample_input)
+        out: dict[str, float | None] = {}
+        for inp in inputs:
+            command = f"TLIMIT {inp},{limit_K:.1f}"
+            self.visa.write(command)
+            readback = self.visa.query(f"TLIMIT? {inp}", parse=_parse_limit)
+            if abs(readback - limit_K) > 0.5:
+                raise InstrumentReplyError(
+                    f"{self.visa.instrument}: temperature limit of input {inp} reads {readback:g} K after "
+                    f"'{command}' on {self.resource}; set it at the controller (Input setup, Temperature Limit)",
+                    instrument=self.visa.instrument,
+                    command=command,
+                    resource=self.resource,
+                )
+            out[inp] = None if readback == 0.0 else kelvin_to_celsius(readback)
+        return out
 
     @property
     def poll_interval(self) -> float:

@@ -10,7 +10,8 @@ Follows the Model 336 user manual, chapter 6 (computer interface operation):
   blanks around fields ignored.
 * Reply formats: ``KRDG?``/``SETP?`` ``+0295.150`` (K), ``CRDG?`` ``+022.000`` (°C), ``RAMP?``
   ``1,+10.0``, ``RANGE?`` ``3``, ``HTR?`` ``+045.2`` (%), ``RAMPST?`` ``0|1``, ``OUTMODE?`` ``1,1,0``,
-  ``PID?`` ``+0010.0,+0010.0,+0000``, ``MOUT?`` ``+000.00``, ``*ESR?``/``*STB?``/``RDGST?`` ``nnn``;
+  ``PID?`` ``+0010.0,+0010.0,+0000``, ``MOUT?`` ``+000.00``, ``TLIMIT?`` ``+0450.000`` (K; the manual's
+  format line says ``+nnnn``, clients should parse any decimal), ``*ESR?``/``*STB?``/``RDGST?`` ``nnn``;
   ``KRDG? 0`` / ``CRDG? 0`` return all four inputs comma-separated.
 * IEEE-488.2 status: ``*ESR?`` (cleared on read), ``*ESE``/``*ESE?``, ``*SRE``/``*SRE?``, ``*STB?``,
   ``*CLS``, ``*OPC`` (sets bit 0), ``*OPC?`` -> ``1``, ``*RST`` (power-up settings: heaters off, ramp off,
@@ -19,7 +20,10 @@ Follows the Model 336 user manual, chapter 6 (computer interface operation):
   parameter, 16), 2 query error (4), 0 operation complete (1). A failed query produces no reply.
 * Inputs: A = control sensor in the furnace block, B = sample thermocouple, C/D have no sensor and
   read ``+0000.000``. Outputs 1/2 are heater outputs (1 drives the furnace), 3/4 analog outputs.
-  Limits used for validation: setpoint 0-1500 K, ramp 0 (infinite) or 0.1-100 K/min, ranges 0-3
+  ``TLIMIT <input>,<limit K>`` (manual ch. 6, Temperature Limit Command): if any input exceeds its
+  limit, all control outputs are turned off (range 0); 0 K turns the limit of that input off. The plant
+  enforces it at every integration step (``simulated.thermal``), whether or not a client is connected.
+  Limits used for validation: TLIMIT 0-9999 K, setpoint 0-1500 K, ramp 0 (infinite) or 0.1-100 K/min, ranges 0-3
   (outputs 1/2) / 0-1 (3/4), PID P 0.1-1000, I 0.1-1000, D 0-200, MOUT 0-100 %.
 """
 
@@ -47,6 +51,7 @@ ESR_CME = 32
 ESR_PON = 128
 
 SETPOINT_MAX_K = 1500.0
+TLIMIT_MAX_K = 9999.0
 RAMP_MIN, RAMP_MAX = 0.1, 100.0
 
 
@@ -281,6 +286,8 @@ class LakeShore336Server(LineServer):
             "MOUT": self._c_mout,
             "MOUT?": self._q_mout,
             "MODE": self._c_mode,
+            "TLIMIT": self._c_tlimit,
+            "TLIMIT?": self._q_tlimit,
             "MODE?": lambda a: self._noargs(a, str(self.remote_mode)),
         }
 
@@ -564,3 +571,19 @@ class LakeShore336Server(LineServer):
         o = self._output(out)
         with self._plant() as plant:
             return f"{plant.loop(o).manual_output:+07.2f}"
+
+    def _c_tlimit(self, args: list[str]) -> None:
+        """TLIMIT <input A-D>,<limit K 0-9999>: all outputs off while that input reads above the limit; 0 = off."""
+        inp, val = _args(args, 2)
+        name = self._input(inp)
+        limit = _num(val, 0.0, TLIMIT_MAX_K)
+        with self._plant() as plant:
+            plant.set_temperature_limit(name, limit)
+        return None
+
+    def _q_tlimit(self, args: list[str]) -> str:
+        """TLIMIT? <input A-D> -> the limit in K, ``+0450.000`` (``+0000.000`` = no limit)."""
+        (inp,) = _args(args, 1)
+        name = self._input(inp)
+        with self._plant() as plant:
+            return _fmt_k(plant.temperature_limits_K[name])

@@ -31,6 +31,12 @@ conductance that gives a ~3 min natural time constant):
   (0.1-100 K/min; rate 0 = infinite, i.e. a step) while ramping is on; ``RAMPST?`` reports 1 until it
   arrives.
 
+Temperature limits (``TLIMIT``, manual ch. 6): each input may carry a limit in kelvin (0 = off). Whenever an
+input's reading exceeds its limit, every control output is switched to range 0 (off), checked after every
+integration step, so the interlock acts at the simulated instant the limit is crossed whoever is (or is not)
+talking to the controller. Outputs switched back on while an input is still above its limit go off again at
+the next step, as on the instrument. Limits are kept by ``*RST`` (they are stored settings, not run state).
+
 Faults (``simulated.faults``): ``plant.fault`` may force output 1 to 100 % of its range (overshoot,
 runaway; switching the range to 0 still cuts the power, as the 336's output stage does) or pass only a
 fraction of the heater power to the block (heater failure).
@@ -139,6 +145,11 @@ class FurnacePlant:
         self.sensor_C = t0
         self.sample_C = t0
         self.loops: dict[int, ControlLoop] = {}
+        self.temperature_limits_K: dict[str, float] = {name: 0.0 for name in INPUTS}
+        """TLIMIT per input in kelvin; 0 = no limit (manual ch. 6)."""
+        self.limit_trips: int = 0
+        """How many times a temperature limit switched the outputs off (0 while none has tripped)."""
+        self._limits_on: tuple[tuple[str, float], ...] = ()
         self.fault: Any = None
         """A ``simulated.faults.PlantFault`` (overshoot/runaway: output 1 forced to 100 %; heater_failure:
         only ``fraction`` of the power reaches the block) or None; set by the FaultInjector."""
@@ -176,13 +187,35 @@ class FurnacePlant:
             lp.setpoint_C = lp.target_C
 
     def set_range(self, output: int, heater_range: int) -> None:
-        """RANGE: heater range 0-3; switching off clears the integrator (as the controller does)."""
+        """RANGE: heater range 0-3; switching off clears the integrator (as the controller does); an output
+        switched on while an input is above its temperature limit goes straight back to 0."""
         lp = self.loops[output]
         lp.heater_range = int(heater_range)
         if lp.heater_range == 0:
             lp.integral = 0.0
             lp.output_percent = 0.0
             lp.last_error = None
+        elif self._limits_on:  # switched on above a temperature limit: off again at once
+            self._enforce_limits()
+
+    def set_temperature_limit(self, input_name: str, limit_K: float) -> None:
+        """TLIMIT: switch every output off whenever ``input_name`` reads above ``limit_K`` kelvin (0 = off)."""
+        if input_name not in INPUTS:
+            raise KeyError(input_name)
+        self.temperature_limits_K[input_name] = max(0.0, float(limit_K))
+        self._limits_on = tuple((n, k) for n, k in self.temperature_limits_K.items() if k > 0.0)
+        self._enforce_limits()
+
+    def _enforce_limits(self) -> None:
+        """All outputs to range 0 if any input with a limit reads above it (an input with no sensor never trips)."""
+        for name, limit_K in self._limits_on:
+            reading = self.reading_C(name)
+            if reading is not None and reading + KELVIN_OFFSET > limit_K:
+                if any(lp.heater_range for lp in self.loops.values()):
+                    self.limit_trips += 1
+                    for output in self.loops:
+                        self.set_range(output, 0)
+                return
 
     def reading_C(self, input_name: str) -> float | None:
         """Temperature at sensor input A-D in °C; None for an input with no sensor (C, D)."""
@@ -253,6 +286,8 @@ class FurnacePlant:
         self.sensor_C += dt * (self.heater_C - self.sensor_C) / prm.sensor_tau_s
         self.sample_C += dt * (self.sensor_C - self.sample_C) / prm.sample_tau_s
         self.time_s += dt
+        if self._limits_on:
+            self._enforce_limits()
 
     def advance_to(self, t_s: float) -> float:
         """Integrate up to ``t_s`` (whole internal steps); return the mean sample °C over the interval."""

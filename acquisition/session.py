@@ -151,6 +151,9 @@ class Session:
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
                             ANALYSIS_READY_TIMEOUT_S)
         self.rig = self._stack.enter_context(self._make_rig())
+        from acquisition.interlocks import arm_furnace_interlocks  # TLIMIT + guardian; before _make_safe (its doc)
+
+        arm_furnace_interlocks(self._stack, self.config, self.rig, self.catalog)
         self._stack.callback(self._make_safe)
         self.RE = RunEngine({}, call_returns_result=False)
         self.RE.md.update(

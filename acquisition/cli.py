@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 
@@ -55,19 +58,78 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: ONE line `hotstage: error: …` and exit status 2 (no usage block, no traceback)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("hotstage").strip()
+        self.exit(EXIT_BAD_INPUT, f"hotstage: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on: 1–65535 (a server the user connects to needs a known port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1–65535)")
+    return port
+
+
+def _time_scale(text: str) -> float:
+    """Experiment seconds per wall second of the simulated rig: finite, above 0, at most 10000."""
+    from simulated.serve import time_scale
+
+    return time_scale(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _uid(text: str) -> str:
+    """A run uid or a prefix of one: not empty (an empty prefix would name the whole catalog)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a run uid (or a unique prefix) is required, got an empty string")
+    return text.strip()
+
+
+def _data_dir(text: str) -> str:
+    """The catalog directory: not empty, not an existing file (whether it must exist depends on the command)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a catalog directory")
+    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a catalog directory")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotstage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="catalog directory (default: $HOTSTAGE_DATA or ./hotstage-data)")
+    parser = _Parser(prog="hotstage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=_data_dir, help="catalog directory (default: $HOTSTAGE_DATA or ./hotstage-data)")
+    # --data also after the subcommand; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", type=_data_dir, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the default simulated in-situ experiment and summarise it")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    demo = command("demo", help="run the default simulated in-situ experiment and summarise it")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.add_argument("--time-scale", type=float, default=None, help="simulated seconds per wall second")
+    demo.add_argument("--time-scale", type=_time_scale, default=None,
+                      help="simulated seconds per wall second (above 0, at most 10000)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     _analysis_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    run = sub.add_parser("run", help="run an in-situ temperature program")
+    run = command("run", help="run an in-situ temperature program")
     run.add_argument("--program", required=True, help="temperature program TOML")
     run.add_argument("--sample", help="sample TOML (default: the 40/60 composite)")
     run.add_argument("--rig", help="rig TOML (default: the simulated rig)")
@@ -76,54 +138,57 @@ def _parser() -> argparse.ArgumentParser:
     _analysis_options(run)
     run.set_defaults(func=_cmd_run)
 
-    runs = sub.add_parser("runs", help="list the runs in the catalog")
+    runs = command("runs", help="list the runs in the catalog")
     runs.add_argument("--sample", help="only runs of this sample name")
-    runs.add_argument("--limit", type=int, default=20, help="at most this many, newest first")
+    runs.add_argument("--limit", type=_positive_int, default=20, help="at most this many, newest first")
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=_cmd_runs)
 
-    show = sub.add_parser("show", help="metadata and streams of one run")
-    show.add_argument("uid", help="run uid (or a unique prefix)")
+    show = command("show", help="metadata and streams of one run")
+    show.add_argument("uid", type=_uid, help="run uid (or a unique prefix)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_show)
 
-    export = sub.add_parser("export", help="a run's documents as JSON lines (what `hotstage replay` and "
-                                           "acquisition.replay read; the recorded-run format of tests/data)")
-    export.add_argument("uid", help="run uid (or a unique prefix)")
+    export = command("export", help="a run's documents as JSON lines (what `hotstage replay` and "
+                                    "acquisition.replay read; the recorded-run format of tests/data)")
+    export.add_argument("uid", type=_uid, help="run uid (or a unique prefix)")
     export.add_argument("--out", help="output file (default: DATA/exports/<uid>.jsonl)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=_cmd_export)
 
-    serve_cat = sub.add_parser("serve", help="serve the embedded catalog over HTTP (a Tiled server) until Ctrl-C")
+    serve_cat = command("serve", help="serve the embedded catalog over HTTP (a Tiled server) until Ctrl-C")
     serve_cat.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve_cat.add_argument("--port", type=int, default=8000)
+    serve_cat.add_argument("--port", type=_port, default=8000, help="TCP port, 1–65535 (default 8000)")
     serve_cat.add_argument("--api-key", help="the key clients must give (default: $TILED_API_KEY, else random)")
     serve_cat.set_defaults(func=_cmd_serve)
 
-    replay = sub.add_parser("replay", help="re-run the analysis on a stored raw run (a new derived run)")
-    replay.add_argument("uid", help="raw run uid (or a unique prefix)")
+    replay = command("replay", help="re-run the analysis on a stored raw run (a new derived run)")
+    replay.add_argument("uid", type=_uid, help="raw run uid (or a unique prefix)")
     replay.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="analysis parameter override (JSON value), repeatable")
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(func=_cmd_replay)
 
-    report = sub.add_parser("report", help="PNG figures of a derived run")
-    report.add_argument("uid", help="derived run uid, or a raw run uid (its newest derived run)")
+    report = command("report", help="PNG figures of a derived run")
+    report.add_argument("uid", type=_uid, help="derived run uid, or a raw run uid (its newest derived run)")
     report.add_argument("--out", help="output directory (default: DATA/reports/<uid>)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=_cmd_report)
 
-    spool = sub.add_parser("spool", help="the storage spool (documents not yet known to be in the catalog)")
+    spool = command("spool", help="the storage spool (documents not yet known to be in the catalog)")
     spool_sub = spool.add_subparsers(metavar="ACTION")
-    flush = spool_sub.add_parser("flush", help="write what the spool holds to the catalog (nothing twice)")
+    flush = spool_sub.add_parser("flush", parents=[common],
+                                 help="write what the spool holds to the catalog (nothing twice)")
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(func=_cmd_spool_flush)
+
+    from simulated.serve import add_arguments as sim_serve_arguments
 
     sim = sub.add_parser("sim", help="the simulated rig")
     sim_sub = sim.add_subparsers(metavar="ACTION")
     serve = sim_sub.add_parser("serve", help="run the instrument emulators until Ctrl-C")
-    serve.add_argument("--sample")
-    serve.add_argument("--time-scale", type=float)
+    sim_serve_arguments(serve)  # the same options (and checks) as `python -m simulated.serve`
+    serve.set_defaults(func=_cmd_sim_serve)
     return parser
 
 
@@ -133,8 +198,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from plans.program import TemperatureProgram
     from simulated.parameters import SampleSpec
 
+    _data_to_write(args)
     rig = RigConfig() if args.time_scale is None else RigConfig(time_scale=args.time_scale)
-    return _run_program(args, rig, SampleSpec.default(), TemperatureProgram.demo(), "the demo program", report=True)
+    with _rig_start_errors(rig):
+        return _run_program(args, rig, SampleSpec.default(), TemperatureProgram.demo(), "the demo program",
+                            report=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -142,10 +210,98 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from plans.program import TemperatureProgram
     from simulated.parameters import SampleSpec, load_sample
 
+    _data_to_write(args)
     rig = RigConfig.from_toml(args.rig) if args.rig else RigConfig()
     sample = load_sample(args.sample) if args.sample else SampleSpec.default()
     program = TemperatureProgram.from_toml(args.program)
-    return _run_program(args, rig, sample, program, args.program)
+    with _rig_start_errors(rig):
+        return _run_program(args, rig, sample, program, args.program)
+
+
+class StartError(ValueError):
+    """The rig could not be opened at the start of a session (before any run): one line, exit status 2."""
+
+
+@contextmanager
+def _rig_start_errors(rig: Any) -> Iterator[None]:
+    """Turn an instrument that cannot be opened while the session starts into one line (StartError).
+
+    Only errors raised while `Session.__enter__` runs (instruments opened, nothing acquired, no run recorded):
+    the same InstrumentError during a run is the run's failure, reported by the run itself."""
+    from devices.visa import InstrumentError
+    from pyvisa.errors import Error as VisaError
+
+    held = _OpeningLogs()
+    loggers = [logging.getLogger(name) for name in _OpeningLogs.LOGGERS]
+    for logger in loggers:
+        logger.addFilter(held)
+    try:
+        yield
+    except (InstrumentError, VisaError) as exc:
+        if not _raised_opening_session(exc.__traceback__):
+            raise
+        held.held.clear()  # the error line says how many tries were made
+        text = " ".join(str(exc).split())  # pyvisa messages span lines
+        instrument = getattr(exc, "instrument", "") or "the instruments"
+        if not getattr(exc, "resource", ""):
+            text += f" (rig.visa_library = {rig.visa_library!r})"
+        what = text if text.startswith(instrument) else f"cannot open {instrument}: {text}"
+        raise StartError(f"{rig.source}: {what}; no run was recorded") from None
+
+
+    finally:
+        for logger in loggers:
+            logger.removeFilter(held)
+        held.release()
+
+
+def _is_session_enter(code: Any) -> bool:
+    return code.co_name == "__enter__" and Path(code.co_filename).parts[-2:] == ("acquisition", "session.py")
+
+
+def _raised_opening_session(tb: Any) -> bool:
+    """True when the traceback `tb` runs through `acquisition.session.Session.__enter__` (the rig being opened)."""
+    while tb is not None:
+        if _is_session_enter(tb.tb_frame.f_code):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _OpeningLogs(logging.Filter):
+    """Holds the device loggers' retry warnings while the session opens the rig (in `Session.__enter__`).
+
+    When opening fails they are dropped: the one error line says how many tries were made. Otherwise they are
+    let through, in order, before the next device log record (or when the command ends)."""
+
+    LOGGERS = ("devices.visa", "devices.lakeshore", "devices.spectrometers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self._releasing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._releasing:
+            return True
+        frame = sys._getframe(1)
+        while frame is not None:
+            if _is_session_enter(frame.f_code):
+                self.held.append(record)
+                return False
+            frame = frame.f_back
+        self.release()
+        return True
+
+    def release(self) -> None:
+        """Emit the held records through their loggers."""
+        held, self.held = self.held, []
+        self._releasing = True
+        try:
+            for record in held:
+                logging.getLogger(record.name).handle(record)
+        finally:
+            self._releasing = False
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
@@ -156,11 +312,20 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 
 def _analysis_setting(args: argparse.Namespace) -> Any:
     """False, or the analysis parameters (validated before anything moves)."""
-    from analysis.live import AnalysisParameters, parse_overrides
-
     if args.no_analysis:
         return False
-    return AnalysisParameters().replace(**parse_overrides(args.param))
+    return _analysis_parameters(args)
+
+
+def _analysis_parameters(args: argparse.Namespace) -> Any:
+    """The `--param` overrides applied to the defaults; a bad one is a ParameterError naming `--param KEY`."""
+    from analysis.live import AnalysisParameters, parse_overrides
+    from analysis.live.parameters import ParameterError
+
+    try:
+        return AnalysisParameters().replace(**parse_overrides(args.param))
+    except ParameterError as exc:
+        raise ParameterError(f"--param {exc}") from None
 
 
 def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, program_source: str,
@@ -214,12 +379,10 @@ def _reports_dir(data: str | None) -> Any:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from acquisition.replay import replay
-    from acquisition.storage import open_catalog
     from acquisition.summary import derived_text, summarise_derived
-    from analysis.live import AnalysisParameters, parse_overrides
 
-    params = AnalysisParameters().replace(**parse_overrides(args.param))  # bad keys: exit 2 before any work
-    catalog = open_catalog(args.data)
+    params = _analysis_parameters(args)  # bad keys or values: exit 2 before any work
+    catalog = _catalog_to_read(args)
     uid = replay(catalog, args.uid, params)
     summary = summarise_derived(catalog[uid])
     if args.json:
@@ -231,10 +394,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from acquisition.report import write_report
-    from acquisition.storage import open_catalog
     from acquisition.summary import find_derived, find_run
 
-    catalog = open_catalog(args.data)
+    if args.out is not None and (not args.out.strip() or Path(args.out).expanduser().is_file()):
+        raise CommandError(f"--out {args.out!r}: must name a directory for the figures, not a file")
+    catalog = _catalog_to_read(args)
     run = find_run(catalog, args.uid)
     start = run.metadata["start"]
     if "derived_from" not in start:
@@ -255,14 +419,19 @@ def _cmd_spool_flush(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from acquisition.spool import default_spool_dir, flush_spool, pending_runs
-    from acquisition.storage import catalog_location, close_catalog, open_catalog
+    from acquisition.storage import CatalogLocation, close_catalog, open_catalog
 
-    catalog = open_catalog(args.data)
-    try:
-        directory = default_spool_dir(catalog_location(catalog))
-        results = flush_spool(catalog, directory) if pending_runs(directory) else []
-    finally:
-        close_catalog(catalog)
+    root = _embedded_root(args)
+    if root is not None and not root.is_dir():
+        raise CommandError(f"{_describe_data(args, root)}: no such directory, so no spool to flush")
+    directory = default_spool_dir(CatalogLocation(data_dir=str(root)) if root is not None else None)
+    results = []
+    if pending_runs(directory):  # only then is the catalog opened (and created if it is missing)
+        catalog = open_catalog(args.data)
+        try:
+            results = flush_spool(catalog, directory)
+        finally:
+            close_catalog(catalog)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
     elif not results:
@@ -277,10 +446,9 @@ def _cmd_spool_flush(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from acquisition.storage import open_catalog
     from acquisition.summary import list_runs
 
-    rows = list_runs(open_catalog(args.data), sample=args.sample, limit=args.limit)
+    rows = list_runs(_catalog_to_read(args), sample=args.sample, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -294,20 +462,21 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from acquisition.storage import open_catalog
     from acquisition.summary import find_run, summarise_run
 
-    summary = summarise_run(find_run(open_catalog(args.data), args.uid))
+    summary = summarise_run(find_run(_catalog_to_read(args), args.uid))
     _emit(summary, args.json, human=_human_summary)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from acquisition.jsonl import save_jsonl
-    from acquisition.storage import default_data_dir, open_catalog
+    from acquisition.storage import default_data_dir
     from acquisition.summary import find_run
 
-    run = find_run(open_catalog(args.data), args.uid)
+    if args.out is not None and (not args.out.strip() or Path(args.out).expanduser().is_dir()):
+        raise CommandError(f"--out {args.out!r}: must name a file for the JSON lines, not a directory")
+    run = find_run(_catalog_to_read(args), args.uid)
     uid = run.metadata["start"]["uid"]
     data = (Path(args.data) if args.data else default_data_dir()).expanduser().resolve()
     out = Path(args.out) if args.out else data / "exports" / f"{uid}.jsonl"
@@ -329,8 +498,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from acquisition.storage import serve_catalog
 
+    _data_to_write(args)  # a new directory is fine: sessions may write through the server
     serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key)
     return 0
+
+
+def _cmd_sim_serve(args: argparse.Namespace) -> int:
+    from simulated.serve import run
+
+    return run(args)
+
+
+class CommandError(ValueError):
+    """A command-line argument that cannot be used (one line, exit status 2; nothing was opened)."""
+
+
+def _data_to_write(args: argparse.Namespace) -> None:
+    """A session's catalog directory may be new (it is created), but not a file (checked before anything starts)."""
+    root = _embedded_root(args)
+    if root is not None and root.exists() and not root.is_dir():
+        raise CommandError(f"{_describe_data(args, root)}: is a file, not a catalog directory")
+
+
+def _embedded_root(args: argparse.Namespace) -> Path | None:
+    """The embedded catalog's directory, with `open_catalog`'s precedence; None when a Tiled server is used."""
+    from acquisition.storage import URI_ENV, default_data_dir
+
+    if args.data is None and os.environ.get(URI_ENV):
+        return None
+    return (Path(args.data) if args.data is not None else default_data_dir()).expanduser()
+
+
+def _describe_data(args: argparse.Namespace, root: Path) -> str:
+    """How the user named the catalog directory (for error lines)."""
+    from acquisition.storage import DATA_ENV
+
+    if args.data is not None:
+        return f"--data {args.data}"
+    if os.environ.get(DATA_ENV):
+        return f"${DATA_ENV}={os.environ[DATA_ENV]}"
+    return f"{root} (the default catalog directory)"
+
+
+def _catalog_to_read(args: argparse.Namespace) -> Any:
+    """Open the catalog a read command reads; a directory without one is an error (no empty catalog is created)."""
+    from acquisition.storage import open_catalog
+
+    root = _embedded_root(args)
+    if root is not None and not (root / "catalog.db").is_file():
+        why = "no such directory" if not root.exists() else "no hotstage catalog there (no catalog.db)"
+        raise CommandError(f"{_describe_data(args, root)}: {why}")
+    # a damaged table store: one warning line, metadata and arrays stay readable (acquisition.datadir)
+    return open_catalog(args.data, allow_damaged=True)
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ class _OneLineParser(argparse.ArgumentParser):
     """Bad arguments: one line `PROG: error: …` and exit status 2 (no usage block)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        command = self.prog.removeprefix("hotstage").strip()
+        self.exit(2, f"hotstage: error: {command}: {message}\n")
 
 
 def port_number(text: str) -> int:
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             load_sample(args.sample)  # before anything listens
         return asyncio.run(_serve(args))
     except (OSError, ValueError) as exc:  # unreadable/invalid sample file, bad fault spec, port in use
-        print(f"hotstage sim serve: error: {exc}", file=sys.stderr)
+        print(f"hotstage: error: sim serve: {exc}", file=sys.stderr)
         return 2
 
 

@@ -51,7 +51,9 @@ Spec grammar (``--fault``, control socket ``{"op": "inject", "spec": ...}``)::
 lines over TCP on 127.0.0.1 (request ``{"op": ...}``, one reply line ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``). Operations: ``inject`` (fields as :meth:`FaultInjector.inject`, or
 ``spec``), ``clear`` (optional ``instrument``), ``list``, ``history``, ``truth`` (the world's ground truth,
-including ``heater_range`` from the plant itself).
+including ``heater_range`` from the plant itself), ``counts`` (per instrument, how many ``INIT`` and
+``FETC:DATA?`` the array emulators executed: an outside tester's count of acquisitions, independent of the
+catalog; see :meth:`FaultInjector.count_exchange`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class FaultInjector:
         self._next_id = 1
         self.history: list[dict[str, Any]] = []
         """One entry per occurrence: wall time, instrument, kind, command."""
+        self._exchanges: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------------------- public API
     def inject(
@@ -225,6 +228,17 @@ class FaultInjector:
             )
 
     # ------------------------------------------------------------------------- emulator hooks
+    def count_exchange(self, instrument: str, command: str) -> None:
+        """Count one executed command of ``instrument`` (the array emulators count INIT and FETC:DATA?)."""
+        with self._lock:
+            per = self._exchanges.setdefault(instrument, {})
+            per[command] = per.get(command, 0) + 1
+
+    def exchange_counts(self) -> dict[str, dict[str, int]]:
+        """Executed commands per instrument so far (``{"xrd": {"INIT": 12, "FETC:DATA?": 12}, ...}``)."""
+        with self._lock:
+            return {name: dict(per) for name, per in self._exchanges.items()}
+
     def take(self, instrument: str, command: str, kinds: tuple[str, ...]) -> Fault | None:
         """The fault (of ``kinds``) that fires on this message of ``instrument``, if any; counts it."""
         if not self._faults:  # fast path, no lock: the common case
@@ -368,6 +382,8 @@ class ControlServer:
                 return {"ok": True, "history": list(self.faults.history)}
             if op == "truth":
                 return {"ok": True, "truth": self.truth() if self.truth else {}}
-            raise FaultSpecError(f"unknown op {op!r}; known: inject, clear, list, history, truth")
+            if op == "counts":
+                return {"ok": True, "counts": self.faults.exchange_counts()}
+            raise FaultSpecError(f"unknown op {op!r}; known: inject, clear, list, history, truth, counts")
         except Exception as exc:  # noqa: BLE001 - the reply carries the error
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

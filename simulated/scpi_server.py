@@ -442,6 +442,7 @@ class ScpiArrayServer(LineServer):
         task = asyncio.get_running_loop().create_task(self._run_acquisition(t0, self.integration_s))
         self._acq = task
         task.add_done_callback(self._finished)
+        self._count("INIT")
         return None
 
     async def _abor(self, arg: str) -> None:
@@ -467,7 +468,14 @@ class ScpiArrayServer(LineServer):
         await self._wait_acquisition()
         if self._data is None:
             raise _ScpiError(-230, "Data corrupt or stale")
-        return self._encode(self._faulty(self._data))
+        reply = self._encode(self._faulty(self._data))
+        self._count("FETC:DATA?")
+        return reply
+
+    def _count(self, command: str) -> None:
+        """Count an executed acquisition command in the fault injector (the control socket's ``counts``)."""
+        if self.faults is not None:
+            self.faults.count_exchange(self.fault_name, command)
 
     def _faulty(self, data: np.ndarray) -> np.ndarray:
         """Apply a data fault (saturation: scaled and clipped at full scale; wrong_length: values dropped)."""

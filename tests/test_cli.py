@@ -181,3 +181,215 @@ def test_sim_serve_prints_resources_and_stops_on_sigterm(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
+
+
+# -- bad input: one line, exit 2, nothing started ---------------------------------------------------------------------
+VISA_RIG = """\
+[rig]
+kind = "visa"
+{extra}
+[furnace]
+resource = "{resource}"
+[xrd]
+resource = "{resource}"
+[thz]
+resource = "{resource}"
+[pl]
+resource = "{resource}"
+"""
+
+
+def cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        data: Path) -> tuple[int, str, str]:
+    """`hotstage ARGV` in this process (exit status, stdout, stderr), with $HOTSTAGE_DATA = data."""
+    from acquisition.cli import main
+
+    monkeypatch.setenv("HOTSTAGE_DATA", str(data))
+    monkeypatch.delenv("HOTSTAGE_TILED_URI", raising=False)
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    out = capsys.readouterr()
+    return int(status), out.out, out.err
+
+
+@pytest.fixture()
+def nothing_may_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a session, the catalog, a writer or analysis process, or the emulators are started."""
+    import acquisition.session
+    import acquisition.storage
+    import analysis.live
+    import simulated.rig
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("something was started before the input was validated")
+
+    monkeypatch.setattr(acquisition.session, "Session", started)
+    monkeypatch.setattr(acquisition.storage, "open_catalog", started)
+    monkeypatch.setattr(acquisition.storage, "CatalogWriter", started)
+    monkeypatch.setattr(analysis.live, "LiveAnalysis", started)
+    monkeypatch.setattr(simulated.rig, "EmulatorHost", started)
+
+
+def assert_one_line(status: int, err: str, *needles: str) -> None:
+    assert status == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("hotstage: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "needle"),
+    [
+        ("rig.toml", "[limits]\nmax_C = inf\n", "limits.max_C = inf"),
+        ("rig.toml", "[limits]\nmax_C = 1e308\n", "limits.max_C = 1e+308"),
+        ("rig.toml", "[limits]\nmax_C = nan\n", "limits.max_C = nan"),
+        ("rig.toml", "[rig]\ntime_scale = 1e6\n", "rig.time_scale"),
+        ("rig.toml", '[xrd]\nexposure_s = "abc"\n', "xrd.exposure_s = 'abc'"),
+        ("rig.toml", '[furnace]\noutput = "one"\n', "furnace.output = 'one'"),
+        ("rig.toml", "[furnace]\noutput = 3\n", "furnace.output = 3"),
+        ("rig.toml", "furnace = 5\n", "furnace = 5"),
+        ("rig.toml", "[cadence]\nxrd = { every_C = 0 }\n", "cadence.xrd.every_C"),
+        ("rig.toml", VISA_RIG.format(extra="", resource="garbage"), "furnace.resource = 'garbage'"),
+        ("rig.toml", VISA_RIG.format(extra="time_scale = 240", resource="TCPIP0::127.0.0.1::5025::SOCKET"),
+         "rig.time_scale = 240.0: a visa rig runs in real time"),
+        ("prog.toml", SHORT_PROGRAM.replace('kind = "ramp"', 'kind = ["ramp"]'), "kind = ['ramp']"),
+        ("prog.toml", SHORT_PROGRAM.replace("to_C = 100", "to_C = inf"), "to_C = inf"),
+        ("prog.toml", SHORT_PROGRAM.replace("minutes = 1", "minutes = 1e308"), "minutes = 1e+308"),
+        ("prog.toml", SHORT_PROGRAM.replace("rate_C_per_min = 20", "rate_C_per_min = nan", 1), "rate_C_per_min"),
+        ("sample.toml", "[sample]\ncspbi3_wt_frac = nan\n", "cspbi3_wt_frac = nan"),
+        ("sample.toml", "[model]\ntg_glass_C = 1e308\n", "tg_glass_C = 1e+308"),
+        ("sample.toml", "seed = -1\n", "seed = -1"),
+    ],
+)
+def test_bad_files_start_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                 nothing_may_start: None, file: str, content: str, needle: str) -> None:
+    files = {"prog.toml": SHORT_PROGRAM, "sample.toml": "[sample]\nname = 'x'\ncspbi3_wt_frac = 0.4\n", "rig.toml": ""}
+    files[file] = content
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    status, _, err = cli(["run", "--program", str(tmp_path / "prog.toml"), "--sample", str(tmp_path / "sample.toml"),
+                          "--rig", str(tmp_path / "rig.toml")], monkeypatch, capsys, tmp_path / "data")
+    assert_one_line(status, err, needle, str(tmp_path / file))
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["demo", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5.0", "(0, 200]"]),
+        (["demo", "--param", "active_m=2.5"], ["active_m = 2.5", "integer"]),
+        (["demo", "--param", "zni_k=NaN"], ["zni_k = nan", "finite"]),
+        (["demo", "--param", "no_such=1"], ["no_such"]),
+        (["demo", "--time-scale", "inf"], ["--time-scale", "inf"]),
+        (["demo", "--time-scale", "nan"], ["--time-scale", "nan"]),
+        (["demo", "--time-scale", "0"], ["--time-scale", "0"]),
+        (["demo", "--time-scale", "-240"], ["--time-scale", "-240"]),
+        (["demo", "--time-scale", "1e6"], ["--time-scale", "1e6"]),
+        (["serve", "--port", "99999"], ["--port", "99999", "1–65535"]),
+        (["serve", "--port", "0"], ["--port", "0"]),
+        (["serve", "--port", "http"], ["--port", "http"]),
+        (["sim", "serve", "--furnace-port", "99999"], ["sim serve", "--furnace-port", "99999"]),
+        (["sim", "serve", "--control-port", "-1"], ["--control-port", "-1"]),
+        (["sim", "serve", "--time-scale", "0"], ["--time-scale"]),
+        (["sim", "serve", "--seed", "-3"], ["--seed"]),
+        (["--data", "{tmp}", "sim", "serve", "--xrd-port", "70000"], ["--xrd-port", "70000"]),
+        (["show", ""], ["show", "uid", "empty"]),
+        (["export", ""], ["export", "uid", "empty"]),
+        (["export", "  "], ["export", "uid", "empty"]),
+        (["report", ""], ["report", "uid"]),
+        (["replay", ""], ["replay", "uid"]),
+        (["runs", "--limit", "0"], ["--limit"]),
+        (["--data", "{file}", "runs"], ["--data", "is a file"]),
+        (["runs", "--data", "{file}"], ["--data", "is a file"]),
+        (["demo", "--data", "{file}"], ["--data", "is a file"]),
+        (["--data", "", "runs"], ["--data", "empty"]),
+        (["run", "--program", "{tmp}/prog.toml", "--data", "{file}"], ["--data", "is a file"]),
+        (["export", "abc", "--out", "{tmp}"], ["--out", "not a directory"]),
+        (["report", "abc", "--out", "{file}"], ["--out", "not a file"]),
+    ],
+)
+def test_bad_arguments_start_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str], nothing_may_start: None, argv: list[str],
+                                     needles: list[str]) -> None:
+    (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
+    (tmp_path / "a-file").write_text("not a catalog")
+    argv = [a.format(tmp=tmp_path, file=tmp_path / "a-file") for a in argv]
+    status, _, err = cli(argv, monkeypatch, capsys, tmp_path / "data")
+    assert_one_line(status, err, *needles)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["runs"], ["show", "abc"], ["export", "abc"], ["report", "abc"], ["replay", "abc"], ["spool", "flush"]],
+)
+@pytest.mark.parametrize("where", ["--data", "env", "empty dir"])
+def test_read_commands_never_create_a_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], nothing_may_start: None,
+                                              argv: list[str], where: str) -> None:
+    """A mistyped --data (or $HOTSTAGE_DATA) is an error, not a silently created empty catalog."""
+    missing = tmp_path / "typo"
+    if where == "empty dir":
+        missing.mkdir()
+    extra = ["--data", str(missing)] if where == "--data" else []
+    status, _, err = cli([*argv, *extra], monkeypatch, capsys, missing if where != "--data" else tmp_path / "data")
+    if where == "empty dir" and argv == ["spool", "flush"]:
+        assert status == 0  # an existing directory with nothing spooled: nothing to do, nothing created
+    else:
+        assert_one_line(status, err, str(missing), "no such directory" if where != "empty dir" else "no catalog.db")
+    assert not (tmp_path / "data").exists() and not (missing / "catalog.db").exists()
+    assert missing.exists() == (where == "empty dir")
+
+
+def test_sim_serve_checks_the_sample_before_listening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      nothing_may_start: None) -> None:
+    (tmp_path / "sample.toml").write_text("[sample]\ncspbi3_wt_frac = 2\n")
+    status, _, err = cli(["sim", "serve", "--sample", str(tmp_path / "sample.toml")], monkeypatch, capsys,
+                         tmp_path / "data")
+    assert_one_line(status, err, "sim serve", "cspbi3_wt_frac = 2")
+
+
+def test_data_option_before_or_after_the_command(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    """`--data DIR` is a global option: it works on either side of the subcommand (and wins over the environment)."""
+    data, summary = demo
+    for argv in (["--data", str(data), "runs", "--json"], ["runs", "--data", str(data), "--json"],
+                 ["show", summary["uid"], "--json", "--data", str(data)]):
+        result = hotstage(*argv, data=tmp_path / "not-here")
+        assert result.returncode == 0, result.stderr
+        assert summary["uid"] in result.stdout
+    assert not (tmp_path / "not-here").exists()
+
+
+@pytest.mark.parametrize(("extra", "needles"), [("", ["furnace", "Connection refused"]),
+                                                ('visa_library = "@nosuchbackend"', ["rig.visa_library",
+                                                                                     "@nosuchbackend"])])
+def test_an_instrument_that_cannot_be_opened_is_one_line_and_no_run(tmp_path: Path, extra: str,
+                                                                    needles: list[str]) -> None:
+    """A closed port (or a VISA library that is not there): one line naming the instrument and resource, exit 2, and
+    no run in the catalog (the rig is opened before any run starts)."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    resource = f"TCPIP0::127.0.0.1::{port}::SOCKET"
+    (tmp_path / "rig.toml").write_text(VISA_RIG.format(extra=extra, resource=resource))
+    (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
+    data = tmp_path / "data"
+    result = hotstage("run", "--program", str(tmp_path / "prog.toml"), "--rig", str(tmp_path / "rig.toml"),
+                      "--no-analysis", "--no-progress", data=data, timeout=300.0)
+    assert_one_line(result.returncode, result.stderr, str(tmp_path / "rig.toml"), "no run was recorded", *needles)
+    if not extra:
+        assert resource in result.stderr
+    if (data / "catalog.db").exists():  # the session may have opened storage before the rig
+        from acquisition.storage import close_catalog, open_catalog
+
+        catalog = open_catalog(data)
+        try:
+            assert len(catalog) == 0
+        finally:
+            close_catalog(catalog)

@@ -159,3 +159,71 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe[rig]")
     with pytest.raises(RigConfigError, match="cannot read"):
         RigConfig.from_toml(tmp_path / "bin.toml")
+
+
+# -- the same guarantees for analysis parameters (`--param`) and sample files ----------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["thz_window_cm=-5"], "thz_window_cm = -5.0: must be within (0, 200]"),
+        (["thz_window_cm=NaN"], "thz_window_cm = nan: must be a finite number"),
+        (["thz_window_cm=Infinity"], "thz_window_cm = inf"),
+        (["active_threshold=0"], "active_threshold = 0.0"),
+        (["active_threshold=1.5"], "active_threshold = 1.5"),
+        (["active_m=2.5"], "active_m = 2.5: must be an integer"),
+        (["active_m=0"], "active_m = 0"),
+        (["thz_polyorder=1"], "thz_polyorder = 1"),
+        (["halos=1"], "halos = 1: must be true or false"),
+        (["microstrain=\"x\""], "microstrain = 'x'"),
+        (["zni_bands_cm=[\"a\"]"], "zni_bands_cm = ['a']"),
+        (["zni_bands_cm=[-135]"], "zni_bands_cm = -135.0"),
+        (["zni_bands_cm=[]"], "zni_bands_cm = []"),
+        (["zni_bands_cm=5"], "zni_bands_cm = 5: must be a list"),
+        (["caglioti=[1, 2]"], "caglioti = [1.0, 2.0]"),
+        (["caglioti=[1, 2, NaN]"], "caglioti"),
+        (["phases=[]"], "phases = []"),
+        (["pl_core=0"], "pl_core = 0.0"),
+        (["xrd_radiation=\"mo\""], "xrd_radiation"),
+    ],
+)
+def test_analysis_parameters_are_finite_and_in_range(overrides: list[str], needle: str) -> None:
+    from analysis.live import AnalysisParameters, parse_overrides
+    from analysis.live.parameters import ParameterError
+
+    with pytest.raises(ParameterError) as info:
+        AnalysisParameters().replace(**parse_overrides(overrides))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_analysis_parameter_defaults_and_good_overrides_pass() -> None:
+    from analysis.live import AnalysisParameters, parse_overrides
+
+    default = AnalysisParameters()
+    assert AnalysisParameters.from_dict(default.to_dict()) == default  # a stored derived run's parameters
+    changed = default.replace(**parse_overrides(["thz_window_cm=25", "active_m=4", "zni_bands_cm=[135, 275.5]"]))
+    assert (changed.thz_window_cm, changed.active_m, changed.zni_bands_cm) == (25.0, 4, (135.0, 275.5))
+    assert isinstance(changed.thz_window_cm, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[sample]\ncspbi3_wt_frac = nan\n", "cspbi3_wt_frac = nan"),
+        ("[sample]\nname = ''\n", "name = ''"),
+        ("[model]\ntg_glass_C = 1e308\n", "tg_glass_C = 1e+308: must be at most 1500"),
+        ("[model]\ntg_glass_C = inf\n", "tg_glass_C = inf: must be a finite number"),
+        ("[model]\nforward_avrami_n = 10\n", "forward_avrami_n = 10.0"),
+        ("[model]\ncte_black_per_K = 0.5\n", "cte_black_per_K = 0.5"),
+        ("[model]\nmax_substep_s = 1e9\n", "max_substep_s = 1000000000.0"),
+        ("seed = -1\n", "seed = -1"),
+        ("sample = 5\n", "'sample' must be a table"),
+    ],
+)
+def test_sample_files_are_finite_and_in_range(tmp_path: Path, text: str, needle: str) -> None:
+    from simulated.parameters import SampleConfigError, load_sample
+
+    path = tmp_path / "sample.toml"
+    path.write_text(text)
+    with pytest.raises(SampleConfigError) as info:
+        load_sample(path)
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value) and "\n" not in str(info.value)

@@ -182,3 +182,45 @@ def test_cadence_anchors_move_on_a_grid() -> None:
             fired += 1
         temperature += 1.3
     assert fired == 11
+
+
+@pytest.mark.parametrize(
+    ("segment", "needles"),
+    [
+        ('kind = ["ramp"]\nto_C = 100\nrate_C_per_min = 10', ["segment 0", "kind = ['ramp']", "must be one of"]),
+        ('kind = { a = 1 }\nto_C = 100\nrate_C_per_min = 10', ["segment 0", "kind = {'a': 1}"]),
+        ("kind = 5\nminutes = 3", ["segment 0", "kind = 5"]),
+        ('kind = "ramp"\nto_C = inf\nrate_C_per_min = 10', ["segment 0 (ramp)", "to_C = inf", "finite"]),
+        ('kind = "ramp"\nto_C = 100\nrate_C_per_min = nan', ["segment 0 (ramp)", "rate_C_per_min = nan"]),
+        ('kind = "ramp"\nto_C = 100\nrate_C_per_min = true', ["rate_C_per_min = True"]),
+    ],
+)
+def test_segment_types_are_one_line_errors(tmp_path: Path, segment: str, needles: list[str]) -> None:
+    """A non-string kind used to be a TypeError traceback (unhashable list); now it is a ProgramError like the rest."""
+    path = write(tmp_path, f"start_C = 25\n[[segment]]\n{segment}\n", "p.toml")
+    with pytest.raises(ProgramError) as err:
+        TemperatureProgram.from_toml(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_derived_keys_must_be_numbers_too() -> None:
+    d = TemperatureProgram.demo().to_dict()
+    assert TemperatureProgram.from_dict(d).segments == TemperatureProgram.demo().segments
+    with pytest.raises(ProgramError, match="duration_s = 'x'"):
+        TemperatureProgram.from_dict({**d, "duration_s": "x"})
+
+
+def test_holds_longer_than_a_week_are_refused() -> None:
+    TemperatureProgram(25.0, (Ramp(100.0, 10.0), Hold(7 * 24 * 60.0))).validate(LIMITS)
+    with pytest.raises(ProgramError, match=r"segment 1 \(hold\): minutes = 1e\+308"):
+        TemperatureProgram(25.0, (Ramp(100.0, 10.0), Hold(1e308))).validate(LIMITS)
+
+
+@pytest.mark.parametrize("key", ["max_C", "min_C", "min_rate", "max_rate"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_rig_limits_cannot_be_infinite(key: str, value: float) -> None:
+    """An infinite limit would switch the check (and the over-temperature guard built on it) off."""
+    with pytest.raises(ProgramError, match=key):
+        RigLimits(**{key: value})

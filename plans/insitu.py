@@ -10,6 +10,11 @@ How the ramp loop works (all through bluesky plan stubs and the devices' ophyd s
    `furnace.stop()` (heater off) on pause, halt and at the end of the plan (see `plans.safety`). A pause during
    this settle cancels the device's status; after resume `settle()` simply issues the set again.
    Every modality is acquired once at the settled start temperature before the first segment is commanded.
+   A furnace still warm from the last run (above start + tolerance) cannot be cooled by the controller, so the
+   settle would time out: `wait_until_cool` first switches the heater off and waits for it to cool, logging a
+   countdown every minute of experiment time, for at most `COOL_WAIT_LIMIT_S` (1 h; `cool_wait_s`), and refuses
+   with one `ProgramError` line (temperature, start temperature, what to do) when it will not make it in time.
+   No run is opened in that case.
 3. Each Ramp/Cool segment is commanded once — `ramp_rate`, `ramp_on`, `setpoint` by `bps.mv` on the signals
    (writes return at once; nothing waits for settling) — and the Lake Shore's setpoint ramp does the rest.
    A Hold keeps the setpoint and counts experiment seconds.
@@ -41,6 +46,8 @@ Each poll costs three queries (KRDG?, the clock, RANGE?) and a read of the soft 
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
@@ -79,6 +86,20 @@ DEFAULT_HEATER_RANGE = 3
 """Lake Shore 336 'high' heater range (manual ch. 6, RANGE) when the device does not say otherwise."""
 MIN_POLL_EXP_S, MAX_POLL_EXP_S = 0.5, 5.0
 MIN_POLL_WALL_S, MAX_POLL_WALL_S = 0.005, 1.0
+COOL_WAIT_LIMIT_S = 3600.0
+"""How long (experiment s) a program waits for a furnace still warm from the last run to cool to its start
+temperature before refusing to start (see `wait_until_cool`)."""
+COOL_REPORT_EVERY_S = 60.0
+"""Experiment seconds between the countdown lines while waiting for the furnace to cool."""
+MIN_FIT_INTERVALS = 4
+"""Report intervals the Newton's-law fit of the cooling needs before its estimate is shown (before: a lower bound)."""
+COOL_SAMPLES_PER_REPORT = 20
+"""Readings kept per report interval for the fit (of the many polls)."""
+STALLED_REPORTS = 3
+"""Report intervals the waiting judges the cooling on: not cooled at all over the last ones, or too slow to make it
+in the time left by a straight-line extrapolation of their mean rate, refuses (never before this many)."""
+
+log = logging.getLogger(__name__)
 
 
 class Readable(Protocol):
@@ -206,6 +227,164 @@ def settle(furnace: Any, target_C: float, *, timeout_s: float | None = None, ret
             yield from stubs.checkpoint()
 
 
+# -- a furnace still warm at the start ----------------------------------------------------------------------
+def newton_fit(samples: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(T_room °C, k 1/s) of Newton's law of cooling, T(t) = T_room + A exp(-k t), fitted by least squares to
+    (experiment s, °C) samples; None when they do not show a cooling that slows down (A <= 0, or k at the edge
+    of 1/10 h .. 1/10 s). For each k the curve is linear in T_room and A; k is found by golden-section search."""
+    import numpy as np
+
+    t = np.array([s[0] for s in samples]) - samples[0][0]
+    T = np.array([s[1] for s in samples])
+    if len(t) < 4 or t[-1] <= 0:
+        return None
+
+    def solve(log_k: float) -> tuple[float, float, float]:
+        design = np.column_stack([np.ones_like(t), np.exp(-math.exp(log_k) * t)])
+        coef, *_ = np.linalg.lstsq(design, T, rcond=None)
+        return float(np.sum((design @ coef - T) ** 2)), float(coef[0]), float(coef[1])
+
+    lo, hi = math.log(1.0 / 36000.0), math.log(0.1)
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = solve(a)[0], solve(b)[0]
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = solve(a)[0]
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = solve(b)[0]
+    log_k = 0.5 * (lo + hi)
+    _, room, amplitude = solve(log_k)
+    edge = 0.05
+    if amplitude <= 0.0 or log_k < math.log(1.0 / 36000.0) + edge or log_k > math.log(0.1) - edge:
+        return None
+    return room, math.exp(log_k)
+
+
+def cooling_estimate_s(
+    history: list[tuple[float, float]],
+    goal_C: float,
+    *,
+    window_s: float = STALLED_REPORTS * COOL_REPORT_EVERY_S,
+    skip_s: float = COOL_REPORT_EVERY_S,
+) -> tuple[float, float, float | None]:
+    """(estimate, lower bound, asymptote) of the experiment seconds a cooling furnace needs to reach `goal_C`.
+
+    `history` holds (experiment s, °C) readings, oldest first. The lower bound extrapolates in a straight line the
+    mean rate over the last `window_s` (cooling only slows down as the furnace approaches the room, so it never
+    takes less; a mean over a long stretch is robust to noise and only lowers the bound); it is inf when the
+    furnace did not cool over that stretch. The estimate fits Newton's law of cooling (`newton_fit`) to the
+    readings after the first `skip_s` (the block's stored heat may hold those up), once they span
+    `MIN_FIT_INTERVALS` × `skip_s` (the curvature of a short stretch says little); without a fit it is the lower
+    bound and the asymptote None. The asymptote is the fitted T_room: a furnace levelling off above `goal_C`
+    never gets there (estimate inf).
+    """
+    if len(history) < 2:
+        return math.inf, math.inf, None
+    t_end, T_end = history[-1]
+    t_a, T_a = next((s for s in history if s[0] >= t_end - window_s), history[0])
+    rate = (T_a - T_end) / (t_end - t_a) if t_end > t_a else 0.0
+    if rate <= 0.0:
+        return math.inf, math.inf, None
+    lower = max(0.0, (T_end - goal_C) / rate)
+    fitted = [s for s in history if s[0] >= history[0][0] + skip_s]
+    if not fitted or fitted[-1][0] - fitted[0][0] < MIN_FIT_INTERVALS * skip_s:
+        return lower, lower, None
+    fit = newton_fit(fitted)
+    if fit is None:
+        return lower, lower, None
+    room, k = fit
+    if goal_C <= room or T_end <= room:
+        return math.inf, lower, room
+    return max(lower, math.log((T_end - room) / (goal_C - room)) / k), lower, room
+
+
+def wait_until_cool(
+    furnace: Any,
+    start_C: float,
+    now: Callable[[], MsgGenerator],
+    *,
+    poll_s: float,
+    limit_s: float = COOL_WAIT_LIMIT_S,
+    report_every_s: float = COOL_REPORT_EVERY_S,
+) -> MsgGenerator:
+    """Before a program starts: if the furnace reads above `start_C` + its tolerance, wait for it to cool.
+
+    The Lake Shore can only heat, so a furnace still warm from the last run cools by itself: the heater is
+    switched off and the readback polled (every `poll_s` wall s, with checkpoints, so a pause or Ctrl-C works), a
+    countdown line logged every `report_every_s` experiment s ("furnace at 96.3 °C, waiting to cool to 26.0 °C ...;
+    about 7 min left"). Gives up with a `ProgramError` (one line: the temperature, the start temperature and what
+    to do) once `limit_s` experiment s have passed, or, from the `STALLED_REPORTS`-th report on (at first the
+    block's stored heat may hold the sensor up), as soon as the furnace has not cooled over the last intervals or
+    even the straight-line extrapolation of its cooling (a lower bound, `cooling_estimate_s`) needs longer than
+    the time left: a start below the room temperature is refused that way. Nothing is recorded: this runs
+    before the run opens. `limit_s` = 0 refuses a warm furnace at once. `now()` is a plan giving the
+    experiment time in s. Returns the experiment seconds waited (0 when the furnace was not warm).
+    """
+    tolerance = getattr(furnace, "tolerance", 1.0)
+    tolerance = float(tolerance) if isinstance(tolerance, (int, float)) else 1.0
+    goal = float(start_C) + tolerance
+    temperature = float((yield from stubs.rd(furnace.temperature)))
+    if temperature <= goal:
+        return 0.0
+    t0 = yield from now()
+
+    def refuse(why: str) -> ProgramError:
+        return ProgramError(
+            f"the furnace is at {temperature:.1f} °C, above the program's start temperature {start_C:g} °C, and {why}; "
+            f"let it cool below {goal:.1f} °C and start again, or start the program at or above "
+            f"{math.ceil(temperature):.0f} °C"
+        )
+
+    if limit_s <= 0:
+        raise refuse("waiting for it to cool is switched off")
+    heater = yield from stubs.rd(furnace.heater_range)
+    if int(heater) != 0:  # it cannot cool actively; a heater left on could only slow the cooling down
+        yield from bps.mv(furnace.heater_range, 0)
+    log.warning("furnace at %.1f °C, above the program's start temperature %g °C: waiting up to %.0f min for it to "
+                "cool to %.1f °C (start + tolerance %g °C) before the program starts", temperature, start_C,
+                limit_s / 60.0, goal, tolerance)
+    history = [(t0, temperature)]
+    reported = t0
+    while True:
+        yield from stubs.sleep(poll_s)
+        yield from stubs.checkpoint()
+        temperature = float((yield from stubs.rd(furnace.temperature)))
+        t = yield from now()
+        if temperature <= goal:
+            log.warning("furnace at %.1f °C after %.1f min of cooling: the program starts", temperature,
+                        (t - t0) / 60.0)
+            return t - t0
+        if t - history[-1][0] >= report_every_s / COOL_SAMPLES_PER_REPORT:
+            history.append((t, temperature))
+        if t - reported < report_every_s:
+            continue
+        reported = t
+        left = limit_s - (t - t0)
+        estimate, lower, room = cooling_estimate_s(history, goal, window_s=STALLED_REPORTS * report_every_s,
+                                                   skip_s=report_every_s)
+        if left <= 0:
+            raise refuse(f"did not cool to {goal:.1f} °C within the {limit_s / 60.0:.0f}-min wait limit")
+        if t - t0 >= STALLED_REPORTS * report_every_s:  # judged on minutes: at first the block's heat holds it up
+            if math.isinf(lower):
+                raise refuse(f"has not cooled in the last {STALLED_REPORTS * report_every_s / 60.0:.0f} min")
+            if lower > left:
+                raise refuse(f"needs at least {lower / 60.0:.0f} more min to cool to {goal:.1f} °C, beyond the "
+                             f"{limit_s / 60.0:.0f}-min wait limit")
+        if math.isfinite(estimate):  # without a fit yet, the straight line says how long at least
+            about = f"{'at least' if room is None else 'about'} {estimate / 60.0:.0f} min left"
+        elif room is not None:
+            about = f"it seems to level off near {room:.1f} °C (time left unknown)"
+        else:
+            about = "time left unknown"
+        log.warning("furnace at %.1f °C, waiting to cool to %.1f °C before the program starts; %s (gives up in %.0f "
+                    "min)", temperature, goal, about, left / 60.0)
+
+
 def stops_of(furnace: Any) -> MsgGenerator:
     """The furnace's count of stop() calls (`stops` signal; None for a furnace without one).
 
@@ -290,6 +469,8 @@ class ProgramRunner:
     heater_range: int = DEFAULT_HEATER_RANGE
     progress: ProgressHook | None = None
     start_timeout_s: float | None = None
+    cool_wait_s: float = COOL_WAIT_LIMIT_S
+    """How long a furnace still warm from the last run may take to cool to the start temperature (`wait_until_cool`)."""
     last: dict[str, tuple[float, float]] = field(default_factory=dict)
     t0: float | None = None
     resumes: int = 0
@@ -323,8 +504,11 @@ class ProgramRunner:
 
     # -- commanding ------------------------------------------------------------------------------
     def prepare(self) -> MsgGenerator:
-        """Before the run: ramp rate of the first segment, ramping on, settle at the start temperature."""
+        """Before the run: wait for a warm furnace to cool (`wait_until_cool`), ramp rate of the first segment,
+        ramping on, settle at the start temperature."""
         yield from stubs.checkpoint()
+        yield from wait_until_cool(self.furnace, self.program.start_C, self.now, poll_s=self.poll_s,
+                                   limit_s=self.cool_wait_s)
         first_rate = next((s.rate_C_per_min for s in self.program.segments if not isinstance(s, Hold)), None)
         if first_rate is not None:
             yield from bps.mv(self.furnace.ramp_rate, first_rate)
@@ -460,16 +644,20 @@ def insitu_ramp(
     *,
     progress: ProgressHook | None = None,
     safe_setpoint_C: float | None = None,
+    cool_wait_s: float = COOL_WAIT_LIMIT_S,
 ) -> MsgGenerator:
     """One run: the program executed continuously, each modality acquired on its cadence in its own stream.
 
     Validation happens here, at call time, so errors raise before any message is produced. The returned
     plan is wrapped by `safe_furnace_wrapper` (heater off whatever the outcome) and returns the
-    per-stream event counts.
+    per-stream event counts. A furnace still warm from the last run is waited for, up to `cool_wait_s`
+    experiment s, before the run opens (`wait_until_cool`; 0 refuses at once with a `ProgramError`).
     """
     if not isinstance(program, TemperatureProgram):
         raise ProgramError(f"program must be a TemperatureProgram, got {program!r}")
     program.validate(limits)
+    if not (isinstance(cool_wait_s, (int, float)) and 0.0 <= cool_wait_s < math.inf):
+        raise ProgramError(f"cool_wait_s must be a number of experiment seconds >= 0, got {cool_wait_s!r}")
     check_furnace(furnace)
     check_detectors(detectors)
     cadence = dict(cadence)
@@ -480,7 +668,8 @@ def insitu_ramp(
     time_scale = _time_scale(furnace)
     poll_s = poll_interval_s(program, cadence, time_scale)
     acq = Acquirer(furnace, dict(detectors), clock, truth)
-    runner = ProgramRunner(acq, program, cadence, poll_s, time_scale, heater_range_of(furnace), progress)
+    runner = ProgramRunner(acq, program, cadence, poll_s, time_scale, heater_range_of(furnace), progress,
+                           cool_wait_s=float(cool_wait_s))
     streams = [m for m in MODALITIES if m in detectors] + ([FURNACE_STREAM] if FURNACE_STREAM in cadence else [])
     _md: dict[str, Any] = {
         "plan_name": "insitu_ramp",

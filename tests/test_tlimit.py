@@ -216,3 +216,15 @@ def test_session_arms_the_limit_on_the_simulated_rig(tmp_path) -> None:
         assert limits["B"] == limits["A"]
         assert session.rig.furnace.visa.query("TLIMIT? A", parse=float) == pytest.approx(588.1, abs=0.06)
     assert not (tmp_path / "guardian.log").exists()  # no guardian for the in-process emulators
+
+
+def test_device_limit_on_the_pyvisa_sim_definition() -> None:
+    from pathlib import Path
+
+    yaml = Path(__file__).resolve().parents[1] / "simulated" / "visa" / "hotstage.yaml"
+    dev = LakeShore336Furnace("TCPIP0::127.0.0.1::7777::SOCKET", name="furnace", resource_manager=f"{yaml}@sim")
+    try:
+        assert dev.set_temperature_limit(415.0) == {"A": pytest.approx(415.0, abs=0.06), "B": pytest.approx(415.0, abs=0.06)}
+        assert dev.visa.query("TLIMIT? A", parse=str) == "+0688.100"
+    finally:
+        dev.destroy()

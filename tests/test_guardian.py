@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -118,7 +119,8 @@ def test_parent_killed_guardian_switches_both_heater_outputs_off(emulator: Emula
         guardian_pid = int(parent.stdout.readline())
         assert guardian_pid > 0
         assert emulator.query("RANGE? 1;RANGE? 2") == "3;1"
-        assert emulator.connections == 0  # the guardian holds no connection while its parent lives
+        # the guardian holds no connection while its parent lives (the query's own closes asynchronously)
+        assert wait_for(lambda: emulator.connections == 0)
         parent.kill()  # SIGKILL: no cleanup of any kind in the parent
         parent.wait(10)
         assert wait_for(lambda: emulator.query("RANGE? 1;RANGE? 2") == "0;0")
@@ -267,3 +269,58 @@ def test_sigkill_of_a_running_session_leaves_the_heater_off(tmp_path: Path) -> N
             serve.kill()
             serve.wait()
         serve.stdout.close()
+
+
+# ------------------------------------------------------------------------------ the session's wiring
+def _visa_config(resource: str) -> SimpleNamespace:
+    """What `arm_furnace_interlocks` reads of a RigConfig: a visa rig with only a furnace."""
+    return SimpleNamespace(simulated=False, visa_library="@py", limits=SimpleNamespace(max_C=300.0),
+                           instruments={"furnace": SimpleNamespace(resource=resource)})
+
+
+class _Rig:
+    def __init__(self, furnace) -> None:
+        self.furnace = furnace
+
+
+def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emulator: Emulator, tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from acquisition.interlocks import arm_furnace_interlocks
+    from devices.lakeshore import LakeShore336Furnace
+
+    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
+    try:
+        with ExitStack() as stack:
+            guardian = arm_furnace_interlocks(stack, _visa_config(emulator.server.resource), _Rig(furnace), tmp_path)
+            assert guardian is not None and guardian.pid is not None
+            assert emulator.query("TLIMIT? A;TLIMIT? B") == "+0588.100;+0588.100"  # max_C 300 + 15 °C
+            emulator.heater_on()
+            furnace.heater_off()  # what Session._make_safe does before the guardian is released
+        assert "closed with the heater off; nothing to do" in log_text(tmp_path / "guardian.log")
+    finally:
+        furnace.destroy()
+
+
+def test_session_wiring_leaves_an_unconfirmed_heater_to_the_guardian(emulator: Emulator, tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from acquisition.interlocks import arm_furnace_interlocks
+    from devices.lakeshore import LakeShore336Furnace
+    from devices.visa import InstrumentReplyError
+
+    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
+    try:
+        with ExitStack() as stack:
+            arm_furnace_interlocks(stack, _visa_config(emulator.server.resource), _Rig(furnace), tmp_path)
+            emulator.heater_on()
+
+            def broken(confirm: bool = False) -> None:  # the session's link cannot confirm the heater off
+                raise InstrumentReplyError("heater still on", instrument="furnace", command="RANGE 1,0",
+                                           resource=emulator.server.resource)
+
+            furnace.heater_off = broken  # type: ignore[method-assign]
+    finally:
+        furnace.destroy()
+    assert wait_for(lambda: emulator.query("RANGE? 1;RANGE? 2") == "0;0")
+    assert wait_for(lambda: "switched OFF" in log_text(tmp_path / "guardian.log"))

@@ -36,7 +36,11 @@ EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `hotstage` console script."""
+    """Entry point of the `hotstage` console script.
+
+    Exit status: 0 success; 1 a run that did not succeed, or an unexpected error (one line; the traceback with
+    ``HOTSTAGE_DEBUG=1``); 2 bad input; 128 + the signal for a signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see
+    `acquisition.exits`). Log records are one line each on stderr; a closed stdout/stderr ends quietly."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["sim", "serve"]:
         from simulated.serve import main as serve_main
@@ -47,15 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    from acquisition.exits import DEBUG_ENV, Interrupted, configure_logging, quiet_streams, say
+
+    configure_logging()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         # Configuration and validation errors: one clear line, nothing has moved.
-        print(f"hotstage: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("hotstage: interrupted; the furnace heater was switched off and the run was stored", file=sys.stderr)
-        return 130
+        say(f"hotstage: error: {exc}")
+        code = EXIT_BAD_INPUT
+    except Interrupted as exc:  # a signal before a session was opened (a session reports its own)
+        head = "interrupted" if exc.name == "SIGINT" else f"{exc.name} received"
+        say(f"hotstage: {head}; nothing was started and no run was recorded")
+        code = exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C in a command that runs no session (read commands, before a session)
+        say("hotstage: interrupted; no run was started or changed")
+        code = 130
+    except BrokenPipeError:  # stdout closed by its reader (`hotstage runs | head`)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: one line, not a traceback
+        if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
+        text = " ".join(str(exc).split())
+        say(f"hotstage: error: {type(exc).__name__}" + (f": {text}" if text else "") +
+            f" (set {DEBUG_ENV}=1 for the traceback)")
+        code = 1
+    quiet_streams()
+    return code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -330,11 +354,15 @@ def _analysis_parameters(args: argparse.Namespace) -> Any:
 
 def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, program_source: str,
                  report: bool = False) -> int:
-    """Validate, run on the session, then print the summary (human or JSON) with the derived run's."""
+    """Validate, run on the session, then print the summary (human or JSON) with the derived run's.
+
+    SIGINT, SIGTERM and SIGHUP abort the run safely (`acquisition.exits`): heater off and confirmed, the run stored
+    with exit_status "abort" and a reason naming the signal, then one line and exit status 130/143/129. A run that
+    fails or aborts otherwise prints its summary and one line `hotstage: run UID ended fail: <reason>`, exit 1."""
     import time
 
+    from acquisition.exits import ExitSignals, Interrupted, interrupted_line, say
     from acquisition.session import Session
-    from acquisition.summary import summarise_derived, summarise_run
     from plans.program import ProgramError
 
     try:
@@ -342,30 +370,73 @@ def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, 
     except ProgramError as exc:
         raise ProgramError(f"{program_source}: {exc} (rig limits from {rig.source})") from None
     analysis = _analysis_setting(args)
-    with Session(rig=rig, sample=sample, data_dir=args.data, progress=not args.no_progress,
-                 analysis=analysis) as session:
-        t0 = time.monotonic()
-        uid = session.insitu(program)
-        run = session.catalog[uid]
-        summary = summarise_run(run)
-        summary["data"] = _where(args.data)
-        derived_uid = session.derived_uid(uid)
-        if derived_uid is not None:
-            summary["derived"] = summarise_derived(session.catalog[derived_uid])
-            stats = session.analysis.stats.get(uid, {}) if session.analysis else {}
-            summary["derived"]["live"] = {
-                "backlog_at_raw_stop": stats.get("backlog_at_raw_stop"),
-                "max_backlog": stats.get("max_backlog"),
-                "seconds_after_raw_stop": stats.get("lag_s"),
-                "wall_s": time.monotonic() - t0,
-            }
-            if report:
-                from acquisition.report import write_report
+    summary: dict[str, Any] | None = None
+    failure: Exception | None = None
+    with ExitSignals() as signals:
+        session = Session(rig=rig, sample=sample, data_dir=args.data, progress=not args.no_progress,
+                          analysis=analysis, signals=signals)
+        try:
+            with session:
+                t0 = time.monotonic()
+                try:
+                    uid: str | None = session.insitu(program)
+                except Interrupted:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the run ended fail/abort and is stored: reported below
+                    failure, uid = exc, session.last_run_uid
+                    if uid is None:
+                        raise  # no run was opened (e.g. a furnace too warm to start): the error is the report
+                summary = _session_summary(args, session, uid, t0, report)
+        except Interrupted as exc:
+            say(_interrupted(exc, session, interrupted_line))
+            return exc.exit_code
+        late = signals.first if signals.pending else None  # arrived while the session closed
+    if summary is not None:
+        try:
+            _emit(summary, args.json, human=_human_summary)
+        except OSError:  # the terminal or pipe is gone (SIGHUP): the run is stored all the same
+            pass
+    if failure is not None or (summary or {}).get("exit_status") != "success":
+        stop = session.last_stop or {}
+        reason = " ".join(str(stop.get("reason") or failure or "").split())
+        say(f"hotstage: run {session.last_run_uid} ended {stop.get('exit_status', 'without a stop document')}"
+            + (f": {reason}" if reason else ""))
+    if late is not None:
+        say(_interrupted(late, session, interrupted_line))
+        return late.exit_code
+    return 0 if (summary or {}).get("exit_status") == "success" else 1
 
-                out = _reports_dir(args.data) / uid
-                summary["report"] = [str(p) for p in write_report(session.catalog[derived_uid], out)]
-    _emit(summary, args.json, human=_human_summary)
-    return 0 if summary.get("exit_status") == "success" else 1
+
+def _interrupted(exc: Any, session: Any, line: Any) -> str:
+    """The one line for a signal that ended `session` (what was made safe and stored, from the session's state)."""
+    return line(exc, started=session.rig is not None, heater_off=session.heater_off, stored=session.stored,
+                run_uid=session.last_run_uid, exit_status_=(session.last_stop or {}).get("exit_status"))
+
+
+def _session_summary(args: argparse.Namespace, session: Any, uid: str, t0: float, report: bool) -> dict[str, Any]:
+    """The run's summary with its derived run's (and the report figures of `demo`), read back from the catalog."""
+    import time
+
+    from acquisition.summary import summarise_derived, summarise_run
+
+    summary = summarise_run(session.catalog[uid])
+    summary["data"] = _where(args.data)
+    derived_uid = session.derived_uid(uid)
+    if derived_uid is not None:
+        summary["derived"] = summarise_derived(session.catalog[derived_uid])
+        stats = session.analysis.stats.get(uid, {}) if session.analysis else {}
+        summary["derived"]["live"] = {
+            "backlog_at_raw_stop": stats.get("backlog_at_raw_stop"),
+            "max_backlog": stats.get("max_backlog"),
+            "seconds_after_raw_stop": stats.get("lag_s"),
+            "wall_s": time.monotonic() - t0,
+        }
+        if report:
+            from acquisition.report import write_report
+
+            out = _reports_dir(args.data) / uid
+            summary["report"] = [str(p) for p in write_report(session.catalog[derived_uid], out)]
+    return summary
 
 
 def _reports_dir(data: str | None) -> Any:

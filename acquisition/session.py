@@ -20,6 +20,20 @@ plan the session waits for the analysis to finish (its derived stop follows the 
 writer; `derived_uid(raw_uid)` gives the derived run. Opening the session waits until the analysis worker has
 loaded its compiled fitting kernels (`ANALYSIS_READY_TIMEOUT_S`), so that one-off CPU load never competes with a
 real-time run (at 240x a 0.4 s stall of the rig's processes costs cadence points).
+
+Opening order: the rig first (instruments opened and identified, so a wrong address or a dead instrument fails
+within seconds, before any process is started), then the catalog, the furnace interlocks, the storage (leftover
+spool, the catalog writer process), the live analysis process, and the RunEngine: storage is open before any plan
+runs. Closing (also when opening failed half-way): a run left paused is aborted (its stop document written), the
+heater is switched off and confirmed by read-back (`plans.safety.ensure_heater_off`; if that is impossible one
+loud CRITICAL line says so: check the furnace by hand), then the analysis and the writer are drained and closed.
+After closing, `heater_off` (True/False/None: confirmed/not confirmed/rig never opened) and `stored` (the writer's
+close result) say how it ended, `last_run_uid` and `last_stop` what the last run was.
+
+Signals (`acquisition.exits.ExitSignals`, given as ``signals=``; the CLI does): opening and closing are shielded
+(a signal is raised as `Interrupted` between two steps, never inside one), a signal while a plan runs aborts the
+run at once with a readable reason (the RunEngine's pause-on-Ctrl-C is replaced), and `Interrupted` is raised once
+the run's documents are drained.
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +118,11 @@ class Session:
         catalog: Any = None,
         analysis: bool | AnalysisParameters | Mapping[str, Any] = True,
         analysis_timeout: float | None = None,
+        signals: Any = None,
     ) -> None:
         self.config = rig or RigConfig()
+        self.signals = signals
+        """`acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
         self.analysis_parameters = analysis_parameters(analysis)
         self.analysis_timeout = analysis_timeout
         self.analysis: LiveAnalysis | None = None
@@ -120,42 +137,85 @@ class Session:
         self.writer: CatalogWriter | None = None
         self.safety: Any = None
         """The furnace suspenders of every run (`plans.suspenders.FurnaceSafety`)."""
+        self.heater_off: bool | None = None
+        """After closing: True = heater confirmed off by read-back, False = could not be confirmed, None = no rig."""
+        self.stored: bool | None = None
+        """After closing: the catalog writer's close result (True: every document stored; None: no writer)."""
+        self.last_run_uid: str | None = None
+        self.last_stop: dict[str, Any] | None = None
+        """The stop document of the last run (None while it runs, or if it never got one)."""
+        self._made_safe = False
         self._stack = ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Session:
         try:
-            self._open()
+            with self._shielded():
+                self._open()
         except BaseException:
-            self._stack.close()
+            self._close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        self._close()
+
+    def _shielded(self) -> AbstractContextManager[Any]:
+        """Signals wait for the next checkpoint within (opening, draining, closing); see the module docstring."""
+        return self.signals.shielded() if self.signals is not None else nullcontext()
+
+    def _checkpoint(self) -> None:
+        """Raise `acquisition.exits.Interrupted` here if a signal arrived (between two steps of opening)."""
+        if self.signals is not None:
+            self.signals.checkpoint()
+
+    def _close(self) -> None:
+        """Abort a paused run, make the furnace safe (confirmed), then drain and close everything (module doc)."""
+        with self._shielded():
+            if self.RE is not None and self.RE.state == "paused":
+                from plans.safety import abort_if_paused
+
+                try:
+                    abort_if_paused(self.RE, reason=self._interrupt_reason("the session was closed while the run "
+                                                                          "was paused"))
+                except Exception:  # noqa: BLE001 - the furnace must still be made safe below
+                    log.exception("could not abort the paused run")
+            self._make_safe()
+            self._stack.close()
+
+    def _interrupt_reason(self, default: str) -> str:
+        first = self.signals.first if self.signals is not None else None
+        return first.reason if first is not None else default
 
     def _open(self) -> None:
-        """Open storage first (so nothing acquired can be lost), then the rig, then the RunEngine; then freeze the
-        objects alive so far out of the cyclic garbage collector until the session closes (`_freeze_startup`)."""
+        """Open the rig first (a dead instrument fails fast), then the catalog, interlocks and storage, the analysis,
+        the RunEngine; then freeze the objects alive so far out of the cyclic garbage collector until the session
+        closes (`_freeze_startup`). Storage is open before any plan runs; `_checkpoint` between the steps."""
         self._stack.callback(gc.unfreeze)  # registered first: runs last, once everything else is closed
+        self.rig = self._stack.enter_context(self._make_rig())
+        self._checkpoint()
         if self.catalog is None:
             self.catalog = open_catalog(self.data_dir)
-        self._flush_leftover_spool()
-        self.writer = CatalogWriter(self.catalog)
-        self._stack.callback(self.writer.close)
-        self.sink = SerializedSink(self.writer)
-        if self.analysis_parameters is not None:
-            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters)
-            self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
-            if not self.analysis.wait_ready(ANALYSIS_READY_TIMEOUT_S):
-                log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
-                            ANALYSIS_READY_TIMEOUT_S)
-        self.rig = self._stack.enter_context(self._make_rig())
         from acquisition.interlocks import arm_furnace_interlocks  # TLIMIT + guardian; before _make_safe (its doc)
 
         arm_furnace_interlocks(self._stack, self.config, self.rig, self.catalog)
-        self._stack.callback(self._make_safe)
+        self._stack.callback(self._make_safe)  # at close it has run already (`_close`); here for the doc's order
+        self._checkpoint()
+        self._flush_leftover_spool()
+        self.writer = CatalogWriter(self.catalog)
+        self._stack.callback(self._close_writer)
+        self.sink = SerializedSink(self.writer)
+        self._checkpoint()
+        if self.analysis_parameters is not None:
+            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters)
+            self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
+            if not self._wait_analysis_ready(ANALYSIS_READY_TIMEOUT_S):
+                log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
+                            ANALYSIS_READY_TIMEOUT_S)
         self.RE = RunEngine({}, call_returns_result=False)
+        if self.signals is not None:
+            # a signal aborts the run at once (bluesky's SigintHandler would pause it and leave the run open)
+            self.RE.context_managers = [self.signals.run_engine_guard]
         self.RE.md.update(
             {
                 "rig": self.config.to_metadata(),
@@ -167,13 +227,39 @@ class Session:
             self.RE.md["sample"] = sample_metadata(self.sample)
         self.safety = self._install_suspenders()
         self.RE.subscribe(self.sink)
+        self.RE.subscribe(self._track)
         if self.analysis is not None:
             self.RE.subscribe(self.analysis)
         for callback in self.live_callbacks:
             self.RE.subscribe(callback)
         if self.progress:
-            self.RE.subscribe(ProgressBar())
+            self.RE.subscribe(_never_raises(ProgressBar()))
+        self._checkpoint()
         self._freeze_startup()
+
+    def _wait_analysis_ready(self, timeout: float) -> bool:
+        """`LiveAnalysis.wait_ready` in short slices, with a checkpoint after each (a signal is not kept waiting)."""
+        assert self.analysis is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.analysis.wait_ready(max(0.0, min(0.2, remaining))):
+                return True
+            self._checkpoint()
+            if remaining <= 0 or not self.analysis.alive:
+                return False
+
+    def _track(self, name: str, doc: dict) -> None:
+        """RunEngine subscriber: remember the last run's uid and stop document (for what the CLI reports)."""
+        if name == "start":
+            self.last_run_uid, self.last_stop = doc["uid"], None
+        elif name == "stop" and doc.get("run_start") == self.last_run_uid:
+            self.last_stop = doc
+
+    def _close_writer(self) -> None:
+        """Drain and close the catalog writer; `stored` keeps whether every document reached the catalog."""
+        assert self.writer is not None
+        self.stored = bool(self.writer.close())
 
     @staticmethod
     def _freeze_startup() -> None:
@@ -223,11 +309,20 @@ class Session:
         return HardwareRig(self.config)
 
     def _make_safe(self) -> None:
-        """Heater off whatever happened; a failure here is logged loudly, never hidden."""
+        """Heater off, confirmed by read-back, whatever happened (once per close); if it cannot be confirmed, one
+        loud CRITICAL line (`plans.safety.heater_not_confirmed`: check the furnace by hand). Never raises."""
+        if self._made_safe or self.rig is None or getattr(self.rig, "furnace", None) is None:
+            return
+        self._made_safe = True
+        from plans.safety import ensure_heater_off, heater_not_confirmed
+
         try:
-            self.rig.furnace.stop()
-        except Exception:  # noqa: BLE001 - must not mask the original error, but must be seen
-            log.exception("could not switch the furnace heater off; check the furnace by hand")
+            ensure_heater_off(self.rig.furnace)
+        except Exception as exc:  # noqa: BLE001 - must not mask the original error, but must be seen
+            self.heater_off = False
+            heater_not_confirmed(self.rig.furnace, exc)
+        else:
+            self.heater_off = True
 
     # -- running plans ---------------------------------------------------------------------------
     @property
@@ -271,13 +366,24 @@ class Session:
         return self._run(plan)[0]
 
     def _run(self, plan: Any) -> tuple[str, ...]:
-        """Run a plan; the analysis is drained and storage flushed afterwards whether it succeeded or not."""
+        """Run a plan; the analysis is drained and storage flushed afterwards whether it succeeded or not.
+
+        With `signals`: a signal during the plan aborts it (stop document "abort", reason naming the signal); once
+        the documents are drained `Interrupted` is raised (it replaces the RunEngine's RunEngineInterrupted)."""
         assert self.RE is not None and self.writer is not None
+        self._made_safe = False  # the heater may be switched on by this plan
+        self._checkpoint()
         try:
             uids = self.RE(plan)
         finally:
-            self.wait_for_analysis()
-            self.writer.flush()
+            with self._shielded():
+                if self.signals is not None and self.signals.received and self.RE.state == "paused":
+                    from plans.safety import abort_if_paused
+
+                    abort_if_paused(self.RE, reason=self._interrupt_reason("interrupted"))
+                self.wait_for_analysis()
+                self.writer.flush()
+            self._checkpoint()
         return tuple(uids)
 
     def wait_for_analysis(self) -> float:
@@ -291,6 +397,18 @@ class Session:
     def derived_uid(self, raw_uid: str) -> str | None:
         """The uid of the live derived run of a raw run of this session (None with the analysis off)."""
         return self.analysis.derived_uid(raw_uid) if self.analysis is not None else None
+
+
+def _never_raises(callback: DocumentCallback) -> DocumentCallback:
+    """A display callback whose failure (a terminal gone after SIGHUP: OSError) must not fail the run."""
+
+    def call(name: str, doc: dict) -> None:
+        try:
+            callback(name, doc)
+        except Exception as exc:  # noqa: BLE001 - the progress display is not worth a failed run
+            log.debug("progress display: %s", exc)
+
+    return call
 
 
 def sample_metadata(sample: Any) -> dict[str, Any]:

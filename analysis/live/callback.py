@@ -26,7 +26,12 @@ falls behind it says so, and it still processes every event.
 * An exception anywhere in the analysis of one document is logged and never kills the worker (per-event failures
   are recorded in the derived run itself, see `analysis.live.run`).
 * ``wait(timeout)`` blocks until everything accepted so far is analysed and handed to the sink; ``close(timeout)``
-  does that and stops, ending any derived run whose raw run never stopped (reason "raw run has no stop document").
+  does that and stops, ending any derived run whose raw run never stopped (exit_status "fail", reason "raw run has
+  no stop document"). A derived run's stop follows its raw run's (`analysis.live.run.derived_exit_status`).
+* If the analysis process dies (killed, out of memory), the parent ends every derived run it had started and not
+  yet ended with a stop document of its own (exit_status "fail", the reason naming the death and
+  ``hotstage replay``), so no derived run is left without a stop. The process ignores SIGINT and SIGHUP (Ctrl-C and
+  a closed terminal reach the whole process group; they are the acquisition's business, which closes the analysis).
 
 Memory per run: the analysers (one `PhaseQuantifier` with its tables) and a few floats per event for the summary;
 no raw document is kept once analysed; statistics are kept for the newest `MAX_STATS` runs.
@@ -41,6 +46,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -121,6 +127,14 @@ class RunRouter:
         self.runs.clear()
 
 
+class _OpenDerived:
+    """A derived run the sink has seen started: its raw run and its events per stream so far."""
+
+    def __init__(self, raw_uid: str) -> None:
+        self.raw_uid = raw_uid
+        self.counts: dict[str, int] = {}
+
+
 def _run_info(run: DerivedRun) -> dict[str, Any]:
     """What the parent learns about a finished derived run."""
     return {"derived_uid": run.uid, "errors": run.error_count, "events": dict(run.summary.counts)}
@@ -159,6 +173,8 @@ def _lower_priority() -> None:
 def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_conn: Any, out_conn: Any) -> None:
     """Entry point of the analysis process: receive raw documents, send derived documents and progress back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the RunEngine's business; the parent closes us
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent ends the session and closes us
     _lower_priority()
     single_threaded_blas()
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -228,6 +244,8 @@ class LiveAnalysis:
         self._last_warning = 0.0
         self._threads: list[threading.Thread] = []
         self._ready = threading.Event()
+        self._open_runs: dict[str, _OpenDerived] = {}  # derived runs whose stop the sink has not seen (process mode)
+        self._descriptor_runs: dict[str, tuple[str, str]] = {}  # derived descriptor uid → (derived uid, stream)
         if self.process:
             if start_method not in multiprocessing.get_all_start_methods():
                 start_method = "spawn"
@@ -312,6 +330,10 @@ class LiveAnalysis:
             self._proc.join(5.0 if timeout is None else timeout)
             if self._proc.is_alive():
                 self._proc.terminate()
+                self._proc.join(2.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(2.0)
         if not done:
             log.warning("LiveAnalysis.close: %d documents were not analysed", self.backlog)
         return done
@@ -410,10 +432,12 @@ class LiveAnalysis:
             except (EOFError, OSError):
                 if not self._closing:
                     self._died()
+                self._end_orphans()
                 return
             kind = msg[0]
             if kind == "out":
                 for name, doc in msg[1]:
+                    self._note(name, doc)
                     try:
                         self.sink(name, doc)
                     except Exception:  # noqa: BLE001 - a sink failure must not stop the analysis
@@ -426,6 +450,38 @@ class LiveAnalysis:
             elif kind == "ready":
                 log.debug("live analysis process %s ready", self._proc.pid)
                 self._ready.set()
+
+    def _note(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Keep track of the derived runs the sink has seen started and not yet stopped (receiver thread)."""
+        if name == "start":
+            self._open_runs[doc["uid"]] = _OpenDerived(str(doc.get("derived_from", "")))
+        elif name == "descriptor" and doc.get("run_start") in self._open_runs:
+            self._descriptor_runs[doc["uid"]] = (doc["run_start"], str(doc.get("name", "")))
+        elif name == "event" and doc.get("descriptor") in self._descriptor_runs:
+            run_uid, stream = self._descriptor_runs[doc["descriptor"]]
+            counts = self._open_runs[run_uid].counts
+            counts[stream] = counts.get(stream, 0) + 1
+        elif name == "stop":
+            self._open_runs.pop(doc.get("run_start", ""), None)
+            for d in [d for d, (r, _) in self._descriptor_runs.items() if r == doc.get("run_start")]:
+                del self._descriptor_runs[d]
+
+    def _end_orphans(self) -> None:
+        """The analysis process is gone: give every derived run it left open a stop document ("fail")."""
+        code = self._proc.exitcode if self.process else None
+        for uid, run in list(self._open_runs.items()):
+            reason = (f"live analysis process ended (exit code {code}) before this derived run was complete; "
+                      f"re-run the analysis with `hotstage replay {run.raw_uid}`")
+            stop = {"uid": str(uuid.uuid4()), "run_start": uid, "time": time.time(), "exit_status": "fail",
+                    "reason": reason, "num_events": dict(run.counts)}
+            try:
+                self.sink("stop", stop)
+            except Exception:  # noqa: BLE001 - logged; the derived run stays without a stop
+                log.exception("live analysis: could not end derived run %s", uid)
+            else:
+                log.error("live analysis: derived run %s of raw run %s ended: %s", uid, run.raw_uid, reason)
+            self._open_runs.pop(uid, None)
+        self._descriptor_runs.clear()
 
     def _died(self) -> None:
         """The analysis process is gone: say so loudly (acquisition and storage of raw data go on)."""

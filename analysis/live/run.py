@@ -16,8 +16,10 @@ Derived run contract (DESIGN.md, "Contracts a user relies on / Derived run"):
   ``furnace_setpoint``, ``clock_elapsed`` (experiment s), ``raw_seq_num``, ``raw_time`` and ``error``
   (1 when the analysis of this event raised: its values are NaN);
 * stream ``summary`` with one event at the raw stop (keys and definitions in `analysis.live.onsets`);
-* stop: exit_status "success" (or the raw run's status if that was not "success"); ``reason`` counts the
-  events whose analysis failed ("3 analysis errors; first: …").
+* stop: the raw run's exit_status ("success", "abort" or "fail": an analysis of an aborted or failed run never
+  says success); ``reason`` says why (``raw run ended abort: <the raw stop's reason>``) and counts the events
+  whose analysis failed ("3 analysis errors; first: …"). A raw run that never sent a stop document (the
+  acquisition died, or the analysis was closed first) gives "fail", reason "raw run has no stop document".
 
 The ``truth`` stream of a simulated raw run is never read (only streams with an analyser are).
 """
@@ -38,7 +40,7 @@ from .modalities import DEFAULT_ANALYSERS, StreamAnalyser
 from .onsets import SummaryBuilder
 from .parameters import AnalysisParameters
 
-__all__ = ["DerivedRun", "hotstage_version", "Sink", "COMMON_KEYS"]
+__all__ = ["DerivedRun", "hotstage_version", "Sink", "COMMON_KEYS", "derived_exit_status"]
 
 log = logging.getLogger(__name__)
 Sink = Callable[[str, dict], Any]
@@ -207,13 +209,10 @@ class DerivedRun:
         self.sink("descriptor", bundle.descriptor_doc)
         now = time.time()
         self.sink("event", bundle.compose_event(data=data, timestamps={k: now for k in data}, time=now))
-        raw_status = (raw_stop or {}).get("exit_status", "success")
-        parts = [reason] if reason else []
-        if raw_status != "success":
-            parts.append(f"raw run ended with {raw_status}")
+        status, why = derived_exit_status(raw_stop)
+        parts = [p for p in (reason, why) if p]
         if self.error_count:
             parts.append(f"{self.error_count} analysis errors; first: {self.errors[0]}")
-        status = raw_status if raw_status in ("success", "abort", "fail") else "success"
         self.sink("stop", self.bundle.compose_stop(exit_status=status, reason="; ".join(parts)))
 
     def _error(self, message: str) -> None:
@@ -222,6 +221,21 @@ class DerivedRun:
         self.error_count += 1
         if len(self.errors) < 100:
             self.errors.append(message)
+
+
+def derived_exit_status(raw_stop: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The derived run's exit_status and the part of its reason that comes from the raw run's stop document.
+
+    It follows the raw run: success → success; abort/fail → the same, with "raw run ended <status>: <reason>";
+    no raw stop → fail (the raw run did not end properly); an unknown status → fail."""
+    if raw_stop is None:
+        return "fail", ""
+    raw_status = str(raw_stop.get("exit_status") or "fail")
+    if raw_status == "success":
+        return "success", ""
+    raw_reason = " ".join(str(raw_stop.get("reason") or "").split())
+    status = raw_status if raw_status in ("abort", "fail") else "fail"
+    return status, f"raw run ended {raw_status}" + (f": {raw_reason}" if raw_reason else "")
 
 
 def _value(data: Mapping[str, Any], key: str) -> float:

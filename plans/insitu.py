@@ -335,7 +335,8 @@ def wait_until_cool(
 
     def refuse(why: str) -> ProgramError:
         return ProgramError(
-            f"the furnace is at {temperature:.1f} °C, above the program's start temperature {start_C:g} °C, and {why}; "
+            f"the furnace is at {temperature:.1f} °C, above the program's start temperature {start_C:g} °C, "
+            f"and {why}; "
             f"let it cool below {goal:.1f} °C and start again, or start the program at or above "
             f"{math.ceil(temperature):.0f} °C"
         )
@@ -427,12 +428,20 @@ class Acquirer:
                 yield from self._event(TRUTH_STREAM, [self.truth, *common])
 
     def _event(self, stream: str, devices: list[Any]) -> MsgGenerator:
-        """Read already-triggered devices into one event of `stream`."""
+        """Read already-triggered devices into one event of `stream`, then checkpoint.
+
+        The checkpoint right after `save` keeps every emitted event out of the messages a resume replays: on a
+        pause or suspension the RunEngine rewinds to the last checkpoint, replays the messages since and restores
+        its sequence counters to that checkpoint (`RunEngine._rewind`, `RunBundler.rewind`), so a `save` replayed
+        would emit the event again with the same `seq_num`. (The catalog writer also stores a repeated `seq_num`
+        once, for a suspension landing between the `save` and this checkpoint.)
+        """
         yield from stubs.create(name=stream)
         for device in devices:
             yield from stubs.read(device)
         yield from stubs.save()
         self.counts[stream] = self.counts.get(stream, 0) + 1
+        yield from stubs.checkpoint()
 
     def acquire_all(self, repeats: int = 1, hold_C: float | None = None) -> MsgGenerator:
         """Each modality `repeats` times (xrd, thz, pl order), with a checkpoint between acquisitions.

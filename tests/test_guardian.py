@@ -283,7 +283,8 @@ class _Rig:
         self.furnace = furnace
 
 
-def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emulator: Emulator, tmp_path: Path) -> None:
+def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emulator: Emulator,
+                                                                            tmp_path: Path) -> None:
     from contextlib import ExitStack
 
     from acquisition.interlocks import arm_furnace_interlocks

@@ -188,7 +188,8 @@ def test_device_sets_and_confirms_the_limit_on_both_inputs(server) -> None:
             dev.set_temperature_limit(float("nan"))
         # the session's arming: max_C + 15 °C
         arm_temperature_limit(dev, 400.0)
-        assert backend.plant.temperature_limits_K["A"] == pytest.approx(400.0 + TLIMIT_MARGIN_C + KELVIN_OFFSET, abs=0.06)
+        expected_K = 400.0 + TLIMIT_MARGIN_C + KELVIN_OFFSET
+        assert backend.plant.temperature_limits_K["A"] == pytest.approx(expected_K, abs=0.06)
     finally:
         dev.destroy()
 
@@ -224,7 +225,8 @@ def test_device_limit_on_the_pyvisa_sim_definition() -> None:
     yaml = Path(__file__).resolve().parents[1] / "simulated" / "visa" / "hotstage.yaml"
     dev = LakeShore336Furnace("TCPIP0::127.0.0.1::7777::SOCKET", name="furnace", resource_manager=f"{yaml}@sim")
     try:
-        assert dev.set_temperature_limit(415.0) == {"A": pytest.approx(415.0, abs=0.06), "B": pytest.approx(415.0, abs=0.06)}
+        limit = pytest.approx(415.0, abs=0.06)
+        assert dev.set_temperature_limit(415.0) == {"A": limit, "B": limit}
         assert dev.visa.query("TLIMIT? A", parse=str) == "+0688.100"
     finally:
         dev.destroy()

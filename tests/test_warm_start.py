@@ -89,8 +89,8 @@ def test_furnace_that_cannot_cool_in_time_is_refused_and_nothing_recorded() -> N
     assert error is not None
     msg = str(error)
     assert "\n" not in msg
-    assert re.search(r"^the furnace is at \d+\.\d °C, above the program's start temperature 25 °C, and needs at least "
-                     r"\d+ more min to cool to 26\.0 °C, beyond the 5-min wait limit", msg), msg
+    assert re.search(r"^the furnace is at \d+\.\d °C, above the program's start temperature 25 °C, and needs at "
+                     r"least \d+ more min to cool to 26\.0 °C, beyond the 5-min wait limit", msg), msg
     assert "let it cool below 26.0 °C and start again, or start the program at or above" in msg
     assert not [n for n, _ in docs if n == "start"]  # no run
     assert heater == 0.0

@@ -91,10 +91,12 @@ class CatalogLocation:
     data_dir: str | None = None
     uri: str | None = None
     api_key: str | None = None
+    #: Opened with ``allow_damaged`` (a writer on it then opens it so too: its writes are refused and spooled).
+    allow_damaged: bool = False
 
     def open(self):
         """Open a client on this catalog (``open_catalog`` with the same arguments)."""
-        return open_catalog(self.data_dir, uri=self.uri, api_key=self.api_key)
+        return open_catalog(self.data_dir, uri=self.uri, api_key=self.api_key, allow_damaged=self.allow_damaged)
 
     def __repr__(self) -> str:
         """Show where, never the API key."""
@@ -148,42 +150,46 @@ def _serialization_registry():
 _WAL_DONE: set[Path] = set()
 
 
-def _enable_wal(path: Path) -> None:
-    """Put a SQLite file in WAL mode (persistent), so readers do not fail while the writer appends.
+def _enable_wal(path: Path) -> str | None:
+    """Put a SQLite file in WAL mode (persistent), so readers do not fail while the writer appends; return why
+    the file is damaged, or None (``acquisition.datadir.check_tables``, in the same connection).
 
-    Without it the ADBC SQLite driver tiled uses for the table store raises "database is locked" to a
+    Without WAL the ADBC SQLite driver tiled uses for the table store raises "database is locked" to a
     reader polling a run that is being written (seen in tests of live visibility).
-    Once per file per process, before tiled's readers exist: this opens the file with Python's own SQLite
+    Once per healthy file per process, before tiled's readers exist: this opens the file with Python's own SQLite
     library, and closing that connection releases every POSIX lock the process holds on the file, including
     the WAL read locks of the ADBC driver's (separate) SQLite library. Readers robbed of their locks were
     seen to read a stale snapshot for good (runs written afterwards came back with empty tables) once a
     restarted writer process reset the WAL: in the fault suite, whose storage-outage case used to take its
     lock from the test process. So a process that opens the same catalog again does not reopen the file.
     """
+    from acquisition.datadir import check_tables
+
     path = Path(path).resolve()
     if path in _WAL_DONE:
-        return
-    import sqlite3
-
-    con = sqlite3.connect(path)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
-    _WAL_DONE.add(path)
+        return None
+    damage = check_tables(path)
+    if damage is None:
+        _WAL_DONE.add(path)
+    return damage
 
 
 def open_catalog(
     data_dir: str | os.PathLike[str] | None = None,
     uri: str | None = None,
     api_key: str | None = None,
+    *,
+    allow_damaged: bool = False,
 ):
     """Open the run catalog: a Tiled server if ``uri`` is given (or ``$HOTSTAGE_TILED_URI`` is set and no
     ``data_dir`` is given: an explicit directory wins over the environment), else embedded.
 
     The embedded catalog lives under ``data_dir`` (default ``$HOTSTAGE_DATA`` or ``./hotstage-data``),
-    is created if missing and sees the runs written earlier into the same directory. Close it with
-    ``close_catalog(client)`` (or ``client.context.close()``) when done.
+    is created if missing and sees the runs written earlier into the same directory, also after the directory
+    was moved or copied (``acquisition.datadir.relocate``). A damaged ``tables.sqlite`` raises
+    ``DamagedStoreError`` (one line: the file and how to recover), unless ``allow_damaged``: then one warning is
+    logged, metadata and arrays stay readable, reading scalar columns raises ``DamagedStoreError`` and writing is
+    refused. Close the client with ``close_catalog(client)`` (or ``client.context.close()``) when done.
     """
     from tiled.client import from_context, from_uri
 
@@ -198,23 +204,42 @@ def open_catalog(
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     root = root.expanduser().resolve()
-    app = embedded_app(root)
+    app = embedded_app(root, allow_damaged=allow_damaged)
     client = from_context(Context.from_app(app))
-    _LOCATIONS[client.context] = CatalogLocation(data_dir=str(root))
+    _LOCATIONS[client.context] = CatalogLocation(data_dir=str(root), allow_damaged=allow_damaged)
     return client
 
 
-def embedded_app(root: Path, authentication: Any = None) -> Any:
-    """The Tiled app serving the embedded catalog under ``root`` (created if missing; see ``open_catalog``)."""
+def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool = False,
+                 raise_errors: bool = True) -> Any:
+    """The Tiled app serving the embedded catalog under ``root`` (created if missing; see ``open_catalog``).
+
+    Before tiled opens anything: asset paths of a moved or copied directory are rewritten to ``root`` and the
+    table store is checked (``acquisition.datadir``). ``raise_errors``: damage of the table store found while
+    serving a request is raised as ``DamagedStoreError`` (in process) rather than answered with HTTP 503 (server).
+    """
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.server.app import build_app
 
+    from acquisition.datadir import CATALOG_DB, TABLES, DamagedStoreError, TableStoreGuard, relocate, warn_at_exit
+
     (root / "data").mkdir(parents=True, exist_ok=True)
-    catalog_db = root / "catalog.db"
-    _enable_wal(root / "tables.sqlite")
+    catalog_db = root / CATALOG_DB
+    tables = root / TABLES
+    relocate(root)
+    damage = _enable_wal(tables)
+    error = None
+    if damage is not None:
+        error = DamagedStoreError(tables, damage, refusing=True)
+        if not allow_damaged:
+            raise error
+        if raise_errors:
+            warn_at_exit(error)  # in process: once, at exit, unless a command already failed on it
+        else:
+            logger.warning("%s", error)
     adapter = catalog_from_uri(
         f"sqlite:///{catalog_db}",
-        writable_storage=[f"file://{root / 'data'}", f"sqlite:///{root / 'tables.sqlite'}"],
+        writable_storage=[f"file://{root / 'data'}", f"sqlite:///{tables}"],
         # tiled runs "tiled catalog init" in a subprocess (~2 s); skip it once the database exists.
         init_if_not_exists=not catalog_db.exists(),
     )
@@ -222,29 +247,20 @@ def embedded_app(root: Path, authentication: Any = None) -> Any:
     # for a user at a terminal, in this process and in the writer process alike.
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
-    return build_app(adapter, authentication=authentication, serialization_registry=_serialization_registry())
+    app = build_app(adapter, authentication=authentication, serialization_registry=_serialization_registry())
+    app.add_middleware(TableStoreGuard, tables=tables, catalog_db=catalog_db, damage=damage,
+                       raise_errors=raise_errors)
+    app.state.table_store_damage = error
+    return app
 
 
 def serve_catalog(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-                  api_key: str | None = None) -> None:
-    """Serve the embedded catalog over HTTP until interrupted (``hotstage serve``).
+                  api_key: str | None = None, read_key: str | None = None) -> None:
+    """Serve the embedded catalog over HTTP until interrupted (``hotstage serve``): see ``acquisition.catalog_server``
+    (read-write and read-only keys, accepted only in the ``Authorization: Apikey <key>`` header)."""
+    from acquisition.catalog_server import serve
 
-    Other machines or processes then read (and write) it as a Tiled server: ``HOTSTAGE_TILED_URI`` =
-    ``http://host:port`` with ``TILED_API_KEY`` = the key (``api_key``, else ``$TILED_API_KEY``, else a random
-    one), printed at start. SQLite allows one writer at a time: sessions writing through this server and
-    sessions writing the directory directly take turns (the writers retry on "database is locked").
-    """
-    import secrets
-
-    import uvicorn
-    from tiled.config import Authentication
-
-    root = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().resolve()
-    api_key = api_key or os.environ.get(API_KEY_ENV) or secrets.token_hex(32)
-    app = embedded_app(root, Authentication(single_user_api_key=api_key))
-    print(f"hotstage: serving the embedded catalog {root} at http://{host}:{port}\n"
-          f"  {URI_ENV}=http://{host}:{port} {API_KEY_ENV}={api_key}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(data_dir, host=host, port=port, api_key=api_key, read_key=read_key)
 
 
 def describe_location(data_dir: str | os.PathLike[str] | None = None, uri: str | None = None) -> str:

@@ -317,7 +317,13 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 
 class ControlServer:
-    """JSON-lines control channel on 127.0.0.1 for a separate emulator process (see the module doc)."""
+    """JSON-lines control channel on 127.0.0.1 for a separate emulator process (see the module doc).
+
+    No authentication, on purpose: it controls a *simulated* rig (arm faults, read the simulation's truth) and
+    listens on the loopback interface only, so only processes on this machine reach it — the same trust as the
+    emulated instruments' own ports. Keep ``host`` a loopback address: any other address would let anyone on the
+    network inject faults into a rehearsal. (On a shared machine, every local user can reach it.)
+    """
 
     def __init__(self, faults: FaultInjector, *, truth: Callable[[], dict[str, float]] | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:

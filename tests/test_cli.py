@@ -99,7 +99,8 @@ def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_
 
 
 def test_serve_makes_the_catalog_a_tiled_server(demo: tuple[Path, dict]) -> None:
-    """`hotstage serve`: a plain Tiled client with the printed URI and key reads the demo run; SIGTERM stops it."""
+    """`hotstage serve`: a plain Tiled client with the printed URI and the generated read-only key (kept in
+    DATA/server-keys.json, printed only as a prefix) reads the demo run; SIGTERM stops it."""
     import socket
 
     from tiled.client import from_uri
@@ -110,15 +111,19 @@ def test_serve_makes_the_catalog_a_tiled_server(demo: tuple[Path, dict]) -> None
         port = sock.getsockname()[1]
     env = {**os.environ, "HOTSTAGE_DATA": str(data)}
     env.pop("TILED_API_KEY", None)
+    env.pop("HOTSTAGE_READ_API_KEY", None)
     proc = subprocess.Popen([HOTSTAGE, "serve", "--port", str(port)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
-        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
-        settings = dict(part.split("=", 1) for part in proc.stdout.readline().split())
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert f"http://127.0.0.1:{port}" in lines[0]
+        settings = dict(part.split("=", 1) for part in lines[-1].split() if "=" in part)
         assert settings["HOTSTAGE_TILED_URI"] == f"http://127.0.0.1:{port}"
+        keys = json.loads((data / "server-keys.json").read_text())
+        assert not any(key in "".join(lines) for key in keys.values())  # only prefixes are printed
         for _ in range(100):  # uvicorn binds just after printing
             try:
-                client = from_uri(settings["HOTSTAGE_TILED_URI"], api_key=settings["TILED_API_KEY"])
+                client = from_uri(settings["HOTSTAGE_TILED_URI"], api_key=keys["read_only"])
                 break
             except Exception:  # noqa: BLE001 - not listening yet
                 time.sleep(0.1)

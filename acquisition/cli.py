@@ -5,7 +5,7 @@
     hotstage runs [--sample NAME] [--limit N] [--json]
     hotstage show UID [--json]
     hotstage export UID [--out FILE] [--json]    a run's documents as JSON lines (DATA/exports/<uid>.jsonl)
-    hotstage serve [--host H] [--port P] [--api-key K]   the embedded catalog as a Tiled server
+    hotstage serve [--host H] [--port P] [--api-key K] [--read-key K]   the embedded catalog as a Tiled server
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
@@ -183,7 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     serve_cat = command("serve", help="serve the embedded catalog over HTTP (a Tiled server) until Ctrl-C")
     serve_cat.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_cat.add_argument("--port", type=_port, default=8000, help="TCP port, 1–65535 (default 8000)")
-    serve_cat.add_argument("--api-key", help="the key clients must give (default: $TILED_API_KEY, else random)")
+    serve_cat.add_argument("--api-key", help="the read-write key (default: $TILED_API_KEY, else the one stored in "
+                                             "DATA/server-keys.json, else a new one stored there); prefer the "
+                                             "environment: options are visible to other users in `ps`")
+    serve_cat.add_argument("--read-key", help="the read-only key (default: $HOTSTAGE_READ_API_KEY, else stored in "
+                                              "DATA/server-keys.json, else a new one stored there)")
     serve_cat.set_defaults(func=_cmd_serve)
 
     replay = command("replay", help="re-run the analysis on a stored raw run (a new derived run)")
@@ -570,7 +574,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from acquisition.storage import serve_catalog
 
     _data_to_write(args)  # a new directory is fine: sessions may write through the server
-    serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key)
+    serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key, read_key=args.read_key)
     return 0
 
 

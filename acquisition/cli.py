@@ -15,9 +15,12 @@
 changes analysis parameters, see `analysis.live.parameters`); `demo` also writes the report figures into
 DATA/reports/<raw uid>/.
 
-Data go to `--data DIR`, else `$HOTSTAGE_DATA`, else `./hotstage-data/`; with `$HOTSTAGE_TILED_URI` set
-(and `$TILED_API_KEY`) a Tiled server is used instead. Errors in user input are reported in one line naming
-the file and key, with exit status 2; nothing moves before all input has been validated.
+Data go to `--data DIR` (before or after the command), else `$HOTSTAGE_DATA`, else `./hotstage-data/`; with
+`$HOTSTAGE_TILED_URI` set (and `$TILED_API_KEY`) a Tiled server is used instead. Commands that only read (runs,
+show, export, report, replay, spool flush) refuse a directory without a catalog rather than create an empty one.
+Errors in user input (files, options, `--param`) are reported in one line naming the file or option and the key,
+with exit status 2; nothing is opened, started or moved before all input has been validated. An instrument that
+cannot be opened when the session starts is one line too (exit 2), and no run is recorded.
 """
 
 from __future__ import annotations

@@ -93,13 +93,13 @@ def resolve_keys(root: Path, api_key: str | None = None, read_key: str | None = 
         elif env.get(env_name):
             found[name] = (_checked(env[env_name], f"${env_name}"), f"${env_name}")
         elif stored.get(name):
-            found[name] = (_checked(stored[name], f"{stored_path} {name}"), f"stored in {stored_path}")
+            found[name] = (_checked(stored[name], f"{stored_path} {name}"), f"kept in {stored_path}")
     missing = [name for name in ("read_write", "read_only") if name not in found]
     if missing:
         new = {name: secrets.token_hex(32) for name in missing}
         _write_keys_file(stored_path, {**stored, **new})
         for name, key in new.items():
-            found[name] = (key, f"generated, stored in {stored_path} (mode 0600)")
+            found[name] = (key, f"generated, kept in {stored_path} (mode 0600)")
     (write, write_source), (read, read_source) = found["read_write"], found["read_only"]
     if secrets.compare_digest(write, read):
         raise ServeError(f"the read-only key ({read_source}) is the read-write key ({write_source}): give two "
@@ -249,18 +249,18 @@ def serve(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
     if not 1 <= port <= 65535:
         raise ServeError(f"--port {port}: not a TCP port (1–65535)")
     root = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().resolve()
-    keys = resolve_keys(root, api_key, read_key)
-    if not is_loopback(host) and not keys.write_explicit:
+    if not is_loopback(host) and not (api_key or os.environ.get(WRITE_KEY_ENV)):  # before anything is written
         raise ServeError(f"--host {host} is reachable from other machines: give the read-write key explicitly "
                          f"(${WRITE_KEY_ENV} or --api-key) to serve there, or serve on 127.0.0.1")
-    sock = _listen(host, port)  # a port in use is reported before the catalog is opened
+    sock = _listen(host, port)  # a port in use is reported before a key is generated or the catalog opened
     try:
+        keys = resolve_keys(root, api_key, read_key)
         app = gated_app(root, keys)
         url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
         print(f"hotstage: serving the embedded catalog {root} at {url}\n"
               f"  keys only in the header 'Authorization: Apikey <key>'\n"
-              f"  read-write key {shown(keys.write)} ({keys.write_source})\n"
-              f"  read-only key  {shown(keys.read)} ({keys.read_source})\n"
+              f"  read-write key {shown(keys.write)}  {keys.write_source}\n"
+              f"  read-only key  {shown(keys.read)}  {keys.read_source}\n"
               f"  clients: {URI_ENV}={url} {WRITE_KEY_ENV}=<key>", flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])

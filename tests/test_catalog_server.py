@@ -201,6 +201,7 @@ def test_non_loopback_host_needs_an_explicit_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "0.0.0.0" in result.stderr and "TILED_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "d").exists()  # nothing created: no directory, no keys file
 
 
 def test_port_in_use_is_one_line(tmp_path):
@@ -212,7 +213,7 @@ def test_port_in_use_is_one_line(tmp_path):
                                 timeout=120, env=serve_env(TILED_API_KEY=WRITE_KEY))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
-    assert result.stdout == ""  # nothing announced
+    assert result.stdout == "" and not (tmp_path / "d" / KEYS_FILE).exists()  # nothing announced or generated
 
 
 def test_keys_are_generated_once_and_stored_owner_only(tmp_path):
@@ -221,7 +222,7 @@ def test_keys_are_generated_once_and_stored_owner_only(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert keys.write != keys.read and not keys.write_explicit
     again = resolve_keys(tmp_path, environ={})  # reused at the next start
-    assert (again.write, again.read) == (keys.write, keys.read) and "stored in" in again.write_source
+    assert (again.write, again.read) == (keys.write, keys.read) and "kept in" in again.write_source
     explicit = resolve_keys(tmp_path, environ={"TILED_API_KEY": WRITE_KEY})
     assert explicit.write == WRITE_KEY and explicit.write_explicit and explicit.read == keys.read
     assert resolve_keys(tmp_path, api_key=READ_KEY, environ={"TILED_API_KEY": WRITE_KEY}).write == READ_KEY

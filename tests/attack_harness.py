@@ -26,6 +26,7 @@ Standalone: ``python tests/attack_harness.py [--only NAME]`` runs every scenario
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -57,7 +58,7 @@ HANG_S = 180.0
 """A command still running after this long is a hang (hang detector only, never a latency assertion)."""
 GUARDIAN_WAIT_S = 30.0
 """How long a killed session's heater may stay on before we call the guardian absent."""
-LEFTOVER_WAIT_S = 20.0
+LEFTOVER_WAIT_S = 5.0
 """How long the processes a command started may outlive it before the harness ends them (and says so)."""
 QUIET_S = 0.5
 """An attack waits for this long without any acquisition (see the module doc)."""
@@ -84,13 +85,15 @@ EXPECTED_EXIT = {
     "SIGKILL + spool flush": -9,
     "emulator killed": 1,
     "furnace link lost": 1,
-    "data dir read-only 10 s": 0,
-    "catalog.db deleted": 0,
+    "data dir read-only 10 s": None,
+    "catalog.db deleted": None,
     "disk full (3 MB tmpfs)": 1,
     "torn line + garbage in spool": 0,
     "overshoot suspend/resume": 0,
 }
-"""The exit status each row expects (a `hotstage spool flush` for the torn-spool row; SIGKILL: killed by 9)."""
+"""The exit status each row expects (a `hotstage spool flush` for the torn-spool row; SIGKILL: killed by 9).
+None: the issue asks only that nothing is lost and nothing hangs, so the run may end either way, and the exit
+status must say which (`hotstage run`: 0 when the run's stop is `success`, else 1)."""
 
 
 class HarnessError(RuntimeError):
@@ -231,11 +234,37 @@ def fetched(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     return {s: int(counts.get(s, {}).get("FETC:DATA?", 0)) for s in STREAMS}
 
 
+_SHARED: Emulator | None = None
+
+
+def shared_emulator() -> Emulator:
+    """One emulator process for the rows that do not kill it (started on first use, restarted if it died): saves
+    a start per row. Each row clears its faults and counts from its own baseline."""
+    global _SHARED
+    if _SHARED is None or not _SHARED.alive:
+        stop_shared()
+        _SHARED = Emulator(Path(tempfile.mkdtemp(prefix="hotstage-attack-emulator-"))).start()
+    return _SHARED
+
+
+def stop_shared() -> None:
+    """Stop the shared emulator (and remove its directory)."""
+    global _SHARED
+    if _SHARED is not None:
+        _SHARED.stop()
+        shutil.rmtree(_SHARED.workdir, ignore_errors=True)
+        _SHARED = None
+
+
+atexit.register(stop_shared)
+
+
 class CliRun:
     """One `hotstage` command in its own process session, output to files, every descendant tagged."""
 
-    def __init__(self, args: list[str], workdir: Path, name: str = "run") -> None:
+    def __init__(self, args: list[str], workdir: Path, name: str = "run", env: dict[str, str] | None = None) -> None:
         self.args = args
+        self.env = env or {}
         self.workdir = workdir
         self.name = name
         self.tag = uuid.uuid4().hex
@@ -249,7 +278,8 @@ class CliRun:
         """Start the command (stdin closed, as in CI)."""
         self.proc = subprocess.Popen(
             [*HOTSTAGE, *self.args], stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
-            stdin=subprocess.DEVNULL, env=_clean_env(self.tag), cwd=self.workdir, start_new_session=True,
+            stdin=subprocess.DEVNULL, env={**_clean_env(self.tag), **self.env}, cwd=self.workdir,
+            start_new_session=True,
         )
         return self
 
@@ -295,9 +325,10 @@ class CliRun:
         return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
 
 
-def run_command(args: list[str], workdir: Path, name: str, timeout: float = HANG_S) -> tuple[int | None, str]:
+def run_command(args: list[str], workdir: Path, name: str, timeout: float = HANG_S,
+                env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Run a `hotstage` command to its end; (exit status or None if it hung, stdout + stderr)."""
-    cmd = CliRun(args, workdir, name).start()
+    cmd = CliRun(args, workdir, name, env).start()
     rc = cmd.wait(timeout)
     cmd.finish(5.0)
     return rc, cmd.stdout + cmd.stderr
@@ -408,7 +439,7 @@ def read_catalog(data_dir: Path) -> list[RunRecord]:
             md = run.metadata
             rows = {}
             for stream in run:
-                rows[stream] = int(run[stream].read()["time"].shape[0])
+                rows[stream] = int(run[stream].read().sizes.get("time", 0))
             seqs: dict[str, Counter[int]] = {}
             names: dict[str, str] = {}
             for name, doc in run.documents():
@@ -459,8 +490,17 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     data: Path | None = None
     """The data directory of the run."""
+    whole_run: bool = False
+    """Storage rows: every acquisition of the run counts, not only those before the attack."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Row-specific findings (e.g. where the spool's garbage went)."""
+    timing: dict[str, float] = field(default_factory=dict)
+    """Wall seconds since the scenario began, per phase (where the suite's time goes)."""
+    t0: float = field(default_factory=time.monotonic)
+
+    def mark(self, phase: str) -> None:
+        """Note the wall time of a phase."""
+        self.timing[phase] = round(time.monotonic() - self.t0, 1)
 
     @property
     def raw(self) -> RunRecord | None:
@@ -473,9 +513,21 @@ class Outcome:
         return {s: (self.raw.rows.get(s, 0) if self.raw else 0) for s in STREAMS}
 
     @property
+    def abandoned(self) -> dict[str, int]:
+        """Per stream, the one acquisition a run that hotstage itself stopped (full disk ...) may have had in
+        flight: served by the detector, never an event (the stop document's counts equal the stored rows)."""
+        stop = self.stop
+        if not self.whole_run or stop is None or stop.get("exit_status") == "success":
+            return {}
+        counts = stop.get("num_events") or {}
+        return {s: 1 for s in STREAMS
+                if self.before.get(s, 0) > self.stored[s] and counts.get(s, 0) == self.stored[s]}
+
+    @property
     def lost(self) -> int:
-        """Acquired before the attack but not stored, plus seq_num gaps in what is stored."""
-        return sum(max(0, self.before.get(s, 0) - self.stored[s]) for s in STREAMS) + (self.raw.gaps if self.raw else 0)
+        """Acquired before the attack (whole run: at all) but not stored, plus seq_num gaps in what is stored."""
+        missing = sum(max(0, self.before.get(s, 0) - self.stored[s] - self.abandoned.get(s, 0)) for s in STREAMS)
+        return missing + (self.raw.gaps if self.raw else 0)
 
     @property
     def phantom(self) -> int:
@@ -499,12 +551,15 @@ class Outcome:
 
     def row(self) -> list[str]:
         """This outcome as a table row (see `TABLE_HEADER`)."""
-        heater = "n/a (emulator gone)" if self.heater_range is None else f"{self.heater_range:g}"
+        heater = ("n/a (spool only)" if self.extra.get("spool_only") else "n/a (emulator gone)"
+                  if self.heater_range is None else f"{self.heater_range:g}")
         stop = self.stop["exit_status"] if self.stop else "none"
         actual = "hung" if self.hung else str(self.exit_actual)
         notes = list(self.notes)
         if self.traceback:
             notes.append("traceback")
+        if self.abandoned:
+            notes.append(f"in flight when the run stopped, not events: {self.abandoned}")
         if self.phantom:
             notes.append(f"{self.phantom} stored beyond the emulator's count")
         return [self.fault, heater, "y" if self.loud else "n", str(sum(self.acquired.values())),
@@ -540,6 +595,13 @@ class Attack:
     data: Path
     workdir: Path
     outcome: Outcome
+    base: dict[str, int] = field(default_factory=dict)
+    """FETC:DATA? per stream before the run (a shared emulator counts across rows)."""
+
+    def acquired(self, counts: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+        """FETC:DATA? per stream served to this row's run (from ``counts``, else asked now)."""
+        now = fetched(self.emulator.counts() if counts is None else counts)
+        return {s: now[s] - self.base.get(s, 0) for s in STREAMS}
 
     def quiet_window(self, min_events: int = 3, timeout: float = HANG_S) -> dict[str, int]:
         """Wait for ``min_events`` XRD acquisitions, then for no acquisition in flight and none for QUIET_S.
@@ -554,11 +616,14 @@ class Attack:
                                    f"(exit {self.run.proc.returncode}): {self.run.stderr[-1500:]}")
             counts = self.emulator.counts()
             now = time.monotonic()
+            got = self.acquired(counts)
+            if got["xrd"] and "first event" not in self.outcome.timing:
+                self.outcome.mark("first event")
             if counts != last:
                 last, since = counts, now
             idle = all(counts.get(s, {}).get("INIT", 0) == counts.get(s, {}).get("FETC:DATA?", 0) for s in STREAMS)
-            if idle and fetched(counts)["xrd"] >= min_events and now - since >= QUIET_S:
-                return fetched(counts)
+            if idle and got["xrd"] >= min_events and now - since >= QUIET_S:
+                return got
             time.sleep(0.05)
         raise HarnessError(f"{self.outcome.fault}: no quiet window within {timeout} s")
 
@@ -574,16 +639,20 @@ def scenario(
     data_dir: Path | None = None,
     whole_run: bool = False,
     after: Callable[[Attack], None] | None = None,
-    time_scale: float = EMU_TIME_SCALE,
+    own_emulator: bool = False,
 ) -> Outcome:
     """Run one attack: emulator, `hotstage run`, ``attack`` (in a quiet window), then measure everything.
 
     ``whole_run``: the acquisition is not what is attacked (storage rows): everything the emulator served must be
     stored, not only what came before the attack. ``after`` runs once the command has ended (e.g. a spool flush)
-    and before the catalog is read."""
+    and before the catalog is read. ``own_emulator``: a fresh emulator process for this row (one the attack
+    kills), else the shared one."""
     workdir.mkdir(parents=True, exist_ok=True)
-    outcome = Outcome(fault, mechanism=mechanism, exit_expected=EXPECTED_EXIT.get(fault))
-    emu = Emulator(workdir, time_scale).start()
+    outcome = Outcome(fault, mechanism=mechanism, exit_expected=EXPECTED_EXIT.get(fault), whole_run=whole_run)
+    emu = Emulator(workdir).start() if own_emulator else shared_emulator()
+    emu.call({"op": "clear"})
+    base = fetched(emu.counts())
+    outcome.mark("emulator ready")
     run: CliRun | None = None
     try:
         data = outcome.data = new_data_dir(data_dir or workdir / "data")
@@ -591,18 +660,21 @@ def scenario(
         program = write_program(workdir / "program.toml", hold_min)
         args = ["--data", str(data), "run", "--program", str(program), "--rig", str(rig), "--no-progress"]
         run = CliRun(args if analysis else [*args, "--no-analysis"], workdir).start()
-        ctx = Attack(emu, run, data, workdir, outcome)
+        ctx = Attack(emu, run, data, workdir, outcome, base)
         attack(ctx)
+        outcome.mark("attack")
         outcome.exit_actual = run.wait(HANG_S)
+        outcome.mark("exit")
         outcome.hung = run.hung
         outcome.heater_range = emu.heater_range()
         if emu.alive:
-            outcome.acquired = fetched(emu.counts())
+            outcome.acquired = ctx.acquired()
         elif not outcome.acquired:
             outcome.acquired = dict(outcome.before)
         if whole_run:
             outcome.before = dict(outcome.acquired)
         run.finish()
+        outcome.mark("children gone")
         if run.leftovers:
             outcome.notes.append(f"{len(run.leftovers)} process(es) outlived the command: {run.leftovers}")
         outcome.stdout, outcome.stderr = run.stdout, run.stderr
@@ -610,9 +682,14 @@ def scenario(
             after(ctx)
         outcome.loud = len([ln for ln in (outcome.stdout + outcome.stderr + outcome.flush_output).splitlines()
                             if LOUD.search(ln)])
+        outcome.mark("after")
         records = read_catalog(data)
+        outcome.mark("catalog read")
         outcome.runs = [r for r in records if "derived_from" not in r.start]
         outcome.derived = [r for r in records if "derived_from" in r.start]
+        if outcome.exit_expected is None:
+            outcome.exit_expected = 0 if outcome.stop and outcome.stop.get("exit_status") == "success" else 1
+            outcome.notes.append("expected exit from the stop document")
         if len(outcome.runs) != 1:
             outcome.notes.append(f"{len(outcome.runs)} raw runs in the catalog")
         left = spool_files(data)
@@ -624,7 +701,12 @@ def scenario(
             run.wait(0.1)
         if run is not None:
             run.finish(0.0)
-        emu.stop()
+        if own_emulator:
+            emu.stop()
+        elif emu.alive:
+            emu.call({"op": "clear"})
+        for rescue in outcome.extra.get("rescue_spools", []):
+            shutil.rmtree(rescue, ignore_errors=True)
         ROWS.append(outcome)
 
 
@@ -694,7 +776,7 @@ def emulator_killed(workdir: Path) -> Outcome:
         a.outcome.acquired = dict(a.outcome.before)
         a.emulator.kill()
 
-    return scenario("emulator killed", attack, workdir, mechanism="kill -KILL emulator pid")
+    return scenario("emulator killed", attack, workdir, mechanism="kill -KILL emulator pid", own_emulator=True)
 
 
 def furnace_link_lost(workdir: Path) -> Outcome:
@@ -782,12 +864,23 @@ def data_read_only(workdir: Path) -> Outcome:
                     after=_flush_if_spooled)
 
 
+RESCUE = re.compile(r"HOTSTAGE_SPOOL=(\S+) hotstage spool flush")
+"""How a session names a spool it had to put elsewhere (its own data directory could not take it)."""
+
+
 def _flush_if_spooled(a: Attack) -> None:
-    """The issue allows "after `hotstage spool flush`": flush when the session left files in the spool."""
-    if spool_files(a.data):
-        a.outcome.flush_rc, a.outcome.flush_output = run_command(["--data", str(a.data), "spool", "flush"],
-                                                                 a.workdir, "flush")
-        a.outcome.notes.append(f"spool flush needed (exit {a.outcome.flush_rc})")
+    """The issue allows "after `hotstage spool flush`": flush when the session left files in the spool, and
+    flush every other spool the session's output tells the user to flush (as a user would)."""
+    rescues = sorted(set(RESCUE.findall(a.outcome.stdout + a.outcome.stderr)))
+    a.outcome.extra["rescue_spools"] = [r for r in rescues if Path(r).name.startswith("hotstage-rescue")]
+    for k, directory in enumerate([None, *rescues]):
+        if directory is None and not spool_files(a.data):
+            continue
+        env = {"HOTSTAGE_SPOOL": directory} if directory else None
+        rc, out = run_command(["--data", str(a.data), "spool", "flush"], a.workdir, f"flush{k}", env=env)
+        a.outcome.flush_rc = rc if a.outcome.flush_rc in (None, 0) else a.outcome.flush_rc
+        a.outcome.flush_output += out
+        a.outcome.notes.append(f"spool flush{' of ' + directory if directory else ''} needed (exit {rc})")
 
 
 def catalog_deleted(workdir: Path) -> Outcome:
@@ -879,8 +972,7 @@ def torn_spool(workdir: Path, spool: Path, acquired: dict[str, int]) -> Outcome:
                              "garbage still pending" if garbage in spool_files(data) else "garbage gone (deleted)")
         records = read_catalog(data)
         outcome.runs = [r for r in records if "derived_from" not in r.start]
-        outcome.heater_range = None
-        outcome.notes.append("no emulator (spool only)")
+        outcome.extra["spool_only"] = True
         outcome.extra.update(garbage_kept=bool(kept), garbage_pending=garbage in spool_files(data))
         return outcome
     finally:
@@ -935,8 +1027,9 @@ def main(argv: list[str] | None = None) -> int:
                 torn_spool(root / name, root / "sigkill" / "spool-after-kill", killed.before)
             else:
                 SCENARIOS[name](root / name)
-            print(format_table(ROWS[-1:]).splitlines()[-1], flush=True)
+            print(format_table(ROWS[-1:]).splitlines()[-1], ROWS[-1].timing, flush=True)
     finally:
+        stop_shared()
         print("\n" + format_table(ROWS))
         if args.keep:
             print(f"work directory: {root}")

@@ -221,7 +221,8 @@ def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool 
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.server.app import build_app
 
-    from acquisition.datadir import CATALOG_DB, TABLES, DamagedStoreError, TableStoreGuard, relocate, warn_at_exit
+    from acquisition.datadir import (CATALOG_DB, TABLES, DamagedStoreError, TableStoreGuard, relocate, reported,
+                                     warn_at_exit)
 
     (root / "data").mkdir(parents=True, exist_ok=True)
     catalog_db = root / CATALOG_DB
@@ -232,7 +233,7 @@ def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool 
     if damage is not None:
         error = DamagedStoreError(tables, damage, refusing=True)
         if not allow_damaged:
-            raise error
+            raise reported(error)
         if raise_errors:
             warn_at_exit(error)  # in process: once, at exit, unless a command already failed on it
         else:

@@ -104,6 +104,8 @@ class ExitSignals:
 
     # -- installation ----------------------------------------------------------------------------------
     def __enter__(self) -> ExitSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may handle signals: elsewhere the process keeps its handling
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handler)
         return self
@@ -303,12 +305,17 @@ class _DropRunEngineNoise(logging.Filter):
 
 def configure_logging(level: int = logging.WARNING) -> logging.Handler:
     """One stderr handler on the root logger for the command: one line per record (module docstring)."""
+    root = logging.getLogger()
+    for existing in root.handlers:
+        if getattr(existing, "_hotstage_cli", False):  # main() called again in one process (tests)
+            existing.setStream(sys.stderr)
+            return existing
     debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     handler = logging.StreamHandler(sys.stderr)
+    handler._hotstage_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(_OneLineFormatter(debug))
     handler.addFilter(_DropRunEngineNoise())
     handler.setLevel(level)
-    root = logging.getLogger()
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)

@@ -8,8 +8,8 @@ A `Session` is what a user (or the CLI) opens to run plans::
 It owns the rig (the simulated one by default, or real instruments from a rig TOML), a RunEngine whose
 every run carries `sample`, `program`, `rig`, `simulated` and `versions` in its start document, the
 non-blocking catalog writer, a progress bar, the live analysis and any other live callbacks. On exit it
-drains the analysis and then the writer so every document of every run (raw and derived) is stored, and
-leaves the furnace with its heater off.
+leaves the furnace with its heater off (confirmed), then drains the analysis and then the writer so every
+document of every run (raw and derived) is stored.
 
 Live analysis (`analysis.live.LiveAnalysis`, on by default; `analysis=False` turns it off, an
 `AnalysisParameters` or a dict of overrides changes its parameters): every raw run gets a derived run in the

@@ -12,6 +12,10 @@ spool is written on the courier thread of the RunEngine's process, so that time 
 under the GIL). The line
 stays one JSON document, so a torn last line is detected as before. `load_jsonl` reads both forms: such a
 marker comes back as a numpy array, files written without it (recorded runs, older spool files) as before.
+
+`read_documents` is the forgiving reader for files that may be damaged (the storage spool after a crash or a full
+disk): it skips every line that is not one whole ``[name, doc]`` document and returns their line numbers, so
+one torn line costs that line only, not the file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BINARY_MIN_SIZE", "Document", "dump_line", "load_jsonl", "save_jsonl"]
+__all__ = ["BINARY_MIN_SIZE", "Document", "dump_line", "load_jsonl", "read_documents", "save_jsonl"]
 
 Document = tuple[str, dict]
 
@@ -90,11 +94,20 @@ def dump_line(name: str, doc: Mapping[str, Any], *, binary_arrays: bool = False)
     return line + "\n"
 
 
+def _parse(line: str) -> Document:
+    """One line → (name, doc); ValueError unless it is a JSON ``[str, object]`` pair."""
+    value = json.loads(line, object_hook=_decode if _MARK in line else None)
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict)):
+        raise ValueError(f"not a [name, document] pair: {line[:60]!r}")
+    return value[0], value[1]
+
+
 def load_jsonl(path: str | os.PathLike[str]) -> Iterator[Document]:
     """Yield (name, doc) from a JSONL file of ``[name, doc]`` lines (blank lines skipped).
 
     Binary array markers (``dump_line(..., binary_arrays=True)``) are decoded to numpy arrays.
     A last line cut short (a process killed while writing it) is skipped: it was never complete on disk.
+    Any other undecodable line raises (see `read_documents` for a reader that skips them).
     """
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
@@ -102,12 +115,31 @@ def load_jsonl(path: str | os.PathLike[str]) -> Iterator[Document]:
         if not line.strip():
             continue
         try:
-            name, doc = json.loads(line, object_hook=_decode if _MARK in line else None)
-        except json.JSONDecodeError:
+            yield _parse(line)
+        except ValueError:  # json.JSONDecodeError is a ValueError
             if i == len(lines) - 1 and not line.endswith("\n"):
                 return
             raise
-        yield name, doc
+
+
+def read_documents(path: str | os.PathLike[str]) -> tuple[list[Document], list[int]]:
+    """All whole documents of a JSONL file, and the 1-based numbers of the lines skipped as unreadable.
+
+    A line is unreadable when it is not a JSON ``[name, doc]`` pair: torn by a crash or a full disk (the usual
+    case is the last line), overwritten, or not text at all (invalid UTF-8 is read with replacement characters,
+    so such a line fails to parse rather than the whole file).
+    """
+    docs: list[Document] = []
+    bad: list[int] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append(_parse(line))
+            except (ValueError, TypeError, KeyError, IndexError):  # a broken binary marker fails in _decode too
+                bad.append(number)
+    return docs, bad
 
 
 def save_jsonl(docs: Iterable[Document], path: str | os.PathLike[str]) -> Path:

@@ -54,11 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acquisition.storage_engine import WriteError, WriterEngine
+from acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine
 
 __all__ = [
     "CatalogLocation",
     "CatalogWriter",
+    "StorageError",
     "ThreadCatalogWriter",
     "catalog_location",
     "WriteError",
@@ -285,6 +286,28 @@ def read_stream(run, stream: str = "primary"):
 
 # --------------------------------------------------------------------------------------- writers
 
+CLOSE_TIMEOUT_S = 60.0
+"""Default deadline of ``CatalogWriter.close()``: what is not stored by then stays in the spool."""
+FLUSH_TIMEOUT_S = 60.0
+"""Default deadline of ``CatalogWriter.flush()``."""
+REOPEN_AFTER = 5
+"""Attempts of one write (transient errors, ~3 s with the default backoff) before the writer opens a new client."""
+REOPEN_DELAY_S = 1.0
+"""First wait before a new client is opened after ``REOPEN_AFTER`` failures; doubles per reopen, up to backoff[1]."""
+DATA_DOCUMENTS = frozenset({"descriptor", "event", "event_page", "resource", "datum", "datum_page",
+                            "stream_resource", "stream_datum"})
+"""Documents refused (``StorageError``) while acquired data cannot be kept; start and stop are always taken."""
+
+
+class StorageError(RuntimeError):
+    """Acquired data cannot be kept (the spool's disk is full or read-only): raised into the plan to stop it."""
+
+
+def _runs_text(runs: list[str], most: int = 3) -> str:
+    """Run uids for a message: the first ``most`` and how many more."""
+    text = ", ".join(runs[:most]) or "(none)"
+    return text + (f" and {len(runs) - most} more" if len(runs) > most else "")
+
 
 class CatalogWriter:
     """RunEngine subscriber that stores documents in a Tiled catalog without ever blocking the RunEngine.
@@ -300,15 +323,25 @@ class CatalogWriter:
 
     * ``__call__(name, doc)`` (RunEngine thread) appends to an unbounded in-memory inbox — never drops,
       never waits. Documents are kept by reference: producers must not mutate a document after emitting
-      it (bluesky does not).
+      it (bluesky does not). While acquired data cannot be kept (the process writer's spool disk is full),
+      a data document (descriptor, event, …) is still taken but ``StorageError`` is raised after it: bluesky
+      raises it into the plan, which stops the run with the heater off (its stop document is taken).
     * Event rows are written on a timer (``flush_interval``, default 0.25 s, sooner when ``max_batch``
       events wait); start/descriptor/stop are written as they arrive; stop writes the run's remaining rows.
+      An event whose stream already has its ``seq_num`` (bluesky's replay after a pause or suspension) is
+      stored once (``acquisition.storage_engine``).
     * A failed write keeps its document and is retried with exponential backoff (``backoff``): transient
-      errors (transport, HTTP 5xx/429, OS/SQLite locking) for ever, others ``max_attempts`` times, after
-      which the document goes to ``failed`` (kept in memory). Every error is logged and kept in ``errors``.
+      errors (transport, HTTP 5xx/429, OS/SQLite errors) until ``REOPEN_AFTER`` attempts of one write, after
+      which the writer opens a new client on the same catalog and resumes (a broken SQLite connection is
+      never retried for ever); "database is locked" is retried on the same client; other errors
+      ``max_attempts`` times, after which the document goes to ``failed`` (kept). Every error is logged
+      and kept in ``errors``.
     * ``flush(timeout)`` returns True once everything enqueued before the call is stored (False on
-      timeout); ``close(timeout)`` drains everything and stops; ``backlog`` = documents not yet stored;
-      ``alive`` = the writer is running. Use as a context manager to close on exit.
+      timeout; default ``FLUSH_TIMEOUT_S``); ``close(timeout)`` drains everything and stops, waiting at most
+      ``CLOSE_TIMEOUT_S`` by default, and returns True only if everything was stored (else one WARNING line
+      says where the rest is and which command finishes the job); ``backlog`` = documents not yet stored;
+      ``unstored_runs`` = the runs they belong to; ``alive`` = the writer is running. Use as a context
+      manager to close on exit.
     """
 
     def __new__(cls, *args: Any, process: bool = True, **kwargs: Any):
@@ -344,16 +377,26 @@ class CatalogWriter:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._closing = False
+        self._refusing: str | None = None  # why data documents are refused (StorageError), None while all is well
+        self.reopen_count = 0
+        """How many times the writer opened a new client after repeated failures."""
+        self._reopen_streak = 0  # reopens since the last progress (their delay doubles)
 
     # ---------------------------------------------------------------- RunEngine side (cheap)
 
     def __call__(self, name: str, doc: dict) -> None:
-        """Enqueue one document (RunEngine thread): O(1), never blocks on storage."""
+        """Enqueue one document (RunEngine thread): O(1), never blocks on storage.
+
+        Raises ``StorageError`` after taking a data document while acquired data cannot be kept.
+        """
         if self._closing:
             raise RuntimeError("CatalogWriter is closed; documents can no longer be accepted")
         seq = next(self._seq)
         self._enqueued = seq
         self.inbox.put((seq, name, doc))
+        refusing = self._refusing
+        if refusing is not None and name in DATA_DOCUMENTS:
+            raise StorageError(refusing)
 
     # ---------------------------------------------------------------- public state
 
@@ -367,8 +410,16 @@ class CatalogWriter:
         """True while the writer runs."""
         raise NotImplementedError
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything enqueued so far is stored; True if so, False on timeout or a dead writer."""
+    @property
+    def unstored_runs(self) -> list[str]:
+        """Uids of the runs with documents not (yet) in the catalog (for the message after ``close()``)."""
+        raise NotImplementedError
+
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until everything enqueued so far is stored; True if so, False on timeout or a dead writer.
+
+        ``timeout=None`` waits as long as the writer may still store them.
+        """
         target = self._enqueued
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -390,8 +441,8 @@ class CatalogWriter:
         """True while the writer may still store more (flush keeps waiting)."""
         return self.alive
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Drain every queued document, write it, and stop; True if all were stored."""
+    def close(self, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Drain every queued document, write it, and stop (at most ``timeout`` s); True if all were stored."""
         raise NotImplementedError
 
     def __enter__(self) -> CatalogWriter:
@@ -399,16 +450,16 @@ class CatalogWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Close, draining everything."""
+        """Close, draining everything (within the default deadline)."""
         self.close()
 
     # ---------------------------------------------------------------- bookkeeping for the writers
 
     def _record(self, err: WriteError) -> None:
-        """Record and log one failed attempt."""
+        """Record and log one failed attempt (a first attempt at ERROR, unless the writer is already reopening)."""
         self.errors.append(err)
         self.error_count += 1
-        if err.attempt == 1 or err.gave_up:
+        if (err.attempt == 1 and not self._reopen_streak) or err.gave_up:
             logger.error("CatalogWriter: %s", err, exc_info=err.exception)
         else:
             logger.warning("CatalogWriter: %s", err)
@@ -416,8 +467,17 @@ class CatalogWriter:
     def _mark_stored(self, seq: int) -> None:
         """Advance the stored watermark and wake ``flush()`` waiters."""
         with self._cond:
+            if seq > self._stored:
+                self._reopen_streak = 0
             self._stored = max(self._stored, seq)
             self._cond.notify_all()
+
+    def _reopen_delay(self) -> float:
+        """Seconds to wait before the next reopen: ``REOPEN_DELAY_S`` doubled per reopen since the last progress."""
+        delay = min(max(self.backoff[1], REOPEN_DELAY_S), REOPEN_DELAY_S * 2 ** self._reopen_streak)
+        self._reopen_streak += 1
+        self.reopen_count += 1
+        return delay
 
 
 class _ThreadReporter:
@@ -429,7 +489,7 @@ class _ThreadReporter:
 
     def stored(self, seq: int) -> None:
         """Everything up to ``seq`` is stored."""
-        self.writer._mark_stored(seq)
+        self.writer._stored_up_to(seq)
 
     def error(self, err: WriteError) -> None:
         """One failed attempt."""
@@ -438,6 +498,8 @@ class _ThreadReporter:
     def failed(self, seq: int, name: str, doc: dict) -> None:
         """A document failed for good."""
         self.writer.failed.append((name, doc))
+        run = doc.get("run_start") or (doc.get("uid") if name == "start" else None)
+        self.writer._failed_runs.add(run or self.writer._desc_run.get(doc.get("descriptor", ""), "?"))
 
 
 class ThreadCatalogWriter(CatalogWriter):
@@ -447,6 +509,11 @@ class ThreadCatalogWriter(CatalogWriter):
     queued document and hands them in order to a ``WriterEngine``, then writes the buffered event rows.
     Simple and easy to fault-inject (``tiled_writer`` is reachable), but the Tiled app's CPU per request
     competes with the RunEngine for the GIL (benchmarks/storage.py).
+
+    Reopening: documents are held until stored, with the start and descriptors of every run not yet stopped;
+    after ``REOPEN_AFTER`` failures of one write the thread opens a new client on the same catalog (when it
+    knows where that is: a location, or a client from ``open_catalog``) and hands them to a new engine in
+    resume mode. It keeps no spool: what is not stored when ``close()`` gives up is lost with the process.
     """
 
     def __init__(
@@ -462,22 +529,36 @@ class ThreadCatalogWriter(CatalogWriter):
         validate_events: bool = False,
         tiled_writer_kwargs: dict[str, Any] | None = None,
         name: str = "hotstage-catalog-writer",
+        reopen_after: int | None = REOPEN_AFTER,
     ) -> None:
         """Create the engine on the client (opening the location if given one) and start the thread."""
         self._init_common(flush_interval=flush_interval, max_batch=max_batch, max_attempts=max_attempts,
                           backoff=backoff, max_errors_kept=max_errors_kept, validate_events=validate_events)
+        self._location: CatalogLocation | None
         if isinstance(client_or_location, (str, os.PathLike, CatalogLocation)):
-            self.client = catalog_location(client_or_location).open()
+            self._location = catalog_location(client_or_location)
+            self.client = self._location.open()
             self._own_client = True
         else:
             self.client = client_or_location
             self._own_client = False
-        self.engine = WriterEngine(
-            self.client, _ThreadReporter(self), max_attempts=max_attempts, backoff=backoff, validate_events=validate_events,
-            tiled_writer_kwargs=tiled_writer_kwargs,
-        )
+            try:
+                self._location = catalog_location(client_or_location)
+            except (TypeError, ValueError):
+                self._location = None  # cannot be reopened: retried on this client
+        self._engine_kwargs: dict[str, Any] = {
+            "max_attempts": max_attempts, "backoff": backoff, "validate_events": validate_events,
+            "tiled_writer_kwargs": tiled_writer_kwargs,
+            "reopen_after": reopen_after if self._location is not None else None,
+        }
+        self.engine = WriterEngine(self.client, _ThreadReporter(self), **self._engine_kwargs)
         self.tiled_writer = self.engine.tiled_writer
         self._pending: deque[tuple[int, str, dict]] = deque()
+        self._unstored: deque[tuple[int, str, dict]] = deque()  # handed to the engine, not yet stored
+        self._context: dict[str, list[tuple[int, str, dict]]] = {}  # run -> start, descriptors (until stopped)
+        self._failed_runs: set[str] = set()
+        self._desc_run: dict[str, str] = {}  # descriptor uid -> run uid (to name the run of a failed event)
+        self._abandoned = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -491,19 +572,80 @@ class ThreadCatalogWriter(CatalogWriter):
         """True while the writer thread runs."""
         return self._thread.is_alive()
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Drain every queued document, write it, and stop the thread; True if all were stored."""
+    @property
+    def unstored_runs(self) -> list[str]:
+        """Runs not yet stopped in the catalog, or with a document that failed for good."""
+        return sorted(set(self._context) | self._failed_runs)
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Drain every queued document, write it, and stop the thread (at most ``timeout`` s); True if all
+        were stored. After the deadline the thread stops and one WARNING line says what is lost."""
         if not self._closing:
             self._closing = True
             self._wake.set()
         self._thread.join(timeout)
         done = not self._thread.is_alive()
         if not done:
-            logger.warning("CatalogWriter.close: %d documents still not stored after %s s", self.backlog, timeout)
+            self._abandoned = True
+            self._wake.set()
+            logger.warning("CatalogWriter.close: %d documents of run(s) %s are not in the catalog after %s s; the "
+                           "thread writer keeps no spool: they are lost when this process exits", self.backlog,
+                           _runs_text(self.unstored_runs), timeout)
         elif self._own_client:
             close_catalog(self.client)
             self._own_client = False
         return done and self.backlog == 0
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _stored_up_to(self, seq: int) -> None:
+        """Forget the documents stored up to ``seq`` (and the context of runs whose stop is stored)."""
+        while self._unstored and self._unstored[0][0] <= seq:
+            _, name, doc = self._unstored.popleft()
+            if name == "stop":
+                self._context.pop(doc.get("run_start"), None)
+        self._mark_stored(seq)
+
+    def _hand(self, item: tuple[int, str, dict]) -> None:
+        """Hand one document to the engine, holding it (and a run's context) until it is stored."""
+        seq, name, doc = item
+        self._unstored.append(item)
+        if name == "start":
+            self._context[doc["uid"]] = [item]
+        elif name == "descriptor":
+            self._desc_run[doc["uid"]] = doc.get("run_start", "?")
+            if doc.get("run_start") in self._context:
+                self._context[doc["run_start"]].append(item)
+        self.engine.hand_over(seq, name, doc)
+        if self.engine.unflushed >= self.max_batch:
+            self.engine.flush_events()
+
+    def _reopen(self, why: ReopenNeeded) -> None:
+        """Open a new client on the catalog, a new engine in resume mode, and queue what is held again."""
+        delay = self._reopen_delay()
+        logger.warning("CatalogWriter: %s; opening the catalog again in %.1f s", why, delay)
+        if self._wake.wait(delay) and self._abandoned:
+            return
+        assert self._location is not None
+        try:
+            client = self._location.open()
+        except Exception as exc:  # noqa: BLE001 - retried at the next failure
+            logger.warning("CatalogWriter: cannot open %r again yet: %r", self._location, exc)
+            client = self.client
+        else:
+            if self._own_client:
+                try:
+                    close_catalog(self.client)
+                except Exception:  # noqa: BLE001 - a broken client may fail to close; it is dropped anyway
+                    logger.debug("closing the old client failed", exc_info=True)
+            self.client, self._own_client = client, True
+        self.engine = WriterEngine(client, _ThreadReporter(self), resume=True, **self._engine_kwargs)
+        self.tiled_writer = self.engine.tiled_writer
+        held = {item[0]: item for items in self._context.values() for item in items}
+        held.update((item[0], item) for item in self._unstored)
+        self._unstored.clear()
+        self._context.clear()
+        self._pending.extendleft(reversed([held[s] for s in sorted(held)]))
 
     def _loop(self) -> None:
         """Writer thread: every ``flush_interval`` (or when woken) hand over all queued documents, write rows.
@@ -511,8 +653,7 @@ class ThreadCatalogWriter(CatalogWriter):
         The RunEngine's ``__call__`` never wakes this thread: waking it per document would make it contend
         for the GIL once per event; ticking lets it do one burst of work per interval instead.
         """
-        engine = self.engine
-        while True:
+        while not self._abandoned:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
@@ -520,11 +661,13 @@ class ThreadCatalogWriter(CatalogWriter):
                     self._pending.append(self.inbox.get_nowait())
             except queue.Empty:
                 pass
-            while self._pending:
-                engine.hand_over(*self._pending.popleft())
-                if engine.unflushed >= self.max_batch:
-                    engine.flush_events()
-            engine.flush_events()
+            try:
+                while self._pending and not self._abandoned:
+                    self._hand(self._pending.popleft())
+                self.engine.flush_events()
+            except ReopenNeeded as why:
+                self._reopen(why)
+                continue
             if self._closing and self.inbox.qsize() == 0:
                 with self._cond:
                     self._cond.notify_all()

@@ -15,25 +15,49 @@ timer — the one place that touches bluesky-tiled-plugins internals (``_RunWrit
 Resume (``resume=True``, used by a restarted writer process): documents that a killed writer may already
 have written are re-sent. The engine then attaches to what exists instead of creating it again (a second
 ``create_container`` of the same key is HTTP 409): the run container, its stream containers, the stream's
-``internal`` table and zarr arrays; events whose ``seq_num`` is already in the table are skipped; and when
-the killed writer had patched an array but not yet appended the matching table rows (arrays are written
-first, ``_RunWriter._write_internal_data``), those rows' array values are not written twice.
+``internal`` table and zarr arrays; events whose ``seq_num`` is already in the table are skipped; and array
+rows are always patched at the table's row count, so rows a killed writer patched into an array without
+appending the matching table rows (arrays are written first, ``_RunWriter._write_internal_data``) are written
+again in place, never twice.
+
+Exactly once, in every mode: an event whose ``seq_num`` was already written for its stream (in this run, by this
+engine or — resume — found in the table) is dropped with a debug log. bluesky's RunEngine re-emits events with
+the same ``seq_num`` when it replays messages after a pause or suspension (it restores its sequence counters
+to the last checkpoint), so the stored rows of a stream are its distinct ``seq_num`` and match the stop
+document's ``num_events`` (a mismatch is logged as a warning at the stop).
+
+Retries, reopening and deadlines: every write is retried with exponential backoff. Transient errors (transport,
+HTTP 5xx/429, OS and SQLite operational errors) are retried, but after ``reopen_after`` attempts of one write
+(default None: never) the engine raises ``ReopenNeeded`` instead: its client may be what is broken (a SQLite
+connection opened while the data directory was read-only stays read-only; a deleted ``catalog.db`` stays
+deleted for the connections that had it open), so the owner must open a new client and resume (the process
+writer starts a new writer process, ``acquisition.storage_process``). "database is locked" never asks for a
+reopen: another writer holds the lock and a new connection would wait for it just the same. A row flush
+that fails part-way is retried without writing any row twice and without losing the array values
+(``_flush_run_writer``: bluesky-tiled-plugins removes the arrays from the cached rows before patching them, and
+a node created by a request whose data never arrived is written into, not created again).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import numpy
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, TiledWriter
 from event_model import DocumentNames, schema_validators
 
-__all__ = ["Reporter", "WriteError", "WriterEngine", "is_transient"]
+__all__ = ["ReopenNeeded", "Reporter", "WriteError", "WriterEngine", "is_transient", "set_aside_orphans"]
+
+logger = logging.getLogger("acquisition.storage")
 
 
 @dataclass
@@ -71,6 +95,13 @@ class _GiveUp(Exception):
     """Raised inside the engine when a non-transient error exhausted its attempts."""
 
 
+class ReopenNeeded(Exception):
+    """A write kept failing with transient errors ``reopen_after`` times: the owner should open a new client.
+
+    The engine is unusable afterwards (a document may be half handed over): build a new one in resume mode.
+    """
+
+
 def is_transient(exc: BaseException) -> bool:
     """Return True for errors worth retrying indefinitely: transport failures, HTTP 5xx/429, OS errors."""
     if isinstance(exc, httpx.HTTPStatusError):
@@ -78,17 +109,17 @@ def is_transient(exc: BaseException) -> bool:
         return status >= 500 or status == 429
     if isinstance(exc, (httpx.TransportError, OSError, TimeoutError)):
         return True
-    # SQLAlchemy/SQLite/ADBC "database is locked" and similar operational errors.
-    return type(exc).__name__ in {"OperationalError", "ConnectionError"} or "database is locked" in str(exc)
+    # SQLAlchemy/SQLite/ADBC "database is locked" and similar operational errors; SQLite's "disk I/O error" is what
+    # a full disk often gives (SQLITE_IOERR on the WAL index), even when wrapped as damage (DamagedStoreError).
+    text = str(exc)
+    return type(exc).__name__ in {"OperationalError", "ConnectionError"} or "database is locked" in text \
+        or "disk I/O error" in text or "database or disk is full" in text
 
 
-@dataclass
-class _StreamResume:
-    """What a killed writer had already stored for one stream (resume mode)."""
-
-    seq_nums: set[int]
-    rows: int  # rows in the internal table, plus rows handed over since the resume
-    array_rows: dict[str, int] = field(default_factory=dict)
+def _reopen_helps(exc: BaseException) -> bool:
+    """False for a lock held by another writer (a new connection waits just the same), else True."""
+    text = str(exc)
+    return "database is locked" not in text and "database is busy" not in text
 
 
 class _NodeShim:
@@ -117,7 +148,10 @@ class _FlushableNormalizer(RunNormalizer):
         self._uid: str | None = None
         self._run_writer: Any = None
         self._attached = False
-        self._resume: dict[str, _StreamResume] = {}  # by stream name
+        self._stream_of: dict[str, str] = {}  # descriptor uid -> stream name
+        self._written: dict[str, set[int]] = {}  # stream name -> seq_nums handed over (resume: and found stored)
+        self.table_rows: dict[str, int] = {}  # stream -> rows in its internal table (arrays are patched there)
+        self.failed_flush: set[str] = set()  # streams whose pending rows failed to flush at least once
 
     def subscribe(self, func, name="all"):
         """Subscribe the run writer and register it with the owner for timed flushes."""
@@ -132,8 +166,22 @@ class _FlushableNormalizer(RunNormalizer):
 
     def descriptor(self, doc):
         """Normalize and write the descriptor, then let the owner route this stream's events here directly."""
+        self._stream_of[doc["uid"]] = doc.get("name", "primary")
         super().descriptor(doc)
         self._owner._descriptor_routes[doc["uid"]] = self
+
+    def event(self, doc):
+        """Normalize and write an event, unless its stream already has its ``seq_num`` (a replay: dropped)."""
+        stream = self._stream_of.get(doc["descriptor"])
+        if stream is not None:
+            written = self._written.setdefault(stream, set())
+            if doc["seq_num"] in written:
+                logger.debug("event seq_num %s of stream %r of run %s already written: replayed, dropped",
+                             doc["seq_num"], stream, self._uid)
+                self._owner.dropped += 1
+                return None
+            written.add(doc["seq_num"])
+        return super().event(doc)
 
     def emit(self, name, doc):
         """Validate, then write through the run writer, retrying failed writes (never re-normalizing)."""
@@ -142,11 +190,22 @@ class _FlushableNormalizer(RunNormalizer):
             schema_validators[DocumentNames[name]].validate(doc)
         if self._owner.resume and self._resumed(name, doc):
             return
+        if name == "stop":
+            self._check_counts(doc)
+            # the rows first, the safe way (_RunWriter.stop would write them with arrays lost on a failed patch)
+            self._owner._attempt(functools.partial(_flush_run_writer, self, self._run_writer), what="flush",
+                                 uid=self._uid)
         self._owner._attempt(functools.partial(self.dispatcher.process, name, doc), what=name, uid=self._uid)
-        if name == "event" and self._resume:
-            self._after_resumed_event(doc)
         if name == "stop":
             self._owner._unregister_run_writer(self)
+
+    def _check_counts(self, stop: dict) -> None:
+        """Warn if the stop document's ``num_events`` differ from the rows this run's streams will hold."""
+        counts = {stream: len(nums) for stream, nums in self._written.items() if nums}
+        claimed = {k: v for k, v in (stop.get("num_events") or {}).items() if v}
+        if claimed != counts:
+            logger.warning("run %s: the stop document counts %s events, the catalog holds %s", self._uid,
+                           claimed, counts)
 
     # ------------------------------------------------------------------ resume after a writer crash
 
@@ -157,6 +216,8 @@ class _FlushableNormalizer(RunNormalizer):
             root = self._owner._attempt(functools.partial(self._existing, self._owner.tiled_writer.client,
                                                           doc["uid"]), what="resume", uid=doc["uid"])
             if root is None:
+                if self._owner.on_recreate is not None:
+                    self._owner.on_recreate(doc["uid"])
                 return False
             rw.access_tags = doc.get("tiled_access_tags")
             rw.root_node = root
@@ -184,11 +245,7 @@ class _FlushableNormalizer(RunNormalizer):
                 rw.root_node = real_root
             self._owner._attempt(functools.partial(self._attach_stream, stream), what="resume", uid=self._uid)
             return True
-        if name == "event":
-            stream = rw._desc_nodes[doc["descriptor"]].item["id"] if doc["descriptor"] in rw._desc_nodes else None
-            info = self._resume.get(stream)
-            return info is not None and doc["seq_num"] in info.seq_nums
-        return False
+        return False  # events: already stored ones were dropped by event() (their seq_nums are in _written)
 
     @staticmethod
     def _existing(parent: Any, key: str) -> Any:
@@ -199,7 +256,11 @@ class _FlushableNormalizer(RunNormalizer):
             return None
 
     def _attach_stream(self, stream: str) -> None:
-        """Point the run writer at the stream's existing table and arrays and note what they hold."""
+        """Point the run writer at the stream's existing table and arrays and note what the table holds.
+
+        Array rows beyond the table's (written by a killed writer whose table append never happened) are simply
+        written again: arrays are always patched at the table's row count (``_flush_run_writer``).
+        """
         rw = self._run_writer
         desc_node = rw._desc_nodes[stream]
         children = set(desc_node.keys())
@@ -211,49 +272,114 @@ class _FlushableNormalizer(RunNormalizer):
             column = table.read(["seq_num"])["seq_num"]
             seq_nums = {int(s) for s in column}
             rows = len(column)
-        info = _StreamResume(seq_nums=seq_nums, rows=rows)
+        self.table_rows[stream] = rows
+        self._written.setdefault(stream, set()).update(seq_nums)
         for key in rw._int_array_keys[stream]:
             if key in children:
-                arr = desc_node[key]
-                rw._internal_arrays[f"{stream}/{key}"] = arr
-                info.array_rows[key] = int(arr.shape[0])
-        self._resume[stream] = info
-
-    def _after_resumed_event(self, doc: dict) -> None:
-        """Drop array values the killed writer already wrote for this (new) table row."""
-        rw = self._run_writer
-        stream = rw._desc_nodes[doc["descriptor"]].item["id"]
-        info = self._resume.get(stream)
-        if info is None:
-            return
-        row = rw._internal_data_cache[stream][-1]
-        for key, have in info.array_rows.items():
-            if have > info.rows:
-                row.pop(key, None)
-        info.rows += 1
+                rw._internal_arrays[f"{stream}/{key}"] = desc_node[key]
 
 
-def _flush_run_writer(run_writer: Any) -> int:
+def _child(parent: Any, key: str) -> Any:
+    """``parent[key]`` if the catalog holds it, else None."""
+    return parent[key] if key in set(parent.keys()) else None
+
+
+def _stored_rows(normalizer: _FlushableNormalizer, run_writer: Any, stream: str, rows: list[dict]) -> list[dict]:
+    """After a failed flush: the rows the table does not hold yet (the failed attempt may have appended them);
+    updates the stream's table row count from the catalog."""
+    table = run_writer._internal_tables.get(stream)
+    if table is None:
+        table = _child(run_writer._desc_nodes[stream], "internal")
+        if table is None:
+            return rows
+        run_writer._internal_tables[stream] = table
+    stored = {int(s) for s in table.read(["seq_num"])["seq_num"]}
+    normalizer.table_rows[stream] = len(stored)
+    return [row for row in rows if int(row["seq_num"]) not in stored]
+
+
+def _patch_arrays(run_writer: Any, stream: str, rows: list[dict], offset: int, look: bool) -> None:
+    """Write the rows' values of every internal array that exists at row ``offset`` (overwriting: a retry or a
+    resumed writer writes the same rows again, never after them) and take them out of ``rows``.
+
+    Arrays that do not exist yet stay in ``rows`` for ``_RunWriter._write_internal_data`` to create (with its
+    metadata and dimension names); ``look``: first check whether the catalog has one (created by a failed attempt
+    whose data never arrived, or by a killed writer).
+    """
+    desc_node = run_writer._desc_nodes[stream]
+    for key in run_writer._int_array_keys[stream]:
+        if not any(key in row for row in rows):
+            continue
+        arr = run_writer._internal_arrays.get(f"{stream}/{key}")
+        if arr is None and look:
+            arr = _child(desc_node, key)
+            if arr is not None:
+                run_writer._internal_arrays[f"{stream}/{key}"] = arr
+        if arr is None:
+            continue
+        values = [row.pop(key) for row in rows if key in row]
+        lengths = {len(v) if hasattr(v, "__len__") else None for v in values}
+        if len(lengths) > 1 and None not in lengths:  # as _write_internal_data: pad short rows with NaN
+            longest = max(lengths)
+            values = [list(v) + [numpy.nan] * (longest - len(v)) for v in values]
+        arr.patch(numpy.asarray(values, dtype=arr.dtype), offset=(offset,), extend=True)
+
+
+def _flush_run_writer(normalizer: _FlushableNormalizer, run_writer: Any) -> int:
     """Write the event rows a bluesky-tiled-plugins ``_RunWriter`` holds; return how many were written.
 
-    Mirrors the first loop of ``_RunWriter.stop``. Safe to retry after a failure: arrays are popped
-    from the cached rows only after they were written, and the cache is cleared only on success.
+    Like the first loop of ``_RunWriter.stop`` (arrays first, then the table), made exactly-once and safe to
+    retry after a failure part-way (full disk, read-only catalog): it works on copies of the cached rows (a
+    failed patch loses nothing: ``_write_internal_data`` removes arrays from the rows it is given), patches every
+    existing array at the table's row count (writing the same rows again overwrites them), and, on a retry,
+    first asks the catalog which rows the table already holds. The cache is cleared only on success.
     """
     written = 0
-    for desc_name, cache in list(run_writer._internal_data_cache.items()):
-        if cache:
-            run_writer._write_internal_data(cache, desc_node=run_writer._desc_nodes[desc_name])
-            written += len(cache)
-            cache.clear()
+    for stream, cache in list(run_writer._internal_data_cache.items()):
+        if not cache:
+            continue
+        retry = stream in normalizer.failed_flush
+        normalizer.failed_flush.add(stream)
+        rows = [dict(row) for row in cache]
+        if retry:
+            rows = _stored_rows(normalizer, run_writer, stream, rows)
+        offset = normalizer.table_rows.get(stream, 0)
+        if rows:
+            _patch_arrays(run_writer, stream, rows, offset, look=retry or offset > 0)
+            run_writer._write_internal_data(rows, desc_node=run_writer._desc_nodes[stream])
+        normalizer.table_rows[stream] = offset + len(rows)
+        normalizer.failed_flush.discard(stream)
+        written += len(cache)
+        cache.clear()
     return written
+
+
+def set_aside_orphans(data_dir: str | None, uid: str) -> None:
+    """Move ``<data_dir>/data/<uid>`` aside if it exists, before run ``uid`` is created in the catalog again.
+
+    A run the catalog does not hold but whose array files exist (``catalog.db`` was deleted or replaced while the
+    run was written) cannot be created again: tiled refuses to create a zarr array where one exists
+    (``ContainsArrayError``). Its documents are all re-sent (from the spool), so its arrays are written anew; the
+    old files are kept under ``<uid>.orphaned-<time>`` with a warning.
+    """
+    if not data_dir:
+        return
+    old = Path(data_dir) / "data" / uid
+    if not old.exists():
+        return
+    target = old.with_name(f"{uid}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(old, target)
+    logger.warning("run %s is not in the catalog but its array files are (was catalog.db deleted or replaced?): "
+                   "moved them to %s; the run is written again from its spooled documents", uid, target)
 
 
 class WriterEngine:
     """Hands documents to a TiledWriter in order, writes buffered rows on request, retries, reports.
 
-    Transient errors (transport, HTTP 5xx/429, OS/SQLite locking) are retried for ever with exponential
-    backoff; others ``max_attempts`` times, after which the document is reported as failed. Not
-    thread-safe: one thread owns it.
+    Transient errors (transport, HTTP 5xx/429, OS/SQLite errors) are retried with exponential backoff, for
+    ever or, with ``reopen_after``, until one write failed that often (then ``ReopenNeeded``: see the module
+    docstring); others ``max_attempts`` times, after which the document is reported as failed. ``dropped``
+    counts replayed events dropped. Not thread-safe: one thread owns it.
     """
 
     def __init__(
@@ -266,9 +392,18 @@ class WriterEngine:
         validate_events: bool = False,
         tiled_writer_kwargs: dict[str, Any] | None = None,
         resume: bool = False,
+        reopen_after: int | None = None,
+        on_recreate: Callable[[str], None] | None = None,
     ) -> None:
-        """Create the TiledWriter on ``client`` (a writable Tiled container client)."""
+        """Create the TiledWriter on ``client`` (a writable Tiled container client).
+
+        ``on_recreate(uid)`` (resume mode) is called before a run the catalog does not hold is created from its
+        re-sent documents (``set_aside_orphans``: array files left by a catalog that was replaced).
+        """
         self.reporter = reporter
+        self.reopen_after = reopen_after
+        self.on_recreate = on_recreate
+        self.dropped = 0
         self.max_attempts = int(max_attempts)
         self.backoff = backoff
         self.validate_events = validate_events
@@ -300,12 +435,17 @@ class WriterEngine:
         for attempt in itertools.count(1):
             try:
                 return func()
+            except ReopenNeeded:
+                raise
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is swallowed
                 transient = is_transient(exc)
                 gave_up = not transient and attempt >= self.max_attempts
                 self.reporter.error(WriteError(time.time(), what, uid, attempt, exc, transient, gave_up))
                 if gave_up:
                     raise _GiveUp(what) from exc
+                if transient and self.reopen_after is not None and attempt >= self.reopen_after \
+                        and _reopen_helps(exc):
+                    raise ReopenNeeded(f"{what} (uid={uid}) failed {attempt} times, last: {exc!r}") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
         raise AssertionError("unreachable")
@@ -315,7 +455,7 @@ class WriterEngine:
         if self.unflushed:
             for normalizer, run_writer in list(self._run_writers.values()):
                 try:
-                    self._attempt(functools.partial(_flush_run_writer, run_writer), what="flush",
+                    self._attempt(functools.partial(_flush_run_writer, normalizer, run_writer), what="flush",
                                   uid=normalizer._uid)
                 except _GiveUp:
                     pass  # rows stay cached in the run writer; its stop document will try again
@@ -334,6 +474,8 @@ class WriterEngine:
                 route("event", doc)
             else:
                 self.tiled_writer(name, doc)
+        except ReopenNeeded:
+            raise
         except _GiveUp:
             self.reporter.failed(seq, name, doc)
         except Exception as exc:  # noqa: BLE001 - normalization/routing errors are deterministic

@@ -20,10 +20,28 @@ Processes, channels and acknowledgements::
 * The parent keeps every un-acknowledged document, plus the start and descriptor documents of every run
   whose stop is not yet acknowledged (the context a new writer needs). If the writer process dies (the
   courier polls ``is_alive`` every ``send_interval``), the parent logs it at CRITICAL level and, ``restarts``
-  times (default once), starts a new writer process in *resume* mode and re-sends context + un-acknowledged
-  documents in order; the resuming engine attaches to the nodes the dead writer created and skips rows it
-  already wrote (see ``acquisition.storage_engine``). After that, documents stay held in ``unacked`` and
-  ``alive`` is False; ``restart()`` tries again by hand.
+  times (default once), starts a new writer process in *resume* mode and re-sends, in order, every document
+  of every run not yet stopped (its spool file, plus the context and the un-acknowledged documents); the
+  resuming engine attaches to the nodes that exist and skips rows already stored (see
+  ``acquisition.storage_engine``), so a run is complete even if the catalog lost what had been acknowledged
+  (a deleted ``catalog.db`` is created anew by the new writer). After that, documents stay held in
+  ``unacked`` and ``alive`` is False; ``restart()`` tries again by hand.
+* Reopening: when one write failed ``REOPEN_AFTER`` times with transient errors (not "database is locked"),
+  the writer process reports ("reopen", why) and exits with ``REOPEN_EXIT``: its catalog client may be what
+  is broken (a SQLite connection opened while the data directory was read-only stays read-only). The parent
+  logs one WARNING line and starts a new writer process the same way, after ``REOPEN_DELAY_S`` doubled per
+  reopen since the last acknowledgement (up to ``backoff[1]``); reopens are counted in ``reopen_count``, not
+  against ``restarts``.
+* Spool failure (full or read-only disk): the documents are held in memory, in order, and the spool is
+  retried every ``SPOOL_RETRY_S``; meanwhile ``__call__`` raises ``StorageError`` after each data document
+  so the plan stops (heater off) instead of acquiring data that could not be kept. If the spool still fails
+  at ``close()``, each affected run is written complete (its spool file plus the held documents) to a rescue
+  directory ``$TMPDIR/hotstage-rescue-<time>-<pid>/`` and its spool file removed; the WARNING line names the
+  directory and the command (``HOTSTAGE_SPOOL=<dir> hotstage spool flush``).
+* Deadlines: ``flush()`` and ``close()`` wait at most ``FLUSH_TIMEOUT_S`` / ``CLOSE_TIMEOUT_S`` (60 s) by
+  default. After ``close()``'s deadline the courier and the writer process are stopped, the documents not
+  stored stay in the spool, one WARNING line names them and ``hotstage spool flush``, ``unstored_runs`` lists
+  the runs and ``close()`` returns False. A Ctrl-C while ``close()`` waits does the same, then re-raises.
 * At interpreter exit an unclosed writer is closed (drained, up to 30 s) before multiprocessing terminates
   its daemonic writer process (``atexit`` runs later registrations first).
 * Pipes, not ``multiprocessing.Queue``: the courier sends one pickled batch per tick (no feeder thread
@@ -41,22 +59,40 @@ Processes, channels and acknowledgements::
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing
 import os
 import queue
 import signal
+import tempfile
 import threading
 import time
 import weakref
 from collections import deque
+from pathlib import Path
 from typing import Any
 
-from acquisition.spool import Spool, default_spool_dir
-from acquisition.storage import CatalogLocation, CatalogWriter, catalog_location, close_catalog
-from acquisition.storage_engine import WriteError, WriterEngine, is_transient
+from acquisition.spool import Spool, default_spool_dir, doc_key, rescue_run, unique_documents
+from acquisition.storage import (
+    CLOSE_TIMEOUT_S,
+    FLUSH_TIMEOUT_S,
+    REOPEN_AFTER,
+    CatalogLocation,
+    CatalogWriter,
+    StorageError,
+    _runs_text,
+    catalog_location,
+    close_catalog,
+)
+from acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine, is_transient, set_aside_orphans
 
-__all__ = ["ProcessCatalogWriter", "RemoteWriteError"]
+__all__ = ["REOPEN_EXIT", "ProcessCatalogWriter", "RemoteWriteError"]
+
+REOPEN_EXIT = 75
+"""Exit status of a writer process that asks for a new one (EX_TEMPFAIL): its catalog client kept failing."""
+SPOOL_RETRY_S = 1.0
+"""Seconds between attempts to spool the documents held in memory after the spool failed."""
 
 logger = logging.getLogger("acquisition.storage")
 
@@ -117,7 +153,7 @@ class _ChildReporter:
         }))
 
     def failed(self, seq: int, name: str, doc: dict) -> None:
-        """Send the sequence number of a document given up (the parent holds the document)."""
+        """Send the sequence number of a document given up (the parent holds the document; 0: re-sent history)."""
         self.conn.send(("failed", seq))
 
 
@@ -148,17 +184,6 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], docs_conn: A
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     reporter = _ChildReporter(acks_conn)
-    try:
-        client = _open_with_retry(location, reporter, options["max_attempts"], options["backoff"])
-    except Exception as exc:  # noqa: BLE001
-        acks_conn.send(("fatal", f"cannot open {location!r}: {exc!r}"))
-        raise SystemExit(2) from exc
-    engine = WriterEngine(
-        client, reporter, max_attempts=options["max_attempts"], backoff=options["backoff"],
-        validate_events=options["validate_events"], tiled_writer_kwargs=options["tiled_writer_kwargs"],
-        resume=resume,
-    )
-    acks_conn.send(("ready", os.getpid()))
     inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
 
     def read() -> None:
@@ -170,7 +195,33 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], docs_conn: A
                 inbox.put(("eof",))
                 return
 
+    # Reading starts before the catalog is opened: a catalog that cannot be opened must not block the parent's
+    # courier on a full pipe (it would stop spooling too).
     threading.Thread(target=read, name="hotstage-writer-reader", daemon=True).start()
+    try:
+        client = _open_with_retry(location, reporter, options["max_attempts"], options["backoff"])
+    except Exception as exc:  # noqa: BLE001
+        acks_conn.send(("fatal", f"cannot open {location!r}: {exc!r}"))
+        raise SystemExit(2) from exc
+    engine = WriterEngine(
+        client, reporter, max_attempts=options["max_attempts"], backoff=options["backoff"],
+        validate_events=options["validate_events"], tiled_writer_kwargs=options["tiled_writer_kwargs"],
+        resume=resume, reopen_after=options["reopen_after"],
+        on_recreate=functools.partial(set_aside_orphans, location.data_dir) if resume else None,
+    )
+    acks_conn.send(("ready", os.getpid()))
+    try:
+        _serve(engine, reporter, inbox, options)
+    except ReopenNeeded as why:
+        # The client may be what is broken: a new process opens a new one (the parent re-sends what is needed).
+        reporter.send_ack()
+        acks_conn.send(("reopen", str(why)))
+        os._exit(REOPEN_EXIT)  # no cleanup: closing a broken client can hang, and the parent holds everything
+    close_catalog(client)
+
+
+def _serve(engine: WriterEngine, reporter: _ChildReporter, inbox: queue.SimpleQueue, options: dict[str, Any]) -> None:
+    """The writer process' loop: hand batches to the engine, flush rows on time, acknowledge; until "close"."""
     flush_interval, max_batch = options["flush_interval"], options["max_batch"]
     next_flush = None  # when the oldest unflushed event's rows are due
     streams_written: set[str] = set()  # descriptors whose first rows are due at once (see below)
@@ -209,7 +260,6 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], docs_conn: A
             engine.flush_events()
             next_flush = None
         reporter.send_ack()
-    close_catalog(client)
 
 
 # ------------------------------------------------------------------------------- parent side
@@ -219,8 +269,10 @@ class ProcessCatalogWriter(CatalogWriter):
     """The default CatalogWriter: documents are written by a separate writer process (see module docstring).
 
     Extra options over ``ThreadCatalogWriter``: ``send_interval`` (courier tick, s), ``restarts`` (automatic
-    restarts of a dead writer process), ``start_method`` ("forkserver" or "spawn"), ``ready_timeout``. Extra state: ``unacked`` (documents not
-    yet acknowledged, held here), ``restart_count``, ``pid`` (the current writer process).
+    restarts of a dead writer process), ``start_method`` ("forkserver" or "spawn"), ``ready_timeout``,
+    ``spool_dir``, ``reopen_after``. Extra state: ``unacked`` (documents not yet acknowledged, held here),
+    ``restart_count``, ``reopen_count``, ``pid`` (the current writer process), ``spool``, ``rescue_dir``
+    (where ``close()`` had to put documents the spool could not take, else None).
     """
 
     def __init__(
@@ -241,12 +293,14 @@ class ProcessCatalogWriter(CatalogWriter):
         ready_timeout: float | None = 60.0,
         name: str = "hotstage-catalog-writer",
         spool_dir: str | os.PathLike[str] | None = None,
+        reopen_after: int | None = REOPEN_AFTER,
     ) -> None:
         """Resolve where the catalog is, start the writer process and the courier thread.
 
         Waits up to ``ready_timeout`` s (None or 0: not at all) for the writer process to have opened the
         catalog (~2-4 s of imports), so that the first event of the first run is visible within 1 s too.
-        ``spool_dir``: where every document is spooled on its way (default ``acquisition.spool.default_spool_dir``).
+        ``spool_dir``: where every document is spooled on its way (default ``acquisition.spool.default_spool_dir``);
+        ``StorageError`` if it cannot be created.
         """
         self._init_common(flush_interval=flush_interval, max_batch=max_batch, max_attempts=max_attempts,
                           backoff=backoff, max_errors_kept=max_errors_kept, validate_events=validate_events)
@@ -261,6 +315,7 @@ class ProcessCatalogWriter(CatalogWriter):
             "flush_interval": self.flush_interval, "max_batch": self.max_batch,
             "max_attempts": self.max_attempts, "backoff": tuple(backoff),
             "validate_events": validate_events, "tiled_writer_kwargs": dict(tiled_writer_kwargs or {}),
+            "reopen_after": reopen_after,
         }
         if start_method not in multiprocessing.get_all_start_methods():
             start_method = "spawn"
@@ -277,9 +332,19 @@ class ProcessCatalogWriter(CatalogWriter):
         self._manual_restart = False
         self._proc: Any = None
         self._abandoned = False
+        self._reopen_why: str | None = None  # the writer process asked for a new one (and why)
+        self._respawn_at: float | None = None  # when to start the next writer process after a reopen request
         self._failed_runs: set[str] = set()  # runs with a document the writer gave up on: their spool files stay
-        self.spool = Spool(spool_dir if spool_dir is not None else default_spool_dir(self.location))
-        """Durable copy of every document not yet known to be stored (``acquisition.spool``)."""
+        self._unspooled: deque[tuple[str, tuple[int, str, dict]]] = deque()  # (run, item) the spool refused
+        self._spool_retry_at = 0.0
+        self._spool_problem = ""  # the spool's last OSError, for messages
+        self.rescue_dir: Path | None = None
+        directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(self.location)
+        try:
+            self.spool = Spool(directory)
+            """Durable copy of every document not yet known to be stored (``acquisition.spool``)."""
+        except OSError as exc:
+            raise StorageError(f"cannot create the storage spool {directory}: {exc.strerror or exc}") from exc
         self._ready = threading.Event()
         self._spawn(resume=False)
         self._courier = threading.Thread(target=self._courier_loop, name=f"{name}-courier", daemon=True)
@@ -311,13 +376,18 @@ class ProcessCatalogWriter(CatalogWriter):
         """Documents held here because the writer process has not yet acknowledged them."""
         return len(self._unacked) + self.inbox.qsize()
 
-    def flush(self, timeout: float | None = None) -> bool:
+    @property
+    def unstored_runs(self) -> list[str]:
+        """Runs whose stop document is not acknowledged yet, or with a document the writer gave up on."""
+        return sorted(set(self._run_context) | self._failed_runs)
+
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_S) -> bool:
         """Ask the writer process to write its rows now, then wait until everything enqueued is stored."""
         self._flush_requests += 1
         return super().flush(timeout)
 
     def _can_progress(self) -> bool:
-        """flush() keeps waiting while a writer process runs or is about to be restarted."""
+        """flush() keeps waiting while a writer process runs or is about to be (re)started."""
         return not self._dead and self._courier.is_alive()
 
     def restart(self) -> None:
@@ -325,34 +395,130 @@ class ProcessCatalogWriter(CatalogWriter):
         self._manual_restart = True
         self._wake.set()
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Send everything, let the writer process store it and exit; True if all were stored.
+    def close(self, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Send everything, let the writer process store it and exit (at most ``timeout`` s); True if all were
+        stored.
 
-        What is not stored within ``timeout`` (the catalog is unreachable, say) stays in the spool: the
-        courier and the writer process are stopped and ``hotstage spool flush`` writes it later.
+        What is not stored by then (the catalog is unreachable, say) stays in the spool: the courier and the
+        writer process are stopped, one WARNING line names the runs and ``hotstage spool flush``, and False is
+        returned. A Ctrl-C while waiting does the same and is then re-raised.
         """
         self._closing = True
         self._wake.set()
-        self._courier.join(timeout)
-        done = not self._courier.is_alive()
-        if not done or self.backlog:
-            logger.warning("CatalogWriter.close: %d documents still not stored (writer process %s); they are "
-                           "kept in the spool %s: run `hotstage spool flush` once the catalog is reachable",
-                           self.backlog, "alive" if self.alive else "dead", self.spool.directory)
-        if not done:
+        try:
+            self._courier.join(timeout)
+        except KeyboardInterrupt:
+            self._finish_close()
+            raise
+        return self._finish_close()
+
+    def _finish_close(self) -> bool:
+        """After close()'s wait: stop what still runs, keep the rest on disk, say where; True if all is stored."""
+        if self._courier.is_alive():
             self._abandon()
+        self._take_inbox()  # the courier has stopped: this thread owns the inbox and the spool now
+        if self._unspooled:
+            self._spool_held(force=True)
+        if self._unspooled:
+            self._rescue()
         self.spool.close()
-        return done and self.backlog == 0
+        stored = self._stored >= self._enqueued
+        if not stored:
+            self._warn_unstored()
+        elif self.failed:
+            logger.warning("CatalogWriter.close: %d documents of run(s) %s could not be written (see the errors "
+                           "above); their spool files are kept in %s: `hotstage spool flush` tries them again",
+                           len(self.failed), _runs_text(sorted(self._failed_runs)), self.spool.directory)
+        return stored and not self.failed
+
+    def _warn_unstored(self) -> None:
+        """The one line that says what is not in the catalog, where it is, and what finishes the job."""
+        runs = _runs_text(self.unstored_runs)
+        if self._unspooled:
+            logger.critical("CatalogWriter.close: %d documents of run(s) %s are not in the catalog and could not be "
+                            "written to the spool %s (%s) nor to %s: they are lost when this process exits",
+                            self.backlog, runs, self.spool.directory, self._spool_problem,
+                            self.rescue_dir or tempfile.gettempdir())
+        elif self.rescue_dir is not None:
+            logger.warning("CatalogWriter.close: %d documents of run(s) %s are not yet in the catalog; the spool %s "
+                           "could not take them all (%s), so they are kept in %s: run `HOTSTAGE_SPOOL=%s hotstage "
+                           "spool flush` once the catalog is writable", self.backlog, runs, self.spool.directory,
+                           self._spool_problem, self.rescue_dir, self.rescue_dir)
+        else:
+            logger.warning("CatalogWriter.close: %d documents of run(s) %s are not yet in the catalog; they are kept "
+                           "in the spool %s: run `hotstage spool flush` once the catalog is writable",
+                           self.backlog, runs, self.spool.directory)
 
     def _abandon(self) -> None:
-        """Stop the courier and the writer process, spooling whatever the courier had not yet taken."""
+        """Stop the courier and the writer process (the courier's last tick spools what it had taken)."""
         self._abandoned = True
         self._wake.set()
         self._courier.join(5.0)
-        self._take_inbox()  # the courier has stopped: this thread owns the inbox and the spool now
         if self._proc is not None and self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5.0)
+        self._courier.join(5.0)  # a courier blocked on the dead writer's pipe is free now
+
+    # ---------------------------------------------------------------- spool
+
+    def _spool_items(self, taken: list[tuple[int, str, dict]]) -> None:
+        """Spool newly taken documents, behind any held ones (one run's file stays in order)."""
+        if self._unspooled or not taken:
+            self._unspooled.extend((self.spool.run_of(item[1], item[2]), item) for item in taken)
+            self._spool_held()
+            return
+        try:
+            self.spool.append(taken)
+        except OSError as exc:
+            self._unspooled.extend((self.spool.run_of(item[1], item[2]), item) for item in taken)
+            self._spool_failed(exc)
+
+    def _spool_held(self, force: bool = False) -> None:
+        """Retry the documents the spool refused (at most every ``SPOOL_RETRY_S``, unless ``force``)."""
+        if not self._unspooled or (not force and time.monotonic() < self._spool_retry_at):
+            return
+        try:
+            self.spool.append(item for _, item in self._unspooled)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return
+        logger.warning("CatalogWriter: the spool %s takes documents again (%d held ones written); data documents "
+                       "are accepted again", self.spool.directory, len(self._unspooled))
+        self._unspooled.clear()
+        self._refusing = None
+
+    def _spool_failed(self, exc: OSError) -> None:
+        """The spool refused documents: hold them, retry later, refuse new data documents (StorageError)."""
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+        self._spool_problem = exc.strerror or str(exc)
+        if self._refusing is None:
+            self._refusing = (f"cannot keep acquired data: spool {self.spool.directory}: {exc.strerror or exc}; "
+                              "the run is stopped")
+            logger.error("CatalogWriter: %s (%d documents held in memory and retried)", self._refusing,
+                         len(self._unspooled))
+
+    def _forget_unspooled(self, run: str) -> None:
+        """A run's stop is stored: its held documents are in the catalog, no need to spool them."""
+        if self._unspooled:
+            self._unspooled = deque(entry for entry in self._unspooled if entry[0] != run)
+            if not self._unspooled:
+                self._refusing = None
+
+    def _rescue(self) -> None:
+        """Write each run with documents the spool refused, complete, to a rescue directory (module docstring)."""
+        held: dict[str, list[tuple[str, dict]]] = {}
+        for run, (_, name, doc) in self._unspooled:
+            held.setdefault(run, []).append((name, doc))
+        directory = Path(tempfile.gettempdir()) / f"hotstage-rescue-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        for run, docs in held.items():
+            try:
+                rescue_run(directory, run, unique_documents(self.spool.read(run) + docs))
+            except OSError as exc:
+                logger.error("CatalogWriter: cannot write run %s to %s either: %s", run, directory, exc)
+                continue
+            self.rescue_dir = directory
+            self.spool.finish(run)  # the rescued copy is complete: one file per run, no partial twin
+            self._unspooled = deque(entry for entry in self._unspooled if entry[0] != run)
 
     # ---------------------------------------------------------------- courier thread
 
@@ -396,20 +562,26 @@ class ProcessCatalogWriter(CatalogWriter):
             while self._unacked and self._unacked[0][0] <= seq:
                 _, name, doc = self._unacked.popleft()
                 if name == "stop":
-                    self._run_context.pop(doc.get("run_start"), None)
-                    if doc.get("run_start") not in self._failed_runs:  # else its spool file keeps the failed one
-                        self.spool.finish(doc.get("run_start", ""))
+                    run = doc.get("run_start", "")
+                    self._run_context.pop(run, None)
+                    self._forget_unspooled(run)
+                    if run not in self._failed_runs:  # else its spool file keeps the failed one
+                        self.spool.finish(run)
             self._mark_stored(seq)
         elif kind == "error":
             e = msg[1]
             self._record(WriteError(e["time"], e["what"], e["uid"], e["attempt"],
                                     RemoteWriteError(e["type"], e["repr"]), e["transient"], e["gave_up"]))
         elif kind == "failed":
+            if msg[1] <= 0:  # a re-sent document of a run's history: keep the spool files of every run re-sent
+                self._failed_runs.update(self._run_context)
             for seq, name, doc in self._unacked:
                 if seq == msg[1]:
                     self.failed.append((name, doc))
                     self._failed_runs.add(self.spool.run_of(name, doc))
                     break
+        elif kind == "reopen":
+            self._reopen_why = msg[1]
         elif kind == "fatal":
             logger.critical("CatalogWriter: writer process cannot work: %s", msg[1])
         elif kind == "ready":
@@ -425,12 +597,7 @@ class ProcessCatalogWriter(CatalogWriter):
                 taken.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
-        if not taken:
-            return
-        try:
-            self.spool.append(taken)
-        except OSError:  # a full or failing disk must not stop acquisition: the documents are still held here
-            logger.exception("CatalogWriter: could not spool %d documents to %s", len(taken), self.spool.directory)
+        self._spool_items(taken)  # also retries held documents, when due
         for item in taken:
             seq, name, doc = item
             self._unacked.append(item)
@@ -440,40 +607,66 @@ class ProcessCatalogWriter(CatalogWriter):
                 self._run_context[doc["run_start"]].append(item)
             self._outbox.append(item)
 
+    def _history(self) -> list[tuple[int, str, dict]]:
+        """What a new writer process needs, in order: every document of every run not yet stopped (from its
+        spool file and the context held here) that is not un-acknowledged, as seq 0; then the un-acknowledged."""
+        unacked = {doc_key(name, doc) for _, name, doc in self._unacked}
+        seen: set[tuple[str, Any]] = set()
+        history: list[tuple[int, str, dict]] = []
+        for run, context in self._run_context.items():
+            spooled = self.spool.read(run)
+            keys = {doc_key(name, doc) for name, doc in spooled}
+            missing = [(name, doc) for _, name, doc in context if doc_key(name, doc) not in keys]
+            for name, doc in missing + spooled:
+                key = doc_key(name, doc)
+                if key not in unacked and key not in seen:
+                    seen.add(key)
+                    history.append((0, name, doc))
+        return history + list(self._unacked)
+
+    def _respawn(self, level: int = logging.WARNING) -> None:
+        """Start a new writer process in resume mode and queue everything it needs."""
+        self._spawn(resume=True)
+        self._outbox = self._history()
+        logger.log(level, "CatalogWriter: restarted the writer process (pid %s); re-sending %d documents (%d not "
+                   "acknowledged)", self._proc.pid, len(self._outbox), len(self._unacked))
+
     def _writer_died(self) -> None:
-        """The writer process is gone: log loudly, restart it (if allowed) and queue the re-send."""
+        """The writer process is gone: a reopen request waits and starts a new one; a crash is logged loudly and
+        restarted (if allowed)."""
         code = self._proc.exitcode
+        if self._abandoned:
+            return  # close() gave up and stopped it
+        if self._reopen_why is not None or code == REOPEN_EXIT:
+            delay = self._reopen_delay()
+            logger.warning("CatalogWriter: the catalog kept failing (%s); opening it again in a new writer process "
+                           "in %.1f s (reopen %d)", self._reopen_why or "no reason given", delay, self.reopen_count)
+            self._reopen_why = None
+            self._respawn_at = time.monotonic() + delay
+            return
         logger.critical(
             "CatalogWriter: writer process %s died (exit code %s); %d documents not acknowledged are held here",
             self._proc.pid, code, len(self._unacked),
         )
         if self.restart_count >= self.restarts and not self._manual_restart:
             if not self._dead:
-                logger.critical("CatalogWriter: no restart left; documents stay in memory (writer.unacked)")
+                logger.critical("CatalogWriter: no restart left; documents stay in memory (writer.unacked) and in "
+                                "the spool %s", self.spool.directory)
             self._dead = True
             return
         self._manual_restart = False
         self._dead = False
         self.restart_count += 1
-        self._spawn(resume=True)
-        resend: dict[int, tuple[int, str, dict]] = {}
-        for items in self._run_context.values():
-            for item in items:
-                resend[item[0]] = item
-        for item in self._unacked:
-            resend[item[0]] = item
-        self._outbox = [resend[s] for s in sorted(resend)]
-        logger.critical("CatalogWriter: restarted the writer process (pid %s); re-sending %d documents",
-                        self._proc.pid, len(self._outbox))
+        self._respawn(logging.CRITICAL)
 
     def _courier_loop(self) -> None:
         """Every ``send_interval`` (or when woken): send new documents, forward flush/close, read acks, watch."""
-        while not self._abandoned:
+        while True:
             self._wake.wait(self.send_interval)
             self._wake.clear()
+            self._take_inbox()
             if self._abandoned:
                 return
-            self._take_inbox()
             ok = True
             if self._dead:
                 if self._manual_restart:
@@ -481,6 +674,11 @@ class ProcessCatalogWriter(CatalogWriter):
                 elif self._closing:
                     return
                 continue
+            if self._respawn_at is not None:
+                if time.monotonic() < self._respawn_at:
+                    continue
+                self._respawn_at = None
+                self._respawn()
             if self._outbox:
                 ok = self._send(("docs", self._outbox))
                 if ok:

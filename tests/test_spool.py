@@ -7,6 +7,7 @@ and SIGKILLs itself mid-run; `hotstage spool flush` then writes what the spool h
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from acquisition.jsonl import dump_line, load_jsonl
 from acquisition.spool import RECOVERED_REASON, Spool, pending_runs
@@ -160,3 +162,140 @@ def test_a_run_still_being_written_is_not_flushed(tmp_path: Path) -> None:
         spool.close()
         close_catalog(catalog)
     assert [p.stem for p in pending_runs(tmp_path / "spool")] == ["live-run"]
+
+
+# ---------------------------------------------------------------------------------------------- damage and full disk
+def a_run(points: int = 6, length: int = 500) -> list[tuple[str, dict]]:
+    """The documents of a real count run: ``det`` and a ``length``-float array per event."""
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd.sim import SynSignal, det
+
+    rng = np.random.default_rng(7)
+    spectrum = SynSignal(func=lambda: rng.random(length), name="spectrum")
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(bp.count([det, spectrum], points))
+    return docs
+
+
+def spool_run(directory: Path, docs: list[tuple[str, dict]]) -> Path:
+    """Write a run to a spool directory as the writer does; return its file."""
+    spool = Spool(directory)
+    spool.append((i, name, doc) for i, (name, doc) in enumerate(docs, 1))
+    spool.close()
+    return spool.path(docs[0][1]["uid"])
+
+
+def stored_rows(catalog, uid: str) -> tuple[list[int], np.ndarray, dict]:
+    """(seq_nums, spectrum rows, stop document) of a stored run."""
+    run = catalog[uid]
+    seq = [int(s) for s in run["primary"].base["internal"].read(["seq_num"])["seq_num"]]
+    return seq, np.asarray(run["primary"].read()["spectrum"].values), run.metadata["stop"]
+
+
+def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplog) -> None:
+    """A torn line in the middle (an overwritten block) and a torn last line (a crash while writing): each costs
+    that line only; the rest is stored, the stop document (torn) is recovered with counts equal to the rows."""
+    from acquisition.spool import flush_spool
+
+    docs = a_run()
+    uid = docs[0][1]["uid"]
+    path = spool_run(tmp_path / "spool", docs)
+    lines = path.read_bytes().split(b"\n")  # 1 start, 2 descriptor, 3-8 events 1-6, 9 stop, "" after the last \n
+    assert len(lines) == 10 and lines[-1] == b""
+    lines[4] = lines[4][: len(lines[4]) // 2]  # event seq_num 3 torn in the middle of the file
+    path.write_bytes(b"\n".join(lines[:8]) + b"\n" + lines[8][:40])  # the stop line cut short, no newline
+    catalog = open_catalog(tmp_path / "data")
+    try:
+        with caplog.at_level("WARNING", logger="acquisition.storage"):
+            (result,) = flush_spool(catalog, tmp_path / "spool")
+        assert result.status == "written" and result.skipped_lines == [5, 9] and result.stop_added, result
+        assert any(str(path) in r.getMessage() and "5, 9" in r.getMessage() for r in caplog.records)
+        seq, spectra, stop = stored_rows(catalog, uid)
+    finally:
+        close_catalog(catalog)
+    events = {d["seq_num"]: d for n, d in docs if n == "event"}
+    assert seq == [1, 2, 4, 5, 6]
+    np.testing.assert_array_equal(spectra, np.array([events[s]["data"]["spectrum"] for s in seq]))
+    assert stop["exit_status"] == "fail" and stop["num_events"] == {"primary": len(seq)}
+    assert pending_runs(tmp_path / "spool") == []
+
+
+def test_a_torn_start_line_takes_the_start_the_catalog_holds(tmp_path: Path) -> None:
+    """The writer had stored the run's start (and a few rows) before the process died; the spool file's first line
+    is torn: the flush attaches to the stored run and writes the rest, each row once."""
+    from acquisition.spool import flush_spool
+    from acquisition.storage_engine import WriterEngine
+
+    docs = a_run()
+    uid = docs[0][1]["uid"]
+    path = spool_run(tmp_path / "spool", docs)
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"{not json\n" + b"\n".join(lines[1:]))
+    catalog = open_catalog(tmp_path / "data")
+    try:
+        engine = WriterEngine(catalog, type("Quiet", (), {"stored": lambda *a: None, "error": lambda *a: None,
+                                                           "failed": lambda *a: None})())
+        for seq, (name, doc) in enumerate(docs[:4], 1):  # start, descriptor, events 1-2
+            engine.hand_over(seq, name, doc)
+        engine.flush_events()
+        (result,) = flush_spool(catalog, tmp_path / "spool")
+        assert result.status == "written" and result.skipped_lines == [1] and not result.stop_added, result
+        seq, _, stop = stored_rows(catalog, uid)
+    finally:
+        close_catalog(catalog)
+    assert seq == [1, 2, 3, 4, 5, 6] and stop["exit_status"] == "success"
+
+
+def test_unreadable_files_are_set_aside_once(tmp_path: Path, caplog) -> None:
+    """Garbage and a file with no start document (of a run no catalog knows) go to spool/unreadable/ with one
+    warning each; the next flush (the next session) does not see them again."""
+    from acquisition.spool import UNREADABLE_DIR, flush_spool
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "garbage.jsonl").write_bytes(bytes(range(256)) * 20)
+    events_only = [(n, d) for n, d in a_run(3) if n == "event"]
+    (spool_dir / "orphan.jsonl").write_text("".join(dump_line(n, d) for n, d in events_only))
+    (spool_dir / "notes.txt").write_text("not a spool file")
+    catalog = open_catalog(tmp_path / "data")
+    try:
+        with caplog.at_level("WARNING", logger="acquisition.storage"):
+            results = flush_spool(catalog, spool_dir)
+        assert [(r.run_uid, r.status) for r in results] == [("garbage", "unreadable"), ("orphan", "unreadable")]
+        assert sorted(p.name for p in (spool_dir / UNREADABLE_DIR).iterdir()) == ["garbage.jsonl", "orphan.jsonl"]
+        moved = [r for r in caplog.records if "moved to" in r.getMessage()]
+        assert len(moved) == 2 and all(UNREADABLE_DIR in r.getMessage() for r in moved)
+        caplog.clear()
+        assert flush_spool(catalog, spool_dir) == [] and not caplog.records
+    finally:
+        close_catalog(catalog)
+    assert (spool_dir / "notes.txt").exists()
+
+
+def test_append_on_a_full_disk_leaves_no_partial_line_and_retries_cleanly(tmp_path: Path) -> None:
+    """ENOSPC part-way through an append: the file is cut back to where it was (no torn line, nothing twice), the
+    error is raised, and the same documents appended once there is room are each on disk once."""
+    from acquisition.jsonl import read_documents
+
+    from storage_faults import small_disk
+
+    docs = a_run(8, length=4000)  # ~45 kB per event line
+    with small_disk(tmp_path / "disk") as disk:
+        spool = Spool(disk.directory)
+        spool.append([(1, *docs[0]), (2, *docs[1])])
+        path = spool.path(docs[0][1]["uid"])
+        before = path.stat().st_size
+        rest = [(i, name, doc) for i, (name, doc) in enumerate(docs[2:], 3)]
+        disk.fill()
+        with pytest.raises(OSError) as err:
+            spool.append(rest)
+        assert err.value.errno == errno.ENOSPC
+        assert path.stat().st_size == before
+        disk.free()
+        spool.append(rest)
+        spool.close()
+        got, bad = read_documents(path)
+    assert not bad and [(n, d["uid"]) for n, d in got] == [(n, d["uid"]) for n, d in docs]

@@ -387,3 +387,199 @@ def test_resume_skips_rows_and_array_rows_already_written(catalog, spectrum):
     np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
     np.testing.assert_allclose(ds["det"].values, [e["data"]["det"] for e in events])
     assert plain_client(catalog)[uid].metadata["stop"]["exit_status"] == "success"
+
+
+# ------------------------------------------------------------------------------ storage faults: deadlines, reopening
+def free_port() -> int:
+    """A TCP port nothing listens on (released at once)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everything(tmp_path, spectrum, caplog):
+    """No catalog at all (a Tiled server that is not there): the run is acquired, ``close(timeout)`` returns False
+    at its deadline with one warning naming the run and ``hotstage spool flush``; the spool holds every document,
+    and flushing it into a catalog later stores the run complete."""
+    from acquisition.jsonl import read_documents
+    from acquisition.spool import flush_spool, pending_runs
+
+    writer = CatalogWriter(f"http://127.0.0.1:{free_port()}", spool_dir=tmp_path / "spool", ready_timeout=0,
+                           backoff=(0.05, 0.2))
+    RE = RunEngine()
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    RE.subscribe(writer)
+    (uid,) = RE(bp.count([det, spectrum], 5))
+    with caplog.at_level("WARNING", logger="acquisition.storage"):
+        assert not writer.close(timeout=3)
+    assert not writer.alive and writer.unstored_runs == [uid] and writer.backlog == len(recorded)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CatalogWriter.close")]
+    assert uid in line and str(tmp_path / "spool") in line and "`hotstage spool flush`" in line
+    (spooled,) = pending_runs(tmp_path / "spool")
+    docs, bad = read_documents(spooled)
+    assert not bad and [(n, d["uid"]) for n, d in docs] == [(n, d["uid"]) for n, d in recorded]
+
+    c = open_catalog(tmp_path / "data")
+    try:
+        (result,) = flush_spool(c, tmp_path / "spool")
+        assert result.status == "written" and not result.stop_added
+        run = c[uid]
+        assert run.metadata["stop"]["num_events"] == {"primary": 5}
+        np.testing.assert_array_equal(read_stream(run)["spectrum"].values,
+                                      np.array([d["data"]["spectrum"] for n, d in recorded if n == "event"]))
+    finally:
+        close_catalog(c)
+
+
+def test_catalog_read_only_for_a_while_is_reopened_and_loses_nothing(tmp_path, spectrum):
+    """The data directory turns read-only for 4 s mid-run (every write refused, open files too), then writable
+    again: the writer process retries, opens the catalog anew in a new process (a SQLite connection that failed
+    this way stays broken), and every event is stored once, arrays included.
+
+    (Process writer only: with the immutable flag, SQLite's memory-mapped WAL index faults with SIGBUS in the
+    process that maps it, so a thread writer would take the test process down; its reopening is tested below
+    by fault injection.)"""
+    from storage_faults import read_only
+
+    data = tmp_path / "data"
+    open_catalog(data).context.close()  # created before the writer starts
+    writer = CatalogWriter(data, spool_dir=tmp_path / "spool", flush_interval=0.1, backoff=(0.1, 0.5))
+    RE = RunEngine()
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    RE.subscribe(writer)
+    points = 120
+    with read_only(data) as switch:
+        def plan():
+            yield from bps.open_run()
+            for i in range(points):
+                if i == 20:
+                    assert writer.flush(timeout=30)  # the first rows are stored before the outage
+                    switch.on()
+                    threading.Timer(4.0, switch.off).start()
+                yield from bps.trigger_and_read([det, spectrum])
+                yield from bps.sleep(0.04)
+            yield from bps.close_run()
+
+        (uid,) = RE(plan())
+        assert writer.flush(timeout=120)
+    assert switch.how is None  # the timer switched it back
+    assert writer.reopen_count >= 1 and writer.errors and not writer.failed
+    assert writer.close(timeout=30)
+    assert_complete(data, uid, recorded, points)
+
+
+def assert_complete(data, uid, recorded, points):
+    """The run in the catalog under ``data`` holds every recorded event once, arrays included, and its stop."""
+    c = open_catalog(data)
+    try:
+        run = c[uid]
+        seq = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+        np.testing.assert_array_equal(seq, np.arange(1, points + 1))
+        np.testing.assert_array_equal(read_stream(run)["spectrum"].values,
+                                      np.array([d["data"]["spectrum"] for n, d in recorded if n == "event"]))
+        assert run.metadata["stop"]["num_events"] == {"primary": points}
+    finally:
+        close_catalog(c)
+
+
+def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spectrum, monkeypatch):
+    """Thread writer: row writes fail as on a read-only SQLite connection until the client is replaced; after
+    ``reopen_after`` attempts the writer opens a new client and a resuming engine, and loses nothing."""
+    import acquisition.storage_engine as engine_module
+
+    data = tmp_path / "data"
+    writer = CatalogWriter(data, process=False, flush_interval=0.1, backoff=(0.05, 0.2), reopen_after=3)
+    broken_client = writer.client
+    real_flush = engine_module._flush_run_writer
+
+    class OperationalError(Exception):
+        """Named like SQLAlchemy's (``is_transient`` goes by the name)."""
+
+    def flush_on_a_broken_connection(normalizer, run_writer):
+        if outage.is_set() and run_writer.root_node.context is broken_client.context:
+            raise OperationalError("(sqlite3.OperationalError) attempt to write a readonly database")
+        return real_flush(normalizer, run_writer)
+
+    outage = threading.Event()
+    monkeypatch.setattr(engine_module, "_flush_run_writer", flush_on_a_broken_connection)
+    RE = RunEngine()
+    recorded = []
+    RE.subscribe(lambda name, doc: recorded.append((name, doc)))
+    RE.subscribe(writer)
+    points = 40
+
+    def plan():
+        yield from bps.open_run()
+        for i in range(points):
+            if i == 10:
+                assert writer.flush(timeout=30)
+                outage.set()
+            yield from bps.trigger_and_read([det, spectrum])
+            yield from bps.sleep(0.02)
+        yield from bps.close_run()
+
+    (uid,) = RE(plan())
+    assert writer.flush(timeout=60)
+    assert writer.reopen_count == 1 and writer.client is not broken_client and not writer.failed
+    assert sum("readonly" in str(e) for e in writer.errors) == 3
+    assert writer.close(timeout=30)
+    assert_complete(data, uid, recorded, points)
+
+
+def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_path, spectrum, caplog, monkeypatch):
+    """The spool's disk fills up mid-run while the catalog is unreachable: the next data document raises
+    ``StorageError`` into the plan (the run stops, its stop document is taken), close() writes the run complete to
+    a rescue directory under $TMPDIR with one line naming it, and a flush from there stores every event once."""
+    import tempfile
+
+    from acquisition.spool import flush_spool
+    from acquisition.storage import StorageError
+    from storage_faults import small_disk
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with small_disk(tmp_path / "disk") as disk:
+        writer = CatalogWriter(f"http://127.0.0.1:{free_port()}", spool_dir=disk.directory, ready_timeout=0,
+                               backoff=(0.05, 0.2))
+        RE = RunEngine()
+        recorded = []
+        RE.subscribe(lambda name, doc: recorded.append((name, doc)))  # before the writer: sees what it took
+        RE.subscribe(writer)
+
+        def plan():
+            yield from bps.open_run()
+            for i in range(200):
+                if i == 5:
+                    disk.fill()
+                yield from bps.trigger_and_read([det, spectrum])
+                yield from bps.sleep(0.02)
+            yield from bps.close_run()
+
+        with pytest.raises(StorageError, match="cannot keep acquired data: spool .*the run is stopped"):
+            RE(plan())
+        with caplog.at_level("WARNING", logger="acquisition.storage"):
+            assert not writer.close(timeout=3)
+    names = [n for n, _ in recorded]
+    assert names[-1] == "stop" and recorded[-1][1]["exit_status"] == "fail"
+    assert "cannot keep acquired data" in recorded[-1][1]["reason"]
+    events = [d for n, d in recorded if n == "event"]
+    assert 5 < len(events) < 200
+    assert writer.rescue_dir is not None and writer.rescue_dir.parent == tmp_path / "tmp"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CatalogWriter.close")]
+    assert f"HOTSTAGE_SPOOL={writer.rescue_dir} hotstage spool flush" in line
+    c = open_catalog(tmp_path / "data")
+    try:
+        (result,) = flush_spool(c, writer.rescue_dir)
+        assert result.status == "written" and not result.stop_added
+        run = c[recorded[0][1]["uid"]]
+        seq = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+        np.testing.assert_array_equal(seq, np.arange(1, len(events) + 1))
+        np.testing.assert_array_equal(read_stream(run)["spectrum"].values,
+                                      np.array([d["data"]["spectrum"] for d in events]))
+        assert run.metadata["stop"]["num_events"] == {"primary": len(events)}
+    finally:
+        close_catalog(c)

@@ -303,16 +303,26 @@ class _DropRunEngineNoise(logging.Filter):
         return not (record.name.startswith("bluesky") and record.getMessage() == "Run aborted")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (pytest swaps it between calls of main())."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: int = logging.WARNING) -> logging.Handler:
     """One stderr handler on the root logger for the command: one line per record (module docstring)."""
     root = logging.getLogger()
     for existing in root.handlers:
-        if getattr(existing, "_hotstage_cli", False):  # main() called again in one process (tests)
-            existing.setStream(sys.stderr)
+        if isinstance(existing, _StderrHandler):  # main() called again in one process (tests)
             return existing
     debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
-    handler = logging.StreamHandler(sys.stderr)
-    handler._hotstage_cli = True  # type: ignore[attr-defined]
+    handler = _StderrHandler()
     handler.setFormatter(_OneLineFormatter(debug))
     handler.addFilter(_DropRunEngineNoise())
     handler.setLevel(level)

@@ -158,11 +158,12 @@ class Emulator:
 
     def start(self, timeout: float = 120.0) -> Emulator:
         """Start the emulators and read their JSON line (resources and control port)."""
-        self.proc = subprocess.Popen(
-            [*HOTSTAGE, "sim", "serve", "--time-scale", str(self.time_scale), "--control"],
-            stdout=subprocess.PIPE, stderr=open(self.workdir / "emulator.err", "wb"), stdin=subprocess.DEVNULL,
-            env=_clean_env(self.tag), cwd=self.workdir, start_new_session=True,
-        )
+        with open(self.workdir / "emulator.err", "wb") as err:
+            self.proc = subprocess.Popen(
+                [*HOTSTAGE, "sim", "serve", "--time-scale", str(self.time_scale), "--control"],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                env=_clean_env(self.tag), cwd=self.workdir, start_new_session=True,
+            )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else b""
@@ -276,11 +277,11 @@ class CliRun:
 
     def start(self) -> CliRun:
         """Start the command (stdin closed, as in CI)."""
-        self.proc = subprocess.Popen(
-            [*HOTSTAGE, *self.args], stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
-            stdin=subprocess.DEVNULL, env={**_clean_env(self.tag), **self.env}, cwd=self.workdir,
-            start_new_session=True,
-        )
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*HOTSTAGE, *self.args], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                env={**_clean_env(self.tag), **self.env}, cwd=self.workdir, start_new_session=True,
+            )
         return self
 
     @property
@@ -696,6 +697,9 @@ def scenario(
         if left:
             outcome.notes.append(f"{len(left)} file(s) still in the spool")
         return outcome
+    except BaseException as exc:
+        outcome.notes.append(f"harness stopped: {type(exc).__name__}: {str(exc)[:200]}")
+        raise
     finally:
         if run is not None and run.running():
             run.wait(0.1)

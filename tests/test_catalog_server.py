@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -71,13 +71,13 @@ class Server:
         env = serve_env(TILED_API_KEY=WRITE_KEY, HOTSTAGE_READ_API_KEY=READ_KEY)
         self.proc = subprocess.Popen(serve_cmd(data, "--port", str(self.port)), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
-        self.stdout = ""
+        self.lines: list[str] = []  # a thread reads stdout: select() cannot see lines already in the text buffer
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
         deadline = time.monotonic() + 240
         while "clients:" not in self.stdout:
             assert self.proc.poll() is None, self.proc.stderr.read()
             assert time.monotonic() < deadline, "no start message"
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                self.stdout += self.proc.stdout.readline()
+            time.sleep(0.2)
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.uri}/api/v1/", timeout=5).status_code == 200:
@@ -85,6 +85,10 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.2)
         raise TimeoutError("server does not answer")
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.lines)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -403,15 +403,15 @@ def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, 
             _emit(summary, args.json, human=_human_summary)
         except OSError:  # the terminal or pipe is gone (SIGHUP): the run is stored all the same
             pass
-    if failure is not None or (summary or {}).get("exit_status") != "success":
-        stop = session.last_stop or {}
+    stop = session.last_stop or {}  # the RunEngine's own stop: what the catalog holds may lag (a re-created file)
+    if failure is not None or stop.get("exit_status") != "success":
         reason = " ".join(str(stop.get("reason") or failure or "").split())
         say(f"hotstage: run {session.last_run_uid} ended {stop.get('exit_status', 'without a stop document')}"
             + (f": {reason}" if reason else ""))
     if late is not None:
         say(_interrupted(late, session, interrupted_line))
         return late.exit_code
-    return 0 if (summary or {}).get("exit_status") == "success" else 1
+    return 0 if failure is None and stop.get("exit_status") == "success" else 1
 
 
 def _interrupted(exc: Any, session: Any, line: Any) -> str:
@@ -426,11 +426,12 @@ def _session_summary(args: argparse.Namespace, session: Any, uid: str, t0: float
 
     from acquisition.summary import summarise_derived, summarise_run
 
-    summary = summarise_run(session.catalog[uid])
+    catalog = session.reading_catalog()
+    summary = summarise_run(catalog[uid])
     summary["data"] = _where(args.data)
     derived_uid = session.derived_uid(uid)
     if derived_uid is not None:
-        summary["derived"] = summarise_derived(session.catalog[derived_uid])
+        summary["derived"] = summarise_derived(catalog[derived_uid])
         stats = session.analysis.stats.get(uid, {}) if session.analysis else {}
         summary["derived"]["live"] = {
             "backlog_at_raw_stop": stats.get("backlog_at_raw_stop"),
@@ -442,7 +443,7 @@ def _session_summary(args: argparse.Namespace, session: Any, uid: str, t0: float
             from acquisition.report import write_report
 
             out = _reports_dir(args.data) / uid
-            summary["report"] = [str(p) for p in write_report(session.catalog[derived_uid], out)]
+            summary["report"] = [str(p) for p in write_report(catalog[derived_uid], out)]
     return summary
 
 

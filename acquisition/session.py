@@ -41,6 +41,7 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +54,7 @@ from bluesky import RunEngine
 from acquisition.config import RigConfig
 from analysis.live import AnalysisParameters, LiveAnalysis
 from acquisition.progress import ProgressBar
+from acquisition.datadir import CATALOG_DB
 from acquisition.storage import CatalogWriter, catalog_location, open_catalog
 from plans.program import Cadence, RigLimits, TemperatureProgram
 
@@ -132,6 +134,7 @@ class Session:
         self.progress = progress
         self.live_callbacks = list(live_callbacks)
         self.catalog = catalog
+        self._catalog_file: tuple[int, int] | None = None
         self.rig: Any = None
         self.RE: RunEngine | None = None
         self.writer: CatalogWriter | None = None
@@ -196,6 +199,7 @@ class Session:
         self._checkpoint()
         if self.catalog is None:
             self.catalog = open_catalog(self.data_dir)
+        self._catalog_file = _catalog_file_id(self.catalog)
         from acquisition.interlocks import arm_furnace_interlocks  # TLIMIT + guardian; before _make_safe (its doc)
 
         arm_furnace_interlocks(self._stack, self.config, self.rig, self.catalog)
@@ -248,6 +252,19 @@ class Session:
             self._checkpoint()
             if remaining <= 0 or not self.analysis.alive:
                 return False
+
+    def reading_catalog(self) -> Any:
+        """The catalog to read back what this session stored.
+
+        If ``catalog.db`` was deleted or replaced during the session, the writer re-created the runs in a new file,
+        but this process's client still reads the old, unlinked one: then a new client is opened (and closed with
+        the session)."""
+        now = _catalog_file_id(self.catalog)
+        if now is not None and now != self._catalog_file:
+            fresh = catalog_location(self.catalog).open()
+            self._stack.callback(fresh.context.close)
+            self.catalog, self._catalog_file = fresh, now
+        return self.catalog
 
     def _track(self, name: str, doc: dict) -> None:
         """RunEngine subscriber: remember the last run's uid and stop document (for what the CLI reports)."""
@@ -397,6 +414,18 @@ class Session:
     def derived_uid(self, raw_uid: str) -> str | None:
         """The uid of the live derived run of a raw run of this session (None with the analysis off)."""
         return self.analysis.derived_uid(raw_uid) if self.analysis is not None else None
+
+
+def _catalog_file_id(catalog: Any) -> tuple[int, int] | None:
+    """(device, inode) of an embedded catalog's ``catalog.db``; None for a server or when the file is missing."""
+    location = catalog_location(catalog)
+    if location.data_dir is None:
+        return None
+    try:
+        st = os.stat(Path(location.data_dir) / CATALOG_DB)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _never_raises(callback: DocumentCallback) -> DocumentCallback:

@@ -17,9 +17,9 @@ Where the data go (see /work/shared/DESIGN.md, "Data flow" and "Contracts a user
   process (``ThreadCatalogWriter``; handy to inject faults in tests, but it costs 7-15 % per point at
   20 ms exposure and 17-62 % at none — benchmarks/storage.py). Both flush event rows on a timer
   (default every 0.25 s), so an event is readable within ~0.5 s and the RunEngine never waits for I/O.
-* Readers and the writer process share the embedded SQLite files: ``catalog.db`` is in WAL mode (tiled's
-  ``initialize_database`` sets it) and ``open_catalog`` puts ``tables.sqlite`` in WAL mode, so readers in
-  this process never see "database is locked" while the writer process appends (tests/test_storage.py
+* Readers and the writer process share the embedded SQLite files: ``catalog.db`` keeps tiled's own journal
+  mode (a rollback journal: its writes are short metadata updates) and ``open_catalog`` puts ``tables.sqlite``
+  in WAL mode, so readers in this process never see "database is locked" while the writer process appends (tests/test_storage.py
   polls a run while it is written from the other process).
 
 Reading a run back with a plain Tiled client (bluesky-tiled-plugins 2.0 layout, verified: streams are

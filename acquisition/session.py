@@ -120,6 +120,7 @@ class Session:
         catalog: Any = None,
         analysis: bool | AnalysisParameters | Mapping[str, Any] = True,
         analysis_timeout: float | None = None,
+        analysers: Mapping[str, Any] | None = None,
         signals: Any = None,
     ) -> None:
         self.config = rig or RigConfig()
@@ -127,6 +128,9 @@ class Session:
         """`acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
         self.analysis_parameters = analysis_parameters(analysis)
         self.analysis_timeout = analysis_timeout
+        self.analysers = analysers
+        """Stream name → analyser class for the live analysis (default `DEFAULT_ANALYSERS`; module-level classes:
+        they are pickled by name into the analysis process)."""
         self.analysis: LiveAnalysis | None = None
         self.sink: DocumentCallback | None = None
         self.sample = sample
@@ -211,7 +215,7 @@ class Session:
         self.sink = SerializedSink(self.writer)
         self._checkpoint()
         if self.analysis_parameters is not None:
-            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters)
+            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters, analysers=self.analysers)
             self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
             if not self._wait_analysis_ready(ANALYSIS_READY_TIMEOUT_S):
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",

@@ -36,7 +36,7 @@ from acquisition.config import RigConfig
 from acquisition.replay import load_jsonl
 from acquisition.session import Session
 from analysis.live import DerivedRun, PLAnalyser
-from analysis.live.modalities import DEFAULT_ANALYSERS
+from analysis.live.modalities import DEFAULT_ANALYSERS, THzAnalyser
 from analysis.live.parameters import AnalysisParameters
 from plans.program import Hold, Ramp, TemperatureProgram
 from simulated.parameters import SampleSpec
@@ -156,11 +156,18 @@ def test_onsets_match_truth(live_run: dict[str, Any]) -> None:
     assert math.isfinite(summary["pl_max_C"]) and summary["errors"] == 0
 
 
+class FailingTHz(THzAnalyser):
+    """The THz analysis raising on every spectrum (module level: pickled by name into the analysis process)."""
+
+    def process(self, data: Any) -> dict[str, Any]:
+        raise ValueError("injected THz failure")
+
+
 def test_failing_analysis_does_not_stop_acquisition(tmp_path: Path) -> None:
     """An analysis that raises on every THz event: acquisition completes, the other analyses carry on."""
     program = TemperatureProgram(100.0, (Ramp(130.0, 10.0),), name="failing-analysis")
     with Session(RigConfig(time_scale=240.0), SampleSpec.default(), tmp_path, progress=False,
-                 analysis={"thz_window_cm": 5000.0}) as s:  # a window wider than the axis: ValueError per event
+                 analysers={**DEFAULT_ANALYSERS, "thz": FailingTHz}) as s:
         raw_uid = s.insitu(program, cadence=CADENCE)
         raw_run = s.catalog[raw_uid]
         derived = s.catalog[s.derived_uid(raw_uid)]

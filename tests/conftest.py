@@ -1,13 +1,43 @@
-"""Session-wide pytest hooks: print the attack table (`tests/attack_harness.py`) after the test summary."""
+"""Session-wide pytest hooks: print the attack table (`tests/attack_harness.py`) after the test summary.
+
+With pytest-xdist the attack rows are recorded in a worker process: each worker appends its table to a file the
+controller named (``HOTSTAGE_ATTACK_TABLE``, set before the workers start), and the controller prints it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+TABLE_ENV = "HOTSTAGE_ATTACK_TABLE"
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001 - pytest hook
+    """The controller (or a run without workers) names the table file; workers inherit it."""
+    if not hasattr(config, "workerinput"):
+        fd, path = tempfile.mkstemp(prefix="hotstage-attack-table-", suffix=".txt")
+        os.close(fd)
+        os.environ[TABLE_ENV] = path
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001 - pytest hook
+    """Append the attack rows this process ran to the table file."""
+    harness = sys.modules.get("attack_harness")
+    path = os.environ.get(TABLE_ENV)
+    if harness is not None and harness.ROWS and path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(harness.format_table(harness.ROWS) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest hook
     """The outcome of every attack row that ran in this session, as one table."""
-    harness = sys.modules.get("attack_harness")
-    if harness is not None and harness.ROWS:
+    if hasattr(config, "workerinput") or not os.environ.get(TABLE_ENV):
+        return
+    path = Path(os.environ[TABLE_ENV])
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.unlink(missing_ok=True)
+    if text.strip():
         terminalreporter.write_sep("=", "attack table (issue 11: attacks from outside the process)")
-        terminalreporter.write_line(harness.format_table(harness.ROWS))
+        terminalreporter.write_line(text.rstrip())

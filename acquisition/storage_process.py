@@ -217,6 +217,10 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], docs_conn: A
         reporter.send_ack()
         acks_conn.send(("reopen", str(why)))
         os._exit(REOPEN_EXIT)  # no cleanup: closing a broken client can hang, and the parent holds everything
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        # The parent died (SIGKILL): its spool holds every document; `hotstage spool flush` stores them. A
+        # traceback here would only hide the guardian's line on the terminal.
+        os._exit(1)
     close_catalog(client)
 
 

@@ -14,7 +14,7 @@ from analysis.crystal import DEFAULT_UISO, Crystal
 from analysis.profiles import caglioti_fwhm, pseudo_voigt, render_peaks, scherrer_fwhm
 from analysis.radiation import CU_KA1_ANGSTROM, CU_KA2_ANGSTROM, Radiation
 
-CIF_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cif"
+CIF_DIR = Path(__file__).resolve().parent / "data" / "cif"  # copies of shared reference CIFs (see SOURCES.md)
 BETA_CIF = CIF_DIR / "CsPbI3_beta_P4mbm_Marronnier2018_510K_CCDC1872726.cif"
 DELTA_CIF = CIF_DIR / "CsPbI3_delta_Pnma_Stoumpos2013_293K_CCDC968118.cif"
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "analysis" / "data"

@@ -24,7 +24,7 @@ from simulated.parameters import SampleSpec
 from simulated.sample import CRYSTALLINE_PHASES, CompositeSample, ramp
 from simulated.synthesis import XRDSynthesizer
 
-CIF_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cif"
+CIF_DIR = Path(__file__).resolve().parent / "data" / "cif"  # copies of shared reference CIFs (see SOURCES.md)
 BETA_CIF = CIF_DIR / "CsPbI3_beta_P4mbm_Marronnier2018_510K_CCDC1872726.cif"
 EXPOSURE_S = 2.0  # the acquisition default XRD exposure (acquisition/config.py)
 TOLERANCE_WT = 0.03  # ±3 wt % absolute (the brief), for every phase at ≥ 5 wt % of the crystalline part

@@ -192,13 +192,18 @@ def test_same_seed_same_data(xrd: XRDSynthesizer) -> None:
         assert a.dtype == np.float64 and np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_xrd_synthesis_is_fast(xrd: XRDSynthesizer) -> None:
-    import time
+def test_xrd_synthesis_reuses_its_peak_tables(xrd: XRDSynthesizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes a pattern cost a few ms: the crystallography (reflections, structure factors) is done once, when
+    the synthesizer is built; every pattern only shifts, broadens and renders the cached peaks. The speed itself
+    is measured in benchmarks/synthesis.py (patterns/s as a ratio against numpy's Poisson sampling)."""
+    from analysis.crystal import Crystal
 
+    def no_crystallography(*args: object, **kwargs: object) -> None:
+        raise AssertionError("crystallography recomputed for a pattern")
+
+    for method in ("reflections", "peaks", "pattern"):
+        monkeypatch.setattr(Crystal, method, no_crystallography)
     st = sintered(0.85, 250.0).state  # several phases present
     rng = np.random.default_rng(0)
-    xrd(st, 1.0, rng)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        xrd(st, 1.0, rng)
-    assert (time.perf_counter() - t0) / 20 < 0.02  # a few ms (generous bound on a shared machine)
+    patterns = [xrd(st, 1.0, rng) for _ in range(20)]
+    assert all(p.shape == xrd.axis.shape and np.all(np.isfinite(p)) and p.sum() > 0 for p in patterns)

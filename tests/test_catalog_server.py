@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -69,13 +70,14 @@ class Server:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         env = serve_env(TILED_API_KEY=WRITE_KEY, HOTSTAGE_READ_API_KEY=READ_KEY)
+        self.err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains (the server logs requests)
         self.proc = subprocess.Popen(serve_cmd(data, "--port", str(self.port)), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+                                     stderr=self.err, text=True, env=env)
         self.lines: list[str] = []  # a thread reads stdout: select() cannot see lines already in the text buffer
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
         deadline = time.monotonic() + 240
         while "clients:" not in self.stdout:
-            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert self.proc.poll() is None, self.stderr
             assert time.monotonic() < deadline, "no start message"
             time.sleep(0.2)
         while time.monotonic() < deadline:
@@ -90,6 +92,11 @@ class Server:
     def stdout(self) -> str:
         return "".join(self.lines)
 
+    @property
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -97,6 +104,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        self.err.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ header tiled's Python client sends for ``from_uri(uri, api_key=KEY)``. There are
 * the **read-write** key (``--api-key``, else ``$TILED_API_KEY``): everything, including writing runs (hotstage's
   writer: ``HOTSTAGE_TILED_URI=http://host:port`` and ``TILED_API_KEY=<read-write key>``);
 * the **read-only** key (``--read-key``, else ``$HOTSTAGE_READ_API_KEY``): GET/HEAD/OPTIONS and tiled's few POSTs
-  that only read (``acquisition.datadir.is_read_request``); any other request gets 403 — a run's metadata (its
+  that only read (``hotstage.acquisition.datadir.is_read_request``); any other request gets 403 — a run's metadata (its
   stop document, say) cannot be changed with it.
 
 A key not given is generated and kept in ``DATA/server-keys.json`` (mode 0600) for the next start; the server
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from acquisition.datadir import is_read_request
+from hotstage.acquisition.datadir import is_read_request
 
 __all__ = ["KeyGate", "ServeError", "ServerKeys", "is_loopback", "resolve_keys", "serve"]
 
@@ -214,7 +214,7 @@ def gated_app(root: Path, keys: ServerKeys) -> Any:
     """The embedded catalog's tiled app (internal random key, damage answered with 503) behind ``KeyGate``."""
     from tiled.config import Authentication
 
-    from acquisition.storage import embedded_app
+    from hotstage.acquisition.storage import embedded_app
 
     internal = secrets.token_hex(32)
     app = embedded_app(root, Authentication(single_user_api_key=internal), allow_damaged=True, raise_errors=False)
@@ -244,7 +244,7 @@ def serve(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.
     """Serve the embedded catalog under ``data_dir`` at ``host:port`` until interrupted (see the module doc)."""
     import uvicorn
 
-    from acquisition.storage import URI_ENV, default_data_dir
+    from hotstage.acquisition.storage import URI_ENV, default_data_dir
 
     if not 1 <= port <= 65535:
         raise ServeError(f"--port {port}: not a TCP port (1–65535)")

@@ -12,7 +12,7 @@
     hotstage spool flush [--json]                write documents left in the storage spool to the catalog
 
 `demo` and `run` analyse live (a derived run beside the raw run; `--no-analysis` turns it off, `--param`
-changes analysis parameters, see `analysis.live.parameters`); `demo` also writes the report figures into
+changes analysis parameters, see `hotstage.analysis.live.parameters`); `demo` also writes the report figures into
 DATA/reports/<raw uid>/.
 
 Data go to `--data DIR` (before or after the command), else `$HOTSTAGE_DATA`, else `./hotstage-data/`; with
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 success; 1 a run that did not succeed, or an unexpected error (one line; the traceback with
     ``HOTSTAGE_DEBUG=1``); 2 bad input; 128 + the signal for a signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; see
-    `acquisition.exits`). Log records are one line each on stderr; a closed stdout/stderr ends quietly."""
+    `hotstage.acquisition.exits`). Log records are one line each on stderr; a closed stdout/stderr ends quietly."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["sim", "serve"]:
-        from simulated.serve import main as serve_main
+        from hotstage.simulated.serve import main as serve_main
 
         return int(serve_main(argv[2:]) or 0)
     parser = _parser()
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    from acquisition.exits import DEBUG_ENV, Interrupted, configure_logging, quiet_streams, say
+    from hotstage.acquisition.exits import DEBUG_ENV, Interrupted, configure_logging, quiet_streams, say
 
     configure_logging()
     try:
@@ -106,7 +106,7 @@ def _port(text: str) -> int:
 
 def _time_scale(text: str) -> float:
     """Experiment seconds per wall second of the simulated rig: finite, above 0, at most 10000."""
-    from simulated.serve import time_scale
+    from hotstage.simulated.serve import time_scale
 
     return time_scale(text)
 
@@ -138,7 +138,10 @@ def _data_dir(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hotstage import __version__
+
     parser = _Parser(prog="hotstage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"hotstage {__version__}")
     parser.add_argument("--data", type=_data_dir, help="catalog directory (default: $HOTSTAGE_DATA or ./hotstage-data)")
     # --data also after the subcommand; SUPPRESS keeps a value given before it
     common = argparse.ArgumentParser(add_help=False)
@@ -177,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_show)
 
     export = command("export", help="a run's documents as JSON lines (what `hotstage replay` and "
-                                    "acquisition.replay read; the recorded-run format of tests/data)")
+                                    "hotstage.acquisition.replay read; the recorded-run format of tests/data)")
     export.add_argument("uid", type=_uid, help="run uid (or a unique prefix)")
     export.add_argument("--out", help="output file (default: DATA/exports/<uid>.jsonl)")
     export.add_argument("--json", action="store_true")
@@ -213,21 +216,21 @@ def _parser() -> argparse.ArgumentParser:
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(func=_cmd_spool_flush)
 
-    from simulated.serve import add_arguments as sim_serve_arguments
+    from hotstage.simulated.serve import add_arguments as sim_serve_arguments
 
     sim = sub.add_parser("sim", help="the simulated rig")
     sim_sub = sim.add_subparsers(metavar="ACTION")
     serve = sim_sub.add_parser("serve", help="run the instrument emulators until Ctrl-C")
-    sim_serve_arguments(serve)  # the same options (and checks) as `python -m simulated.serve`
+    sim_serve_arguments(serve)  # the same options (and checks) as `python -m hotstage.simulated.serve`
     serve.set_defaults(func=_cmd_sim_serve)
     return parser
 
 
 # -- commands ---------------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from acquisition.config import RigConfig
-    from plans.program import TemperatureProgram
-    from simulated.parameters import SampleSpec
+    from hotstage.acquisition.config import RigConfig
+    from hotstage.plans.program import TemperatureProgram
+    from hotstage.simulated.parameters import SampleSpec
 
     _data_to_write(args)
     rig = RigConfig() if args.time_scale is None else RigConfig(time_scale=args.time_scale)
@@ -237,9 +240,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from acquisition.config import RigConfig
-    from plans.program import TemperatureProgram
-    from simulated.parameters import SampleSpec, load_sample
+    from hotstage.acquisition.config import RigConfig
+    from hotstage.plans.program import TemperatureProgram
+    from hotstage.simulated.parameters import SampleSpec, load_sample
 
     _data_to_write(args)
     rig = RigConfig.from_toml(args.rig) if args.rig else RigConfig()
@@ -259,7 +262,7 @@ def _rig_start_errors(rig: Any) -> Iterator[None]:
 
     Only errors raised while `Session.__enter__` runs (instruments opened, nothing acquired, no run recorded):
     the same InstrumentError during a run is the run's failure, reported by the run itself."""
-    from devices.visa import InstrumentError
+    from hotstage.devices.visa import InstrumentError
     from pyvisa.errors import Error as VisaError
 
     held = _OpeningLogs()
@@ -291,7 +294,7 @@ def _is_session_enter(code: Any) -> bool:
 
 
 def _raised_opening_session(tb: Any) -> bool:
-    """True when the traceback `tb` runs through `acquisition.session.Session.__enter__` (the rig being opened)."""
+    """True when the traceback `tb` runs through `hotstage.acquisition.session.Session.__enter__` (the rig being opened)."""
     while tb is not None:
         if _is_session_enter(tb.tb_frame.f_code):
             return True
@@ -305,7 +308,7 @@ class _OpeningLogs(logging.Filter):
     When opening fails they are dropped: the one error line says how many tries were made. Otherwise they are
     let through, in order, before the next device log record (or when the command ends)."""
 
-    LOGGERS = ("devices.visa", "devices.lakeshore", "devices.spectrometers")
+    LOGGERS = ("hotstage.devices.visa", "hotstage.devices.lakeshore", "hotstage.devices.spectrometers")
 
     def __init__(self) -> None:
         super().__init__()
@@ -350,8 +353,8 @@ def _analysis_setting(args: argparse.Namespace) -> Any:
 
 def _analysis_parameters(args: argparse.Namespace) -> Any:
     """The `--param` overrides applied to the defaults; a bad one is a ParameterError naming `--param KEY`."""
-    from analysis.live import AnalysisParameters, parse_overrides
-    from analysis.live.parameters import ParameterError
+    from hotstage.analysis.live import AnalysisParameters, parse_overrides
+    from hotstage.analysis.live.parameters import ParameterError
 
     try:
         return AnalysisParameters().replace(**parse_overrides(args.param))
@@ -363,14 +366,14 @@ def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, 
                  report: bool = False) -> int:
     """Validate, run on the session, then print the summary (human or JSON) with the derived run's.
 
-    SIGINT, SIGTERM and SIGHUP abort the run safely (`acquisition.exits`): heater off and confirmed, the run stored
+    SIGINT, SIGTERM and SIGHUP abort the run safely (`hotstage.acquisition.exits`): heater off and confirmed, the run stored
     with exit_status "abort" and a reason naming the signal, then one line and exit status 130/143/129. A run that
     fails or aborts otherwise prints its summary and one line `hotstage: run UID ended fail: <reason>`, exit 1."""
     import time
 
-    from acquisition.exits import ExitSignals, Interrupted, interrupted_line, say
-    from acquisition.session import Session
-    from plans.program import ProgramError
+    from hotstage.acquisition.exits import ExitSignals, Interrupted, interrupted_line, say
+    from hotstage.acquisition.session import Session
+    from hotstage.plans.program import ProgramError
 
     try:
         program.validate(_limits(rig))  # before anything is opened or moved
@@ -424,7 +427,7 @@ def _session_summary(args: argparse.Namespace, session: Any, uid: str, t0: float
     """The run's summary with its derived run's (and the report figures of `demo`), read back from the catalog."""
     import time
 
-    from acquisition.summary import summarise_derived, summarise_run
+    from hotstage.acquisition.summary import summarise_derived, summarise_run
 
     catalog = session.reading_catalog()
     summary = summarise_run(catalog[uid])
@@ -440,7 +443,7 @@ def _session_summary(args: argparse.Namespace, session: Any, uid: str, t0: float
             "wall_s": time.monotonic() - t0,
         }
         if report:
-            from acquisition.report import write_report
+            from hotstage.acquisition.report import write_report
 
             out = _reports_dir(args.data) / uid
             summary["report"] = [str(p) for p in write_report(catalog[derived_uid], out)]
@@ -451,14 +454,14 @@ def _reports_dir(data: str | None) -> Any:
     """DATA/reports (the embedded catalog's directory, or the default one with a server)."""
     from pathlib import Path
 
-    from acquisition.storage import default_data_dir
+    from hotstage.acquisition.storage import default_data_dir
 
     return (Path(data) if data else default_data_dir()).expanduser().resolve() / "reports"
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from acquisition.replay import replay
-    from acquisition.summary import derived_text, summarise_derived
+    from hotstage.acquisition.replay import replay
+    from hotstage.acquisition.summary import derived_text, summarise_derived
 
     params = _analysis_parameters(args)  # bad keys or values: exit 2 before any work
     catalog = _catalog_to_read(args)
@@ -472,8 +475,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from acquisition.report import write_report
-    from acquisition.summary import find_derived, find_run
+    from hotstage.acquisition.report import write_report
+    from hotstage.acquisition.summary import find_derived, find_run
 
     if args.out is not None and (not args.out.strip() or Path(args.out).expanduser().is_file()):
         raise CommandError(f"--out {args.out!r}: must name a directory for the figures, not a file")
@@ -497,8 +500,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_spool_flush(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from acquisition.spool import default_spool_dir, flush_spool, pending_runs
-    from acquisition.storage import CatalogLocation, close_catalog, open_catalog
+    from hotstage.acquisition.spool import default_spool_dir, flush_spool, pending_runs
+    from hotstage.acquisition.storage import CatalogLocation, close_catalog, open_catalog
 
     root = _embedded_root(args)
     if root is not None and not root.is_dir():
@@ -525,7 +528,7 @@ def _cmd_spool_flush(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from acquisition.summary import list_runs
+    from hotstage.acquisition.summary import list_runs
 
     rows = list_runs(_catalog_to_read(args), sample=args.sample, limit=args.limit)
     if args.json:
@@ -541,7 +544,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from acquisition.summary import find_run, summarise_run
+    from hotstage.acquisition.summary import find_run, summarise_run
 
     summary = summarise_run(find_run(_catalog_to_read(args), args.uid))
     _emit(summary, args.json, human=_human_summary)
@@ -549,9 +552,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from acquisition.jsonl import save_jsonl
-    from acquisition.storage import default_data_dir
-    from acquisition.summary import find_run
+    from hotstage.acquisition.jsonl import save_jsonl
+    from hotstage.acquisition.storage import default_data_dir
+    from hotstage.acquisition.summary import find_run
 
     if args.out is not None and (not args.out.strip() or Path(args.out).expanduser().is_dir()):
         raise CommandError(f"--out {args.out!r}: must name a file for the JSON lines, not a directory")
@@ -575,7 +578,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from acquisition.storage import serve_catalog
+    from hotstage.acquisition.storage import serve_catalog
 
     _data_to_write(args)  # a new directory is fine: sessions may write through the server
     serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key, read_key=args.read_key)
@@ -583,7 +586,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
-    from simulated.serve import run
+    from hotstage.simulated.serve import run
 
     return run(args)
 
@@ -601,7 +604,7 @@ def _data_to_write(args: argparse.Namespace) -> None:
 
 def _embedded_root(args: argparse.Namespace) -> Path | None:
     """The embedded catalog's directory, with `open_catalog`'s precedence; None when a Tiled server is used."""
-    from acquisition.storage import URI_ENV, default_data_dir
+    from hotstage.acquisition.storage import URI_ENV, default_data_dir
 
     if args.data is None and os.environ.get(URI_ENV):
         return None
@@ -610,7 +613,7 @@ def _embedded_root(args: argparse.Namespace) -> Path | None:
 
 def _describe_data(args: argparse.Namespace, root: Path) -> str:
     """How the user named the catalog directory (for error lines)."""
-    from acquisition.storage import DATA_ENV
+    from hotstage.acquisition.storage import DATA_ENV
 
     if args.data is not None:
         return f"--data {args.data}"
@@ -621,7 +624,7 @@ def _describe_data(args: argparse.Namespace, root: Path) -> str:
 
 def _catalog_to_read(args: argparse.Namespace) -> Any:
     """Open the catalog a read command reads; a directory without one is an error (no empty catalog is created)."""
-    from acquisition.storage import open_catalog
+    from hotstage.acquisition.storage import open_catalog
 
     root = _embedded_root(args)
     if root is not None and not (root / "catalog.db").is_file():
@@ -633,14 +636,14 @@ def _catalog_to_read(args: argparse.Namespace) -> Any:
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _limits(rig: Any) -> Any:
-    from plans.program import RigLimits
+    from hotstage.plans.program import RigLimits
 
     lim = rig.limits
     return RigLimits(max_C=lim.max_C, min_C=lim.min_C, min_rate=lim.min_rate_C_per_min, max_rate=lim.max_rate_C_per_min)
 
 
 def _where(data: str | None) -> str:
-    from acquisition.storage import describe_location
+    from hotstage.acquisition.storage import describe_location
 
     return describe_location(data)
 
@@ -669,7 +672,7 @@ def _human_summary(s: dict[str, Any]) -> str:
         lines.append(f"data     {s['data']}")
     lines.append(f"uid      {s['uid']}")
     if s.get("derived"):
-        from acquisition.summary import derived_text
+        from hotstage.acquisition.summary import derived_text
 
         lines.extend(derived_text(s["derived"]))
         live = s["derived"].get("live") or {}

@@ -52,7 +52,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from simulated.rig import DEFAULT_TIME_SCALE
+from hotstage.simulated.rig import DEFAULT_TIME_SCALE
 
 MODALITIES = ("xrd", "thz", "pl")
 INSTRUMENTS = ("furnace", *MODALITIES)

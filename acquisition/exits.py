@@ -87,7 +87,7 @@ class ExitSignals:
     """Handlers for SIGINT, SIGTERM and SIGHUP while a command runs a session (module docstring).
 
     Use as a context manager in the main thread (handlers installed on enter, the previous ones restored on exit);
-    give it to `acquisition.session.Session(signals=...)`, which shields its opening and closing and puts
+    give it to `hotstage.acquisition.session.Session(signals=...)`, which shields its opening and closing and puts
     `run_engine_guard` on its RunEngine."""
 
     def __init__(self, signals: tuple[int, ...] = EXIT_SIGNALS) -> None:

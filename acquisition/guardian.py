@@ -1,8 +1,8 @@
 """Furnace guardian: a tiny separate process that switches the heater off if the acquiring process dies.
 
-The session (`acquisition.interlocks`) starts it for a rig of real instruments, as its own interpreter::
+The session (`hotstage.acquisition.interlocks`) starts it for a rig of real instruments, as its own interpreter::
 
-    python -m acquisition.guardian --resource TCPIP0::10.0.0.5::7777::SOCKET --visa-library @py \\
+    python -m hotstage.acquisition.guardian --resource TCPIP0::10.0.0.5::7777::SOCKET --visa-library @py \\
         --log DATA/guardian.log
 
 (never through multiprocessing: a fork or spawn would re-import the user's script). Protocol on its stdin, a
@@ -43,7 +43,7 @@ __all__ = ["Guardian", "GuardianError", "main", "HEATER_OUTPUTS", "LS336_ASRL"]
 HEATER_OUTPUTS = (1, 2)
 """The Model 336's heater outputs (manual ch. 6, RANGE: outputs 1/2 ranges 0-3)."""
 LS336_ASRL = {"baud_rate": 57600, "data_bits": 7, "parity": "odd", "stop_bits": "one"}
-"""USB virtual serial settings of the Model 336 (manual §6.3; the same as ``devices.lakeshore.LS336_SERIAL``)."""
+"""USB virtual serial settings of the Model 336 (manual §6.3; the same as ``hotstage.devices.lakeshore.LS336_SERIAL``)."""
 READY_TIMEOUT_S = 30.0
 """Wall seconds the session waits for the guardian's ``ready`` (a cold interpreter and pyvisa import)."""
 CONNECT_WINDOW_S = 30.0
@@ -73,7 +73,7 @@ class Guardian:
 
     def command(self) -> list[str]:
         """The guardian's command line."""
-        cmd = [sys.executable, "-m", "acquisition.guardian", "--resource", self.resource,
+        cmd = [sys.executable, "-m", "hotstage.acquisition.guardian", "--resource", self.resource,
                "--visa-library", self.visa_library, "--log", str(self.log_path),
                "--parent-pid", str(os.getpid()), "--connect-window", f"{self.connect_window_s:g}"]
         for out in self.outputs:
@@ -83,10 +83,9 @@ class Guardian:
     def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> Guardian:
         """Start the process and wait for its ``ready``; GuardianError (process stopped) if it does not come."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
             self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True,
-            start_new_session=True, close_fds=True, env=env,
+            start_new_session=True, close_fds=True,
         )
         line = _readline_within(self.proc, ready_timeout_s)
         if line.strip() != "ready":
@@ -133,11 +132,6 @@ class Guardian:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _repo_root() -> str:
-    """The directory holding the `acquisition` package (the guardian must import it in a fresh interpreter)."""
-    return str(Path(__file__).resolve().parent.parent)
 
 
 def _readline_within(proc: subprocess.Popen[str], timeout_s: float) -> str:
@@ -239,8 +233,8 @@ def guard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command line of ``python -m acquisition.guardian``."""
-    p = argparse.ArgumentParser(prog="python -m acquisition.guardian", description=__doc__.split("\n\n")[0])
+    """Command line of ``python -m hotstage.acquisition.guardian``."""
+    p = argparse.ArgumentParser(prog="python -m hotstage.acquisition.guardian", description=__doc__.split("\n\n")[0])
     p.add_argument("--resource", required=True, help="VISA resource of the Lake Shore 336")
     p.add_argument("--visa-library", default="@py", help="pyvisa backend ('@py', '' for the installed VISA)")
     p.add_argument("--output", type=int, action="append", choices=HEATER_OUTPUTS,
@@ -253,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m acquisition.guardian``."""
+    """Entry point of ``python -m hotstage.acquisition.guardian``."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.parent_pid is None:
         args.parent_pid = os.getppid()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from acquisition.config import MODALITIES, RigConfig
-from devices import ExperimentClock, FTIRSpectrometer, LakeShore336Furnace, PLSpectrometer, XRDDetector
+from hotstage.acquisition.config import MODALITIES, RigConfig
+from hotstage.devices import ExperimentClock, FTIRSpectrometer, LakeShore336Furnace, PLSpectrometer, XRDDetector
 
 DETECTOR_CLASSES = {"xrd": XRDDetector, "thz": FTIRSpectrometer, "pl": PLSpectrometer}
 

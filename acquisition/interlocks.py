@@ -2,10 +2,10 @@
 
 Three layers keep the furnace safe, each one covering what the one before cannot:
 
-1. the plans and the session switch the heater off on every way a run ends (`plans.safety`, `Session._make_safe`),
+1. the plans and the session switch the heater off on every way a run ends (`hotstage.plans.safety`, `Session._make_safe`),
    and the over-temperature suspender does so at the rig's ``limits.max_C`` + 10 °C
-   (`plans.suspenders.DEFAULT_OVER_TEMPERATURE_MARGIN_C`);
-2. the guardian (`acquisition.guardian`, rigs of real instruments only) switches the heater off when the
+   (`hotstage.plans.suspenders.DEFAULT_OVER_TEMPERATURE_MARGIN_C`);
+2. the guardian (`hotstage.acquisition.guardian`, rigs of real instruments only) switches the heater off when the
    acquiring process dies without doing so (SIGKILL, out of memory);
 3. the Lake Shore 336's own temperature limit (``TLIMIT``, set here on the control and sample inputs at
    ``limits.max_C`` + `TLIMIT_MARGIN_C` = 15 °C, a little above the software threshold so that the software acts
@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from acquisition.guardian import Guardian
+from hotstage.acquisition.guardian import Guardian
 
 __all__ = ["TLIMIT_MARGIN_C", "arm_furnace_interlocks", "arm_temperature_limit", "start_guardian", "guardian_log_path"]
 
@@ -47,7 +47,7 @@ def arm_temperature_limit(furnace: Any, max_C: float) -> dict[str, float | None]
 
 def guardian_log_path(catalog: Any) -> Path:
     """``<data directory>/guardian.log`` (the default data directory when the catalog is a server)."""
-    from acquisition.storage import catalog_location, default_data_dir
+    from hotstage.acquisition.storage import catalog_location, default_data_dir
 
     try:
         data_dir = catalog_location(catalog).data_dir

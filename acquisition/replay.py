@@ -3,7 +3,7 @@
     catalog raw run ─► run.documents() ─► the same LiveAnalysis ─► a new derived run (mode "replay")
 
 `replay(catalog, uid, params)` reads the raw run's documents from the catalog (``BlueskyRun.documents()``, the
-json-seq export `acquisition.storage` registers) in their stored order and feeds them, in that order, to a
+json-seq export `hotstage.acquisition.storage` registers) in their stored order and feeds them, in that order, to a
 `LiveAnalysis` in its own analysis process — the same code, the same single-threaded BLAS and the same event order
 as live, so the sequential, warm-started phase fits take the same path and the same parameters give the same
 numbers as the live derived run (tests/test_replay.py checks it within float tolerance).
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-from acquisition.jsonl import Document, load_jsonl, save_jsonl
-from analysis.live import AnalysisParameters, LiveAnalysis
+from hotstage.acquisition.jsonl import Document, load_jsonl, save_jsonl
+from hotstage.analysis.live import AnalysisParameters, LiveAnalysis
 
 __all__ = ["load_jsonl", "save_jsonl", "replay_documents", "replay", "parameters_of"]
 
@@ -61,8 +61,8 @@ def replay(catalog: Any, uid: str, params: AnalysisParameters | Mapping[str, Any
     The derived run goes through `writer` (a CatalogWriter) if given, else through a CatalogWriter opened on
     `catalog` and closed (everything stored) before returning.
     """
-    from acquisition.storage import CatalogWriter
-    from acquisition.summary import find_run
+    from hotstage.acquisition.storage import CatalogWriter
+    from hotstage.acquisition.summary import find_run
 
     run = find_run(catalog, uid)
     start = run.metadata["start"]

@@ -10,7 +10,7 @@
   beside it the Zn–I signal in units of its noise σ vs temperature with the 3σ line.
 * ``pl.png`` — PL centre, FWHM and integrated intensity vs temperature (heating/cooling as above).
 
-Heating and cooling are split with `analysis.derivatives.monotone_segments` on the furnace setpoint (holds stay
+Heating and cooling are split with `hotstage.analysis.derivatives.monotone_segments` on the furnace setpoint (holds stay
 with the segment they follow; 1 °C tolerance for sensor jitter), so the split does not depend on noise.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.derivatives import monotone_segments
+from hotstage.analysis.derivatives import monotone_segments
 
 __all__ = ["write_report", "REPORT_FILES"]
 

@@ -11,7 +11,7 @@ non-blocking catalog writer, a progress bar, the live analysis and any other liv
 leaves the furnace with its heater off (confirmed), then drains the analysis and then the writer so every
 document of every run (raw and derived) is stored.
 
-Live analysis (`analysis.live.LiveAnalysis`, on by default; `analysis=False` turns it off, an
+Live analysis (`hotstage.analysis.live.LiveAnalysis`, on by default; `analysis=False` turns it off, an
 `AnalysisParameters` or a dict of overrides changes its parameters): every raw run gets a derived run in the
 same catalog, written through the same `CatalogWriter` while the raw run goes on. The RunEngine thread and
 the analysis worker both hand documents to the writer, so the writer is called through one lock
@@ -25,12 +25,12 @@ Opening order: the rig first (instruments opened and identified, so a wrong addr
 within seconds, before any process is started), then the catalog, the furnace interlocks, the storage (leftover
 spool, the catalog writer process), the live analysis process, and the RunEngine: storage is open before any plan
 runs. Closing (also when opening failed half-way): a run left paused is aborted (its stop document written), the
-heater is switched off and confirmed by read-back (`plans.safety.ensure_heater_off`; if that is impossible one
+heater is switched off and confirmed by read-back (`hotstage.plans.safety.ensure_heater_off`; if that is impossible one
 loud CRITICAL line says so: check the furnace by hand), then the analysis and the writer are drained and closed.
 After closing, `heater_off` (True/False/None: confirmed/not confirmed/rig never opened) and `stored` (the writer's
 close result) say how it ended, `last_run_uid` and `last_stop` what the last run was.
 
-Signals (`acquisition.exits.ExitSignals`, given as ``signals=``; the CLI does): opening and closing are shielded
+Signals (`hotstage.acquisition.exits.ExitSignals`, given as ``signals=``; the CLI does): opening and closing are shielded
 (a signal is raised as `Interrupted` between two steps, never inside one), a signal while a plan runs aborts the
 run at once with a readable reason (the RunEngine's pause-on-Ctrl-C is replaced), and `Interrupted` is raised once
 the run's documents are drained.
@@ -51,12 +51,12 @@ from typing import Any
 
 from bluesky import RunEngine
 
-from acquisition.config import RigConfig
-from analysis.live import AnalysisParameters, LiveAnalysis
-from acquisition.progress import ProgressBar
-from acquisition.datadir import CATALOG_DB
-from acquisition.storage import CatalogWriter, catalog_location, open_catalog
-from plans.program import Cadence, RigLimits, TemperatureProgram
+from hotstage.acquisition.config import RigConfig
+from hotstage.analysis.live import AnalysisParameters, LiveAnalysis
+from hotstage.acquisition.progress import ProgressBar
+from hotstage.acquisition.datadir import CATALOG_DB
+from hotstage.acquisition.storage import CatalogWriter, catalog_location, open_catalog
+from hotstage.plans.program import Cadence, RigLimits, TemperatureProgram
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Session:
     ) -> None:
         self.config = rig or RigConfig()
         self.signals = signals
-        """`acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
+        """`hotstage.acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
         self.analysis_parameters = analysis_parameters(analysis)
         self.analysis_timeout = analysis_timeout
         self.analysers = analysers
@@ -143,7 +143,7 @@ class Session:
         self.RE: RunEngine | None = None
         self.writer: CatalogWriter | None = None
         self.safety: Any = None
-        """The furnace suspenders of every run (`plans.suspenders.FurnaceSafety`)."""
+        """The furnace suspenders of every run (`hotstage.plans.suspenders.FurnaceSafety`)."""
         self.heater_off: bool | None = None
         """After closing: True = heater confirmed off by read-back, False = could not be confirmed, None = no rig."""
         self.stored: bool | None = None
@@ -172,7 +172,7 @@ class Session:
         return self.signals.shielded() if self.signals is not None else nullcontext()
 
     def _checkpoint(self) -> None:
-        """Raise `acquisition.exits.Interrupted` here if a signal arrived (between two steps of opening)."""
+        """Raise `hotstage.acquisition.exits.Interrupted` here if a signal arrived (between two steps of opening)."""
         if self.signals is not None:
             self.signals.checkpoint()
 
@@ -180,7 +180,7 @@ class Session:
         """Abort a paused run, make the furnace safe (confirmed), then drain and close everything (module doc)."""
         with self._shielded():
             if self.RE is not None and self.RE.state == "paused":
-                from plans.safety import abort_if_paused
+                from hotstage.plans.safety import abort_if_paused
 
                 try:
                     abort_if_paused(self.RE, reason=self._interrupt_reason("the session was closed while the run "
@@ -204,7 +204,7 @@ class Session:
         if self.catalog is None:
             self.catalog = open_catalog(self.data_dir)
         self._catalog_file = _catalog_file_id(self.catalog)
-        from acquisition.interlocks import arm_furnace_interlocks  # TLIMIT + guardian; before _make_safe (its doc)
+        from hotstage.acquisition.interlocks import arm_furnace_interlocks  # TLIMIT + guardian; before _make_safe (its doc)
 
         arm_furnace_interlocks(self._stack, self.config, self.rig, self.catalog)
         self._stack.callback(self._make_safe)  # at close it has run already (`_close`); here for the doc's order
@@ -296,7 +296,7 @@ class Session:
 
     def _install_suspenders(self) -> Any:
         """Over-temperature (rig max_C + 10 °C: heater off, abort) and out-of-band (suspend) for every run."""
-        from plans.suspenders import DEFAULT_OVER_TEMPERATURE_MARGIN_C, install_furnace_suspenders
+        from hotstage.plans.suspenders import DEFAULT_OVER_TEMPERATURE_MARGIN_C, install_furnace_suspenders
 
         assert self.RE is not None
         # Every 2 experiment s, but not more often than every 50 ms of wall time: at the simulated rig's 240x the
@@ -311,7 +311,7 @@ class Session:
 
     def _flush_leftover_spool(self) -> None:
         """Write runs an earlier process left in the spool (it died, or the catalog was down) before new ones."""
-        from acquisition.spool import default_spool_dir, flush_spool, pending_runs
+        from hotstage.acquisition.spool import default_spool_dir, flush_spool, pending_runs
 
         directory = default_spool_dir(catalog_location(self.catalog))
         if pending_runs(directory):
@@ -322,20 +322,20 @@ class Session:
     def _make_rig(self) -> Any:
         """The simulated rig by default; real instruments when the rig TOML says `kind = "visa"`."""
         if self.config.simulated:
-            from simulated.rig import SimulatedRig
+            from hotstage.simulated.rig import SimulatedRig
 
             return SimulatedRig(sample=self.sample, time_scale=self.config.time_scale)
-        from acquisition.hardware import HardwareRig
+        from hotstage.acquisition.hardware import HardwareRig
 
         return HardwareRig(self.config)
 
     def _make_safe(self) -> None:
         """Heater off, confirmed by read-back, whatever happened (once per close); if it cannot be confirmed, one
-        loud CRITICAL line (`plans.safety.heater_not_confirmed`: check the furnace by hand). Never raises."""
+        loud CRITICAL line (`hotstage.plans.safety.heater_not_confirmed`: check the furnace by hand). Never raises."""
         if self._made_safe or self.rig is None or getattr(self.rig, "furnace", None) is None:
             return
         self._made_safe = True
-        from plans.safety import ensure_heater_off, heater_not_confirmed
+        from hotstage.plans.safety import ensure_heater_off, heater_not_confirmed
 
         try:
             ensure_heater_off(self.rig.furnace)
@@ -371,7 +371,7 @@ class Session:
     def insitu(self, program: TemperatureProgram, cadence: dict[str, dict[str, float]] | None = None,
                md: dict[str, Any] | None = None) -> str:
         """Run an in-situ ramp of `program` and return the run's uid (validated before anything moves)."""
-        from plans.insitu import insitu_ramp
+        from hotstage.plans.insitu import insitu_ramp
 
         truth = getattr(self.rig, "truth_reader", None)
         plan = insitu_ramp(
@@ -399,7 +399,7 @@ class Session:
         finally:
             with self._shielded():
                 if self.signals is not None and self.signals.received and self.RE.state == "paused":
-                    from plans.safety import abort_if_paused
+                    from hotstage.plans.safety import abort_if_paused
 
                     abort_if_paused(self.RE, reason=self._interrupt_reason("interrupted"))
                 self.wait_for_analysis()

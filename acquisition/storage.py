@@ -10,7 +10,7 @@ Where the data go (see /work/shared/DESIGN.md, "Data flow" and "Contracts a user
   A table store is required because TiledWriter puts scalars in SQL tables and arrays longer than
   16 elements (``bluesky_tiled_plugins...tiled_writer.MAX_ARRAY_SIZE``) in zarr arrays.
 * ``CatalogWriter`` is the RunEngine subscriber. Its ``__call__`` only enqueues (a few µs). By default
-  (``process=True``) the writing happens in a separate *writer process* (``acquisition.storage_process``)
+  (``process=True``) the writing happens in a separate *writer process* (``hotstage.acquisition.storage_process``)
   that opens its own client on the same catalog (embedded: the same SQLite/zarr directory, served by its
   own in-process Tiled app; server: HTTP), so the Tiled app's ~30 ms of CPU per request never competes
   with the RunEngine for the GIL. ``process=False`` keeps everything in one background thread of this
@@ -35,7 +35,7 @@ replays the run as (name, doc) pairs (embedded mode registers the needed json-se
 must list it under ``media_types: BlueskyRun: application/json-seq:
 bluesky_tiled_plugins.exporters:json_seq_exporter`` in its config).
 
-Why time-based batching and why the details live in ``acquisition.storage_engine``: see that module.
+Why time-based batching and why the details live in ``hotstage.acquisition.storage_engine``: see that module.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine
+from hotstage.acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine
 
 __all__ = [
     "CatalogLocation",
@@ -153,7 +153,7 @@ _WAL_DONE: set[Path] = set()
 
 def _enable_wal(path: Path) -> str | None:
     """Put a SQLite file in WAL mode (persistent), so readers do not fail while the writer appends; return why
-    the file is damaged, or None (``acquisition.datadir.check_tables``, in the same connection).
+    the file is damaged, or None (``hotstage.acquisition.datadir.check_tables``, in the same connection).
 
     Without WAL the ADBC SQLite driver tiled uses for the table store raises "database is locked" to a
     reader polling a run that is being written (seen in tests of live visibility).
@@ -164,7 +164,7 @@ def _enable_wal(path: Path) -> str | None:
     restarted writer process reset the WAL: in the fault suite, whose storage-outage case used to take its
     lock from the test process. So a process that opens the same catalog again does not reopen the file.
     """
-    from acquisition.datadir import check_tables
+    from hotstage.acquisition.datadir import check_tables
 
     path = Path(path).resolve()
     if path in _WAL_DONE:
@@ -187,7 +187,7 @@ def open_catalog(
 
     The embedded catalog lives under ``data_dir`` (default ``$HOTSTAGE_DATA`` or ``./hotstage-data``),
     is created if missing and sees the runs written earlier into the same directory, also after the directory
-    was moved or copied (``acquisition.datadir.relocate``). A damaged ``tables.sqlite`` raises
+    was moved or copied (``hotstage.acquisition.datadir.relocate``). A damaged ``tables.sqlite`` raises
     ``DamagedStoreError`` (one line: the file and how to recover), unless ``allow_damaged``: then one warning is
     logged, metadata and arrays stay readable, reading scalar columns raises ``DamagedStoreError`` and writing is
     refused. Close the client with ``close_catalog(client)`` (or ``client.context.close()``) when done.
@@ -216,13 +216,13 @@ def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool 
     """The Tiled app serving the embedded catalog under ``root`` (created if missing; see ``open_catalog``).
 
     Before tiled opens anything: asset paths of a moved or copied directory are rewritten to ``root`` and the
-    table store is checked (``acquisition.datadir``). ``raise_errors``: damage of the table store found while
+    table store is checked (``hotstage.acquisition.datadir``). ``raise_errors``: damage of the table store found while
     serving a request is raised as ``DamagedStoreError`` (in process) rather than answered with HTTP 503 (server).
     """
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.server.app import build_app
 
-    from acquisition.datadir import (CATALOG_DB, TABLES, DamagedStoreError, TableStoreGuard, relocate, reported,
+    from hotstage.acquisition.datadir import (CATALOG_DB, TABLES, DamagedStoreError, TableStoreGuard, relocate, reported,
                                      warn_at_exit)
 
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -258,9 +258,9 @@ def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool 
 
 def serve_catalog(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
                   api_key: str | None = None, read_key: str | None = None) -> None:
-    """Serve the embedded catalog over HTTP until interrupted (``hotstage serve``): see ``acquisition.catalog_server``
+    """Serve the embedded catalog over HTTP until interrupted (``hotstage serve``): see ``hotstage.acquisition.catalog_server``
     (read-write and read-only keys, accepted only in the ``Authorization: Apikey <key>`` header)."""
-    from acquisition.catalog_server import serve
+    from hotstage.acquisition.catalog_server import serve
 
     serve(data_dir, host=host, port=port, api_key=api_key, read_key=read_key)
 
@@ -313,7 +313,7 @@ class CatalogWriter:
     """RunEngine subscriber that stores documents in a Tiled catalog without ever blocking the RunEngine.
 
     ``CatalogWriter(client_or_location, *, process=True, ...)`` builds a ``ProcessCatalogWriter`` (writing in
-    a separate process, ``acquisition.storage_process``) or, with ``process=False``, a ``ThreadCatalogWriter``
+    a separate process, ``hotstage.acquisition.storage_process``) or, with ``process=False``, a ``ThreadCatalogWriter``
     (writing in a background thread of this process). ``client_or_location`` is a client from
     ``open_catalog``, any HTTP Tiled client, a data directory, a server URI or a ``CatalogLocation``; an
     in-process client that ``open_catalog`` did not make cannot be reopened elsewhere, so it gets the
@@ -329,7 +329,7 @@ class CatalogWriter:
     * Event rows are written on a timer (``flush_interval``, default 0.25 s, sooner when ``max_batch``
       events wait); start/descriptor/stop are written as they arrive; stop writes the run's remaining rows.
       An event whose stream already has its ``seq_num`` (bluesky's replay after a pause or suspension) is
-      stored once (``acquisition.storage_engine``).
+      stored once (``hotstage.acquisition.storage_engine``).
     * A failed write keeps its document and is retried with exponential backoff (``backoff``): transient
       errors (transport, HTTP 5xx/429, OS/SQLite errors) until ``REOPEN_AFTER`` attempts of one write, after
       which the writer opens a new client on the same catalog and resumes (a broken SQLite connection is
@@ -354,7 +354,7 @@ class CatalogWriter:
                 except ValueError as exc:
                     logger.warning("CatalogWriter: %s; writing from a thread of this process instead", exc)
                 else:
-                    from acquisition.storage_process import ProcessCatalogWriter
+                    from hotstage.acquisition.storage_process import ProcessCatalogWriter
 
                     cls = ProcessCatalogWriter
         return super().__new__(cls)

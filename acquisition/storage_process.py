@@ -23,7 +23,7 @@ Processes, channels and acknowledgements::
   times (default once), starts a new writer process in *resume* mode and re-sends, in order, every document
   of every run not yet stopped (its spool file, plus the context and the un-acknowledged documents); the
   resuming engine attaches to the nodes that exist and skips rows already stored (see
-  ``acquisition.storage_engine``), so a run is complete even if the catalog lost what had been acknowledged
+  ``hotstage.acquisition.storage_engine``), so a run is complete even if the catalog lost what had been acknowledged
   (a deleted ``catalog.db`` is created anew by the new writer). After that, documents stay held in
   ``unacked`` and ``alive`` is False; ``restart()`` tries again by hand.
 * Reopening: when one write failed ``REOPEN_AFTER`` times with transient errors (not "database is locked"),
@@ -73,8 +73,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from acquisition.spool import Spool, default_spool_dir, doc_key, rescue_run, unique_documents
-from acquisition.storage import (
+from hotstage.acquisition.spool import Spool, default_spool_dir, doc_key, rescue_run, unique_documents
+from hotstage.acquisition.storage import (
     CLOSE_TIMEOUT_S,
     FLUSH_TIMEOUT_S,
     REOPEN_AFTER,
@@ -85,7 +85,7 @@ from acquisition.storage import (
     catalog_location,
     close_catalog,
 )
-from acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine, is_transient, set_aside_orphans
+from hotstage.acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine, is_transient, set_aside_orphans
 
 __all__ = ["REOPEN_EXIT", "ProcessCatalogWriter", "RemoteWriteError"]
 
@@ -94,12 +94,12 @@ REOPEN_EXIT = 75
 SPOOL_RETRY_S = 1.0
 """Seconds between attempts to spool the documents held in memory after the spool failed."""
 
-logger = logging.getLogger("acquisition.storage")
+logger = logging.getLogger("hotstage.acquisition.storage")
 
 
 #: Modules a "forkserver" imports once, so that each writer process forks ready (~0.3 s instead of ~2.5 s).
 _PRELOAD = (
-    "acquisition.storage_process",
+    "hotstage.acquisition.storage_process",
     "bluesky_tiled_plugins.writing.tiled_writer",
     "tiled.client",
     "tiled.catalog",
@@ -303,7 +303,7 @@ class ProcessCatalogWriter(CatalogWriter):
 
         Waits up to ``ready_timeout`` s (None or 0: not at all) for the writer process to have opened the
         catalog (~2-4 s of imports), so that the first event of the first run is visible within 1 s too.
-        ``spool_dir``: where every document is spooled on its way (default ``acquisition.spool.default_spool_dir``);
+        ``spool_dir``: where every document is spooled on its way (default ``hotstage.acquisition.spool.default_spool_dir``);
         ``StorageError`` if it cannot be created.
         """
         self._init_common(flush_interval=flush_interval, max_batch=max_batch, max_attempts=max_attempts,
@@ -346,7 +346,7 @@ class ProcessCatalogWriter(CatalogWriter):
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(self.location)
         try:
             self.spool = Spool(directory)
-            """Durable copy of every document not yet known to be stored (``acquisition.spool``)."""
+            """Durable copy of every document not yet known to be stored (``hotstage.acquisition.spool``)."""
         except OSError as exc:
             raise StorageError(f"cannot create the storage spool {directory}: {exc.strerror or exc}") from exc
         self._ready = threading.Event()

@@ -22,7 +22,7 @@ Where the numbers and formulas come from:
   Hill & Howard, *J. Appl. Cryst.* 20, 467 (1987): W_p = s_p (ZMV)_p / Σ s_i (ZMV)_i, because the physical
   intensity is ∝ (W_p/ρ_p)·|F|²mLP/V_p² and ρ_p V_p² = (ZMV)_p. (Dividing the pattern by V² as well would make
   the weight fraction ∝ s·ZM/V instead; see tests/test_diffraction.py, cell-choice invariance test.)
-- LP factors and peak shapes: :mod:`analysis.profiles`; Cu Kα wavelengths: :mod:`analysis.radiation`.
+- LP factors and peak shapes: :mod:`hotstage.analysis.profiles`; Cu Kα wavelengths: :mod:`hotstage.analysis.radiation`.
 - Formula mass from gemmi's standard atomic weights (IUPAC); Z from ``_cell_formula_units_Z``, else from
   ``_chemical_formula_sum``, else the greatest common divisor of the cell contents.
 """

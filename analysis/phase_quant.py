@@ -5,7 +5,7 @@ Model (DESIGN.md, "Analysis methods"):
 with Tₖ Chebyshev polynomials of the first kind on t ∈ [−1, 1] over the measured range; Hⱼ Gaussian glass halos in
 Q = 4π sinθ/λ (agZIF-62 / ZIF-4 glass F(Q) maxima near 1.09, 2.40, 3.49 Å⁻¹, Gaillac et al., Nature Mater. 16,
 1149 (2017), see /work/shared/data/cif/SOURCES.md; FWHM starts 0.45/0.75/0.9 Å⁻¹ are assumed broad-halo values);
-pattern_p the Rietveld-convention pattern of `analysis.crystal` (areas w·|F|²·m·LP, no 1/V²) with isotropic
+pattern_p the Rietveld-convention pattern of `hotstage.analysis.crystal` (areas w·|F|²·m·LP, no 1/V²) with isotropic
 strain ε_p, Lorentzian (Scherrer) width Y_p — FWHM_L = Y_p(λ_line/λ₁)/cosθ, Langford & Wilson, J. Appl. Cryst. 11,
 102 (1978) — combined with a fixed instrumental Gaussian (Caglioti U, V, W and an optional fixed microstrain term)
 by Thompson–Cox–Hastings; z a zero shift.
@@ -14,7 +14,7 @@ Weight fractions: Hill & Howard, J. Appl. Cryst. 20, 467 (1987): W_p = s_p(ZMV)_
 phases offered (amorphous halos are reported as an intensity, not a weight fraction).
 
 Algorithm: linear parameters (b, a ≥ 0, s ≥ 0) by bounded least squares on the normal equations (Lawson–Hanson,
-`analysis.quant.linear`) for fixed nonlinear θ = (ε, Y, z, halo Q/FWHM) — variable projection (Golub & Pereyra, SIAM
+`hotstage.analysis.quant.linear`) for fixed nonlinear θ = (ε, Y, z, halo Q/FWHM) — variable projection (Golub & Pereyra, SIAM
 J. Numer. Anal. 10, 413 (1973)); θ by Gauss–Newton steps of the Kaufman approximation (Kaufman, BIT 15, 49 (1975)):
 one joint linearised solve over [linear columns | s·∂pattern/∂θ], θ-part taken, linear part re-projected, with
 step halving when χ² does not fall. Convergence: every shift below `SHIFT_TOLERANCE` × its standard uncertainty
@@ -23,13 +23,13 @@ normal matrix (a chord step, `_chord_final`) instead of running that iteration. 
 unless given. Standard uncertainties from the inverse of the joint normal matrix × χ²/(N − P) (Rietveld practice;
 Prince, Mathematical Techniques in Crystallography, §6), propagated to W by the gradient of the Hill–Howard formula.
 
-Speed: each phase is rendered once into a sinθ table (`analysis.quant.tables`) from which strain, zero shift and
+Speed: each phase is rendered once into a sinθ table (`hotstage.analysis.quant.tables`) from which strain, zero shift and
 moderate width changes are read by interpolation (a phase keeps its `TABLE_CACHE` most recent tables: widths jump back
 and forth at transitions); warm fits start from the previous solution and usually need one Gram matrix (cached over
 all model rows: after a step only the refined phases' rows are multiplied again), one Gauss–Newton step and one chord
 step that both accepts the step and tests convergence (`_chord_final`). Phases at zero scale follow zero-shift changes
 only beyond `_ABSENT_ZERO_TOLERANCE`. The small dense solves and the per-point loops are compiled (numba,
-`analysis.quant`). Cold fits
+`hotstage.analysis.quant`). Cold fits
 first scan each phase's strain over ±`strain_search` (thermal expansion of up to ±1.5 %, e.g. α-CsPbI3 referenced
 at 361 °C measured at room temperature: −1.3 % with 4×10⁻⁵ K⁻¹) at a step of half a FWHM in peak shift, then a
 coarse width scan, then Gauss–Newton.
@@ -54,13 +54,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from analysis.crystal import Crystal
-from analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K, polarisation_coefficients
-from analysis.quant.halos import halo_columns
-from analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
-from analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
+from hotstage.analysis.crystal import Crystal
+from hotstage.analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K, polarisation_coefficients
+from hotstage.analysis.quant.halos import halo_columns
+from hotstage.analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
+from hotstage.analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
                                    shifted_axis)
-from analysis.radiation import Radiation
+from hotstage.analysis.radiation import Radiation
 
 __all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q", "warm_up"]
 
@@ -110,8 +110,8 @@ when its weight fraction is at least this (a phase appearing at a transition car
 def warm_up() -> None:
     """Load every compiled kernel the quantifier uses (numba cache; compiled on the first use after an install:
     ~10 s once, then ~0.5 s per new process): a live analysis does this before its first pattern, not on it."""
-    from analysis import profiles
-    from analysis.quant import halos, linear, tables
+    from hotstage.analysis import profiles
+    from hotstage.analysis.quant import halos, linear, tables
 
     profiles.warm_up()
     tables.warm_up()

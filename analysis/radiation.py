@@ -13,7 +13,7 @@ Where the numbers come from:
   orbit plane. With the detector arm in the vertical plane the polarisation factor is
   p + (1 − p) cos² 2θ (International Tables Vol. C, §6.2.2; Kahn et al., *J. Appl. Cryst.* 15, 330 (1982)).
 
-The Lorentz–polarisation formulas themselves live in :mod:`analysis.profiles`.
+The Lorentz–polarisation formulas themselves live in :mod:`hotstage.analysis.profiles`.
 """
 
 from __future__ import annotations

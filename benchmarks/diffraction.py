@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analysis.crystal import Crystal
-from analysis.profiles import caglioti_fwhm
-from analysis.radiation import Radiation
+from hotstage.analysis.crystal import Crystal
+from hotstage.analysis.profiles import caglioti_fwhm
+from hotstage.analysis.radiation import Radiation
 
 
 def _best_of(fn: Callable[[int], object], n: int, repeats: int = 5) -> float:

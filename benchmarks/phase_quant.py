@@ -31,10 +31,10 @@ from scipy.optimize import least_squares  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.crystal import Crystal  # noqa: E402
-from analysis.phase_quant import PhaseQuantifier  # noqa: E402
-from simulated.sample import CompositeSample, ramp  # noqa: E402
-from simulated.synthesis import XRDSynthesizer  # noqa: E402
+from hotstage.analysis.crystal import Crystal  # noqa: E402
+from hotstage.analysis.phase_quant import PhaseQuantifier  # noqa: E402
+from hotstage.simulated.sample import CompositeSample, ramp  # noqa: E402
+from hotstage.simulated.synthesis import XRDSynthesizer  # noqa: E402
 
 PHASES = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha")
 

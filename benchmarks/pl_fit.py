@@ -19,10 +19,10 @@ from scipy.optimize import curve_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.pl_fit import fit_gaussian, fit_pl, fit_two_gaussians, urbach_energy  # noqa: E402
-from simulated.parameters import SampleSpec  # noqa: E402
-from simulated.sample import CompositeSample, ramp  # noqa: E402
-from simulated.synthesis import PLSynthesizer  # noqa: E402
+from hotstage.analysis.pl_fit import fit_gaussian, fit_pl, fit_two_gaussians, urbach_energy  # noqa: E402
+from hotstage.simulated.parameters import SampleSpec  # noqa: E402
+from hotstage.simulated.sample import CompositeSample, ramp  # noqa: E402
+from hotstage.simulated.synthesis import PLSynthesizer  # noqa: E402
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:

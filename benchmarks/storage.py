@@ -42,7 +42,7 @@ from bluesky import RunEngine  # noqa: E402
 from bluesky_tiled_plugins.writing.tiled_writer import TiledWriter  # noqa: E402
 from ophyd.sim import SynSignal, det, motor  # noqa: E402
 
-from acquisition.storage import CatalogWriter, close_catalog, open_catalog  # noqa: E402
+from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog  # noqa: E402
 
 ARRAY_LEN = 4000
 

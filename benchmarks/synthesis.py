@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.crystal import Crystal  # noqa: E402
-from simulated.sample import CRYSTALLINE_PHASES, CompositeSample, hold, ramp  # noqa: E402
-from simulated.synthesis import PLSynthesizer, THzSynthesizer, XRDSynthesizer  # noqa: E402
+from hotstage.analysis.crystal import Crystal  # noqa: E402
+from hotstage.simulated.sample import CRYSTALLINE_PHASES, CompositeSample, hold, ramp  # noqa: E402
+from hotstage.simulated.synthesis import PLSynthesizer, THzSynthesizer, XRDSynthesizer  # noqa: E402
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:

@@ -1,6 +1,6 @@
 """hotstage devices: ophyd devices for the furnace controller, spectrometers, XRD detector and clock.
 
-Transport is pyvisa (``devices.visa``); nothing here imports ``simulated``.
+Transport is pyvisa (``hotstage.devices.visa``); nothing here imports ``simulated``.
 """
 
 from .clock import ExperimentClock

@@ -38,7 +38,7 @@ Time base: a real rig runs at ``time_scale = 1`` (experiment seconds are wall se
 runs its world ``time_scale`` times faster than wall time, so every experiment-second duration
 (settle time, timeout) is divided by ``time_scale`` to get wall seconds.
 
-Faults: every exchange goes through ``devices.visa``'s retry policy. Queries (``*IDN?``, ``KRDG?``,
+Faults: every exchange goes through ``hotstage.devices.visa``'s retry policy. Queries (``*IDN?``, ``KRDG?``,
 ``SETP?``, ``RAMP?``, ``RAMPST?``, ``RANGE?``, ``HTR?``) are re-asked; replies are checked against the
 formats above (fixed decimals), so a truncated or garbled reply is re-asked rather than misread. Every
 command this driver writes (``SETP``, ``RAMP``, ``RANGE``; also ``OUTMODE``, ``PID``, ``MOUT``) sets an
@@ -310,7 +310,7 @@ class LakeShore336Furnace(Device):
     ) -> None:
         """Open ``resource`` (backend ``resource_manager``, default "@py") and check it is a Model 336.
 
-        ``retry``: the transient-fault policy of every exchange (default ``devices.visa.DEFAULT_RETRY``).
+        ``retry``: the transient-fault policy of every exchange (default ``hotstage.devices.visa.DEFAULT_RETRY``).
 
         Durations ``settle_time``/``timeout_margin`` are experiment seconds; ``time_scale`` is
         experiment seconds per wall second; ``poll_interval`` (wall s) defaults to
@@ -428,7 +428,7 @@ class LakeShore336Furnace(Device):
         """Switch the heater output off (``RANGE <out>,0``).
 
         ``confirm=True`` reads ``RANGE?`` back (re-sending the command if the link dropped in between, see
-        ``devices.visa``) and raises InstrumentReplyError unless the controller reports 0: the safety paths
+        ``hotstage.devices.visa``) and raises InstrumentReplyError unless the controller reports 0: the safety paths
         (plans.safety.ensure_heater_off, the over-temperature suspender) use it.
         """
         self.visa.write(f"RANGE {self.output},0")

@@ -25,7 +25,7 @@ Protocol (SCPI-style, shared by the three instruments and by the emulators in ``
 Per trigger the wire sees exactly: [``CONF:INT <s>``], ``INIT``, ``*OPC?``, ``FETC:DATA?``
 (plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` when no axis has been read yet).
 
-Faults and the retry policy per command (transport: ``devices.visa``):
+Faults and the retry policy per command (transport: ``hotstage.devices.visa``):
 
 * ``*IDN?``, ``FETC:AXIS:UNIT?``, ``FETC:AXIS?``, ``SOUR:WAV?``, ``*OPC?``, ``FETC:DATA?``, ``STAT:OPER:COND?``:
   idempotent queries, re-asked after a timeout or a dropped connection (session reopened) or a garbage/
@@ -207,7 +207,7 @@ class ScpiArrayDetector(Device):
         ``exposure`` is in experiment seconds; ``time_scale`` experiment seconds per wall second;
         ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query;
         ``full_scale`` the instrument's largest reportable value (enables the ``saturated`` flag);
-        ``retry`` the transient-fault policy (default ``devices.visa.DEFAULT_RETRY``).
+        ``retry`` the transient-fault policy (default ``hotstage.devices.visa.DEFAULT_RETRY``).
         """
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")

@@ -30,7 +30,7 @@ Transient faults and the retry policy (bounded exponential backoff; see :class:`
   so it is confirmed by the next successful reply on the same connection (messages are executed in order).
   Writes sent since the last good reply are remembered; when the connection has to be reopened they are
   re-sent first (idempotent ones) — a non-idempotent one among them (``INIT``) raises
-  :class:`InstrumentInDoubtError`, and the device decides (``devices.spectrometers``: ask
+  :class:`InstrumentInDoubtError`, and the device decides (``hotstage.devices.spectrometers``: ask
   ``STAT:OPER:COND?``, ``ABOR`` + ``INIT`` only when no acquisition is running).
 * Destructive queries (``SYST:ERR?``, ``*ESR?``) are asked once (``retry=False``).
 * When the tries are used up the error raised names the instrument, the command, the resource, the number

@@ -7,7 +7,7 @@ How the ramp loop works (all through bluesky plan stubs and the devices' ophyd s
 2. Before the run opens the furnace is configured (ramp rate of the first segment, ramping on) and `set` to the
    program's start temperature with `wait=True` (the device's status finishes once the readback has settled).
    This `set` also registers the furnace with the RunEngine as a moved object, so the RunEngine calls
-   `furnace.stop()` (heater off) on pause, halt and at the end of the plan (see `plans.safety`). A pause during
+   `furnace.stop()` (heater off) on pause, halt and at the end of the plan (see `hotstage.plans.safety`). A pause during
    this settle cancels the device's status; after resume `settle()` simply issues the set again.
    Every modality is acquired once at the settled start temperature before the first segment is commanded.
    A furnace still warm from the last run (above start + tolerance) cannot be cooled by the controller, so the
@@ -58,7 +58,7 @@ import bluesky.plan_stubs as bps
 from bluesky.preprocessors import stage_wrapper
 from bluesky.utils import FailedStatus, Msg
 
-from devices.lakeshore import FurnaceSetCancelled  # type only: recognise a set cancelled by a pause
+from hotstage.devices.lakeshore import FurnaceSetCancelled  # type only: recognise a set cancelled by a pause
 
 from . import stubs
 from .program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram

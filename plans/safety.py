@@ -23,12 +23,12 @@ How each way out is covered (bluesky 1.15 RunEngine semantics):
   the run still open. `abort_if_paused(RE, reason)` aborts it, so the finalize plan runs and the stop document
   ("abort") is written; call it where RunEngineInterrupted is caught (a `Session` does it when it closes).
   `hotstage run`/`demo` replace that pause by an immediate abort on SIGINT, SIGTERM and SIGHUP alike
-  (`acquisition.exits`).
+  (`hotstage.acquisition.exits`).
 
 The heater-off step is *verified*: `make_furnace_safe` reads `RANGE?` back and repeats the command (up to
 three times) until the controller reports 0; `ensure_heater_off(furnace)` does the same outside the
 RunEngine (session teardown, the over-temperature suspender). A dropped connection between the command and
-the read-back is repaired by the transport (`devices.visa`: unconfirmed idempotent writes are re-sent after
+the read-back is repaired by the transport (`hotstage.devices.visa`: unconfirmed idempotent writes are re-sent after
 reconnecting).
 
 When the heater cannot be confirmed off (the controller is gone: cable, power, a dead emulator), that is said

@@ -2,7 +2,7 @@
 
 Why a poll thread. bluesky suspenders (``bluesky.suspenders.SuspenderBase``) are callbacks on an ophyd
 signal's value subscription: they act when the signal *changes*. Our furnace signals are VISA signals
-(``devices.visa.VisaSignalRO``): they have no monitor, a value exists only when someone asks ``KRDG?``.
+(``hotstage.devices.visa.VisaSignalRO``): they have no monitor, a value exists only when someone asks ``KRDG?``.
 The in-situ loop does read the furnace at every poll, but not while the plan is blocked in a long wait (an
 acquisition's exposure, a settle, a hold in ``step_and_hold``, a suspension), which is exactly when an
 over-temperature must still be caught. So :class:`FurnaceWatch` runs a small daemon thread, started with
@@ -17,7 +17,7 @@ in every plan.
 The suspenders (installed with ``RE.install_suspender`` by :func:`install_furnace_suspenders`):
 
 * :class:`OverTemperature` — readback above ``max_C``: from the watch thread, at once, the heater is
-  switched off and confirmed by read-back (``plans.safety.ensure_heater_off``; it does not wait for the
+  switched off and confirmed by read-back (``hotstage.plans.safety.ensure_heater_off``; it does not wait for the
   RunEngine), then the run is aborted (``RE.abort``: the plan's finalize runs, exit_status "abort", reason
   naming the temperature). Not resumable: an over-temperature is a hardware problem to look at.
 * :class:`OutsideBand` — readback more than ``band_C`` above the setpoint while the heater is on and either

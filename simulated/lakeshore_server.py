@@ -22,7 +22,7 @@ Follows the Model 336 user manual, chapter 6 (computer interface operation):
   read ``+0000.000``. Outputs 1/2 are heater outputs (1 drives the furnace), 3/4 analog outputs.
   ``TLIMIT <input>,<limit K>`` (manual ch. 6, Temperature Limit Command): if any input exceeds its
   limit, all control outputs are turned off (range 0); 0 K turns the limit of that input off. The plant
-  enforces it at every integration step (``simulated.thermal``), whether or not a client is connected.
+  enforces it at every integration step (``hotstage.simulated.thermal``), whether or not a client is connected.
   Limits used for validation: TLIMIT 0-9999 K, setpoint 0-1500 K, ramp 0 (infinite) or 0.1-100 K/min, ranges 0-3
   (outputs 1/2) / 0-1 (3/4), PID P 0.1-1000, I 0.1-1000, D 0-200, MOUT 0-100 %.
 """
@@ -71,7 +71,7 @@ class LineServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: Any = None, fault_name: str = "") -> None:
         """Remember where to bind; ``port=0`` picks an ephemeral port at start().
 
-        ``faults`` (a ``simulated.faults.FaultInjector``) and ``fault_name`` (this instrument's name in it)
+        ``faults`` (a ``hotstage.simulated.faults.FaultInjector``) and ``fault_name`` (this instrument's name in it)
         switch on fault injection: link faults before a message is executed, reply faults on its reply.
         """
         self.host = host

@@ -1,6 +1,6 @@
 """Physics parameters of the simulated (CsPbI3)x(agZIF-62)1-x composite, and the sample specification.
 
-Every number used by `simulated.sample` lives in `ModelParameters`, each field with its source:
+Every number used by `hotstage.simulated.sample` lives in `ModelParameters`, each field with its source:
 - "paper" = Li et al., Nat. Commun. 14, 7612 (2023): (CsPbI3)x(agZIF-62)y composites (onsets, Tg, PL maxima).
 - "Marronnier 2018" = A. Marronnier et al., ACS Nano 12, 3477 (2018): α→β 554 K (281 °C), β→γ 457 K (184 °C).
 - "SOURCES.md" = /work/shared/data/cif/SOURCES.md (reference temperatures of the structures, CsI expansion).

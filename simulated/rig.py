@@ -58,7 +58,7 @@ class EmulatorHost:
             raise ValueError(f"unknown instrument(s) {sorted(unknown)}; known: {INSTRUMENT_NAMES}")
         self.world = world
         self.faults = FaultInjector(world)
-        """Fault injection for all four emulators and the furnace plant (``simulated.faults``)."""
+        """Fault injection for all four emulators and the furnace plant (``hotstage.simulated.faults``)."""
         f = self.faults
         self.servers: dict[str, LineServer] = {
             "furnace": LakeShore336Server(world, host=host, port=ports.get("furnace", 0), faults=f),
@@ -202,7 +202,7 @@ class SimulatedRig:
     simulated time), ``truth_reader`` (a Readable of the ground truth), ``world``, ``resources``,
     ``faults`` (the emulators' :class:`~simulated.faults.FaultInjector`: ``rig.faults.inject("xrd", "garbage",
     count=3)``, ``rig.faults.clear()``). ``faults=["furnace:drop_connection@after=20", ...]`` arms faults
-    (spec strings, see ``simulated.faults``) before the devices connect.
+    (spec strings, see ``hotstage.simulated.faults``) before the devices connect.
     """
 
     def __init__(
@@ -250,9 +250,9 @@ class SimulatedRig:
         """Build the world, start the emulators, connect the devices."""
         if self.host is not None:
             raise RuntimeError("SimulatedRig already started")
-        from devices.clock import ExperimentClock
-        from devices.lakeshore import LakeShore336Furnace
-        from devices.spectrometers import FTIRSpectrometer, PLSpectrometer, XRDDetector
+        from hotstage.devices.clock import ExperimentClock
+        from hotstage.devices.lakeshore import LakeShore336Furnace
+        from hotstage.devices.spectrometers import FTIRSpectrometer, PLSpectrometer, XRDDetector
 
         self.world = SimWorld(self.sample, self.time_scale, self.seed, thermal=self.thermal)
         self.truth_reader = TruthReader(self.world)
@@ -317,7 +317,7 @@ class SimulatedRig:
 
     @property
     def faults(self) -> FaultInjector:
-        """The fault injector of the running emulators (see ``simulated.faults``)."""
+        """The fault injector of the running emulators (see ``hotstage.simulated.faults``)."""
         if self.host is None:
             raise RuntimeError("SimulatedRig is not running")
         return self.host.faults

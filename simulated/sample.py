@@ -1,6 +1,6 @@
 """Simulated (CsPbI3)x(agZIF-62)1-x composite whose phases evolve with its temperature history.
 
-Model (all numbers in `simulated.parameters.ModelParameters`, with sources there; behaviour pinned to
+Model (all numbers in `hotstage.simulated.parameters.ModelParameters`, with sources there; behaviour pinned to
 Li et al., Nat. Commun. 14, 7612 (2023) by tests/test_physics.py):
 - CsPbI3-derived mass (fraction x of the composite) is split into δ, black (γ/β/α), CsI and poorly crystalline;
   the glass (agZIF-62) is the remaining 1 − x.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from simulated.parameters import ModelParameters, SampleSpec
+from hotstage.simulated.parameters import ModelParameters, SampleSpec
 
 __all__ = ["PHASES", "CRYSTALLINE_PHASES", "PLParameters", "SampleState", "CompositeSample", "ramp", "hold"]
 

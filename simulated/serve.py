@@ -6,7 +6,7 @@ Prints one JSON line with the VISA resource strings and the time scale, e.g.::
 
 so that a script (or ``hotstage run --rig ...``) can connect real device code to them.
 
-Fault injection (``simulated.faults``):
+Fault injection (``hotstage.simulated.faults``):
 
 * ``--fault SPEC`` (repeatable) arms a fault at start, e.g. ``--fault furnace:drop_connection@after=20``,
   ``--fault xrd:garbage@count=3``, ``--fault furnace:runaway@delay=120``, ``--fault pl:timeout@count=inf``
@@ -27,7 +27,7 @@ Exit code 0 on
 SIGINT/SIGTERM; 2 on bad arguments (one line: ports outside 0–65535, a time scale that is not a finite number in
 (0, 10000], a negative seed), an unreadable or invalid sample file (SampleConfigError is a ValueError, checked
 before anything listens) or a port already in use. ``acquisition/cli.py`` calls :func:`main` with the
-arguments after ``sim serve``; ``python -m simulated.serve`` works too.
+arguments after ``sim serve``; ``python -m hotstage.simulated.serve`` works too.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import NoReturn
 __all__ = ["main", "build_parser", "add_arguments", "run", "MAX_TIME_SCALE"]
 
 MAX_TIME_SCALE = 10000.0
-"""Fastest simulated time (experiment s per wall s), as for a rig TOML (`acquisition.config`): beyond it the
+"""Fastest simulated time (experiment s per wall s), as for a rig TOML (`hotstage.acquisition.config`): beyond it the
 emulators' polling cannot keep an acquisition cadence."""
 
 

@@ -4,10 +4,10 @@ Each synthesizer is called as ``synth(state, exposure_s, rng) -> np.ndarray`` (f
 leaves the ground truth it used in ``synth.last_truth`` (a flat dict of floats, JSON-able).
 
 Where the numbers come from:
-- XRD: phase patterns from `analysis.crystal.Crystal.builtin` (structures in analysis/data, see
+- XRD: phase patterns from `hotstage.analysis.crystal.Crystal.builtin` (structures in analysis/data, see
   /work/shared/data/cif/SOURCES.md); Rietveld scale factors from weight fractions by the inverse of Hill & Howard,
   J. Appl. Cryst. 20, 467 (1987): s_p ∝ W_p/(ZMV)_p; lattice strain shifts peaks (sinθ' = sinθ/(1+ε)), Scherrer
-  and Caglioti widths from `analysis.profiles`.  Glass halos of agZIF-62 placed in Q (wavelength-independent) at
+  and Caglioti widths from `hotstage.analysis.profiles`.  Glass halos of agZIF-62 placed in Q (wavelength-independent) at
   Q ≈ 1.09, 2.40 and 3.49 Å⁻¹ (Gaillac et al., Nature Mater. 16, 1149 (2017), ZIF-4 glass F(Q) maxima, SOURCES.md;
   DESIGN: halos near 15° and 35° 2θ Cu Kα); halo widths, background and count rates are assumed lab-like values.
 - THz/far-IR: Zn–N stretch ~300 cm⁻¹ and imidazolate ring deformation ~670 cm⁻¹ (DESIGN / paper); Zn–I bands at
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from analysis import profiles
-from analysis.radiation import Radiation
-from simulated.sample import CRYSTALLINE_PHASES, SampleState
+from hotstage.analysis import profiles
+from hotstage.analysis.radiation import Radiation
+from hotstage.simulated.sample import CRYSTALLINE_PHASES, SampleState
 
 __all__ = ["XRDSynthesizer", "THzSynthesizer", "PLSynthesizer", "Band", "HC_EV_NM"]
 
@@ -68,7 +68,7 @@ class XRDSynthesizer:
         """Cache each phase's peak list; `halos` = (Q Å⁻¹, FWHM Å⁻¹, relative height); background (const,
         linear over the range, low-angle air scatter) in counts/s; `peak_counts_per_s` = strongest line of pure δ;
         peaks weaker than `min_relative_intensity` × the phase's strongest are dropped (invisible under noise)."""
-        from analysis.crystal import Crystal
+        from hotstage.analysis.crystal import Crystal
 
         self.axis: FloatArray = (np.linspace(5.0, 60.0, 5000) if two_theta is None
                                  else np.asarray(two_theta, dtype=np.float64))

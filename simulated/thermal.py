@@ -37,7 +37,7 @@ integration step, so the interlock acts at the simulated instant the limit is cr
 talking to the controller. Outputs switched back on while an input is still above its limit go off again at
 the next step, as on the instrument. Limits are kept by ``*RST`` (they are stored settings, not run state).
 
-Faults (``simulated.faults``): ``plant.fault`` may force output 1 to 100 % of its range (overshoot,
+Faults (``hotstage.simulated.faults``): ``plant.fault`` may force output 1 to 100 % of its range (overshoot,
 runaway; switching the range to 0 still cuts the power, as the 336's output stage does) or pass only a
 fraction of the heater power to the block (heater failure).
 
@@ -151,7 +151,7 @@ class FurnacePlant:
         """How many times a temperature limit switched the outputs off (0 while none has tripped)."""
         self._limits_on: tuple[tuple[str, float], ...] = ()
         self.fault: Any = None
-        """A ``simulated.faults.PlantFault`` (overshoot/runaway: output 1 forced to 100 %; heater_failure:
+        """A ``hotstage.simulated.faults.PlantFault`` (overshoot/runaway: output 1 forced to 100 %; heater_failure:
         only ``fraction`` of the power reaches the block) or None; set by the FaultInjector."""
         self.reset_controller()
 

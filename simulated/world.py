@@ -1,8 +1,8 @@
 """The simulated world behind the emulators: one clock, one furnace plant, one sample, three synthesizers.
 
 Everything is advanced lazily: whenever an emulator asks (a Lake Shore query, an acquisition), the world
-integrates the furnace plant (``simulated.thermal``, fixed 0.2 s steps) from where it was to the clock's
-present reading and feeds the sample (``simulated.sample.CompositeSample``) the *sample* temperature
+integrates the furnace plant (``hotstage.simulated.thermal``, fixed 0.2 s steps) from where it was to the clock's
+present reading and feeds the sample (``hotstage.simulated.sample.CompositeSample``) the *sample* temperature
 (input B, lagging the control sensor) averaged over each sample step (1 simulated s by default; the
 kinetics sub-step internally, so the slicing hardly matters). Queries come from the asyncio thread and
 acquisitions from executor threads, so every access happens under one re-entrant lock.

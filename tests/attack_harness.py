@@ -48,7 +48,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("hotstage")
-HOTSTAGE: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "acquisition.cli"]
+HOTSTAGE: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hotstage.acquisition.cli"]
 """The console script next to this interpreter (as a user runs it), else the module."""
 
 STREAMS = ("xrd", "thz", "pl")
@@ -428,7 +428,7 @@ class RunRecord:
 
 def read_catalog(data_dir: Path) -> list[RunRecord]:
     """Every run in the embedded catalog under ``data_dir``: rows per stream, repeated and missing seq_nums."""
-    from acquisition.storage import close_catalog, open_catalog
+    from hotstage.acquisition.storage import close_catalog, open_catalog
 
     if not (data_dir / "catalog.db").exists():
         return []

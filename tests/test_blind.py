@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from acquisition.config import RigConfig
-from acquisition.session import Session
-from plans.program import Hold, Ramp, TemperatureProgram
-from simulated.parameters import load_sample
+from hotstage.acquisition.config import RigConfig
+from hotstage.acquisition.session import Session
+from hotstage.plans.program import Hold, Ramp, TemperatureProgram
+from hotstage.simulated.parameters import load_sample
 
 DATA = Path(__file__).resolve().parent / "data"
 _spec = importlib.util.spec_from_file_location("hotstage_truth_tools_blind", DATA / "truth_tools.py")

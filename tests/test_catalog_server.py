@@ -1,6 +1,6 @@
 """`hotstage serve` behind its key gate (acquisition.catalog_server): read-only and read-write keys, header only.
 
-A real server: ``python -m acquisition.cli serve`` in a subprocess on 127.0.0.1, serving an embedded catalog that
+A real server: ``python -m hotstage.acquisition.cli serve`` in a subprocess on 127.0.0.1, serving an embedded catalog that
 holds one run; clients are tiled's own (``from_uri(uri, api_key=...)``, which sends ``Authorization: Apikey``),
 httpx for what tiled's client would not send, and hotstage's writer (``HOTSTAGE_TILED_URI`` + ``TILED_API_KEY``).
 """
@@ -28,8 +28,8 @@ from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 
-from acquisition.catalog_server import KEYS_FILE, ServeError, resolve_keys
-from acquisition.storage import CatalogWriter, close_catalog, open_catalog
+from hotstage.acquisition.catalog_server import KEYS_FILE, ServeError, resolve_keys
+from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 WRITE_KEY = secrets.token_hex(24)
@@ -49,7 +49,7 @@ def serve_env(**extra: str) -> dict[str, str]:
 
 
 def serve_cmd(data: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "acquisition.cli", "--data", str(data), "serve", *args]
+    return [sys.executable, "-m", "hotstage.acquisition.cli", "--data", str(data), "serve", *args]
 
 
 def scan_documents(n: int = 5) -> list[tuple[str, dict]]:

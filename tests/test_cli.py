@@ -79,7 +79,7 @@ def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
 
 def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_path: Path) -> None:
     """`hotstage export` writes every document of the run, in order, in the recorded-run format."""
-    from acquisition.jsonl import load_jsonl
+    from hotstage.acquisition.jsonl import load_jsonl
 
     data, summary = demo
     out = tmp_path / "run.jsonl"
@@ -207,7 +207,7 @@ resource = "{resource}"
 def cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         data: Path) -> tuple[int, str, str]:
     """`hotstage ARGV` in this process (exit status, stdout, stderr), with $HOTSTAGE_DATA = data."""
-    from acquisition.cli import main
+    from hotstage.acquisition.cli import main
 
     monkeypatch.setenv("HOTSTAGE_DATA", str(data))
     monkeypatch.delenv("HOTSTAGE_TILED_URI", raising=False)
@@ -222,19 +222,19 @@ def cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
 @pytest.fixture()
 def nothing_may_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if a session, the catalog, a writer or analysis process, or the emulators are started."""
-    import acquisition.session
-    import acquisition.storage
-    import analysis.live
-    import simulated.rig
+    import hotstage.acquisition.session
+    import hotstage.acquisition.storage
+    import hotstage.analysis.live
+    import hotstage.simulated.rig
 
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("something was started before the input was validated")
 
-    monkeypatch.setattr(acquisition.session, "Session", started)
-    monkeypatch.setattr(acquisition.storage, "open_catalog", started)
-    monkeypatch.setattr(acquisition.storage, "CatalogWriter", started)
-    monkeypatch.setattr(analysis.live, "LiveAnalysis", started)
-    monkeypatch.setattr(simulated.rig, "EmulatorHost", started)
+    monkeypatch.setattr(hotstage.acquisition.session, "Session", started)
+    monkeypatch.setattr(hotstage.acquisition.storage, "open_catalog", started)
+    monkeypatch.setattr(hotstage.acquisition.storage, "CatalogWriter", started)
+    monkeypatch.setattr(hotstage.analysis.live, "LiveAnalysis", started)
+    monkeypatch.setattr(hotstage.simulated.rig, "EmulatorHost", started)
 
 
 def assert_one_line(status: int, err: str, *needles: str) -> None:

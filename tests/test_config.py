@@ -1,4 +1,4 @@
-"""The rig TOML schema (`acquisition.config`): no setting can switch a safety limit off, every error is one line."""
+"""The rig TOML schema (`hotstage.acquisition.config`): no setting can switch a safety limit off, every error is one line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from acquisition.config import InstrumentConfig, LimitsConfig, RigConfig, RigConfigError
+from hotstage.acquisition.config import InstrumentConfig, LimitsConfig, RigConfig, RigConfigError
 
 RESOURCES = {name: f"TCPIP0::127.0.0.1::{5025 + i}::SOCKET" for i, name in enumerate(("furnace", "xrd", "thz", "pl"))}
 VISA = {"rig": {"kind": "visa"}, **{name: {"resource": r} for name, r in RESOURCES.items()}}
@@ -187,8 +187,8 @@ def test_unreadable_files(tmp_path: Path) -> None:
     ],
 )
 def test_analysis_parameters_are_finite_and_in_range(overrides: list[str], needle: str) -> None:
-    from analysis.live import AnalysisParameters, parse_overrides
-    from analysis.live.parameters import ParameterError
+    from hotstage.analysis.live import AnalysisParameters, parse_overrides
+    from hotstage.analysis.live.parameters import ParameterError
 
     with pytest.raises(ParameterError) as info:
         AnalysisParameters().replace(**parse_overrides(overrides))
@@ -196,7 +196,7 @@ def test_analysis_parameters_are_finite_and_in_range(overrides: list[str], needl
 
 
 def test_analysis_parameter_defaults_and_good_overrides_pass() -> None:
-    from analysis.live import AnalysisParameters, parse_overrides
+    from hotstage.analysis.live import AnalysisParameters, parse_overrides
 
     default = AnalysisParameters()
     assert AnalysisParameters.from_dict(default.to_dict()) == default  # a stored derived run's parameters
@@ -220,7 +220,7 @@ def test_analysis_parameter_defaults_and_good_overrides_pass() -> None:
     ],
 )
 def test_sample_files_are_finite_and_in_range(tmp_path: Path, text: str, needle: str) -> None:
-    from simulated.parameters import SampleConfigError, load_sample
+    from hotstage.simulated.parameters import SampleConfigError, load_sample
 
     path = tmp_path / "sample.toml"
     path.write_text(text)

@@ -1,7 +1,7 @@
 """Data directories that were moved or copied, and damaged table stores (acquisition.datadir, issue 11).
 
 The run is the recorded raw run of tests/data (XRD/THz/PL arrays in zarr, scalars in tables.sqlite), written into a
-fresh embedded catalog once per module. Commands run as a user runs them: ``python -m acquisition.cli`` in a
+fresh embedded catalog once per module. Commands run as a user runs them: ``python -m hotstage.acquisition.cli`` in a
 subprocess, so a traceback or a second line on stderr is seen.
 """
 
@@ -20,19 +20,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acquisition.datadir import DamagedStoreError, relocate
-from acquisition.replay import load_jsonl
-from acquisition.spool import Spool
-from acquisition.storage import CatalogWriter, close_catalog, open_catalog
+from hotstage.acquisition.datadir import DamagedStoreError, relocate
+from hotstage.acquisition.replay import load_jsonl
+from hotstage.acquisition.spool import Spool
+from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded_run.jsonl"
 
 
 def cli(*args: str, data: Path, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """``python -m acquisition.cli --data DATA ARGS`` with a clean storage environment."""
+    """``python -m hotstage.acquisition.cli --data DATA ARGS`` with a clean storage environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOTSTAGE_TILED_URI", "HOTSTAGE_SPOOL", "HOTSTAGE_DATA")}
-    return subprocess.run([sys.executable, "-m", "acquisition.cli", "--data", str(data), *args],
+    return subprocess.run([sys.executable, "-m", "hotstage.acquisition.cli", "--data", str(data), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -234,9 +234,9 @@ def test_damaged_table_store_is_one_line_and_metadata_and_arrays_stay_readable(s
 
 def test_session_refuses_to_start_on_a_damaged_table_store(source, tmp_path):
     """A damaged store stops the session while it opens: no RunEngine, no run, nothing recorded."""
-    from acquisition.config import RigConfig
-    from acquisition.session import Session
-    from simulated.parameters import SampleSpec
+    from hotstage.acquisition.config import RigConfig
+    from hotstage.acquisition.session import Session
+    from hotstage.simulated.parameters import SampleSpec
 
     root = tmp_path / "damaged"
     shutil.copytree(source, root)

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from analysis.derivatives import (band_amplitude, is_uniform, monotone_segments, noise_gain, noise_sigma,
+from hotstage.analysis.derivatives import (band_amplitude, is_uniform, monotone_segments, noise_gain, noise_sigma,
                                   spectral_derivative, thermal_derivative, window_points)
-from analysis.onsets import Onset, OnsetDetector, onset
-from simulated.parameters import SampleSpec
-from simulated.sample import CompositeSample, ramp
-from simulated.synthesis import THzSynthesizer
+from hotstage.analysis.onsets import Onset, OnsetDetector, onset
+from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.sample import CompositeSample, ramp
+from hotstage.simulated.synthesis import THzSynthesizer
 
 SIG_PER_FWHM = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 

@@ -22,7 +22,7 @@ import pyvisa
 from bluesky import RunEngine
 from bluesky.plans import count
 
-from devices import (
+from hotstage.devices import (
     AcquisitionError,
     ExperimentClock,
     FTIRSpectrometer,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.optimize import curve_fit
 
-from analysis.crystal import DEFAULT_UISO, Crystal
-from analysis.profiles import caglioti_fwhm, pseudo_voigt, render_peaks, scherrer_fwhm
-from analysis.radiation import CU_KA1_ANGSTROM, CU_KA2_ANGSTROM, Radiation
+from hotstage.analysis.crystal import DEFAULT_UISO, Crystal
+from hotstage.analysis.profiles import caglioti_fwhm, pseudo_voigt, render_peaks, scherrer_fwhm
+from hotstage.analysis.radiation import CU_KA1_ANGSTROM, CU_KA2_ANGSTROM, Radiation
 
 CIF_DIR = Path(__file__).resolve().parent / "data" / "cif"  # copies of shared reference CIFs (see SOURCES.md)
 BETA_CIF = CIF_DIR / "CsPbI3_beta_P4mbm_Marronnier2018_510K_CCDC1872726.cif"

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from simulated.clock import SimClock
-from simulated.lakeshore_server import LakeShore336Server
-from simulated.scpi_server import ScpiArrayServer, decode_block
-from simulated.thermal import ClockedFurnace, FurnacePlant, ThermalParameters
-from simulated.world import SimWorld
+from hotstage.simulated.clock import SimClock
+from hotstage.simulated.lakeshore_server import LakeShore336Server
+from hotstage.simulated.scpi_server import ScpiArrayServer, decode_block
+from hotstage.simulated.thermal import ClockedFurnace, FurnacePlant, ThermalParameters
+from hotstage.simulated.world import SimWorld
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -31,9 +31,9 @@ from ophyd.sim import SynSignal, motor
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 
-from acquisition.storage import CatalogWriter, StorageError, close_catalog, open_catalog
-from acquisition.storage_engine import WriterEngine
-from plans.insitu import Acquirer
+from hotstage.acquisition.storage import CatalogWriter, StorageError, close_catalog, open_catalog
+from hotstage.acquisition.storage_engine import WriterEngine
+from hotstage.plans.insitu import Acquirer
 
 
 class Quiet:
@@ -77,7 +77,7 @@ def test_a_replayed_event_is_stored_once_and_the_stop_counts_match(tmp_path: Pat
 
     catalog = open_catalog(tmp_path / "data")
     try:
-        with caplog.at_level("WARNING", logger="acquisition.storage"):
+        with caplog.at_level("WARNING", logger="hotstage.acquisition.storage"):
             engine = WriterEngine(catalog, Quiet())
             for seq, (name, doc) in enumerate(stream, 1):
                 engine.hand_over(seq, name, doc)
@@ -177,9 +177,9 @@ def test_a_full_spool_stops_an_insitu_run_with_the_heater_off(tmp_path: Path) ->
     healthy all along), so close() reports everything stored."""
     from storage_faults import small_disk
     from test_faults import CADENCE, LIMITS, MODALITY_STREAMS, PROGRAM, EventCounter
-    from plans import insitu_ramp
-    from plans.suspenders import install_furnace_suspenders
-    from simulated.rig import SimulatedRig
+    from hotstage.plans import insitu_ramp
+    from hotstage.plans.suspenders import install_furnace_suspenders
+    from hotstage.simulated.rig import SimulatedRig
 
     catalog = open_catalog(tmp_path / "data")
     with small_disk(tmp_path / "spool") as disk:

@@ -1,7 +1,7 @@
 """Every way a `hotstage run` ends is safe and recorded (acquisition.exits, acquisition.session, plans.safety).
 
-Outside-process tests, as a user meets them: `python -m simulated.serve --control` serves the instruments in one
-process, `python -m acquisition.cli run --rig R.toml` (a ``kind = "visa"`` rig pointing at them) acquires in another,
+Outside-process tests, as a user meets them: `python -m hotstage.simulated.serve --control` serves the instruments in one
+process, `python -m hotstage.acquisition.cli run --rig R.toml` (a ``kind = "visa"`` rig pointing at them) acquires in another,
 and a real signal (SIGTERM, SIGHUP, SIGINT twice) or the death of the instrument process ends the run. Each asserts
 what the furnace controller itself says afterwards (the emulator's control socket, ``{"op": "truth"}``: heater
 range 0), what the catalog holds (the raw run's stop document: exit_status and a readable reason; the derived run's
@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from acquisition.exits import ExitSignals, Interrupted, interrupted_line
-from acquisition.storage import open_catalog
-from analysis.live.run import derived_exit_status
+from hotstage.acquisition.exits import ExitSignals, Interrupted, interrupted_line
+from hotstage.acquisition.storage import open_catalog
+from hotstage.analysis.live.run import derived_exit_status
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300.0  # wall s until the run is ramping (a loaded 2-core machine starts slowly)
@@ -74,9 +74,9 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    """`python -m simulated.serve --time-scale 120 --control` and a visa rig TOML for it."""
+    """`python -m hotstage.simulated.serve --time-scale 120 --control` and a visa rig TOML for it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulated.serve", "--time-scale", "120", "--control"],
+        [sys.executable, "-m", "hotstage.simulated.serve", "--time-scale", "120", "--control"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -113,7 +113,7 @@ def start_run(rig: Rig, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env.pop("HOTSTAGE_TILED_URI", None)
     env.pop("HOTSTAGE_DEBUG", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "acquisition.cli", "run", "--program", str(program), "--rig", str(rig.toml),
+        [sys.executable, "-m", "hotstage.acquisition.cli", "run", "--program", str(program), "--rig", str(rig.toml),
          "--no-progress", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -274,11 +274,11 @@ def test_lost_furnace_fails_with_the_device_error_and_one_loud_line(caplog: pyte
     heater off says so."""
     from bluesky import RunEngine
 
-    from plans import Cadence, Ramp, TemperatureProgram, insitu_ramp
-    from plans.safety import FurnaceNotSafe, ensure_heater_off
-    from simulated.rig import SimulatedRig
+    from hotstage.plans import Cadence, Ramp, TemperatureProgram, insitu_ramp
+    from hotstage.plans.safety import FurnaceNotSafe, ensure_heater_off
+    from hotstage.simulated.rig import SimulatedRig
 
-    from devices.visa import RetryPolicy
+    from hotstage.devices.visa import RetryPolicy
 
     docs: list[tuple[str, dict]] = []
     RE = RunEngine({}, call_returns_result=False, context_managers=[])
@@ -298,7 +298,7 @@ def test_lost_furnace_fails_with_the_device_error_and_one_loud_line(caplog: pyte
                            TemperatureProgram(40.0, (Ramp(90.0, 30.0),)),
                            {"xrd": Cadence.every_degrees(5), "pl": Cadence.every_degrees(5)},
                            clock=rig.clock, progress=progress)
-        with caplog.at_level(logging.INFO, logger="plans.safety"):
+        with caplog.at_level(logging.INFO, logger="hotstage.plans.safety"):
             with pytest.raises(FurnaceNotSafe) as info:
                 RE(plan)
             loud = [r for r in caplog.records if r.levelno == logging.CRITICAL]
@@ -320,7 +320,7 @@ def test_lost_furnace_fails_with_the_device_error_and_one_loud_line(caplog: pyte
 
 def test_killed_analysis_process_still_ends_its_derived_run() -> None:
     """The analysis process dies mid-run: the parent writes the derived run's stop ("fail", naming replay)."""
-    from analysis.live import AnalysisParameters, LiveAnalysis
+    from hotstage.analysis.live import AnalysisParameters, LiveAnalysis
 
     out: list[tuple[str, dict]] = []
     live = LiveAnalysis(lambda n, d: out.append((n, d)), AnalysisParameters(), analysers={})

@@ -1,6 +1,6 @@
 """The fault suite: short simulated in-situ runs under every injected fault, read back from the catalog.
 
-Each case runs ``plans.insitu_ramp`` on one SimulatedRig (time_scale 600) with the furnace suspenders
+Each case runs ``hotstage.plans.insitu_ramp`` on one SimulatedRig (time_scale 600) with the furnace suspenders
 installed, a RunEngine subscriber counting the events acquired and the catalog writer storing them, then
 asserts: the furnace heater is off *in the emulator's plant* (not the device cache), no event was lost
 (acquired == stored in the catalog), the stop document is stored with the expected exit status, and a
@@ -32,21 +32,21 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from acquisition.spool import pending_runs
-from acquisition.storage import CatalogWriter, open_catalog
-from devices.lakeshore import LakeShore336Furnace
-from devices.spectrometers import XRDDetector
-from devices.visa import (
+from hotstage.acquisition.spool import pending_runs
+from hotstage.acquisition.storage import CatalogWriter, open_catalog
+from hotstage.devices.lakeshore import LakeShore336Furnace
+from hotstage.devices.spectrometers import XRDDetector
+from hotstage.devices.visa import (
     InstrumentConnectionError,
     InstrumentIdentityError,
     InstrumentReplyError,
     InstrumentTimeoutError,
     RetryPolicy,
 )
-from plans import Cadence, Cool, Hold, Ramp, RigLimits, TemperatureProgram, insitu_ramp
-from plans.suspenders import install_furnace_suspenders
-from simulated.faults import FaultInjector, FaultSpecError, parse_spec
-from simulated.rig import SimulatedRig
+from hotstage.plans import Cadence, Cool, Hold, Ramp, RigLimits, TemperatureProgram, insitu_ramp
+from hotstage.plans.suspenders import install_furnace_suspenders
+from hotstage.simulated.faults import FaultInjector, FaultSpecError, parse_spec
+from hotstage.simulated.rig import SimulatedRig
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_SCALE = 600.0
@@ -467,10 +467,10 @@ SIGINT_SCRIPT = textwrap.dedent(
     import json, sys
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
-    from acquisition.storage import CatalogWriter, open_catalog
-    from plans import Cadence, Cool, Hold, Ramp, TemperatureProgram, insitu_ramp
-    from plans.safety import abort_if_paused
-    from simulated.rig import SimulatedRig
+    from hotstage.acquisition.storage import CatalogWriter, open_catalog
+    from hotstage.plans import Cadence, Cool, Hold, Ramp, TemperatureProgram, insitu_ramp
+    from hotstage.plans.safety import abort_if_paused
+    from hotstage.simulated.rig import SimulatedRig
 
     catalog = open_catalog(sys.argv[1])
     writer = CatalogWriter(catalog, process=False)
@@ -655,7 +655,7 @@ def test_sim_serve_fault_flag_and_control_channel() -> None:
     import pyvisa
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulated.serve", "--time-scale", "100", "--control",
+        [sys.executable, "-m", "hotstage.simulated.serve", "--time-scale", "100", "--control",
          "--fault", "furnace:garbage@count=1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

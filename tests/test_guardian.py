@@ -3,7 +3,7 @@
 Against the Lake Shore 336 emulator: a dummy parent holding a guardian is SIGKILLed and the heater goes off
 (confirmed on the emulator); a parent that closes saying ``safe`` leaves the instrument untouched; an unreachable
 controller gives the loud failure line; the guardian holds no connection while its parent lives. End to end:
-`hotstage run` on a visa rig served by `python -m simulated.serve --control` in another process is SIGKILLed
+`hotstage run` on a visa rig served by `python -m hotstage.simulated.serve --control` in another process is SIGKILLed
 mid-run and the emulator reports heater range 0 within a bounded number of polls.
 """
 
@@ -25,10 +25,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from acquisition.guardian import LS336_ASRL, Guardian
-from simulated.clock import SimClock
-from simulated.lakeshore_server import LakeShore336Server
-from simulated.thermal import ClockedFurnace
+from hotstage.acquisition.guardian import LS336_ASRL, Guardian
+from hotstage.simulated.clock import SimClock
+from hotstage.simulated.lakeshore_server import LakeShore336Server
+from hotstage.simulated.thermal import ClockedFurnace
 
 REPO = Path(__file__).resolve().parents[1]
 POLLS = 300
@@ -87,7 +87,7 @@ def dummy_parent(resource: str, log: Path, then: str) -> subprocess.Popen[str]:
     """A process that starts a guardian, prints its pid, then does `then` (Python statements; `g` is the guardian)."""
     code = textwrap.dedent(f"""
         import sys, time
-        from acquisition.guardian import Guardian
+        from hotstage.acquisition.guardian import Guardian
         g = Guardian({resource!r}, "@py", log_path={str(log)!r}).start()
         print(g.pid, flush=True)
         sys.stdin.readline()
@@ -163,7 +163,7 @@ def test_unreachable_controller_gives_one_loud_line(tmp_path: Path) -> None:
     resource = f"TCPIP0::127.0.0.1::{port}::SOCKET"
     log = tmp_path / "guardian.log"
     done = subprocess.run(
-        [sys.executable, "-m", "acquisition.guardian", "--resource", resource, "--log", str(log),
+        [sys.executable, "-m", "hotstage.acquisition.guardian", "--resource", resource, "--log", str(log),
          "--connect-window", "0.5"],
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
@@ -176,7 +176,7 @@ def test_unreachable_controller_gives_one_loud_line(tmp_path: Path) -> None:
 
 
 def test_guardian_that_cannot_start_is_an_error(tmp_path: Path) -> None:
-    from acquisition.guardian import GuardianError
+    from hotstage.acquisition.guardian import GuardianError
 
     g = Guardian("TCPIP0::127.0.0.1::1::SOCKET", "no-such-visa-library.so", log_path=tmp_path / "g.log")
     with pytest.raises(GuardianError, match="did not start"):
@@ -185,7 +185,7 @@ def test_guardian_that_cannot_start_is_an_error(tmp_path: Path) -> None:
 
 
 def test_serial_settings_match_the_device() -> None:
-    from devices.lakeshore import LS336_SERIAL
+    from hotstage.devices.lakeshore import LS336_SERIAL
 
     assert LS336_SERIAL["baud_rate"] == LS336_ASRL["baud_rate"]
     assert LS336_SERIAL["data_bits"] == LS336_ASRL["data_bits"]
@@ -203,7 +203,7 @@ def _call(port: int, request: dict) -> dict:
 
 
 def test_sigkill_of_a_running_session_leaves_the_heater_off(tmp_path: Path) -> None:
-    serve = subprocess.Popen([sys.executable, "-m", "simulated.serve", "--time-scale", "20", "--control"], cwd=REPO,
+    serve = subprocess.Popen([sys.executable, "-m", "hotstage.simulated.serve", "--time-scale", "20", "--control"], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     run: subprocess.Popen[str] | None = None
     try:
@@ -239,7 +239,7 @@ def test_sigkill_of_a_running_session_leaves_the_heater_off(tmp_path: Path) -> N
         stderr = tmp_path / "stderr.txt"
         with stderr.open("w") as err:
             run = subprocess.Popen(
-                [sys.executable, "-m", "acquisition.cli", "--data", str(data), "run", "--program", str(program),
+                [sys.executable, "-m", "hotstage.acquisition.cli", "--data", str(data), "run", "--program", str(program),
                  "--rig", str(rig), "--no-analysis", "--no-progress"],
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True,
             )
@@ -287,8 +287,8 @@ def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emu
                                                                             tmp_path: Path) -> None:
     from contextlib import ExitStack
 
-    from acquisition.interlocks import arm_furnace_interlocks
-    from devices.lakeshore import LakeShore336Furnace
+    from hotstage.acquisition.interlocks import arm_furnace_interlocks
+    from hotstage.devices.lakeshore import LakeShore336Furnace
 
     furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
     try:
@@ -306,9 +306,9 @@ def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emu
 def test_session_wiring_leaves_an_unconfirmed_heater_to_the_guardian(emulator: Emulator, tmp_path: Path) -> None:
     from contextlib import ExitStack
 
-    from acquisition.interlocks import arm_furnace_interlocks
-    from devices.lakeshore import LakeShore336Furnace
-    from devices.visa import InstrumentReplyError
+    from hotstage.acquisition.interlocks import arm_furnace_interlocks
+    from hotstage.devices.lakeshore import LakeShore336Furnace
+    from hotstage.devices.visa import InstrumentReplyError
 
     furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
     try:

@@ -43,15 +43,23 @@ def _layer(path: Path) -> str:
     return parts[0]
 
 
+def _root(module: str) -> str:
+    """The layer an imported module belongs to: `hotstage.plans.x` -> `plans`; a third-party name as it is."""
+    parts = module.split(".")
+    if parts[0] == "hotstage" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
 def _imported_roots(path: Path) -> set[tuple[str, int]]:
-    """Top-level names of every absolute import in a module (relative imports stay inside their package)."""
+    """Layers/top-level names of every absolute import in a module (relative imports stay inside their package)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out |= {(alias.name.split(".")[0], node.lineno) for alias in node.names}
+            out |= {(_root(alias.name), node.lineno) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add((node.module.split(".")[0], node.lineno))
+            out.add((_root(node.module), node.lineno))
     return out
 
 
@@ -73,3 +81,14 @@ def test_imports_flow_one_way(path: Path) -> None:
         if root in FORBIDDEN_THIRD_PARTY.get(layer, set()):
             bad.append(f"line {line}: {layer} imports {root} (not allowed in this layer)")
     assert not bad, f"{path.relative_to(REPO)}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_use_the_hotstage_namespace(path: Path) -> None:
+    """`import plans` would only work from a source checkout: installed, the layers exist as hotstage.* alone."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    bare = [node.lineno for node in ast.walk(tree)
+            if (isinstance(node, ast.Import) and any(a.name.split(".")[0] in PACKAGES for a in node.names))
+            or (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                and node.module.split(".")[0] in PACKAGES)]
+    assert not bare, f"{path.relative_to(REPO)}: bare layer import on line(s) {bare}; use hotstage.<layer>"

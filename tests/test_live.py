@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from acquisition.config import RigConfig
-from acquisition.replay import load_jsonl
-from acquisition.session import Session
-from analysis.live import DerivedRun, PLAnalyser
-from analysis.live.modalities import DEFAULT_ANALYSERS, THzAnalyser
-from analysis.live.parameters import AnalysisParameters
-from plans.program import Hold, Ramp, TemperatureProgram
-from simulated.parameters import SampleSpec
+from hotstage.acquisition.config import RigConfig
+from hotstage.acquisition.replay import load_jsonl
+from hotstage.acquisition.session import Session
+from hotstage.analysis.live import DerivedRun, PLAnalyser
+from hotstage.analysis.live.modalities import DEFAULT_ANALYSERS, THzAnalyser
+from hotstage.analysis.live.parameters import AnalysisParameters
+from hotstage.plans.program import Hold, Ramp, TemperatureProgram
+from hotstage.simulated.parameters import SampleSpec
 
 DATA = Path(__file__).resolve().parent / "data"
 _spec = importlib.util.spec_from_file_location("hotstage_truth_tools", DATA / "truth_tools.py")
@@ -219,8 +219,8 @@ def test_analysis_process_is_ready_with_kernels_loaded_and_niced() -> None:
     and runs ANALYSIS_NICENESS nicer than the acquisition process."""
     import os
 
-    from analysis.live import LiveAnalysis
-    from analysis.live.callback import ANALYSIS_NICENESS
+    from hotstage.analysis.live import LiveAnalysis
+    from hotstage.analysis.live.callback import ANALYSIS_NICENESS
 
     live = LiveAnalysis(lambda name, doc: None, AnalysisParameters())
     try:

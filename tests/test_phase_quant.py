@@ -17,12 +17,12 @@ import gemmi
 import numpy as np
 import pytest
 
-from analysis.crystal import Crystal
-from analysis.phase_quant import PhaseQuantifier
-from analysis.radiation import Radiation
-from simulated.parameters import SampleSpec
-from simulated.sample import CRYSTALLINE_PHASES, CompositeSample, ramp
-from simulated.synthesis import XRDSynthesizer
+from hotstage.analysis.crystal import Crystal
+from hotstage.analysis.phase_quant import PhaseQuantifier
+from hotstage.analysis.radiation import Radiation
+from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.sample import CRYSTALLINE_PHASES, CompositeSample, ramp
+from hotstage.simulated.synthesis import XRDSynthesizer
 
 CIF_DIR = Path(__file__).resolve().parent / "data" / "cif"  # copies of shared reference CIFs (see SOURCES.md)
 BETA_CIF = CIF_DIR / "CsPbI3_beta_P4mbm_Marronnier2018_510K_CCDC1872726.cif"
@@ -253,8 +253,8 @@ def test_table_column_derivatives_match_finite_differences(synth: XRDSynthesizer
     column it returns: within 1e-5 relative for ε and Y (the differences' own truncation error is ~1e-8); within
     2e-3 for z, whose Jacobian leaves out the slope of the polarisation factor with z (measured 8e-4 relative: it
     changes a Gauss–Newton step, not the converged solution)."""
-    from analysis.profiles import polarisation_coefficients
-    from analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, shifted_axis
+    from hotstage.analysis.profiles import polarisation_coefficients
+    from hotstage.analysis.quant.tables import PeakModel, PhaseTable, phase_peaks, shifted_axis
 
     rad = synth.radiation
     model = PeakModel(phase_peaks(Crystal.builtin("CsPbI3-beta"), rad, 70.0, 1e-3), rad, synth.caglioti,

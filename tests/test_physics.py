@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulated.parameters import ModelParameters, SampleConfigError, SampleSpec, load_sample
-from simulated.sample import PHASES, CompositeSample, hold, ramp
+from hotstage.simulated.parameters import ModelParameters, SampleConfigError, SampleSpec, load_sample
+from hotstage.simulated.sample import PHASES, CompositeSample, hold, ramp
 
 RATE = 10.0  # °C/min
 

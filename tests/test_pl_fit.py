@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from analysis.pl_fit import (HC_EV_NM, fit_gaussian, fit_pl, fit_two_gaussians, integrated_intensity,
+from hotstage.analysis.pl_fit import (HC_EV_NM, fit_gaussian, fit_pl, fit_two_gaussians, integrated_intensity,
                              urbach_energy)
-from simulated.parameters import SampleSpec
-from simulated.sample import CompositeSample, SampleState, ramp
-from simulated.synthesis import PLSynthesizer
+from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.sample import CompositeSample, SampleState, ramp
+from hotstage.simulated.synthesis import PLSynthesizer
 
 PL_EXPOSURE_S = 1.0  # simulated.rig DEFAULT_EXPOSURES["pl"]
 MIN_INTENSITY = 0.02  # states dimmer than this (peak < 1000 counts) are not used for the accuracy checks

@@ -15,7 +15,7 @@ from bluesky import RunEngine
 from bluesky.preprocessors import plan_mutator
 from bluesky.utils import Msg, RunEngineInterrupted
 
-from plans import (
+from hotstage.plans import (
     Cadence,
     Cool,
     Hold,
@@ -28,9 +28,9 @@ from plans import (
     sintering_array,
     step_and_hold,
 )
-from plans.suspenders import install_furnace_suspenders
-from simulated.parameters import SampleSpec
-from simulated.rig import SimulatedRig
+from hotstage.plans.suspenders import install_furnace_suspenders
+from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.rig import SimulatedRig
 
 LIMITS = RigLimits(max_C=400.0, min_rate=0.1, max_rate=50.0, min_C=0.0)
 SHORT_EXPOSURES = {"xrd": 2.0, "thz": 2.0, "pl": 1.0}
@@ -250,7 +250,7 @@ def test_pause_right_after_the_ramp_is_commanded(RE: RunEngine) -> None:
 def test_band_is_not_judged_on_a_sample_whose_reads_were_slow() -> None:
     """A watch sample whose setpoint query was answered late (0.1 s wall = 30 experiment s at 300x) mixes a readback
     and a setpoint from different moments of a ramp: it is not judged against the band; a prompt one is."""
-    from plans.suspenders import FurnaceWatch, OutsideBand
+    from hotstage.plans.suspenders import FurnaceWatch, OutsideBand
 
     with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
         watch = FurnaceWatch(rig.furnace)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plans.program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
+from hotstage.plans.program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
 
 LIMITS = RigLimits(max_C=400.0, min_rate=0.1, max_rate=50.0, min_C=0.0)
 

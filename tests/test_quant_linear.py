@@ -1,4 +1,4 @@
-"""Bounded least squares on the Gram matrix (`analysis.quant.linear`): agreement with SciPy's bounded solver."""
+"""Bounded least squares on the Gram matrix (`hotstage.analysis.quant.linear`): agreement with SciPy's bounded solver."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import lsq_linear
 
-from analysis.quant.linear import bounded_lsq, chi2_from_gram, replacement_chi2
+from hotstage.analysis.quant.linear import bounded_lsq, chi2_from_gram, replacement_chi2
 
 N_FREE, N_NONNEG, N_PTS = 4, 8, 200
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acquisition.replay import load_jsonl, replay, replay_documents
-from analysis.live import AnalysisParameters, LiveAnalysis
+from hotstage.acquisition.replay import load_jsonl, replay, replay_documents
+from hotstage.analysis.live import AnalysisParameters, LiveAnalysis
 
 DATA = Path(__file__).resolve().parent / "data"
 RECORDED = DATA / "recorded_run.jsonl"
@@ -114,10 +114,10 @@ def _assert_same(x: dict[str, list[dict]], y: dict[str, list[dict]], rtol: float
 
 def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
     """A short simulated run analysed live, then `replay` from the catalog: same numbers, a new derived run."""
-    from acquisition.config import RigConfig
-    from acquisition.session import Session
-    from plans.program import Ramp, TemperatureProgram
-    from simulated.parameters import SampleSpec
+    from hotstage.acquisition.config import RigConfig
+    from hotstage.acquisition.session import Session
+    from hotstage.plans.program import Ramp, TemperatureProgram
+    from hotstage.simulated.parameters import SampleSpec
 
     program = TemperatureProgram(130.0, (Ramp(175.0, 10.0),), name="replay-test")
     cadence = {"xrd": {"every_C": 5.0}, "thz": {"every_C": 5.0}, "pl": {"every_C": 5.0}}

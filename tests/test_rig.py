@@ -24,8 +24,8 @@ import pytest
 from bluesky import RunEngine
 from bluesky.plans import count, scan
 
-from devices.lakeshore import FurnaceSettleTimeout
-from simulated.rig import SimulatedRig
+from hotstage.devices.lakeshore import FurnaceSettleTimeout
+from hotstage.simulated.rig import SimulatedRig
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_SCALE = 600.0
@@ -169,7 +169,7 @@ def test_sim_serve_subprocess():
     import pyvisa
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulated.serve", "--time-scale", "100"],
+        [sys.executable, "-m", "hotstage.simulated.serve", "--time-scale", "100"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -14,10 +14,10 @@ from tiled.catalog import from_uri as catalog_from_uri
 from tiled.client import Context, from_context
 from tiled.server.app import build_app
 
-from acquisition.config import RigConfig
-from acquisition.session import Session
-from plans.program import Cool, Hold, Ramp, TemperatureProgram
-from simulated.parameters import SampleSpec
+from hotstage.acquisition.config import RigConfig
+from hotstage.acquisition.session import Session
+from hotstage.plans.program import Cool, Hold, Ramp, TemperatureProgram
+from hotstage.simulated.parameters import SampleSpec
 
 PROGRAM = TemperatureProgram(25.0, (Ramp(120.0, 20.0), Hold(2.0), Cool(60.0, 20.0)))
 CADENCE = {"xrd": {"every_C": 10.0}, "pl": {"every_C": 10.0}, "thz": {"every_C": 20.0}}

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acquisition.jsonl import dump_line, load_jsonl
-from acquisition.spool import RECOVERED_REASON, Spool, pending_runs
-from acquisition.storage import close_catalog, open_catalog
+from hotstage.acquisition.jsonl import dump_line, load_jsonl
+from hotstage.acquisition.spool import RECOVERED_REASON, Spool, pending_runs
+from hotstage.acquisition.storage import close_catalog, open_catalog
 
 HOTSTAGE = shutil.which("hotstage") or str(Path(sys.executable).with_name("hotstage"))
 SEND_INTERVAL_EVENTS = 10
@@ -88,7 +88,7 @@ import bluesky.plan_stubs as bps
 from bluesky import RunEngine
 from ophyd.sim import SynSignal, det
 import numpy as np
-from acquisition.storage import CatalogWriter
+from hotstage.acquisition.storage import CatalogWriter
 
 data, log = sys.argv[1], open(sys.argv[2], "w")
 writer = CatalogWriter(data)            # the default process writer, spool in <data>/spool
@@ -150,7 +150,7 @@ def test_crash_of_the_process_loses_at_most_one_courier_tick(tmp_path: Path) -> 
 
 def test_a_run_still_being_written_is_not_flushed(tmp_path: Path) -> None:
     """The flush skips a spool file whose writer still holds its lock (a run being acquired elsewhere)."""
-    from acquisition.spool import flush_spool
+    from hotstage.acquisition.spool import flush_spool
 
     spool = Spool(tmp_path / "spool")
     spool.append([(1, "start", {"uid": "live-run", "time": 1.0, "scan_id": 1})])
@@ -198,7 +198,7 @@ def stored_rows(catalog, uid: str) -> tuple[list[int], np.ndarray, dict]:
 def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplog) -> None:
     """A torn line in the middle (an overwritten block) and a torn last line (a crash while writing): each costs
     that line only; the rest is stored, the stop document (torn) is recovered with counts equal to the rows."""
-    from acquisition.spool import flush_spool
+    from hotstage.acquisition.spool import flush_spool
 
     docs = a_run()
     uid = docs[0][1]["uid"]
@@ -209,7 +209,7 @@ def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplo
     path.write_bytes(b"\n".join(lines[:8]) + b"\n" + lines[8][:40])  # the stop line cut short, no newline
     catalog = open_catalog(tmp_path / "data")
     try:
-        with caplog.at_level("WARNING", logger="acquisition.storage"):
+        with caplog.at_level("WARNING", logger="hotstage.acquisition.storage"):
             (result,) = flush_spool(catalog, tmp_path / "spool")
         assert result.status == "written" and result.skipped_lines == [5, 9] and result.stop_added, result
         assert any(str(path) in r.getMessage() and "5, 9" in r.getMessage() for r in caplog.records)
@@ -226,8 +226,8 @@ def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplo
 def test_a_torn_start_line_takes_the_start_the_catalog_holds(tmp_path: Path) -> None:
     """The writer had stored the run's start (and a few rows) before the process died; the spool file's first line
     is torn: the flush attaches to the stored run and writes the rest, each row once."""
-    from acquisition.spool import flush_spool
-    from acquisition.storage_engine import WriterEngine
+    from hotstage.acquisition.spool import flush_spool
+    from hotstage.acquisition.storage_engine import WriterEngine
 
     docs = a_run()
     uid = docs[0][1]["uid"]
@@ -252,7 +252,7 @@ def test_a_torn_start_line_takes_the_start_the_catalog_holds(tmp_path: Path) -> 
 def test_unreadable_files_are_set_aside_once(tmp_path: Path, caplog) -> None:
     """Garbage and a file with no start document (of a run no catalog knows) go to spool/unreadable/ with one
     warning each; the next flush (the next session) does not see them again."""
-    from acquisition.spool import UNREADABLE_DIR, flush_spool
+    from hotstage.acquisition.spool import UNREADABLE_DIR, flush_spool
 
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
@@ -262,7 +262,7 @@ def test_unreadable_files_are_set_aside_once(tmp_path: Path, caplog) -> None:
     (spool_dir / "notes.txt").write_text("not a spool file")
     catalog = open_catalog(tmp_path / "data")
     try:
-        with caplog.at_level("WARNING", logger="acquisition.storage"):
+        with caplog.at_level("WARNING", logger="hotstage.acquisition.storage"):
             results = flush_spool(catalog, spool_dir)
         assert [(r.run_uid, r.status) for r in results] == [("garbage", "unreadable"), ("orphan", "unreadable")]
         assert sorted(p.name for p in (spool_dir / UNREADABLE_DIR).iterdir()) == ["garbage.jsonl", "orphan.jsonl"]
@@ -278,7 +278,7 @@ def test_unreadable_files_are_set_aside_once(tmp_path: Path, caplog) -> None:
 def test_append_on_a_full_disk_leaves_no_partial_line_and_retries_cleanly(tmp_path: Path) -> None:
     """ENOSPC part-way through an append: the file is cut back to where it was (no torn line, nothing twice), the
     error is raised, and the same documents appended once there is room are each on disk once."""
-    from acquisition.jsonl import read_documents
+    from hotstage.acquisition.jsonl import read_documents
 
     from storage_faults import small_disk
 

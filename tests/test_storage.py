@@ -25,9 +25,9 @@ from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_context
 
-from acquisition.storage import CatalogWriter, ThreadCatalogWriter, close_catalog, open_catalog, read_stream
-from acquisition.storage_engine import WriterEngine
-from acquisition.storage_process import ProcessCatalogWriter
+from hotstage.acquisition.storage import CatalogWriter, ThreadCatalogWriter, close_catalog, open_catalog, read_stream
+from hotstage.acquisition.storage_engine import WriterEngine
+from hotstage.acquisition.storage_process import ProcessCatalogWriter
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 ARRAY_LEN = 4000
@@ -91,7 +91,7 @@ def test_scan_is_stored_and_read_back(catalog, stored, spectrum):
 def startup_frozen():
     """Objects alive before the test frozen out of the garbage collector (as a Session does for its runs): late in
     the suite a full collection of this process walks ~2·10⁶ objects and stops its threads ~0.7 s, the reader's own
-    pause, not the writer's latency (see `acquisition.session.Session._freeze_startup`)."""
+    pause, not the writer's latency (see `hotstage.acquisition.session.Session._freeze_startup`)."""
     gc.freeze()
     yield
     gc.unfreeze()
@@ -405,8 +405,8 @@ def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everythi
     """No catalog at all (a Tiled server that is not there): the run is acquired, ``close(timeout)`` returns False
     at its deadline with one warning naming the run and ``hotstage spool flush``; the spool holds every document,
     and flushing it into a catalog later stores the run complete."""
-    from acquisition.jsonl import read_documents
-    from acquisition.spool import flush_spool, pending_runs
+    from hotstage.acquisition.jsonl import read_documents
+    from hotstage.acquisition.spool import flush_spool, pending_runs
 
     writer = CatalogWriter(f"http://127.0.0.1:{free_port()}", spool_dir=tmp_path / "spool", ready_timeout=0,
                            backoff=(0.05, 0.2))
@@ -415,7 +415,7 @@ def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everythi
     RE.subscribe(lambda name, doc: recorded.append((name, doc)))
     RE.subscribe(writer)
     (uid,) = RE(bp.count([det, spectrum], 5))
-    with caplog.at_level("WARNING", logger="acquisition.storage"):
+    with caplog.at_level("WARNING", logger="hotstage.acquisition.storage"):
         assert not writer.close(timeout=3)
     assert not writer.alive and writer.unstored_runs == [uid] and writer.backlog == len(recorded)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CatalogWriter.close")]
@@ -491,7 +491,7 @@ def assert_complete(data, uid, recorded, points):
 def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spectrum, monkeypatch):
     """Thread writer: row writes fail as on a read-only SQLite connection until the client is replaced; after
     ``reopen_after`` attempts the writer opens a new client and a resuming engine, and loses nothing."""
-    import acquisition.storage_engine as engine_module
+    import hotstage.acquisition.storage_engine as engine_module
 
     data = tmp_path / "data"
     writer = CatalogWriter(data, process=False, flush_interval=0.1, backoff=(0.05, 0.2), reopen_after=3)
@@ -538,8 +538,8 @@ def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_p
     a rescue directory under $TMPDIR with one line naming it, and a flush from there stores every event once."""
     import tempfile
 
-    from acquisition.spool import flush_spool
-    from acquisition.storage import StorageError
+    from hotstage.acquisition.spool import flush_spool
+    from hotstage.acquisition.storage import StorageError
     from storage_faults import small_disk
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
@@ -563,7 +563,7 @@ def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_p
 
         with pytest.raises(StorageError, match="cannot keep acquired data: spool .*the run is stopped"):
             RE(plan())
-        with caplog.at_level("WARNING", logger="acquisition.storage"):
+        with caplog.at_level("WARNING", logger="hotstage.acquisition.storage"):
             assert not writer.close(timeout=3)
     names = [n for n, _ in recorded]
     assert names[-1] == "stop" and recorded[-1][1]["exit_status"] == "fail"

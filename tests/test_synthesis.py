@@ -9,9 +9,9 @@ import pytest
 from scipy.optimize import curve_fit
 from scipy.signal import savgol_filter
 
-from simulated.parameters import SampleSpec
-from simulated.sample import CompositeSample, hold, ramp
-from simulated.synthesis import PLSynthesizer, THzSynthesizer, XRDSynthesizer
+from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.sample import CompositeSample, hold, ramp
+from hotstage.simulated.synthesis import PLSynthesizer, THzSynthesizer, XRDSynthesizer
 
 CU_KA1 = 1.5406
 
@@ -196,7 +196,7 @@ def test_xrd_synthesis_reuses_its_peak_tables(xrd: XRDSynthesizer, monkeypatch: 
     """What makes a pattern cost a few ms: the crystallography (reflections, structure factors) is done once, when
     the synthesizer is built; every pattern only shifts, broadens and renders the cached peaks. The speed itself
     is measured in benchmarks/synthesis.py (patterns/s as a ratio against numpy's Poisson sampling)."""
-    from analysis.crystal import Crystal
+    from hotstage.analysis.crystal import Crystal
 
     def no_crystallography(*args: object, **kwargs: object) -> None:
         raise AssertionError("crystallography recomputed for a pattern")

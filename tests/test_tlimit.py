@@ -16,11 +16,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from acquisition.interlocks import TLIMIT_MARGIN_C, arm_temperature_limit
-from devices.lakeshore import LakeShore336Furnace
-from devices.visa import InstrumentReplyError
-from simulated.lakeshore_server import LakeShore336Server
-from simulated.thermal import KELVIN_OFFSET, FurnacePlant, ThermalParameters
+from hotstage.acquisition.interlocks import TLIMIT_MARGIN_C, arm_temperature_limit
+from hotstage.devices.lakeshore import LakeShore336Furnace
+from hotstage.devices.visa import InstrumentReplyError
+from hotstage.simulated.lakeshore_server import LakeShore336Server
+from hotstage.simulated.thermal import KELVIN_OFFSET, FurnacePlant, ThermalParameters
 
 K_RE = re.compile(r"^[+-]\d{4}\.\d{3}$")
 
@@ -207,8 +207,8 @@ def test_device_refuses_a_limit_the_controller_does_not_keep(server) -> None:
 
 
 def test_session_arms_the_limit_on_the_simulated_rig(tmp_path) -> None:
-    from acquisition.config import LimitsConfig, RigConfig
-    from acquisition.session import Session
+    from hotstage.acquisition.config import LimitsConfig, RigConfig
+    from hotstage.acquisition.session import Session
 
     config = RigConfig(limits=LimitsConfig(max_C=300.0))
     with Session(rig=config, data_dir=tmp_path, progress=False, analysis=False) as session:

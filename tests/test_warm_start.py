@@ -15,10 +15,10 @@ import re
 import pytest
 from bluesky import RunEngine
 
-from plans import Cadence, ProgramError, Ramp, RigLimits, TemperatureProgram, insitu_ramp
-from plans.insitu import cooling_estimate_s
-from simulated.rig import SimulatedRig
-from simulated.thermal import ThermalParameters
+from hotstage.plans import Cadence, ProgramError, Ramp, RigLimits, TemperatureProgram, insitu_ramp
+from hotstage.plans.insitu import cooling_estimate_s
+from hotstage.simulated.rig import SimulatedRig
+from hotstage.simulated.thermal import ThermalParameters
 
 LIMITS = RigLimits(max_C=400.0, min_rate=0.1, max_rate=50.0, min_C=0.0)
 CADENCE = {"xrd": Cadence.every_degrees(10)}
@@ -47,7 +47,7 @@ def run_warm(initial_C: float, program: TemperatureProgram = PROGRAM, **kwargs):
 
 
 def test_warm_furnace_waits_with_a_countdown_then_runs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="plans.insitu")
+    caplog.set_level(logging.WARNING, logger="hotstage.plans.insitu")
     docs, heater, error = run_warm(390.0)  # the settle from there to 25 °C at 50 °C/min used to time out
     assert error is None
     names = [n for n, _ in docs]
@@ -57,7 +57,7 @@ def test_warm_furnace_waits_with_a_countdown_then_runs(caplog: pytest.LogCapture
     events = [d for n, d in docs if n == "event"]
     first = min(events, key=lambda e: e["data"]["clock_elapsed"])
     assert first["data"]["furnace_temperature"] == pytest.approx(25.0, abs=1.5)  # acquired at the start, cooled
-    lines = [r.getMessage() for r in caplog.records if r.name == "plans.insitu"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hotstage.plans.insitu"]
     warm = re.search(r"^furnace at (\d+\.\d) °C, above the program's start temperature 25 °C: waiting up to 60 min "
                      r"for it to cool to 26\.0 °C", lines[0])
     assert warm and float(warm.group(1)) > 60.0, lines[:1]
@@ -113,7 +113,7 @@ def test_a_start_below_the_room_is_refused_once_the_cooling_slows_too_much() -> 
 
 
 def test_cold_furnace_does_not_wait(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="plans.insitu")
+    caplog.set_level(logging.WARNING, logger="hotstage.plans.insitu")
     docs, _, error = run_warm(22.0)
     assert error is None and [n for n, _ in docs].count("start") == 1
     assert not [r for r in caplog.records if "cool" in r.getMessage()]

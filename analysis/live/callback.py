@@ -6,7 +6,7 @@ falls behind it says so, and it still processes every event.
 * ``__call__(name, doc)`` only appends to an unbounded queue (``queue.SimpleQueue``: O(1), never blocks, never
   drops) — the RunEngine never waits for an analysis.
 * The documents are taken in order and routed by run (start ``uid``, descriptor ``run_start``, event
-  ``descriptor``; like event-model's ``RunRouter``, runs may interleave) to one `analysis.live.run.DerivedRun`
+  ``descriptor``; like event-model's ``RunRouter``, runs may interleave) to one `hotstage.analysis.live.run.DerivedRun`
   per raw run, which writes the derived run through ``sink`` — the session's `CatalogWriter` (it stores any
   run's documents, routed by uid) or any ``callable(name, doc)``.
 * Where the analysis runs: ``process=True`` (the session's choice) runs it in a separate *analysis process*
@@ -24,10 +24,10 @@ falls behind it says so, and it still processes every event.
   its raw stop arrived and the delay from the raw stop to the derived stop are kept in ``stats[raw_uid]`` and
   logged at INFO.
 * An exception anywhere in the analysis of one document is logged and never kills the worker (per-event failures
-  are recorded in the derived run itself, see `analysis.live.run`).
+  are recorded in the derived run itself, see `hotstage.analysis.live.run`).
 * ``wait(timeout)`` blocks until everything accepted so far is analysed and handed to the sink; ``close(timeout)``
   does that and stops, ending any derived run whose raw run never stopped (exit_status "fail", reason "raw run has
-  no stop document"). A derived run's stop follows its raw run's (`analysis.live.run.derived_exit_status`).
+  no stop document"). A derived run's stop follows its raw run's (`hotstage.analysis.live.run.derived_exit_status`).
 * If the analysis process dies (killed, out of memory), the parent ends every derived run it had started and not
   yet ended with a stop document of its own (exit_status "fail", the reason naming the death and
   ``hotstage replay``), so no derived run is left without a stop. The process ignores SIGINT and SIGHUP (Ctrl-C and

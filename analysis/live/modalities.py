@@ -3,9 +3,9 @@
 Each analyser is built from the raw stream's *descriptor* — the axes (2θ, wavenumber, wavelength) and the X-ray
 wavelength are read from the descriptor's ``configuration`` and the array key from its ``data_keys`` (found by
 their ``dims``), never from the instrument or the simulator — and is then fed that stream's events in order.
-They are pure numerics on top of `analysis.phase_quant`, `analysis.derivatives` and `analysis.pl_fit`; the
+They are pure numerics on top of `hotstage.analysis.phase_quant`, `hotstage.analysis.derivatives` and `hotstage.analysis.pl_fit`; the
 bookkeeping common to every derived event (temperatures, raw seq_num, error flag) is added by
-`analysis.live.run.DerivedRun`.
+`hotstage.analysis.live.run.DerivedRun`.
 
 Streams (DESIGN.md, "Contracts a user relies on / Derived run"):
 
@@ -38,11 +38,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from analysis.crystal import Crystal
-from analysis.derivatives import band_amplitude, noise_sigma, spectral_derivative
-from analysis.phase_quant import PhaseQuantifier
-from analysis.pl_fit import fit_pl, integrated_intensity
-from analysis.radiation import CU_KA1_ANGSTROM, Radiation
+from hotstage.analysis.crystal import Crystal
+from hotstage.analysis.derivatives import band_amplitude, noise_sigma, spectral_derivative
+from hotstage.analysis.phase_quant import PhaseQuantifier
+from hotstage.analysis.pl_fit import fit_pl, integrated_intensity
+from hotstage.analysis.radiation import CU_KA1_ANGSTROM, Radiation
 
 from .parameters import AnalysisParameters
 
@@ -134,7 +134,7 @@ class XRDAnalyser(StreamAnalyser):
 
     raw_stream = "xrd"
     stream = "phase_fractions"
-    analysis = "analysis.phase_quant.PhaseQuantifier"
+    analysis = "hotstage.analysis.phase_quant.PhaseQuantifier"
 
     def __init__(self, params: AnalysisParameters, descriptor: Mapping[str, Any]) -> None:
         """Axis from the configuration (dims two_theta), wavelength from ``*_wavelength``; quantifier built here."""
@@ -208,7 +208,7 @@ class THzAnalyser(StreamAnalyser):
 
     raw_stream = "thz"
     stream = "thz_derivative"
-    analysis = "analysis.derivatives.spectral_derivative"
+    analysis = "hotstage.analysis.derivatives.spectral_derivative"
 
     def __init__(self, params: AnalysisParameters, descriptor: Mapping[str, Any]) -> None:
         """Axis (dims wavenumber) from the configuration; band-free regions fixed from the parameters."""
@@ -282,7 +282,7 @@ class PLAnalyser(StreamAnalyser):
 
     raw_stream = "pl"
     stream = "pl_fit"
-    analysis = "analysis.pl_fit.fit_pl"
+    analysis = "hotstage.analysis.pl_fit.fit_pl"
 
     def __init__(self, params: AnalysisParameters, descriptor: Mapping[str, Any]) -> None:
         """Axis (dims wavelength) from the configuration."""

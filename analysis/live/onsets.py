@@ -1,8 +1,8 @@
 """The `summary` of a derived run: onsets and extrema computed at the raw run's stop from the derived series.
 
-Definitions (each computed with `analysis.onsets.onset`: detected at the first run of m consecutive points above
+Definitions (each computed with `hotstage.analysis.onsets.onset`: detected at the first run of m consecutive points above
 the threshold, in acquisition order, and reported as the temperature where a local least-squares line through the
-signal crosses the threshold (``refine=True``, see `analysis.onsets`); NaN when never reached):
+signal crosses the threshold (``refine=True``, see `hotstage.analysis.onsets`); NaN when never reached):
 
 * **Active-phase onset** (``active_onset_C``): first temperature at which the summed Hill–Howard weight fraction of
   the active phases (γ + β + α-CsPbI3 by default, normalised over the crystalline phases offered to the fit)
@@ -12,7 +12,7 @@ signal crosses the threshold (``refine=True``, see `analysis.onsets`); NaN when 
   (135, 275 cm⁻¹) of −d²A/dν² at the band centres on the derivative referenced to the mean of the first
   ``zni_reference_spectra`` (3) spectra — exceeds ``zni_k`` (3) times its noise σ (from the band-free regions of
   the same referenced derivative, × √(number of bands)) for ``zni_m`` (3) consecutive THz spectra. The signal is
-  unbiased (zero mean without a band, see `analysis.live.parameters`), which the k·σ test assumes.
+  unbiased (zero mean without a band, see `hotstage.analysis.live.parameters`), which the k·σ test assumes.
 * **PL maximum** (``pl_max_C``, ``pl_max_intensity``): temperature of the PL spectrum with the largest integrated
   intensity over the whole run (``pl_max_heating_C``: the same over the first heating part only, i.e. up to the
   maximum temperature reached).
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.onsets import onset
+from hotstage.analysis.onsets import onset
 
 from .parameters import AnalysisParameters
 

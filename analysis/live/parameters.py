@@ -9,13 +9,13 @@ come from:
   phases whose summed weight fraction defines the active-phase onset.
 - Instrument function (Caglioti U, V, W; fixed microstrain; radiation lines): a property of the diffractometer,
   calibrated once on a line-profile standard (e.g. NIST SRM 660 LaB6), not of the sample, so it is an analysis
-  parameter, not something read per pattern. Defaults: `analysis.profiles.DEFAULT_CAGLIOTI` (small lab values),
+  parameter, not something read per pattern. Defaults: `hotstage.analysis.profiles.DEFAULT_CAGLIOTI` (small lab values),
   microstrain 5·10⁻⁴ (a typical instrumental/sample broadening of a lab powder diffractometer), and the Cu Kα1+Kα2
   doublet of a lab tube without a primary monochromator when the detector reports the Cu Kα1 wavelength
   (`xrd_radiation = "auto"`; the 2θ axis and the wavelength themselves are read from the raw descriptor).
 - Active-phase onset threshold 10 wt % for m = 3 consecutive patterns: well above the ±3 wt % accuracy of the
-  fit (tests/test_phase_quant.py), so three patterns above it are not noise; m = 3 as in `analysis.onsets`.
-- THz second derivative: Savitzky–Golay, cubic, 15 cm⁻¹ window (`analysis.derivatives` defaults; about 1.5× the
+  fit (tests/test_phase_quant.py), so three patterns above it are not noise; m = 3 as in `hotstage.analysis.onsets`.
+- THz second derivative: Savitzky–Golay, cubic, 15 cm⁻¹ window (`hotstage.analysis.derivatives` defaults; about 1.5× the
   ~10 cm⁻¹ width of the Zn–I bands, which keeps ~half their curvature and averages the noise down), bands at 135
   and 275 cm⁻¹ (DESIGN.md / Li et al. 2023), amplitude = −d²A/dν² AT the band centre (DESIGN: "at the band";
   `band_half_width_cm` = 0 takes the nearest axis point). Not the maximum over ±2 cm⁻¹ used before: the
@@ -33,8 +33,8 @@ come from:
   already carries 0.5–1 `zni_sigma` of Zn–I growth.
   Noise σ = 1.4826·MAD of the referenced derivative outside ±15 cm⁻¹ of the Zn–I bands and 10 cm⁻¹ from the ends
   of the axis ("band-free regions": once the static bands are referenced away only the Zn–I bands remain).
-  Onset: k = 3, m = 3 (`analysis.onsets`, IUPAC 3σ detection limit).
-- PL: single-Gaussian fit of the band core in wavelength (`analysis.pl_fit.fit_pl` defaults). `fit_success` = 1
+  Onset: k = 3, m = 3 (`hotstage.analysis.onsets`, IUPAC 3σ detection limit).
+- PL: single-Gaussian fit of the band core in wavelength (`hotstage.analysis.pl_fit.fit_pl` defaults). `fit_success` = 1
   only when the band was fitted AND its centre is located to `pl_max_centre_su_nm` = 0.5 nm (1σ): near the
   active-phase onset the band is a few counts high, the fit converges with σ ≈ 1 nm and is off by up to 3 nm
   (simulated, 30 noise draws per temperature); at σ ≤ 0.5 nm the worst error was 0.7 nm. Values are stored

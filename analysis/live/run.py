@@ -11,11 +11,11 @@ Derived run contract (DESIGN.md, "Contracts a user relies on / Derived run"):
   version), ``plan_name`` = "live_analysis" or "replay_analysis" (``mode`` = "live"/"replay"), the raw run's
   ``sample`` and ``program`` copied (so a catalog search on the sample finds both runs), ``parameters`` (all).
 * streams ``phase_fractions``, ``thz_derivative``, ``pl_fit`` (one event per raw xrd/thz/pl event; keys in
-  `analysis.live.modalities`), each event also carrying ``temperature`` (the analysis temperature, °C: the
+  `hotstage.analysis.live.modalities`), each event also carrying ``temperature`` (the analysis temperature, °C: the
   parameter ``temperature_key``, falling back to ``fallback_temperature_key``), ``furnace_temperature``,
   ``furnace_setpoint``, ``clock_elapsed`` (experiment s), ``raw_seq_num``, ``raw_time`` and ``error``
   (1 when the analysis of this event raised: its values are NaN);
-* stream ``summary`` with one event at the raw stop (keys and definitions in `analysis.live.onsets`);
+* stream ``summary`` with one event at the raw stop (keys and definitions in `hotstage.analysis.live.onsets`);
 * stop: the raw run's exit_status ("success", "abort" or "fail": an analysis of an aborted or failed run never
   says success); ``reason`` says why (``raw run ended abort: <the raw stop's reason>``) and counts the events
   whose analysis failed ("3 analysis errors; first: …"). A raw run that never sent a stop document (the
@@ -101,7 +101,7 @@ class DerivedRun:
              "parameters": pdict}
             for cls in self.analysers.values()
         ]
-        analyses.append({"name": "summary", "method": "analysis.live.onsets.SummaryBuilder",
+        analyses.append({"name": "summary", "method": "hotstage.analysis.live.onsets.SummaryBuilder",
                          "version": version, "parameters": pdict})
         md: dict[str, Any] = {
             "derived_from": self.raw_uid,

@@ -35,7 +35,7 @@ def halo_columns(s: FloatArray, q_per_s: float, centres: FloatArray, fwhms: Floa
 
 
 def warm_up() -> None:
-    """Load the compiled kernel now (see `analysis.profiles.warm_up`)."""
+    """Load the compiled kernel now (see `hotstage.analysis.profiles.warm_up`)."""
     x = np.linspace(0.1, 0.2, 8)
     for derivs in (False, True):
         halo_columns(x, 10.0, np.array([1.0]), np.array([0.5]), np.empty((1, 8)), np.empty((1, 2, 8)), derivs)

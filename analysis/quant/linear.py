@@ -253,7 +253,7 @@ def gather_weighted(m: FloatArray, rows: NDArray[np.intp], weights: FloatArray, 
 
 
 def warm_up() -> None:
-    """Load this module's compiled kernels now (see `analysis.profiles.warm_up`), with the argument types of
+    """Load this module's compiled kernels now (see `hotstage.analysis.profiles.warm_up`), with the argument types of
     `PhaseQuantifier`'s calls."""
     g = np.array([[2.0, 0.5], [0.5, 1.0]])
     h = np.array([1.0, -1.0])

@@ -4,7 +4,7 @@ Why a table in sinθ: an isotropic lattice strain ε multiplies every d by (1 + 
 sinθ' = sinθ/(1 + ε) (Bragg's law) — a pure *rescaling* of sinθ. A pattern rendered once at a reference strain
 ε_ref therefore gives the pattern at ε by reading the table at sinθ·r, r = (1 + ε)/(1 + ε_ref), with one
 multiplication per point instead of re-rendering hundreds of peaks. The intensity bookkeeping is exact: with
-I_k ∝ LP(2θ_k) and LP = P(2θ)/(sin²θ cosθ) (International Tables Vol. C §6.2.5, as in `analysis.profiles`), the
+I_k ∝ LP(2θ_k) and LP = P(2θ)/(sin²θ cosθ) (International Tables Vol. C §6.2.5, as in `hotstage.analysis.profiles`), the
 area Jacobian r·cosθ/cosθ_b of the mapping and the LP ratio combine to r³·P(2θ)/P(2θ_b), θ_b the back-mapped
 angle. What is not exact is second order: a mapped peak keeps the reference FWHM scaled by cosθ_b/(r cosθ)
 instead of the Caglioti/Scherrer width at the new angle (relative error ≈ |ε − ε_ref|(1 + tan²θ)); tables are
@@ -32,8 +32,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from analysis.profiles import polarisation_coefficients, render_peaks, tch_combine
-from analysis.radiation import Radiation
+from hotstage.analysis.profiles import polarisation_coefficients, render_peaks, tch_combine
+from hotstage.analysis.radiation import Radiation
 
 FloatArray = NDArray[np.float64]
 
@@ -90,7 +90,7 @@ class PhasePeaks:
 
 def phase_peaks(crystal, rad: Radiation, two_theta_max: float, min_relative_intensity: float) -> PhasePeaks:
     """Collect a crystal's peaks line by line (so each knows its wavelength) and strip the LP factor."""
-    from analysis.profiles import lorentz_polarisation
+    from hotstage.analysis.profiles import lorentz_polarisation
 
     sins, lams, f2ms = [], [], []
     for lam, weight in rad.lines:
@@ -309,7 +309,7 @@ def _read_column(tab: FloatArray, s_lo: float, h_s: float, n: int, s: FloatArray
 
 
 def warm_up() -> None:
-    """Load this module's compiled kernels now (see `analysis.profiles.warm_up`), with the argument types of
+    """Load this module's compiled kernels now (see `hotstage.analysis.profiles.warm_up`), with the argument types of
     `PhaseQuantifier`'s calls."""
     x = np.linspace(0.1, 0.2, 8)
     out = [np.empty(8) for _ in range(6)]

@@ -28,11 +28,11 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     sys.path.insert(0, str(HERE.parents[1]))
     sys.path.insert(0, str(HERE))
-    from acquisition.config import RigConfig
-    from acquisition.replay import save_jsonl
-    from acquisition.session import Session
-    from plans.program import Ramp, TemperatureProgram
-    from simulated.parameters import SampleSpec
+    from hotstage.acquisition.config import RigConfig
+    from hotstage.acquisition.replay import save_jsonl
+    from hotstage.acquisition.session import Session
+    from hotstage.plans.program import Ramp, TemperatureProgram
+    from hotstage.simulated.parameters import SampleSpec
     from truth_tools import record_pattern_truth
 
     import tempfile

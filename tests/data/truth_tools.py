@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.live.parameters import AnalysisParameters
-from analysis.onsets import onset
+from hotstage.analysis.live.parameters import AnalysisParameters
+from hotstage.analysis.onsets import onset
 
 PHASES = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI")
 ACTIVE = ("CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha")

@@ -1,0 +1,4 @@
+"""`python -m hotstage` is the `hotstage` command."""
+from hotstage.acquisition.cli import main
+
+raise SystemExit(main())

@@ -181,7 +181,11 @@ def test_failing_analysis_does_not_stop_acquisition(tmp_path: Path) -> None:
     assert np.all(np.isnan(np.asarray(thz["zni_signal"]))) and np.all(np.isnan(np.asarray(thz["d2_absorbance"])))
     assert int(np.sum(pf["error"])) == 0 and np.all(np.isfinite(np.asarray(pf["wf_CsPbI3-delta"])))
     assert int(summary["errors"][0]) == raw_stop["num_events"]["thz"]
-    assert "analysis errors" in stop["reason"] and "thz_derivative" in stop["reason"]
+    n = raw_stop["num_events"]["thz"]
+    # the derived run says the analysis failed (not "success"), naming the analysis and how many events
+    assert stop["exit_status"] == "fail", stop
+    assert f"analysis failed: thz_derivative {n} of {n} events" in stop["reason"], stop["reason"]
+    assert "injected THz failure" in stop["reason"]
 
 
 class _FailsOnce(PLAnalyser):
@@ -211,7 +215,37 @@ def test_one_failing_event_is_recorded() -> None:
     assert math.isfinite(streams["pl_fit"][3]["integrated_intensity"])
     assert sum(e["error"] for e in streams["phase_fractions"]) == 0
     assert streams["summary"][0]["errors"] == 1
-    assert stop["exit_status"] == "success" and "1 analysis errors" in stop["reason"]
+    assert stop["exit_status"] == "fail" and "1 analysis errors" in stop["reason"]
+    assert f"analysis failed: pl_fit 1 of {len(flags)} events" in stop["reason"], stop["reason"]
+
+
+def _replayed(analysers: dict, stop_changes: dict | None = None) -> tuple[dict, dict]:
+    """The recorded run through a DerivedRun with `analysers` (its stop changed by `stop_changes`): (streams, stop)."""
+    out: list[tuple[str, dict]] = []
+    run = None
+    for name, doc in load_jsonl(DATA / "recorded_run.jsonl"):
+        if name == "start":
+            run = DerivedRun(doc, AnalysisParameters(), lambda n, d: out.append((n, d)), mode="replay",
+                             analysers=analysers)
+        else:
+            run(name, {**doc, **(stop_changes or {})} if name == "stop" else doc)
+    _, streams, stop = tt.split(out)
+    return streams, stop
+
+
+def test_a_derived_run_whose_analysis_failed_says_so() -> None:
+    """Every THz analysis raising: the derived stop is "fail" with the analysis and its count, not "success";
+    without failures the same raw run gives "success"; an aborted raw run keeps "abort" and both reasons."""
+    streams, stop = _replayed({**DEFAULT_ANALYSERS, "thz": FailingTHz})
+    n = len(streams["thz_derivative"])
+    assert n >= 1 and stop["exit_status"] == "fail"
+    assert stop["reason"].startswith(f"analysis failed: thz_derivative {n} of {n} events"), stop["reason"]
+    assert "pl_fit" not in stop["reason"] and "phase_fractions" not in stop["reason"]
+    _, good = _replayed(dict(DEFAULT_ANALYSERS))
+    assert good["exit_status"] == "success" and good.get("reason", "") == ""
+    _, aborted = _replayed({**DEFAULT_ANALYSERS, "thz": FailingTHz}, {"exit_status": "abort", "reason": "user"})
+    assert aborted["exit_status"] == "abort"
+    assert "raw run ended abort: user" in aborted["reason"] and "thz_derivative" in aborted["reason"]
 
 
 def test_analysis_process_is_ready_with_kernels_loaded_and_niced() -> None:

@@ -17,9 +17,11 @@ Derived run contract (DESIGN.md, "Contracts a user relies on / Derived run"):
   (1 when the analysis of this event raised: its values are NaN);
 * stream ``summary`` with one event at the raw stop (keys and definitions in `hotstage.analysis.live.onsets`);
 * stop: the raw run's exit_status ("success", "abort" or "fail": an analysis of an aborted or failed run never
-  says success); ``reason`` says why (``raw run ended abort: <the raw stop's reason>``) and counts the events
-  whose analysis failed ("3 analysis errors; first: …"). A raw run that never sent a stop document (the
-  acquisition died, or the analysis was closed first) gives "fail", reason "raw run has no stop document".
+  says success); ``reason`` says why (``raw run ended abort: <the raw stop's reason>``). A derived run whose
+  analyses failed on any event is "fail" (not "success": its values for those events are NaN), its reason naming
+  each failing analysis and its count ("analysis failed: thz_derivative 12 of 12 events; first: …"); an aborted
+  raw run keeps "abort". A raw run that never sent a stop document (the acquisition died, or the analysis was
+  closed first) gives "fail", reason "raw run has no stop document".
 
 The ``truth`` stream of a simulated raw run is never read (only streams with an analyser are).
 """
@@ -91,6 +93,8 @@ class DerivedRun:
         self.summary = SummaryBuilder(params)
         self.errors: list[str] = []  # the first 100 messages
         self.error_count = 0
+        self.failed: dict[str, int] = {}  # derived stream (or "summary") → events whose analysis raised
+        self.analysed: dict[str, int] = {}  # derived stream → events analysed
         self._streams: dict[str, _Stream | None] = {}  # raw descriptor uid → stream (None: not analysed)
         self._bundles: dict[str, Any] = {}
         self.closed = False
@@ -140,7 +144,7 @@ class DerivedRun:
         try:
             analyser = cls(self.params, doc)
         except Exception as exc:  # noqa: BLE001 - a bad descriptor must not stop the other analyses
-            self._error(f"{cls.stream}: cannot analyse raw stream {doc.get('name')!r}: {exc!r}")
+            self._error(f"{cls.stream}: cannot analyse raw stream {doc.get('name')!r}: {exc!r}", cls.stream)
             self._streams[doc["uid"]] = None
             return
         self._streams[doc["uid"]] = _Stream(analyser, None)
@@ -169,7 +173,7 @@ class DerivedRun:
             derived = analyser.process(data)
         except Exception as exc:  # noqa: BLE001 - logged and recorded; the other analyses carry on
             error = True
-            self._error(f"{analyser.stream}: raw event seq_num {doc.get('seq_num')}: {exc!r}")
+            self._error(f"{analyser.stream}: raw event seq_num {doc.get('seq_num')}: {exc!r}", analyser.stream)
             derived = analyser.failed()
             try:
                 analyser.recover()
@@ -187,6 +191,7 @@ class DerivedRun:
             raw_time=float(doc.get("time", NAN)),
             error=int(error),
         )
+        self.analysed[analyser.stream] = self.analysed.get(analyser.stream, 0) + 1
         bundle = self._descriptor_bundle(analyser)
         now = time.time()
         event = bundle.compose_event(data=derived, timestamps={k: now for k in derived}, time=now)
@@ -201,7 +206,7 @@ class DerivedRun:
         try:
             data = self.summary.compute()
         except Exception as exc:  # noqa: BLE001
-            self._error(f"summary: {exc!r}")
+            self._error(f"summary: {exc!r}", "summary")
             data = {k: (0 if v["dtype"] == "integer" else NAN) for k, v in self.summary.data_keys().items()}
         data["errors"] = self.error_count
         bundle = self.bundle.compose_descriptor(name="summary", data_keys=self.summary.data_keys(),
@@ -212,13 +217,23 @@ class DerivedRun:
         status, why = derived_exit_status(raw_stop)
         parts = [p for p in (reason, why) if p]
         if self.error_count:
-            parts.append(f"{self.error_count} analysis errors; first: {self.errors[0]}")
+            if status == "success":
+                status = "fail"  # NaN values where the analysis raised: the derived run did not succeed
+            parts.append(f"analysis failed: {self.failure_counts()} ({self.error_count} analysis errors); "
+                         f"first: {self.errors[0]}")
         self.sink("stop", self.bundle.compose_stop(exit_status=status, reason="; ".join(parts)))
 
-    def _error(self, message: str) -> None:
-        """Log an analysis failure and count it (the first 100 messages are kept)."""
+    def failure_counts(self) -> str:
+        """`thz_derivative 12 of 12 events, summary failed`: which analyses failed, on how many events (an analysis
+        that could not even start on its raw stream, or the summary, just "failed")."""
+        return ", ".join(f"{name} {n} of {self.analysed[name]} events" if name in self.analysed else f"{name} failed"
+                         for name, n in self.failed.items())
+
+    def _error(self, message: str, stream: str) -> None:
+        """Log an analysis failure and count it per stream (the first 100 messages are kept)."""
         log.error("live analysis of run %s: %s", self.raw_uid, message, exc_info=True)
         self.error_count += 1
+        self.failed[stream] = self.failed.get(stream, 0) + 1
         if len(self.errors) < 100:
             self.errors.append(message)
 

@@ -41,3 +41,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     if text.strip():
         terminalreporter.write_sep("=", "attack table (issue 11: attacks from outside the process)")
         terminalreporter.write_line(text.rstrip())
+
+
+# -- shared fixtures -------------------------------------------------------------------------------------------
+import contextlib  # noqa: E402 - the fixtures below; the hooks above need nothing
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+#: Simulated seconds per wall second of a lock-step rig. Low on purpose: the stepped clock still flows with the
+#: wall clock (so a suspended plan is not stuck), and a stalled machine shifts simulated time by only
+#: stall x LOCKSTEP_SCALE; nearly all simulated time comes from the jumps (`hotstage.simulated.clock`).
+LOCKSTEP_SCALE = 5.0
+
+
+@pytest.fixture
+def lockstep_rig() -> Callable[..., contextlib.AbstractContextManager[Any]]:
+    """`with lockstep_rig(RE, **SimulatedRig kwargs) as rig:` a stepped SimulatedRig whose clock the RunEngine's
+    sleeps jump: plans and the simulator advance in lock-step, as fast as the code computes."""
+    from hotstage.simulated.rig import SimulatedRig
+
+    @contextlib.contextmanager
+    def make(RE: Any, *, time_scale: float = LOCKSTEP_SCALE, **kwargs: Any) -> Iterator[SimulatedRig]:
+        with SimulatedRig(time_scale=time_scale, stepped=True, **kwargs) as rig:
+            rig.install_stepped_sleep(RE)
+            yield rig
+
+    return make

@@ -4,7 +4,6 @@ validation before anything moves, step-and-hold and the sintering array."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -110,11 +109,11 @@ def temperature_path(events: list[dict[str, Any]]) -> float:
 
 
 # -- the in-situ ramp ------------------------------------------------------------------------------
-def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine) -> None:
+def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(80.0, 20.0), Hold(1.0), Cool(25.0, 20.0)))
     rec = Recorder(RE)
     progress: list[ProgressInfo] = []
-    with SimulatedRig(time_scale=60.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         plan = insitu_ramp(
             rig.furnace, detectors(rig), program, CADENCE, clock=rig.clock, truth=rig.truth_reader, limits=LIMITS,
             md={"operator": "pytest", "sample": {"name": "x0.4", "cspbi3_wt_frac": 0.4}}, progress=progress.append,
@@ -168,10 +167,10 @@ def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine) -> None:
     assert progress[-1].elapsed_s >= 0.9 * program.duration_s
 
 
-def test_pause_and_resume_gives_one_complete_run(RE: RunEngine) -> None:
+def test_pause_and_resume_gives_one_complete_run(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(60.0, 20.0), Hold(0.5), Cool(45.0, 20.0)))
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         hook = fire_once(lambda p: p.temperature_C > 38.0, lambda: RE.request_pause(defer=True))
         plan = insitu_ramp(
             rig.furnace, detectors(rig, ("xrd", "pl")), program,
@@ -183,7 +182,7 @@ def test_pause_and_resume_gives_one_complete_run(RE: RunEngine) -> None:
         assert RE.state == "paused"
         assert rig.furnace.heater_range.get() == 0, "the RunEngine stops (heater off) the furnace while paused"
         paused_events = len(rec.events("xrd"))
-        time.sleep(0.3)  # ~36 experiment s with the heater off
+        rig.world.clock.advance(36.0)  # 36 experiment s with the heater off
         RE.resume()
         assert RE.state == "idle"
         heater_after = rig.furnace.heater_range.get()
@@ -221,14 +220,14 @@ def pause_at(plan: Any, armed: Callable[[Msg], bool], where: Callable[[Msg], boo
     return plan_mutator(plan, mutate)
 
 
-def test_pause_right_after_the_ramp_is_commanded(RE: RunEngine) -> None:
+def test_pause_right_after_the_ramp_is_commanded(RE: RunEngine, lockstep_rig: Any) -> None:
     """Paused while the ramp is being commanded (Ctrl-C lands anywhere), band suspender installed. The resume
     replays the commands since the last checkpoint and the heater comes back on at a setpoint that ramped on
     while paused; the plan must notice the stop (furnace.stops), re-arm the ramp from the readback, and the band
     suspender must not judge a heater that has just come back on (it did: out-of-band trip, then abort)."""
     program = TemperatureProgram(25.0, (Ramp(120.0, 20.0),))
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         safety = install_furnace_suspenders(RE, rig.furnace, max_C=LIMITS.max_C, band_C=15.0)
         plan = insitu_ramp(rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(20)},
                            clock=rig.clock, limits=LIMITS)
@@ -238,7 +237,7 @@ def test_pause_right_after_the_ramp_is_commanded(RE: RunEngine) -> None:
         with pytest.raises(RunEngineInterrupted):
             RE(plan)
         assert rig.furnace.heater_range.get() == 0
-        time.sleep(1.0)  # 120 experiment s paused: the controller's setpoint ramps on by 40 °C, heater off
+        rig.world.clock.advance(120.0)  # 120 s paused: the controller's setpoint ramps on by 40 °C, heater off
         assert rig.furnace.setpoint.get() - rig.furnace.temperature.get() > 20.0
         RE.resume()
         safety.remove()
@@ -265,16 +264,16 @@ def test_band_is_not_judged_on_a_sample_whose_reads_were_slow() -> None:
         rig.furnace.heater_range.put(0)
 
 
-def test_step_and_hold_resettles_after_a_pause_between_acquisitions(RE: RunEngine) -> None:
+def test_step_and_hold_resettles_after_a_pause_between_acquisitions(RE: RunEngine, lockstep_rig: Any) -> None:
     """A pause just before an acquisition of a hold (heater off meanwhile): that event is kept (taken off
     temperature, and says so), then the furnace settles again and the acquisition is repeated."""
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         plan = step_and_hold(rig.furnace, detectors(rig, ("pl",)), [80.0], repeats=3, clock=rig.clock, limits=LIMITS)
         plan = pause_at(plan, lambda m: m.command == "save", lambda m: m.command == "trigger")
         with pytest.raises(RunEngineInterrupted):
             RE(plan)
-        time.sleep(1.0)  # 120 experiment s with the heater off: the stage cools well below 80 °C
+        rig.world.clock.advance(120.0)  # 120 s with the heater off: the stage cools well below 80 °C
         assert rig.furnace.temperature.get() < 75.0
         RE.resume()
     temps = [e["data"]["furnace_temperature"] for e in rec.events("pl")]
@@ -282,10 +281,10 @@ def test_step_and_hold_resettles_after_a_pause_between_acquisitions(RE: RunEngin
     assert [abs(t - 80.0) <= 1.5 for t in temps] == [True, False, True, True], temps
 
 
-def test_abort_while_paused_runs_cleanup(RE: RunEngine) -> None:
+def test_abort_while_paused_runs_cleanup(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         hook = fire_once(lambda p: p.temperature_C > 35.0, lambda: RE.request_pause(defer=True))
         plan = insitu_ramp(
             rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
@@ -302,10 +301,10 @@ def test_abort_while_paused_runs_cleanup(RE: RunEngine) -> None:
     assert stop["exit_status"] == "abort" and stop["reason"] == "operator abort"
 
 
-def test_abort_while_running_leaves_heater_off(RE: RunEngine) -> None:
+def test_abort_while_running_leaves_heater_off(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         hook = fire_once(lambda p: p.temperature_C > 35.0, lambda: RE.abort("stop now"))
         plan = insitu_ramp(
             rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
@@ -320,10 +319,10 @@ def test_abort_while_running_leaves_heater_off(RE: RunEngine) -> None:
     assert stop["exit_status"] == "abort"
 
 
-def test_halt_skips_cleanup_but_the_run_engine_stops_the_furnace(RE: RunEngine) -> None:
+def test_halt_skips_cleanup_but_the_run_engine_stops_the_furnace(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         hook = fire_once(lambda p: p.temperature_C > 40.0, RE.halt)
         plan = insitu_ramp(
             rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
@@ -337,14 +336,14 @@ def test_halt_skips_cleanup_but_the_run_engine_stops_the_furnace(RE: RunEngine) 
     assert stop["exit_status"] == "abort"
 
 
-def test_exception_inside_the_plan_leaves_heater_off(RE: RunEngine) -> None:
+def test_exception_inside_the_plan_leaves_heater_off(RE: RunEngine, lockstep_rig: Any) -> None:
     program = TemperatureProgram(25.0, (Ramp(70.0, 20.0), Hold(1.0)))
     rec = Recorder(RE)
 
     def boom() -> None:
         raise RuntimeError("detector on fire")
 
-    with SimulatedRig(time_scale=120.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         hook = fire_once(lambda p: p.temperature_C > 35.0, boom, in_thread=False)
         plan = insitu_ramp(
             rig.furnace, detectors(rig, ("pl",)), program, {"pl": Cadence.every_degrees(5)},
@@ -358,7 +357,7 @@ def test_exception_inside_the_plan_leaves_heater_off(RE: RunEngine) -> None:
     assert stop["exit_status"] == "fail" and "detector on fire" in stop["reason"]
 
 
-def test_validation_errors_raise_before_anything_moves(RE: RunEngine) -> None:
+def test_validation_errors_raise_before_anything_moves(RE: RunEngine, lockstep_rig: Any) -> None:
     rec = Recorder(RE)
     with SimulatedRig(time_scale=300.0) as rig:
         before = (rig.furnace.setpoint.get(), rig.furnace.heater_range.get(), rig.furnace.ramp_rate.get())
@@ -382,9 +381,9 @@ def test_validation_errors_raise_before_anything_moves(RE: RunEngine) -> None:
 
 
 # -- step and hold ---------------------------------------------------------------------------------
-def test_step_and_hold_event_counts(RE: RunEngine) -> None:
+def test_step_and_hold_event_counts(RE: RunEngine, lockstep_rig: Any) -> None:
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         plan = step_and_hold(
             rig.furnace, detectors(rig), [40.0, 60.0], repeats=2, settle_s=10.0, md={"purpose": "test"},
             clock=rig.clock, truth=rig.truth_reader, limits=LIMITS, rate_C_per_min=30.0,
@@ -401,22 +400,20 @@ def test_step_and_hold_event_counts(RE: RunEngine) -> None:
         assert temps[2] == pytest.approx(60.0, abs=1.5) and temps[3] == pytest.approx(60.0, abs=1.5)
 
 
-def test_pause_while_settling_then_resume(RE: RunEngine) -> None:
+def test_pause_while_settling_then_resume(RE: RunEngine, lockstep_rig: Any) -> None:
     """A pause cancels the furnace's pending settle; after resume the set is issued again and the run completes."""
     rec = Recorder(RE)
-    with SimulatedRig(time_scale=300.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
         plan = step_and_hold(rig.furnace, detectors(rig, ("pl",)), [40.0, 50.0], clock=rig.clock, limits=LIMITS)
-        timer = threading.Timer(0.15, RE.request_pause)
-        timer.start()
-        try:
+        setpoint = rig.furnace.setpoint
+        plan = pause_at(plan, lambda m: m.command == "set" and m.obj is rig.furnace and m.args[0] == 40.0,
+                        lambda m: m.command == "wait")  # paused while the furnace settles at 40 °C
+        with pytest.raises(RunEngineInterrupted):
             RE(plan)
-            pytest.fail("the plan should have been paused")
-        except RunEngineInterrupted:
-            assert RE.state == "paused"
-            assert rig.furnace.heater_range.get() == 0
-            RE.resume()
-        finally:
-            timer.cancel()
+        assert RE.state == "paused"
+        assert rig.furnace.heater_range.get() == 0
+        assert setpoint.get() == pytest.approx(40.0)
+        RE.resume()
     rec.validate()
     assert [s["exit_status"] for s in rec.of("stop")] == ["success"]
     temps = [e["data"]["furnace_temperature"] for e in rec.events("pl")]
@@ -424,10 +421,10 @@ def test_pause_while_settling_then_resume(RE: RunEngine) -> None:
 
 
 # -- sintering array -------------------------------------------------------------------------------
-def test_sintering_array_one_run_per_condition(RE: RunEngine) -> None:
+def test_sintering_array_one_run_per_condition(RE: RunEngine, lockstep_rig: Any) -> None:
     rec = Recorder(RE)
     loaded: list[float] = []
-    with SimulatedRig(time_scale=600.0, exposures=SHORT_EXPOSURES) as rig:
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
 
         def change_sample(x: float) -> None:
             """A fresh pellet of composition x in the simulated world."""

@@ -122,8 +122,11 @@ class Session:
         analysis_timeout: float | None = None,
         analysers: Mapping[str, Any] | None = None,
         signals: Any = None,
+        stepped: bool = False,
     ) -> None:
         self.config = rig or RigConfig()
+        self.stepped = bool(stepped) and self.config.simulated
+        """Simulated rig in lock-step: waits jump its clock (`hotstage.simulated.clock`); what unit tests use."""
         self.signals = signals
         """`hotstage.acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
         self.analysis_parameters = analysis_parameters(analysis)
@@ -221,6 +224,8 @@ class Session:
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
                             ANALYSIS_READY_TIMEOUT_S)
         self.RE = RunEngine({}, call_returns_result=False)
+        if self.stepped:
+            self.rig.install_stepped_sleep(self.RE)  # plan sleeps jump the simulated clock (lock-step)
         if self.signals is not None:
             # a signal aborts the run at once (bluesky's SigintHandler would pause it and leave the run open)
             self.RE.context_managers = [self.signals.run_engine_guard]
@@ -324,7 +329,7 @@ class Session:
         if self.config.simulated:
             from hotstage.simulated.rig import SimulatedRig
 
-            return SimulatedRig(sample=self.sample, time_scale=self.config.time_scale)
+            return SimulatedRig(sample=self.sample, time_scale=self.config.time_scale, stepped=self.stepped)
         from hotstage.acquisition.hardware import HardwareRig
 
         return HardwareRig(self.config)

@@ -284,6 +284,12 @@ class LakeShore336Furnace(Device):
     since the last checkpoint on resume, which can switch the heater back on before the plan sees it was off;
     a plan that finds this count changed knows it was interrupted and re-arms its ramp from the readback."""
 
+    timebase: Any = None
+    """Where settle waits take their time: None is the wall clock; an object with ``wall()`` (monotonic wall
+    seconds) and ``sleep(wall_s)`` replaces it, e.g. a stepped simulated clock whose ``sleep`` jumps simulated
+    time instead of waiting (``hotstage.simulated.clock.SimClock``), so a set() settles in lock-step."""
+
+
     def __init__(
         self,
         resource: str,
@@ -534,7 +540,8 @@ class LakeShore336Furnace(Device):
 
     def _watch(self, status: FurnaceSetStatus) -> None:
         """Poll the readback until settled for settle_time, the timeout, or cancellation."""
-        t0 = time.monotonic()
+        wall = time.monotonic if self.timebase is None else self.timebase.wall
+        t0 = wall()
         in_band_since: float | None = None
         poll = self.poll_interval
         while not status.done:
@@ -543,7 +550,7 @@ class LakeShore336Furnace(Device):
             except Exception as exc:
                 status._fail(exc)
                 return
-            now = time.monotonic()
+            now = wall()
             status.last_readback = reading
             if abs(reading - status.target) <= self.tolerance:
                 if in_band_since is None:
@@ -567,7 +574,11 @@ class LakeShore336Furnace(Device):
                     )
                 )
                 return
-            if status.cancel_event.wait(poll):
+            if self.timebase is not None:
+                self.timebase.sleep(poll)
+                if status.cancel_event.is_set():
+                    return
+            elif status.cancel_event.wait(poll):
                 return
 
     def _cancel_pending(self, exc: BaseException) -> None:

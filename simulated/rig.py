@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .clock import SimClock
 from .faults import FaultInjector
 from .lakeshore_server import LakeShore336Server, LineServer
 from .parameters import SampleSpec
@@ -148,9 +149,22 @@ def _clock_aligned_with(world: SimWorld) -> Callable[[], float]:
         if first[0]:
             first[0] = False
             return wall0
-        return time.monotonic()
+        return world.clock.wall()
 
     return wall
+
+
+def install_stepped_sleep(RE: Any, clock: SimClock) -> None:
+    """Replace the RunEngine's ``sleep`` message handler: jump ``clock`` by the sleep × time_scale, then yield.
+
+    A plan's ``bps.sleep(wall_s)`` means "let wall_s × time_scale simulated seconds pass"; on a stepped clock
+    they pass at once (the event loop still runs one turn, so the RunEngine stays responsive)."""
+
+    async def _stepped_sleep(msg: Any) -> None:
+        clock.advance(float(msg.args[0]) * clock.time_scale)
+        await asyncio.sleep(0)
+
+    RE.register_command("sleep", _stepped_sleep)
 
 
 class TruthReader:
@@ -217,8 +231,13 @@ class SimulatedRig:
         detector_kwargs: dict[str, Any] | None = None,
         ports: dict[str, int] | None = None,
         faults: list[str] | tuple[str, ...] = (),
+        stepped: bool = False,
     ) -> None:
         """Describe the rig (nothing starts before ``__enter__``/``start()``).
+
+        ``stepped``: the world's clock jumps whenever someone waits (the furnace settling, a detector
+        integrating, the RunEngine's ``sleep`` once `install_stepped_sleep` is applied to it), so plans and the
+        simulator advance in lock-step (``hotstage.simulated.clock``); unit tests use it with a low time_scale.
 
         ``sample``: None (default composite), a SampleSpec or a sample TOML path; ``seed`` None uses the
         sample's seed; ``exposures`` experiment seconds per detector (defaults ``DEFAULT_EXPOSURES``);
@@ -235,6 +254,7 @@ class SimulatedRig:
         self.detector_kwargs = dict(detector_kwargs or {})
         self.ports = ports
         self.fault_specs = tuple(faults)
+        self.stepped = bool(stepped)
         self.world: SimWorld | None = None
         self.host: EmulatorHost | None = None
         self.furnace: Any = None
@@ -254,7 +274,8 @@ class SimulatedRig:
         from hotstage.devices.lakeshore import LakeShore336Furnace
         from hotstage.devices.spectrometers import FTIRSpectrometer, PLSpectrometer, XRDDetector
 
-        self.world = SimWorld(self.sample, self.time_scale, self.seed, thermal=self.thermal)
+        self.world = SimWorld(self.sample, self.time_scale, self.seed, thermal=self.thermal,
+                              clock=SimClock(self.time_scale, stepped=self.stepped))
         self.truth_reader = TruthReader(self.world)
         self.host = EmulatorHost(self.world, ports=self.ports)
         try:
@@ -285,7 +306,14 @@ class SimulatedRig:
         except BaseException:
             self.close()
             raise
+        if self.stepped:
+            self.furnace.timebase = self.world.clock  # settle waits jump the clock instead of waiting
         return self
+
+    def install_stepped_sleep(self, RE: Any) -> None:
+        """Make ``RE``'s ``sleep`` jump this rig's clock (stepped rigs; a no-op on a wall-clock rig)."""
+        if self.world is not None and self.world.clock.stepped:
+            install_stepped_sleep(RE, self.world.clock)
 
     def close(self) -> None:
         """Close the devices, then stop the emulators and their loop (idempotent)."""

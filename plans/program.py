@@ -23,20 +23,32 @@ Numbers: the demo program (25 → 350 °C at 10 °C/min, 10 min hold, cool at 10
 sintering protocol of Li et al., Nat. Commun. 14, 7612 (2023) (350 °C sintering, 10 °C/min). The Lake Shore
 336 accepts ramp rates 0.1–100 K/min (manual, ch. 6, `RAMP` command), the default `RigLimits` rate bounds.
 The default 400 °C ceiling is a typical hot-stage furnace limit and belongs to the rig configuration.
+
+The classes are pydantic (v2) models: frozen, `extra="forbid"` (an unknown key is an error), every number strict
+(a string or a bool is not a number) and finite (`inf` would switch a limit off), segments a union discriminated
+by `kind`. The shape of a program (a ramp goes up, a cool goes down) is checked when it is built; the rig's limits
+(`RigLimits`) by `validate(limits)`, the same model validator run with the limits as validation context. Every
+error is ONE line (`ProgramError`, a ValueError): `SOURCE: segment 1 (hold): minutes = 'ten': why`.
+`RigLimits` and `Cadence` are pydantic dataclasses (plans read them with `dataclasses.asdict`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "Cadence",
     "Cool",
     "Hold",
+    "MAX_HOLD_MINUTES",
     "ProgramError",
     "Ramp",
     "RigLimits",
@@ -49,84 +61,148 @@ class ProgramError(ValueError):
     """A temperature program (or cadence) that must not be run: says which segment, which value, why."""
 
 
-@dataclass(frozen=True)
-class Ramp:
+MAX_HOLD_MINUTES = 7 * 24 * 60.0
+"""Longest hold segment: a week. Longer is a unit slip (seconds for minutes) in a supervised furnace program."""
+
+_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_DATACLASS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)  # frozen: by the dataclass decorator
+_RULE = "hotstage_rule"  # error type of the cross-field rules (their message is the whole text after the location)
+
+
+def _number(**constraints: Any) -> Any:
+    """A strict (no str, no bool), finite float field with `constraints` (gt=…, le=…, description=…)."""
+    return Field(strict=True, allow_inf_nan=False, **constraints)
+
+
+Temperature = Annotated[float, _number(
+    ge=-273.15, le=2000.0, description="°C, above absolute zero and at most 2000 °C (beyond any hot stage); the "
+                                       "rig's limits are checked by validate")]
+Rate = Annotated[float, _number(gt=0, le=1000.0, description="°C/min, above 0; the rig's limits are checked by "
+                                                              "validate, the Lake Shore 336 ramps 0.1–100 K/min")]
+
+
+def _rule(message: str) -> PydanticCustomError:
+    """A cross-field rule failed; `message` names the segment, the key and the value."""
+    return PydanticCustomError(_RULE, "{message}", {"message": message})
+
+
+class _OneLineErrors(type(BaseModel)):  # type: ignore[misc]
+    """Metaclass: positional arguments in field order (`Ramp(350.0, 10.0)`), and a direct construction raises
+    ProgramError with one line instead of pydantic's multi-line ValidationError (nested validation is not
+    affected: pydantic does not call the metaclass for nested models)."""
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        names = list(cls.model_fields)
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__} takes at most {len(names)} positional arguments, got {len(args)}")
+        for name, value in zip(names, args):
+            if name in data:
+                raise TypeError(f"{cls.__name__}: {name} given twice")
+            data[name] = value
+        try:
+            return super().__call__(**data)
+        except ValidationError as exc:
+            raise ProgramError(one_line(exc, cls)) from None
+
+
+class _Model(BaseModel, metaclass=_OneLineErrors):
+    model_config = _CONFIG
+
+
+class Ramp(_Model):
     """Heat to `to_C` at `rate_C_per_min` (°C/min)."""
 
-    to_C: float
-    rate_C_per_min: float
-
-    kind = "ramp"
+    to_C: Temperature
+    rate_C_per_min: Rate
+    kind: Literal["ramp"] = "ramp"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (goes into start metadata)."""
-        return {"kind": self.kind, "to_C": float(self.to_C), "rate_C_per_min": float(self.rate_C_per_min)}
+        return {"kind": self.kind, "to_C": self.to_C, "rate_C_per_min": self.rate_C_per_min}
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(_Model):
     """Dwell at the current temperature for `minutes` (experiment time)."""
 
-    minutes: float
-
-    kind = "hold"
+    minutes: float = _number(gt=0, le=MAX_HOLD_MINUTES,
+                             description="experiment minutes, above 0 and at most a week; longer is a unit slip")
+    kind: Literal["hold"] = "hold"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (goes into start metadata)."""
-        return {"kind": self.kind, "minutes": float(self.minutes)}
+        return {"kind": self.kind, "minutes": self.minutes}
 
 
-@dataclass(frozen=True)
-class Cool:
+class Cool(_Model):
     """Cool to `to_C` at `rate_C_per_min` (°C/min); the furnace may lag below its natural cooling rate."""
 
-    to_C: float
-    rate_C_per_min: float
-
-    kind = "cool"
+    to_C: Temperature
+    rate_C_per_min: Rate
+    kind: Literal["cool"] = "cool"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (goes into start metadata)."""
-        return {"kind": self.kind, "to_C": float(self.to_C), "rate_C_per_min": float(self.rate_C_per_min)}
+        return {"kind": self.kind, "to_C": self.to_C, "rate_C_per_min": self.rate_C_per_min}
 
 
-Segment = Union[Ramp, Hold, Cool]
-_KINDS: dict[str, type] = {"ramp": Ramp, "hold": Hold, "cool": Cool}
-_FIELDS: dict[str, tuple[str, ...]] = {"ramp": ("to_C", "rate_C_per_min"), "hold": ("minutes",), "cool": ("to_C", "rate_C_per_min")}
-# keys `to_dict()` adds for readers of the metadata; accepted (and ignored) so that from_dict(to_dict()) works
-_DERIVED_KEYS = {"duration_s", "max_C"}
+Segment = Annotated[Union[Ramp, Hold, Cool], Field(discriminator="kind")]
+_KINDS = ("ramp", "hold", "cool")
+# keys `to_dict()` adds for readers of the metadata; accepted (if numbers, and ignored) so that from_dict(to_dict())
+_DERIVED_KEYS = ("duration_s", "max_C")
 
 
-@dataclass(frozen=True)
+def _one_line_dataclass(cls: type) -> type:
+    """Make a pydantic dataclass raise ProgramError (one line) instead of ValidationError when constructed."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise ProgramError(f"{cls.__name__}: {one_line(exc, cls)}") from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_one_line_dataclass
+@dataclass(frozen=True, config=_DATACLASS_CONFIG)
 class RigLimits:
-    """What the furnace may be asked to do (°C and °C/min); a program is validated against it."""
+    """What the furnace may be asked to do (°C and °C/min); a program is validated against it.
 
-    max_C: float = 400.0
-    min_rate: float = 0.1
-    max_rate: float = 100.0
-    min_C: float = 0.0
+    The ranges are those of the rig TOML (`hotstage.acquisition.config.LimitsConfig`): an infinite limit would
+    switch the check (and the over-temperature guard built on it) off."""
 
-    def __post_init__(self) -> None:
-        for key in ("max_C", "min_rate", "max_rate", "min_C"):
-            _number(getattr(self, key), f"rig limits: {key}")  # inf would switch the limit (and its guard) off
-        if not (self.min_C < self.max_C) or not (0 < self.min_rate <= self.max_rate):
-            raise ProgramError(f"inconsistent rig limits {self}")
+    max_C: float = _number(default=400.0, gt=-196, le=1200, description="highest temperature a program may ask for")
+    min_rate: float = _number(default=0.1, ge=0.1, le=100, description="°C/min: the 336 RAMP accepts 0.1–100")
+    max_rate: float = _number(default=100.0, ge=0.1, le=100, description="°C/min: the 336 RAMP accepts 0.1–100")
+    min_C: float = _number(default=0.0, ge=-196, lt=1200, description="lowest temperature a program may ask for")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RigLimits:
+        if not self.min_C < self.max_C:
+            raise _rule(f"max_C = {self.max_C!r} must be above min_C = {self.min_C!r}")
+        if not self.min_rate <= self.max_rate:
+            raise _rule(f"max_rate = {self.max_rate!r} must not be below min_rate = {self.min_rate!r}")
+        return self
 
 
-@dataclass(frozen=True)
+@_one_line_dataclass
+@dataclass(frozen=True, config=_DATACLASS_CONFIG)
 class Cadence:
     """When a modality is acquired: every `every_C` °C of temperature change and/or every `every_s` experiment seconds."""
 
-    every_C: float | None = None
-    every_s: float | None = None
+    every_C: float | None = _number(default=None, gt=0, le=100,
+                                    description="acquire every N °C of temperature change: above 0, at most 100 °C")
+    every_s: float | None = _number(default=None, gt=0, le=86400,
+                                    description="acquire every N experiment seconds: above 0, at most a day")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _a_criterion(self) -> Cadence:
         if self.every_C is None and self.every_s is None:
-            raise ProgramError("a cadence needs every_C (°C) or every_s (experiment seconds)")
-        for key in ("every_C", "every_s"):
-            value = getattr(self, key)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ProgramError(f"cadence {key} must be a positive number, got {value!r}")
+            raise _rule("a cadence needs every_C (°C) or every_s (experiment seconds)")
+        return self
 
     @classmethod
     def every_degrees(cls, step_C: float) -> Cadence:
@@ -172,27 +248,62 @@ class Cadence:
         return {k: float(v) for k, v in (("every_C", self.every_C), ("every_s", self.every_s)) if v is not None}
 
 
-MAX_HOLD_MINUTES = 7 * 24 * 60.0
-"""Longest hold segment: a week. Longer is a unit slip (seconds for minutes) in a supervised furnace program."""
+class TemperatureProgram(_Model):
+    """A start temperature (°C) and a sequence of segments; the nominal profile is piecewise linear.
 
+    Built directly (`TemperatureProgram(25.0, (Ramp(350.0, 10.0), Hold(10.0)))`) or from the TOML/metadata form
+    (`from_dict`, `from_toml`); either way the shape is checked (a ramp goes up, a cool goes down)."""
 
-def _number(value: Any, where: str) -> float:
-    """A finite float, or ProgramError naming where it came from (`WHERE = VALUE: must be a finite number`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProgramError(f"{where} = {value!r}: must be a finite number")
-    return float(value)
+    start_C: Temperature
+    segments: tuple[Segment, ...] = Field(min_length=1, description="[[segment]] tables: ramp, hold or cool")
+    name: str = Field("", strict=True, description="a name for the program, stored with the run")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _toml_form(cls, data: Any) -> Any:
+        """`[[segment]]` (TOML) or `segments` (metadata); the keys to_dict adds for readers are checked and dropped."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "segment" in data:
+            if "segments" in data:
+                raise _rule("give either [[segment]] or 'segments', not both")
+            data["segments"] = data.pop("segment")
+        for key in _DERIVED_KEYS:
+            if key in data:
+                value = data.pop(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise _rule(f"{key} = {value!r}: must be a finite number")
+        if isinstance(data.get("segments"), list):
+            data["segments"] = tuple(data["segments"])  # TOML arrays are lists
+        return data
 
-@dataclass(frozen=True)
-class TemperatureProgram:
-    """A start temperature (°C) and a sequence of segments; the nominal profile is piecewise linear."""
-
-    start_C: float
-    segments: tuple[Segment, ...]
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "segments", tuple(self.segments))
+    @model_validator(mode="after")
+    def _shape_and_limits(self, info: ValidationInfo) -> TemperatureProgram:
+        """A ramp goes up and a cool goes down; with `context={"limits": RigLimits}` also within the rig's limits."""
+        limits: RigLimits | None = (info.context or {}).get("limits")
+        if limits is not None and not limits.min_C <= self.start_C <= limits.max_C:
+            raise _rule(f"start_C = {self.start_C} °C is outside the rig limits [{limits.min_C}, {limits.max_C}] °C")
+        temp = self.start_C
+        for i, seg in enumerate(self.segments):
+            where = f"segment {i} ({seg.kind})"
+            if isinstance(seg, Hold):
+                continue
+            if isinstance(seg, Ramp) and seg.to_C <= temp:
+                raise _rule(f"{where}: to_C = {seg.to_C} °C does not go up from {temp} °C (use a cool segment)")
+            if isinstance(seg, Cool) and seg.to_C >= temp:
+                raise _rule(f"{where}: to_C = {seg.to_C} °C does not go down from {temp} °C (use a ramp segment)")
+            if limits is not None:
+                rate = seg.rate_C_per_min
+                if not limits.min_rate <= rate <= limits.max_rate:
+                    raise _rule(f"{where}: rate_C_per_min = {rate} is outside the rig limits "
+                                f"[{limits.min_rate}, {limits.max_rate}] °C/min")
+                if seg.to_C > limits.max_C:
+                    raise _rule(f"{where}: to_C = {seg.to_C} °C is above the rig maximum {limits.max_C} °C")
+                if seg.to_C < limits.min_C:
+                    raise _rule(f"{where}: to_C = {seg.to_C} °C is below the rig minimum {limits.min_C} °C")
+            temp = seg.to_C
+        return self
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -202,44 +313,13 @@ class TemperatureProgram:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "program") -> TemperatureProgram:
-        """Build from the TOML/metadata form; unknown or missing keys raise ProgramError naming source and key."""
+        """Build from the TOML/metadata form; any bad key or value raises ProgramError `SOURCE: KEY = VALUE: why`."""
         if not isinstance(d, dict):
             raise ProgramError(f"{source}: expected a table, got {type(d).__name__}")
-        allowed = {"start_C", "segment", "segments", "name"} | _DERIVED_KEYS
-        for key in d:
-            if key not in allowed:
-                raise ProgramError(f"{source}: unknown key {key!r} (allowed: start_C, name, [[segment]])")
-        for key in _DERIVED_KEYS & set(d):
-            _number(d[key], f"{source}: {key}")  # ignored, but not any value
-        if "start_C" not in d:
-            raise ProgramError(f"{source}: missing key 'start_C'")
-        start = _number(d["start_C"], f"{source}: start_C")
-        raw = d.get("segment", d.get("segments"))
-        if "segment" in d and "segments" in d:
-            raise ProgramError(f"{source}: give either [[segment]] or 'segments', not both")
-        if not isinstance(raw, list) or not raw:
-            raise ProgramError(f"{source}: a program needs at least one [[segment]]")
-        segments: list[Segment] = []
-        for i, entry in enumerate(raw):
-            if not isinstance(entry, dict):
-                raise ProgramError(f"{source}: segment {i} must be a table, got {entry!r}")
-            kind = entry.get("kind")
-            if not isinstance(kind, str) or kind not in _KINDS:
-                raise ProgramError(f"{source}: segment {i}: kind = {kind!r}: must be one of {', '.join(_KINDS)}")
-            fields = _FIELDS[kind]
-            for key in entry:
-                if key != "kind" and key not in fields:
-                    raise ProgramError(f"{source}: segment {i} ({kind}): unknown key {key!r} (allowed: {', '.join(fields)})")
-            values = {}
-            for key in fields:
-                if key not in entry:
-                    raise ProgramError(f"{source}: segment {i} ({kind}): missing key {key!r}")
-                values[key] = _number(entry[key], f"{source}: segment {i} ({kind}): {key}")
-            segments.append(_KINDS[kind](**values))
-        name = d.get("name", "")
-        if not isinstance(name, str):
-            raise ProgramError(f"{source}: name must be a string, got {name!r}")
-        return cls(start, tuple(segments), name=name)
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise ProgramError(f"{source}: {one_line(exc, cls)}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TemperatureProgram:
@@ -257,7 +337,7 @@ class TemperatureProgram:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for start metadata `program` (includes `duration_s` and `max_C` for readers)."""
         d: dict[str, Any] = {
-            "start_C": float(self.start_C),
+            "start_C": self.start_C,
             "segments": [s.to_dict() for s in self.segments],
             "duration_s": self.duration_s,
             "max_C": self.max_temperature,
@@ -315,40 +395,69 @@ class TemperatureProgram:
         return [temp for _, temp in self.breakpoints()[:-1]]
 
     # -- validation ------------------------------------------------------------------------------
-    def validate(self, limits: RigLimits | None = None) -> TemperatureProgram:
-        """Raise ProgramError naming the first offending segment (index, kind) and value; returns self when fine."""
-        if not self.segments:
-            raise ProgramError("program has no segments")
-        start = _number(self.start_C, "start_C")
-        if limits is not None and not (limits.min_C <= start <= limits.max_C):
-            raise ProgramError(f"start_C = {start} °C is outside the rig limits [{limits.min_C}, {limits.max_C}] °C")
-        temp = start
-        for i, seg in enumerate(self.segments):
-            where = f"segment {i} ({getattr(seg, 'kind', type(seg).__name__)})"
-            if isinstance(seg, Hold):
-                minutes = _number(seg.minutes, f"{where}: minutes")
-                if not 0 < minutes <= MAX_HOLD_MINUTES:
-                    raise ProgramError(f"{where}: minutes = {minutes} must be > 0 and at most {MAX_HOLD_MINUTES:g} "
-                                       f"(a week)")
-                continue
-            if not isinstance(seg, (Ramp, Cool)):
-                raise ProgramError(f"{where}: not a Ramp, Hold or Cool segment: {seg!r}")
-            to_C = _number(seg.to_C, f"{where}: to_C")
-            rate = _number(seg.rate_C_per_min, f"{where}: rate_C_per_min")
-            if rate <= 0:
-                raise ProgramError(f"{where}: rate_C_per_min = {rate} must be > 0")
-            if isinstance(seg, Ramp) and to_C <= temp:
-                raise ProgramError(f"{where}: to_C = {to_C} °C does not go up from {temp} °C (use a cool segment)")
-            if isinstance(seg, Cool) and to_C >= temp:
-                raise ProgramError(f"{where}: to_C = {to_C} °C does not go down from {temp} °C (use a ramp segment)")
-            if limits is not None:
-                if not (limits.min_rate <= rate <= limits.max_rate):
-                    raise ProgramError(
-                        f"{where}: rate_C_per_min = {rate} is outside the rig limits [{limits.min_rate}, {limits.max_rate}] °C/min"
-                    )
-                if to_C > limits.max_C:
-                    raise ProgramError(f"{where}: to_C = {to_C} °C is above the rig maximum {limits.max_C} °C")
-                if to_C < limits.min_C:
-                    raise ProgramError(f"{where}: to_C = {to_C} °C is below the rig minimum {limits.min_C} °C")
-            temp = to_C
+    def validate(self, limits: RigLimits | None = None) -> TemperatureProgram:  # type: ignore[override]
+        """Check against the rig's `limits` (the model validator with the limits as context); ProgramError naming
+        the first offending segment (index, kind) and value, else self. Without limits only the shape (checked
+        on construction already)."""
+        try:
+            type(self).model_validate(self.model_dump(), context={"limits": limits})
+        except ValidationError as exc:
+            raise ProgramError(one_line(exc, type(self))) from None
         return self
+
+
+# -- one-line errors --------------------------------------------------------------------------------
+_ALLOWED = {"program": "start_C, name, [[segment]]", "ramp": "to_C, rate_C_per_min", "hold": "minutes",
+            "cool": "to_C, rate_C_per_min"}
+_FIELD_OWNER: dict[str, Any] = {"ramp": Ramp, "hold": Hold, "cool": Cool}
+
+
+def one_line(exc: ValidationError, model: Any = None) -> str:
+    """`segment 1 (hold): minutes = 'ten': why` for the first error of validating `model` (the class), plus
+    `(and N more)`; no source prefix."""
+    errors = exc.errors(include_url=False)
+    if len(errors) > 1:  # a segment that failed also makes the tuple "too short": not a second error
+        errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"] == ("segments",))] or errors
+    # a misspelled key is what the user typed: say that before the "missing" it causes
+    errors.sort(key=lambda e: e["type"] not in ("extra_forbidden", "unexpected_keyword_argument"))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _text(errors[0], model) + more
+
+
+def _text(error: Any, model: Any) -> str:
+    loc = list(error["loc"])
+    kind, where, owner = "program", "", model
+    if loc[:1] == ["segments"] and len(loc) >= 2:
+        where = f"segment {loc[1]}"
+        if len(loc) >= 3:
+            kind, owner = str(loc[2]), _FIELD_OWNER.get(str(loc[2]))
+            where += f" ({kind})"
+        loc = loc[3:]
+    elif loc[:1] == ["segments"]:
+        loc = []
+    key = ".".join(str(p) for p in loc)
+    kind_of = error["type"]
+    if kind_of == _RULE:
+        text = error["ctx"]["message"]
+    elif kind_of in ("too_short", "missing") and error["loc"] == ("segments",):
+        text = "a program needs at least one [[segment]]"
+    elif kind_of == "missing":
+        text = f"missing key {key!r}"
+    elif kind_of in ("extra_forbidden", "unexpected_keyword_argument"):
+        text = f"unknown key {key!r} (allowed: {_ALLOWED[kind]})"
+    elif kind_of == "union_tag_invalid":
+        text = f"kind = {error['input'].get('kind')!r}: must be one of {', '.join(_KINDS)}"
+    elif kind_of == "union_tag_not_found":
+        text = f"missing key 'kind' (one of {', '.join(_KINDS)})"
+    elif kind_of in ("model_attributes_type", "model_type", "dict_type"):
+        text = f"must be a table, got {error['input']!r}"
+    else:
+        info = getattr(owner, "__pydantic_fields__", {}).get(key) if key else None
+        why = error["msg"]
+        if info is not None and "ctx" in error:
+            description = info.description or next(
+                (m.description for m in info.metadata if getattr(m, "description", None)), None)
+            if description:
+                why = f"{why} ({description})"
+        text = f"{key} = {error['input']!r}: {why}" if key else why
+    return f"{where}: {text}" if where else text

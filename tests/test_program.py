@@ -75,33 +75,87 @@ def test_to_dict_round_trip_and_metadata_fields() -> None:
     assert again.segments == demo.segments and again.start_C == demo.start_C
 
 
+def seg(kind: str, *values: float) -> dict:
+    """A segment in the TOML/metadata form."""
+    keys = {"ramp": ("to_C", "rate_C_per_min"), "hold": ("minutes",), "cool": ("to_C", "rate_C_per_min")}[kind]
+    return {"kind": kind, **dict(zip(keys, values))}
+
+
 @pytest.mark.parametrize(
     ("segments", "needles"),
     [
-        ((Ramp(20.0, 10.0),), ["segment 0 (ramp)", "to_C = 20.0", "does not go up"]),
-        ((Ramp(100.0, 10.0), Cool(150.0, 10.0)), ["segment 1 (cool)", "to_C = 150.0", "does not go down"]),
-        ((Ramp(100.0, 60.0),), ["segment 0 (ramp)", "rate_C_per_min = 60.0", "50.0"]),
-        ((Ramp(100.0, 0.01),), ["segment 0 (ramp)", "rate_C_per_min = 0.01"]),
-        ((Ramp(450.0, 10.0),), ["segment 0 (ramp)", "to_C = 450.0", "above the rig maximum 400.0"]),
-        ((Ramp(100.0, 10.0), Hold(0.0)), ["segment 1 (hold)", "minutes = 0.0"]),
-        ((Ramp(100.0, 10.0), Hold(-3.0)), ["segment 1 (hold)", "minutes = -3.0"]),
-        ((Ramp(100.0, 10.0), Cool(-20.0, 10.0)), ["segment 1 (cool)", "to_C = -20.0", "below the rig minimum"]),
-        ((Ramp(100.0, -5.0),), ["segment 0 (ramp)", "rate_C_per_min = -5.0"]),
-        ((Ramp(math.nan, 10.0),), ["segment 0 (ramp)", "to_C"]),
+        ([seg("ramp", 20.0, 10.0)], ["segment 0 (ramp)", "to_C = 20.0", "does not go up"]),
+        ([seg("ramp", 100.0, 10.0), seg("cool", 150.0, 10.0)], ["segment 1 (cool)", "to_C = 150.0", "does not go down"]),
+        ([seg("ramp", 100.0, 60.0)], ["segment 0 (ramp)", "rate_C_per_min = 60.0", "50.0"]),
+        ([seg("ramp", 100.0, 0.01)], ["segment 0 (ramp)", "rate_C_per_min = 0.01"]),
+        ([seg("ramp", 450.0, 10.0)], ["segment 0 (ramp)", "to_C = 450.0", "above the rig maximum 400.0"]),
+        ([seg("ramp", 100.0, 10.0), seg("hold", 0.0)], ["segment 1 (hold)", "minutes = 0.0", "greater than 0"]),
+        ([seg("ramp", 100.0, 10.0), seg("hold", -3.0)], ["segment 1 (hold)", "minutes = -3.0"]),
+        ([seg("ramp", 100.0, 10.0), seg("cool", -20.0, 10.0)], ["segment 1 (cool)", "to_C = -20.0", "below the rig minimum"]),
+        ([seg("ramp", 100.0, -5.0)], ["segment 0 (ramp)", "rate_C_per_min = -5.0"]),
+        ([seg("ramp", math.nan, 10.0)], ["segment 0 (ramp)", "to_C = nan", "finite"]),
     ],
 )
-def test_validation_names_segment_and_value(segments: tuple, needles: list[str]) -> None:
+def test_validation_names_segment_and_value(segments: list, needles: list[str]) -> None:
+    """Shape errors (on construction) and rig-limit errors (validate) alike name the segment, the key and value."""
     with pytest.raises(ProgramError) as err:
-        TemperatureProgram(25.0, segments).validate(LIMITS)
+        TemperatureProgram.from_dict({"start_C": 25.0, "segments": segments}).validate(LIMITS)
     for needle in needles:
-        assert needle in str(err.value)
-    assert isinstance(err.value, ValueError)
+        assert needle in str(err.value), str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: Hold(0.0), "minutes = 0.0: Input should be greater than 0"),
+        (lambda: Hold(-3.0), "minutes = -3.0"),
+        (lambda: Ramp(100.0, -5.0), "rate_C_per_min = -5.0: Input should be greater than 0"),
+        (lambda: Ramp(math.nan, 10.0), "to_C = nan: Input should be a finite number"),
+        (lambda: Cool(math.inf, 10.0), "to_C = inf"),
+        (lambda: Ramp("100", 10.0), "to_C = '100': Input should be a valid number"),  # a string is not a number
+        (lambda: Ramp(100.0, True), "rate_C_per_min = True"),
+        (lambda: Ramp(100.0, 10.0, kind="hold"), "kind = 'hold'"),
+        (lambda: Hold(minutes=1.0, seconds=3), "unknown key 'seconds'"),
+        (lambda: TemperatureProgram(25.0, (Ramp(20.0, 10.0),)), "segment 0 (ramp): to_C = 20.0 °C does not go up"),
+        (lambda: TemperatureProgram(25.0, ()), "at least one [[segment]]"),
+        (lambda: TemperatureProgram(25.0, (Ramp(100.0, 10.0),), name=5), "name = 5"),
+    ],
+)
+def test_direct_construction_is_validated_in_one_line(make: object, needle: str) -> None:
+    """The models check themselves when built from Python (plans, the queue server, notebooks): one line."""
+    with pytest.raises(ProgramError) as err:
+        make()  # type: ignore[operator]
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_models_are_frozen_and_segments_discriminated_by_kind() -> None:
+    demo = TemperatureProgram.demo()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        demo.start_C = 1000.0  # type: ignore[misc]
+    with pytest.raises(Exception):  # noqa: B017
+        demo.segments[0].to_C = 1000.0  # type: ignore[union-attr,misc]
+    again = TemperatureProgram.model_validate(demo.model_dump())
+    assert again == demo and [type(s) for s in again.segments] == [Ramp, Hold, Cool]
+    schema = TemperatureProgram.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["segments"]["items"]["discriminator"]["propertyName"] == "kind"
+    assert schema["$defs"]["Hold"]["properties"]["minutes"]["maximum"] == 7 * 24 * 60
+
+
+def test_validate_does_not_change_the_program_and_limits_are_context() -> None:
+    program = TemperatureProgram(25.0, (Ramp(350.0, 10.0),))
+    assert program.validate(LIMITS) is program and program.validate() is program
+    with pytest.raises(ProgramError, match="above the rig maximum 300.0"):
+        program.validate(RigLimits(max_C=300.0))
+    with pytest.raises(ProgramError, match="either"):
+        TemperatureProgram.from_dict({"start_C": 25, "segment": [seg("hold", 1)], "segments": [seg("hold", 1)]})
 
 
 def test_validation_start_and_empty() -> None:
     with pytest.raises(ProgramError, match="start_C = 500.0"):
         TemperatureProgram(500.0, (Cool(25.0, 10.0),)).validate(LIMITS)
-    with pytest.raises(ProgramError, match="no segments"):
+    with pytest.raises(ProgramError, match=r"at least one \[\[segment\]\]"):
         TemperatureProgram(25.0, ()).validate(LIMITS)
 
 
@@ -214,8 +268,10 @@ def test_derived_keys_must_be_numbers_too() -> None:
 
 def test_holds_longer_than_a_week_are_refused() -> None:
     TemperatureProgram(25.0, (Ramp(100.0, 10.0), Hold(7 * 24 * 60.0))).validate(LIMITS)
-    with pytest.raises(ProgramError, match=r"segment 1 \(hold\): minutes = 1e\+308"):
-        TemperatureProgram(25.0, (Ramp(100.0, 10.0), Hold(1e308))).validate(LIMITS)
+    with pytest.raises(ProgramError, match=r"segment 1 \(hold\): minutes = 1e\+308: .* a week"):
+        TemperatureProgram.from_dict({"start_C": 25.0, "segments": [seg("ramp", 100.0, 10.0), seg("hold", 1e308)]})
+    with pytest.raises(ProgramError, match=r"minutes = 1e\+308"):
+        Hold(1e308)
 
 
 @pytest.mark.parametrize("key", ["max_C", "min_C", "min_rate", "max_rate"])

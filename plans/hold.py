@@ -9,8 +9,8 @@ stage, simulated/thermal.py) catch up. One run; one event per acquisition in the
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -19,13 +19,18 @@ from bluesky.preprocessors import stage_wrapper
 from .insitu import (
     MODALITIES,
     Acquirer,
+    Movable,
     MsgGenerator,
     Readable,
     _time_scale,
+    as_truth_readable,
     check_detectors,
     check_furnace,
+    device_name,
+    limits_dict,
+    limits_from,
+    resolve_annotations,
     settle,
-    as_truth_readable,
     stream_hints,
 )
 from .program import ProgramError, RigLimits
@@ -35,7 +40,7 @@ __all__ = ["step_and_hold"]
 
 
 def step_and_hold(
-    furnace: Any,
+    furnace: Movable,
     detectors: Mapping[str, Readable],
     temperatures: Sequence[float],
     repeats: int = 1,
@@ -43,17 +48,48 @@ def step_and_hold(
     md: dict[str, Any] | None = None,
     *,
     clock: Readable | None = None,
-    truth: Any = None,
-    limits: RigLimits | None = None,
+    truth: Readable | None = None,
+    limits: RigLimits | Mapping[str, float] | None = None,
     rate_C_per_min: float | None = None,
     safe_setpoint_C: float | None = None,
 ) -> MsgGenerator:
     """One run: for each temperature, set and settle, wait `settle_s` experiment s, acquire each modality `repeats` times.
 
-    `rate_C_per_min` (validated against `limits`) turns the controller's setpoint ramp on for the moves; without
-    it the furnace steps. Validated at call time; wrapped by `safe_furnace_wrapper`.
+    A generator function (bluesky plan); `limits` may be RigLimits or a dict. `rate_C_per_min` (validated against
+    `limits`) turns the controller's setpoint ramp on for the moves; without it the furnace steps. Validated at the
+    first step, before any message; wrapped by `safe_furnace_wrapper`.
     """
-    temps = [float(t) for t in temperatures]
+    plan = _step_and_hold(furnace, detectors, temperatures, repeats, settle_s, md, clock=clock, truth=truth,
+                          limits=limits, rate_C_per_min=rate_C_per_min, safe_setpoint_C=safe_setpoint_C)
+    return (yield from plan)
+
+
+resolve_annotations(step_and_hold)
+
+
+def _step_and_hold(
+    furnace: Any,
+    detectors: Mapping[str, Any],
+    temperatures: Sequence[float],
+    repeats: int,
+    settle_s: float,
+    md: dict[str, Any] | None,
+    *,
+    clock: Any,
+    truth: Any,
+    limits: RigLimits | Mapping[str, float] | None,
+    rate_C_per_min: float | None,
+    safe_setpoint_C: float | None,
+) -> MsgGenerator:
+    """Validate the arguments of `step_and_hold` and build its plan (raises ProgramError before any message)."""
+    limits = limits_from(limits)
+    if isinstance(temperatures, (str, bytes, Mapping)) or not hasattr(temperatures, "__iter__"):
+        raise ProgramError(f"temperatures must be a list of °C values, got {temperatures!r}")
+    temps = []
+    for i, t in enumerate(temperatures):
+        if isinstance(t, bool) or not isinstance(t, numbers.Real):
+            raise ProgramError(f"temperature {i}: {t!r} is not a number")
+        temps.append(float(t))
     if not temps:
         raise ProgramError("step_and_hold needs at least one temperature")
     for i, t in enumerate(temps):
@@ -63,7 +99,8 @@ def step_and_hold(
             raise ProgramError(f"temperature {i}: {t} °C is outside the rig limits [{limits.min_C}, {limits.max_C}] °C")
     if not isinstance(repeats, int) or repeats < 1:
         raise ProgramError(f"repeats must be an integer >= 1, got {repeats!r}")
-    if not (math.isfinite(settle_s) and settle_s >= 0):
+    if isinstance(settle_s, bool) or not isinstance(settle_s, numbers.Real) or not (math.isfinite(settle_s)
+                                                                                   and settle_s >= 0):
         raise ProgramError(f"settle_s must be >= 0, got {settle_s!r}")
     if rate_C_per_min is not None:
         if not (math.isfinite(rate_C_per_min) and rate_C_per_min > 0):
@@ -81,6 +118,18 @@ def step_and_hold(
     _md: dict[str, Any] = {
         "plan_name": "step_and_hold",
         "plan_type": "generator",
+        "plan_args": {
+            "furnace": device_name(furnace),
+            "detectors": {k: device_name(d) for k, d in detectors.items()},
+            "temperatures": temps,
+            "repeats": repeats,
+            "settle_s": float(settle_s),
+            "clock": device_name(clock),
+            "truth": device_name(truth),
+            "limits": limits_dict(limits) if limits is not None else None,
+            "rate_C_per_min": rate_C_per_min,
+            "safe_setpoint_C": safe_setpoint_C,
+        },
         "temperatures_C": temps,
         "repeats": repeats,
         "settle_s": float(settle_s),
@@ -92,7 +141,7 @@ def step_and_hold(
         "hints": stream_hints(furnace, modalities),
     }
     if limits is not None:
-        _md["limits"] = asdict(limits)
+        _md["limits"] = limits_dict(limits)
     _md.update(md or {})
 
     def inner() -> MsgGenerator:

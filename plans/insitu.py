@@ -2,8 +2,12 @@
 
 How the ramp loop works (all through bluesky plan stubs and the devices' ophyd signals):
 
-1. Everything is validated when `insitu_ramp(...)` is *called* (program against `RigLimits`, detector and
-   cadence keys, required furnace signals), so a bad request raises `ProgramError` before any message exists.
+1. `insitu_ramp` is a generator function (a bluesky plan the queue server lists, `inspect.isgeneratorfunction`);
+   its arguments may be JSON forms (program as a `{"start_C": .., "segments": [..]}` dict, cadences as
+   `{"every_C": 5}` dicts, limits as a dict). Everything is validated at the plan's first step (program against
+   `RigLimits`, detector and cadence keys, required furnace signals), so a bad request raises `ProgramError`
+   before any message exists: nothing moves. The start document records `plan_name` and `plan_args` (the
+   arguments in JSON form, devices by name).
 2. Before the run opens the furnace is configured (ramp rate of the first segment, ramping on) and `set` to the
    program's start temperature with `wait=True` (the device's status finishes once the readback has settled).
    This `set` also registers the furnace with the RunEngine as a moved object, so the RunEngine calls
@@ -46,15 +50,17 @@ Each poll costs three queries (KRDG?, the clock, RANGE?) and a read of the soft 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Movable, Readable
 from bluesky.preprocessors import stage_wrapper
 from bluesky.utils import FailedStatus, Msg
 
@@ -68,11 +74,15 @@ MsgGenerator = Generator[Msg, Any, Any]
 
 __all__ = [
     "MODALITIES",
+    "Movable",
     "ProgressInfo",
     "Readable",
     "as_truth_readable",
+    "cadences_from",
     "insitu_ramp",
+    "limits_from",
     "poll_interval_s",
+    "program_from",
 ]
 
 MODALITIES = ("xrd", "thz", "pl")
@@ -100,16 +110,6 @@ STALLED_REPORTS = 3
 in the time left by a straight-line extrapolation of their mean rate, refuses (never before this many)."""
 
 log = logging.getLogger(__name__)
-
-
-class Readable(Protocol):
-    """What a detector must offer: bluesky's Readable (+ trigger for the modality detectors)."""
-
-    name: str
-
-    def read(self) -> dict[str, Any]: ...
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,98 @@ def as_truth_readable(truth: Any) -> Any:
 def check_truth(truth: Any) -> None:
     """ProgramError unless truth is None or a Readable (see as_truth_readable)."""
     as_truth_readable(truth)
+
+
+# -- JSON forms of the plans' arguments (what bluesky-queueserver sends) -------------------------------------
+LIMIT_KEYS = ("max_C", "min_rate", "max_rate", "min_C")
+CADENCE_KEYS = ("every_C", "every_s")
+
+
+def program_from(program: TemperatureProgram | Mapping[str, Any]) -> TemperatureProgram:
+    """A TemperatureProgram as given, or built from its dict (TOML/JSON) form by `TemperatureProgram.from_dict`."""
+    if isinstance(program, TemperatureProgram):
+        return program
+    if isinstance(program, Mapping):
+        try:
+            return TemperatureProgram.from_dict(dict(program))
+        except ProgramError:
+            raise
+        except (TypeError, ValueError) as err:  # a model's own validation error: still one ProgramError line
+            raise ProgramError(f"program: {err}") from None
+    raise ProgramError(f"program must be a TemperatureProgram or its dict form "
+                       f"{{'start_C': .., 'segments': [{{'kind': 'ramp', ..}}, ..]}}, got {program!r}")
+
+
+def cadences_from(cadence: Mapping[str, Cadence | Mapping[str, float]]) -> dict[str, Cadence]:
+    """Stream name → Cadence; a value may be a Cadence or its dict form (`{"every_C": 5}`, `{"every_s": 60}`)."""
+    if not isinstance(cadence, Mapping):
+        raise ProgramError(f"cadence must be a dict of stream name → {{'every_C': ..}} or {{'every_s': ..}}, "
+                           f"got {cadence!r}")
+    out: dict[str, Cadence] = {}
+    for key, c in cadence.items():
+        if isinstance(c, Cadence):
+            out[key] = c
+            continue
+        if not isinstance(c, Mapping):
+            raise ProgramError(f"cadence {key!r} must be a Cadence or a dict like {{'every_C': 5}}, got {c!r}")
+        unknown = sorted(set(c) - set(CADENCE_KEYS))
+        if unknown:
+            raise ProgramError(f"cadence {key!r}: unknown key {', '.join(map(repr, unknown))} "
+                               f"(allowed: {', '.join(CADENCE_KEYS)})")
+        try:
+            out[key] = Cadence(every_C=c.get("every_C"), every_s=c.get("every_s"))
+        except ProgramError as err:
+            raise ProgramError(f"cadence {key!r}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ProgramError(f"cadence {key!r}: {err}") from None
+    return out
+
+
+def limits_from(limits: RigLimits | Mapping[str, float] | None) -> RigLimits | None:
+    """None, the RigLimits as given, or RigLimits built from a dict with keys among max_C, min_rate, max_rate, min_C."""
+    if limits is None or isinstance(limits, RigLimits):
+        return limits
+    if not isinstance(limits, Mapping):
+        raise ProgramError(f"limits must be RigLimits or a dict ({', '.join(LIMIT_KEYS)}), got {limits!r}")
+    unknown = sorted(set(limits) - set(LIMIT_KEYS))
+    if unknown:
+        raise ProgramError(f"limits: unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(LIMIT_KEYS)})")
+    try:
+        return RigLimits(**dict(limits))
+    except ProgramError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ProgramError(f"limits: {err}") from None
+
+
+def limits_dict(limits: RigLimits) -> dict[str, float]:
+    """JSON form of RigLimits (start metadata `limits`, `plan_args`)."""
+    return {k: float(getattr(limits, k)) for k in LIMIT_KEYS}
+
+
+def device_name(device: Any) -> str | None:
+    """How the start document (and the queue server) names a device: its `name`; None for None."""
+    if device is None:
+        return None
+    name = getattr(device, "name", None)
+    return name if isinstance(name, str) else repr(device)
+
+
+def callable_name(func: Any) -> str | None:
+    """A JSON-able reference to a callable argument (hooks, progress): its qualified name; None for None."""
+    if func is None:
+        return None
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def resolve_annotations(plan: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a plan defined under `from __future__ import annotations` a signature with real type objects.
+
+    bluesky-queueserver describes a plan's parameters from `inspect.signature(plan)`; string annotations would
+    reach it as strings it cannot rebuild (so `plans_allowed` would show no types and no device-name conversion).
+    """
+    plan.__signature__ = inspect.signature(plan, eval_str=True)  # type: ignore[attr-defined]
+    return plan
 
 
 def _cancelled(err: BaseException) -> bool:
@@ -326,6 +418,7 @@ def wait_until_cool(
     experiment time in s. Returns the experiment seconds waited (0 when the furnace was not warm).
     """
     tolerance = getattr(furnace, "tolerance", 1.0)
+    tolerance = tolerance.get() if hasattr(tolerance, "get") else tolerance  # a configuration signal
     tolerance = float(tolerance) if isinstance(tolerance, (int, float)) else 1.0
     goal = float(start_C) + tolerance
     temperature = float((yield from stubs.rd(furnace.temperature)))
@@ -632,6 +725,7 @@ class ProgramRunner:
 def heater_range_of(furnace: Any) -> int:
     """The heater range to use when heating (the device's `heater_range_on`, else 'high')."""
     value = getattr(furnace, "heater_range_on", DEFAULT_HEATER_RANGE)
+    value = value.get() if hasattr(value, "get") else value  # a configuration signal
     return int(value) if isinstance(value, int) and 1 <= value <= 3 else DEFAULT_HEATER_RANGE
 
 
@@ -642,13 +736,13 @@ def stream_hints(furnace: Any, streams: list[str]) -> dict[str, Any]:
 
 
 def insitu_ramp(
-    furnace: Any,
+    furnace: Movable,
     detectors: Mapping[str, Readable],
-    program: TemperatureProgram,
-    cadence: Mapping[str, Cadence],
+    program: TemperatureProgram | Mapping[str, Any],
+    cadence: Mapping[str, Cadence | Mapping[str, float]],
     clock: Readable | None = None,
-    truth: Readable | Callable[[], Mapping[str, float]] | None = None,
-    limits: RigLimits | None = None,
+    truth: Readable | None = None,
+    limits: RigLimits | Mapping[str, float] | None = None,
     md: dict[str, Any] | None = None,
     *,
     progress: ProgressHook | None = None,
@@ -657,19 +751,44 @@ def insitu_ramp(
 ) -> MsgGenerator:
     """One run: the program executed continuously, each modality acquired on its cadence in its own stream.
 
-    Validation happens here, at call time, so errors raise before any message is produced. The returned
-    plan is wrapped by `safe_furnace_wrapper` (heater off whatever the outcome) and returns the
-    per-stream event counts. A furnace still warm from the last run is waited for, up to `cool_wait_s`
-    experiment s, before the run opens (`wait_until_cool`; 0 refuses at once with a `ProgramError`).
+    A generator function (bluesky plan). `program` is a TemperatureProgram or its dict form, `cadence` maps each
+    detector key (and optionally `furnace`) to a Cadence or its dict form, `limits` is RigLimits or a dict.
+    Validation happens at the first step, before any message is produced (nothing moves on bad input). The plan
+    is wrapped by `safe_furnace_wrapper` (heater off whatever the outcome) and returns the per-stream event
+    counts. A furnace still warm from the last run is waited for, up to `cool_wait_s` experiment s, before the
+    run opens (`wait_until_cool`; 0 refuses at once with a `ProgramError`).
     """
-    if not isinstance(program, TemperatureProgram):
-        raise ProgramError(f"program must be a TemperatureProgram, got {program!r}")
+    plan = _insitu_ramp(furnace, detectors, program, cadence, clock, truth, limits, md, progress=progress,
+                        safe_setpoint_C=safe_setpoint_C, cool_wait_s=cool_wait_s)
+    return (yield from plan)
+
+
+resolve_annotations(insitu_ramp)
+
+
+def _insitu_ramp(
+    furnace: Any,
+    detectors: Mapping[str, Any],
+    program: TemperatureProgram | Mapping[str, Any],
+    cadence: Mapping[str, Cadence | Mapping[str, float]],
+    clock: Any,
+    truth: Any,
+    limits: RigLimits | Mapping[str, float] | None,
+    md: dict[str, Any] | None,
+    *,
+    progress: ProgressHook | None,
+    safe_setpoint_C: float | None,
+    cool_wait_s: float,
+) -> MsgGenerator:
+    """Validate the arguments of `insitu_ramp` and build its plan (raises ProgramError before any message)."""
+    program = program_from(program)
+    limits = limits_from(limits)
+    cadence = cadences_from(cadence)
     program.validate(limits)
     if not (isinstance(cool_wait_s, (int, float)) and 0.0 <= cool_wait_s < math.inf):
         raise ProgramError(f"cool_wait_s must be a number of experiment seconds >= 0, got {cool_wait_s!r}")
     check_furnace(furnace)
     check_detectors(detectors)
-    cadence = dict(cadence)
     check_cadence(detectors, cadence)
     truth = as_truth_readable(truth)
     if clock is not None and not hasattr(clock, "elapsed"):
@@ -680,11 +799,25 @@ def insitu_ramp(
     runner = ProgramRunner(acq, program, cadence, poll_s, time_scale, heater_range_of(furnace), progress,
                            cool_wait_s=float(cool_wait_s))
     streams = [m for m in MODALITIES if m in detectors] + ([FURNACE_STREAM] if FURNACE_STREAM in cadence else [])
+    program_dict = program.to_dict()
+    cadence_dict = {k: c.to_dict() for k, c in cadence.items()}
     _md: dict[str, Any] = {
         "plan_name": "insitu_ramp",
         "plan_type": "generator",
-        "program": program.to_dict(),
-        "cadence": {k: c.to_dict() for k, c in cadence.items()},
+        "plan_args": {
+            "furnace": device_name(furnace),
+            "detectors": {k: device_name(d) for k, d in detectors.items()},
+            "program": program_dict,
+            "cadence": cadence_dict,
+            "clock": device_name(clock),
+            "truth": device_name(truth),
+            "limits": limits_dict(limits) if limits is not None else None,
+            "progress": callable_name(progress),
+            "safe_setpoint_C": safe_setpoint_C,
+            "cool_wait_s": float(cool_wait_s),
+        },
+        "program": program_dict,
+        "cadence": cadence_dict,
         "modalities": [m for m in MODALITIES if m in detectors],
         "detectors": [getattr(d, "name", str(d)) for d in detectors.values()],
         "poll_interval_s": poll_s,
@@ -692,7 +825,7 @@ def insitu_ramp(
         "hints": stream_hints(furnace, streams),
     }
     if limits is not None:
-        _md["limits"] = asdict(limits)
+        _md["limits"] = limits_dict(limits)
     _md.update(md or {})
 
     def inner() -> MsgGenerator:
@@ -704,4 +837,3 @@ def insitu_ramp(
 
     staged = list(detectors.values()) + ([clock] if clock is not None else [])
     return safe_furnace_wrapper(stage_wrapper(inner(), staged), furnace, safe_setpoint_C)
-

@@ -16,7 +16,6 @@ import inspect
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -26,15 +25,21 @@ from .insitu import (
     FURNACE_STREAM,
     MODALITIES,
     Acquirer,
+    Movable,
     MsgGenerator,
     ProgramRunner,
     Readable,
     _time_scale,
+    as_truth_readable,
+    callable_name,
     check_detectors,
     check_furnace,
-    as_truth_readable,
+    device_name,
     heater_range_of,
+    limits_dict,
+    limits_from,
     poll_interval_s,
+    resolve_annotations,
     stream_hints,
 )
 from .program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
@@ -87,10 +92,10 @@ def _call_hook(hook: SampleHook | None, composition: Any) -> MsgGenerator:
 
 
 def sintering_array(
-    furnace: Any,
+    furnace: Movable,
     detectors: Mapping[str, Readable],
-    compositions: Sequence[Any],
-    sintering_temperatures_C: Iterable[float],
+    compositions: Sequence[float],
+    sintering_temperatures_C: Sequence[float],
     hold_minutes: float,
     rate_C_per_min: float,
     md: dict[str, Any] | None = None,
@@ -98,8 +103,8 @@ def sintering_array(
     change_sample: SampleHook | None = None,
     load_sample: SampleHook | None = None,
     clock: Readable | None = None,
-    truth: Any = None,
-    limits: RigLimits | None = None,
+    truth: Readable | None = None,
+    limits: RigLimits | Mapping[str, float] | None = None,
     room_temperature_C: float = 25.0,
     measure_below_C: float | None = None,
     cool_timeout_s: float = 4 * 3600.0,
@@ -110,12 +115,50 @@ def sintering_array(
 ) -> MsgGenerator:
     """One run per composition × sintering temperature: heat, hold, cool, measure at room temperature.
 
-    `change_sample` (alias `load_sample`) is called with the composition before every condition (each condition
-    is a fresh pellet); it may return a plan, which is then run. `measure_below_C` (default room + 5 °C) is the
-    readback below which the pellet counts as at room temperature; waiting longer than `cool_timeout_s`
-    experiment seconds fails the run. `history_every_s` adds a `furnace` stream with the thermal history.
-    Everything is validated at call time; wrapped by `safe_furnace_wrapper`; the plan returns the number of runs.
+    A generator function (bluesky plan). `compositions` are CsPbI3 weight fractions (or objects with
+    `cspbi3_wt_frac`, e.g. a SampleSpec); `limits` may be RigLimits or a dict. `change_sample` (alias
+    `load_sample`) is called with the composition before every condition (each condition is a fresh pellet); it
+    may return a plan, which is then run. `measure_below_C` (default room + 5 °C) is the readback below which the
+    pellet counts as at room temperature; waiting longer than `cool_timeout_s` experiment seconds fails the run.
+    `history_every_s` adds a `furnace` stream with the thermal history. Everything is validated at the first
+    step, before any message; wrapped by `safe_furnace_wrapper`; the plan returns the number of runs.
     """
+    plan = _sintering_array(
+        furnace, detectors, compositions, sintering_temperatures_C, hold_minutes, rate_C_per_min, md,
+        change_sample=change_sample, load_sample=load_sample, clock=clock, truth=truth, limits=limits,
+        room_temperature_C=room_temperature_C, measure_below_C=measure_below_C, cool_timeout_s=cool_timeout_s,
+        repeats=repeats, history_every_s=history_every_s, array_id=array_id, safe_setpoint_C=safe_setpoint_C,
+    )
+    return (yield from plan)
+
+
+resolve_annotations(sintering_array)
+
+
+def _sintering_array(
+    furnace: Any,
+    detectors: Mapping[str, Any],
+    compositions: Sequence[Any],
+    sintering_temperatures_C: Iterable[float],
+    hold_minutes: float,
+    rate_C_per_min: float,
+    md: dict[str, Any] | None,
+    *,
+    change_sample: SampleHook | None,
+    load_sample: SampleHook | None,
+    clock: Any,
+    truth: Any,
+    limits: RigLimits | Mapping[str, float] | None,
+    room_temperature_C: float,
+    measure_below_C: float | None,
+    cool_timeout_s: float,
+    repeats: int,
+    history_every_s: float | None,
+    array_id: str | None,
+    safe_setpoint_C: float | None,
+) -> MsgGenerator:
+    """Validate the arguments of `sintering_array` and build its plan (raises ProgramError before any message)."""
+    limits = limits_from(limits)
     if change_sample is not None and load_sample is not None:
         raise ProgramError("give change_sample or load_sample, not both")
     hook = change_sample if change_sample is not None else load_sample
@@ -149,6 +192,25 @@ def sintering_array(
     base_md: dict[str, Any] = {
         "plan_name": "sintering_array",
         "plan_type": "generator",
+        "plan_args": {
+            "furnace": device_name(furnace),
+            "detectors": {k: device_name(d) for k, d in detectors.items()},
+            "compositions": fractions,
+            "sintering_temperatures_C": temps,
+            "hold_minutes": float(hold_minutes),
+            "rate_C_per_min": float(rate_C_per_min),
+            "change_sample": callable_name(hook),
+            "clock": device_name(clock),
+            "truth": device_name(truth),
+            "limits": limits_dict(limits) if limits is not None else None,
+            "room_temperature_C": float(room_temperature_C),
+            "measure_below_C": measure_below_C,
+            "cool_timeout_s": float(cool_timeout_s),
+            "repeats": repeats,
+            "history_every_s": history_every_s,
+            "array_id": aid,
+            "safe_setpoint_C": safe_setpoint_C,
+        },
         "hold_minutes": float(hold_minutes),
         "rate_C_per_min": float(rate_C_per_min),
         "room_temperature_C": float(room_temperature_C),
@@ -162,7 +224,7 @@ def sintering_array(
         "hints": stream_hints(furnace, modalities + ([FURNACE_STREAM] if cadence else [])),
     }
     if limits is not None:
-        base_md["limits"] = asdict(limits)
+        base_md["limits"] = limits_dict(limits)
 
     def wait_until_cool(runner: ProgramRunner) -> MsgGenerator:
         """Poll until furnace and sample readbacks are below `below` (experiment-time timeout)."""

@@ -358,23 +358,24 @@ def test_exception_inside_the_plan_leaves_heater_off(RE: RunEngine, lockstep_rig
 
 
 def test_validation_errors_raise_before_anything_moves(RE: RunEngine, lockstep_rig: Any) -> None:
+    """The plans are generator functions: they validate at their first step, before yielding any message."""
     rec = Recorder(RE)
     with SimulatedRig(time_scale=300.0) as rig:
         before = (rig.furnace.setpoint.get(), rig.furnace.heater_range.get(), rig.furnace.ramp_rate.get())
         too_hot = TemperatureProgram(25.0, (Ramp(450.0, 10.0),))
         with pytest.raises(ProgramError, match=r"segment 0 \(ramp\).*450"):
-            insitu_ramp(rig.furnace, detectors(rig), too_hot, CADENCE, clock=rig.clock, limits=LIMITS)
+            next(insitu_ramp(rig.furnace, detectors(rig), too_hot, CADENCE, clock=rig.clock, limits=LIMITS))
         too_fast = TemperatureProgram(25.0, (Ramp(100.0, 10.0), Cool(30.0, 80.0)))
         with pytest.raises(ProgramError, match=r"segment 1 \(cool\).*80"):
-            insitu_ramp(rig.furnace, detectors(rig), too_fast, CADENCE, clock=rig.clock, limits=LIMITS)
+            next(insitu_ramp(rig.furnace, detectors(rig), too_fast, CADENCE, clock=rig.clock, limits=LIMITS))
         with pytest.raises(ProgramError, match="no cadence for detector"):
-            insitu_ramp(rig.furnace, detectors(rig), TemperatureProgram.demo(), {"xrd": CADENCE["xrd"]}, limits=LIMITS)
+            next(insitu_ramp(rig.furnace, detectors(rig), TemperatureProgram.demo(), {"xrd": CADENCE["xrd"]}, limits=LIMITS))
         with pytest.raises(ProgramError, match="not a modality"):
-            insitu_ramp(rig.furnace, {"saxs": rig.xrd}, TemperatureProgram.demo(), {"saxs": CADENCE["xrd"]})
+            next(insitu_ramp(rig.furnace, {"saxs": rig.xrd}, TemperatureProgram.demo(), {"saxs": CADENCE["xrd"]}))
         with pytest.raises(ProgramError, match="temperature 1: 500.0"):
-            step_and_hold(rig.furnace, detectors(rig), [50.0, 500.0], limits=LIMITS)
+            next(step_and_hold(rig.furnace, detectors(rig), [50.0, 500.0], limits=LIMITS))
         with pytest.raises(ProgramError, match="sintering temperature 450.0"):
-            sintering_array(rig.furnace, detectors(rig), [0.4], [300.0, 450.0], 10.0, 10.0, limits=LIMITS)
+            next(sintering_array(rig.furnace, detectors(rig), [0.4], [300.0, 450.0], 10.0, 10.0, limits=LIMITS))
         after = (rig.furnace.setpoint.get(), rig.furnace.heater_range.get(), rig.furnace.ramp_rate.get())
     assert after == before
     assert rec.docs == []
@@ -459,3 +460,60 @@ def test_sintering_array_one_run_per_condition(RE: RunEngine, lockstep_rig: Any)
         for e in rec.events("truth", run=s["uid"]):
             assert e["data"]["truth_cspbi3_wt_frac"] == pytest.approx(s["cspbi3_wt_frac"])
     assert all(stop["exit_status"] == "success" for stop in rec.of("stop"))
+
+
+# -- plans the queue server can run: generator functions, JSON arguments, plan_args -------------------------------
+def test_user_plans_are_generator_functions_with_real_annotations() -> None:
+    """bluesky-queueserver lists a plan when `inspect.isgeneratorfunction` is true and reads its parameter types
+    from `inspect.signature`: they must be type objects (bluesky.protocols for devices), not strings."""
+    import inspect
+
+    from bluesky.protocols import Movable, Readable
+
+    for plan in (insitu_ramp, step_and_hold, sintering_array):
+        assert inspect.isgeneratorfunction(plan), plan.__name__
+        params = inspect.signature(plan).parameters
+        assert params["furnace"].annotation is Movable
+        assert not any(isinstance(p.annotation, str) for p in params.values()), plan.__name__
+        assert Readable in getattr(params["detectors"].annotation, "__args__", ())
+
+
+def test_json_forms_are_validated_at_the_first_step() -> None:
+    """The dict (JSON) forms of program, cadence and limits go through the same validation as the objects."""
+    furnace, dets = object(), {"xrd": object()}
+    program = {"start_C": 25, "segments": [{"kind": "ramp", "to_C": 450, "rate_C_per_min": 10}]}
+    plan = insitu_ramp(furnace, dets, program, {"xrd": {"every_C": 5}}, limits={"max_C": 400})  # nothing runs yet
+    with pytest.raises(ProgramError, match=r"segment 0 \(ramp\).*450"):
+        next(plan)
+    with pytest.raises(ProgramError, match="unknown key 'every_K'"):
+        next(insitu_ramp(furnace, dets, TemperatureProgram.demo(), {"xrd": {"every_K": 5}}))
+    with pytest.raises(ProgramError, match="limits: unknown key 'hottest'"):
+        next(step_and_hold(furnace, dets, [50.0], limits={"hottest": 400}))
+    with pytest.raises(ProgramError, match="program must be a TemperatureProgram or its dict form"):
+        next(insitu_ramp(furnace, dets, "demo", {"xrd": {"every_C": 5}}))
+
+
+def test_plan_args_in_the_start_document_are_json(RE: RunEngine, lockstep_rig: Any) -> None:
+    """A run started with JSON arguments records plan_name and plan_args (devices by name) that survive
+    json.dumps and rebuild the same program."""
+    import json
+
+    program = {"start_C": 25, "segments": [{"kind": "ramp", "to_C": 40, "rate_C_per_min": 30},
+                                           {"kind": "cool", "to_C": 30, "rate_C_per_min": 30}]}
+    rec = Recorder(RE)
+    with lockstep_rig(RE, exposures=SHORT_EXPOSURES) as rig:
+        plan = insitu_ramp(rig.furnace, {"pl": rig.pl}, program, {"pl": {"every_C": 5}}, clock=rig.clock,
+                           limits={"max_C": 400, "max_rate": 50}, progress=lambda p: None)
+        (uid,) = RE(plan)
+        assert rig.furnace.heater_range.get() == 0
+    rec.validate()
+    (start,) = rec.of("start")
+    (stop,) = rec.of("stop")
+    assert stop["exit_status"] == "success" and rec.counts()["pl"] >= 3
+    assert start["plan_name"] == "insitu_ramp"
+    args = json.loads(json.dumps(start["plan_args"]))
+    assert args == start["plan_args"]
+    assert args["furnace"] == "furnace" and args["detectors"] == {"pl": "pl"} and args["clock"] == "clock"
+    assert args["cadence"] == {"pl": {"every_C": 5.0}}
+    assert args["limits"]["max_C"] == 400.0 and args["limits"]["max_rate"] == 50.0
+    assert TemperatureProgram.from_dict(args["program"]) == TemperatureProgram.from_dict(program)

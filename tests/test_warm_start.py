@@ -121,7 +121,7 @@ def test_cold_furnace_does_not_wait(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_bad_wait_limit_is_a_program_error() -> None:
     with pytest.raises(ProgramError, match="cool_wait_s"):
-            insitu_ramp(object(), {}, PROGRAM, CADENCE, cool_wait_s=-1)
+            next(insitu_ramp(object(), {}, PROGRAM, CADENCE, cool_wait_s=-1))  # a plan: validates at its first step
 
 
 def test_cooling_estimate_on_newtonian_curves() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -165,24 +166,28 @@ def test_unreadable_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["thz_window_cm=-5"], "thz_window_cm = -5.0: must be within (0, 200]"),
-        (["thz_window_cm=NaN"], "thz_window_cm = nan: must be a finite number"),
+        (["thz_window_cm=-5"], "thz_window_cm = -5: Input should be greater than 0 (Savitzky–Golay window"),
+        (["thz_window_cm=NaN"], "thz_window_cm = nan: Input should be a finite number"),
         (["thz_window_cm=Infinity"], "thz_window_cm = inf"),
-        (["active_threshold=0"], "active_threshold = 0.0"),
+        (["active_threshold=0"], "active_threshold = 0: Input should be greater than 0"),
         (["active_threshold=1.5"], "active_threshold = 1.5"),
-        (["active_m=2.5"], "active_m = 2.5: must be an integer"),
+        (["active_m=2.5"], "active_m = 2.5: Input should be a valid integer"),
         (["active_m=0"], "active_m = 0"),
         (["thz_polyorder=1"], "thz_polyorder = 1"),
-        (["halos=1"], "halos = 1: must be true or false"),
+        (["halos=1"], "halos = 1: Input should be a valid boolean"),
         (["microstrain=\"x\""], "microstrain = 'x'"),
-        (["zni_bands_cm=[\"a\"]"], "zni_bands_cm = ['a']"),
-        (["zni_bands_cm=[-135]"], "zni_bands_cm = -135.0"),
+        (["zni_bands_cm=[\"a\"]"], "zni_bands_cm[0] = 'a': Input should be a valid number"),
+        (["zni_bands_cm=[-135]"], "zni_bands_cm[0] = -135: Input should be greater than 0 (band centres"),
         (["zni_bands_cm=[]"], "zni_bands_cm = []"),
-        (["zni_bands_cm=5"], "zni_bands_cm = 5: must be a list"),
-        (["caglioti=[1, 2]"], "caglioti = [1.0, 2.0]"),
+        (["zni_bands_cm=5"], "zni_bands_cm = 5: Input should be a valid tuple"),
+        (["caglioti=[1, 2]"], "caglioti = [1, 2]: Tuple should have at least 3 items"),
+        (["caglioti=[1, 2, 30]"], "caglioti[2] = 30: Input should be less than or equal to 10"),
         (["caglioti=[1, 2, NaN]"], "caglioti"),
         (["phases=[]"], "phases = []"),
-        (["pl_core=0"], "pl_core = 0.0"),
+        (["pl_core=0"], "pl_core = 0: Input should be greater than 0"),
+        (["active_phases=[\"X\"]"], "active_phases = ['X']: ['X'] are not among phases"),
+        (["phases=[\"\"]"], "phases[0] = ''"),
+        (["no_such=1"], "unknown analysis parameter(s) ['no_such']"),
         (["xrd_radiation=\"mo\""], "xrd_radiation"),
     ],
 )
@@ -192,7 +197,11 @@ def test_analysis_parameters_are_finite_and_in_range(overrides: list[str], needl
 
     with pytest.raises(ParameterError) as info:
         AnalysisParameters().replace(**parse_overrides(overrides))
-    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert "(and " not in str(info.value)  # one mistake is one error (a bad element does not also count as "too short")
+    if not overrides[0].startswith("no_such"):  # direct construction: the same one line
+        with pytest.raises(ParameterError, match=re.escape(needle)):
+            AnalysisParameters(**parse_overrides(overrides))
 
 
 def test_analysis_parameter_defaults_and_good_overrides_pass() -> None:

@@ -1,4 +1,8 @@
-"""Parameters of the live analysis: one frozen dataclass, JSON-able, overridable by `key=value` strings.
+"""Parameters of the live analysis: one frozen pydantic model, JSON-able, overridable by `key=value` strings.
+
+`AnalysisParameters` has `extra="forbid"` (an unknown name is an error), strict types (a string is not a number, 1 is
+not true) and every number finite and inside the range its field's description gives with the reason; an error is
+ONE line, `ParameterError: KEY = VALUE: why`, so `--param thz_window_cm=-5` is refused before a run starts.
 
 Every number a derived run depends on lives here and is written into the derived run's start document
 (`analyses[*].parameters`), so a replay with the same parameters reproduces the numbers. Where the defaults
@@ -43,12 +47,12 @@ come from:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = ["AnalysisParameters", "parse_overrides", "ParameterError"]
 
@@ -57,129 +61,99 @@ class ParameterError(ValueError):
     """An unknown parameter name or a value of the wrong kind (message names the key)."""
 
 
-@dataclass(frozen=True)
-class _Range:
-    """Allowed interval of a numeric parameter (open or closed at each end) and why."""
-
-    lo: float
-    hi: float
-    why: str
-    lo_open: bool = False
-
-    def check(self, key: str, value: float) -> None:
-        """ParameterError `KEY = VALUE: must be within …` unless lo ≤ (or <) value ≤ hi."""
-        if not (value > self.lo if self.lo_open else value >= self.lo) or not value <= self.hi:
-            interval = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
-            raise ParameterError(f"{key} = {value!r}: must be within {interval} ({self.why})")
+_RULE = "hotstage_rule"
 
 
-RANGES: dict[str, _Range] = {
-    "caglioti": _Range(-10.0, 10.0, "Caglioti U, V, W in deg²: lab instruments give |U|, |V|, |W| < 0.1"),
-    "microstrain": _Range(0.0, 0.05, "fixed microstrain: 5 % is beyond any crystalline powder"),
-    "background_order": _Range(0, 30, "Chebyshev background order: higher orders start to fit the peaks"),
-    "active_threshold": _Range(0.0, 1.0, "a weight fraction", lo_open=True),
-    "active_m": _Range(1, 100, "consecutive patterns above the threshold"),
-    "thz_window_cm": _Range(0.0, 200.0, "Savitzky–Golay window in cm⁻¹: the Zn–I bands are ~10 cm⁻¹ wide",
-                            lo_open=True),
-    "thz_polyorder": _Range(2, 10, "a second derivative needs a polynomial of order >= 2"),
-    "zni_bands_cm": _Range(0.0, 10000.0, "band centres in cm⁻¹ of the far-IR/THz axis", lo_open=True),
-    "band_half_width_cm": _Range(0.0, 50.0, "half-width in cm⁻¹ around a band centre (0: the nearest point)"),
-    "band_exclude_cm": _Range(0.0, 200.0, "cm⁻¹ excluded around each band from the noise estimate"),
-    "edge_exclude_cm": _Range(0.0, 200.0, "cm⁻¹ excluded at each end of the axis from the noise estimate"),
-    "zni_reference_spectra": _Range(1, 100, "spectra averaged into the reference"),
-    "zni_k": _Range(0.0, 100.0, "detection level in σ (IUPAC: 3)", lo_open=True),
-    "zni_m": _Range(1, 100, "consecutive spectra above the level"),
-    "pl_core": _Range(0.0, 1.0, "fraction of the PL peak height above which the band core is fitted", lo_open=True),
-    "pl_max_centre_su_nm": _Range(0.0, 100.0, "1σ of the fitted PL centre in nm", lo_open=True),
-}
-"""The allowed range of every numeric parameter (all numbers must also be finite)."""
+def _num(**constraints: Any) -> Any:
+    """A strict (no str, no bool), finite float field with `constraints` (ge/gt/le, description = the range's why)."""
+    return Field(strict=True, allow_inf_nan=False, **constraints)
 
 
-@dataclass(frozen=True)
-class AnalysisParameters:
+def _int(**constraints: Any) -> Any:
+    """A strict integer field (2.5 and true are not integers)."""
+    return Field(strict=True, **constraints)
+
+
+Caglioti = Annotated[float, _num(ge=-10.0, le=10.0, description="Caglioti U, V, W in deg²: lab instruments give "
+                                                                 "|U|, |V|, |W| < 0.1")]
+BandCentre = Annotated[float, _num(gt=0.0, le=10000.0, description="band centres in cm⁻¹ of the far-IR/THz axis")]
+PhaseName = Annotated[str, Field(strict=True, min_length=1)]
+
+
+class _OneLineErrors(type(BaseModel)):  # type: ignore[misc]
+    """Metaclass: constructing the model raises ParameterError with one line, not pydantic's multi-line
+    ValidationError (a metaclass, not an `__init__` override, which pydantic would also run from model_validate)."""
+
+    def __call__(cls, **data: Any) -> Any:
+        try:
+            return super().__call__(**data)
+        except ValidationError as exc:
+            raise ParameterError(one_line(exc)) from None
+
+
+class AnalysisParameters(BaseModel, metaclass=_OneLineErrors):
     """Everything the live analysis depends on (see the module docstring for each default's origin)."""
 
-    # which raw keys hold what (raw-run contract, plans/insitu.py)
-    temperature_key: str = "furnace_sample_temperature"
-    fallback_temperature_key: str = "furnace_temperature"
-    time_key: str = "clock_elapsed"
-    # XRD: whole-pattern phase quantification
-    phases: tuple[str, ...] = ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI")
-    active_phases: tuple[str, ...] = ("CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha")
-    xrd_radiation: str = "auto"  # "auto" (Cu Kα doublet if the wavelength is Cu Kα1), "single", "cu_ka", "cu_ka1"
-    caglioti: tuple[float, float, float] = (0.01, -0.005, 0.005)
-    microstrain: float = 5e-4
-    background_order: int = 8
-    halos: bool = True
-    active_threshold: float = 0.10
-    active_m: int = 3
-    # THz / far-IR second derivative and Zn–I bands
-    thz_window_cm: float = 15.0
-    thz_polyorder: int = 3
-    zni_bands_cm: tuple[float, ...] = (135.0, 275.0)
-    band_half_width_cm: float = 0.0  # 0: −d²A/dν² at the nearest axis point to the band centre
-    band_exclude_cm: float = 15.0
-    edge_exclude_cm: float = 10.0
-    zni_reference_spectra: int = 3
-    zni_k: float = 3.0
-    zni_m: int = 3
-    # PL
-    pl_domain: str = "wavelength"
-    pl_two_gaussians: bool = False
-    pl_core: float = 0.3
-    pl_max_centre_su_nm: float = 0.5
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
-    def __post_init__(self) -> None:
-        """Coerce lists (from JSON/TOML) to tuples; check types, finiteness and ranges (ParameterError, one line)."""
-        for f in ("phases", "active_phases", "zni_bands_cm", "caglioti"):
-            value = getattr(self, f)
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-                raise ParameterError(f"{f} = {value!r}: must be a list")
-            object.__setattr__(self, f, tuple(value))
-        for f in ("phases", "active_phases"):
-            if not all(isinstance(v, str) and v for v in getattr(self, f)):
-                raise ParameterError(f"{f} = {list(getattr(self, f))!r}: must be a list of phase names")
-        if not self.phases:
-            raise ParameterError("phases = []: the fit needs at least one phase")
-        for f in ("caglioti", "zni_bands_cm"):
-            values = getattr(self, f)
-            if not all(_is_number(v) for v in values):
-                raise ParameterError(f"{f} = {list(values)!r}: must be a list of finite numbers")
-            object.__setattr__(self, f, tuple(float(v) for v in values))
-            for v in values:
-                RANGES[f].check(f, float(v))
-        if len(self.caglioti) != 3:
-            raise ParameterError(f"caglioti = {list(self.caglioti)!r}: must be three numbers (U, V, W)")
-        if not self.zni_bands_cm:
-            raise ParameterError("zni_bands_cm = []: give at least one band centre")
-        for f in dataclasses.fields(self):
-            default = f.default
-            value = getattr(self, f.name)
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ParameterError(f"{f.name} = {value!r}: must be true or false")
-            elif isinstance(default, int):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise ParameterError(f"{f.name} = {value!r}: must be an integer")
-            elif isinstance(default, float):
-                if not _is_number(value):
-                    raise ParameterError(f"{f.name} = {value!r}: must be a finite number")
-                object.__setattr__(self, f.name, float(value))
-            elif isinstance(default, str) and not isinstance(value, str):
-                raise ParameterError(f"{f.name} = {value!r}: must be a string")
-            if f.name in RANGES and not isinstance(default, tuple):
-                RANGES[f.name].check(f.name, getattr(self, f.name))
+    # which raw keys hold what (raw-run contract, plans/insitu.py)
+    temperature_key: str = Field("furnace_sample_temperature", strict=True)
+    fallback_temperature_key: str = Field("furnace_temperature", strict=True)
+    time_key: str = Field("clock_elapsed", strict=True)
+    # XRD: whole-pattern phase quantification
+    phases: tuple[PhaseName, ...] = Field(
+        ("CsPbI3-delta", "CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha", "CsI"), min_length=1,
+        description="phases offered to the whole-pattern fit: at least one")
+    active_phases: tuple[PhaseName, ...] = Field(
+        ("CsPbI3-gamma", "CsPbI3-beta", "CsPbI3-alpha"), description="photoactive phases, among `phases`")
+    xrd_radiation: Literal["auto", "single", "cu_ka", "cu_ka1"] = Field(
+        "auto", description="auto: the Cu Kα doublet if the wavelength is Cu Kα1")
+    caglioti: tuple[Caglioti, ...] = Field(
+        (0.01, -0.005, 0.005), min_length=3, max_length=3, description="Caglioti U, V, W in deg²: three numbers")
+    microstrain: float = _num(default=5e-4, ge=0.0, le=0.05,
+                              description="fixed microstrain: 5 % is beyond any crystalline powder")
+    background_order: int = _int(default=8, ge=0, le=30,
+                                 description="Chebyshev background order: higher orders start to fit the peaks")
+    halos: bool = Field(True, strict=True)
+    active_threshold: float = _num(default=0.10, gt=0.0, le=1.0, description="a weight fraction")
+    active_m: int = _int(default=3, ge=1, le=100, description="consecutive patterns above the threshold")
+    # THz / far-IR second derivative and Zn–I bands
+    thz_window_cm: float = _num(
+        default=15.0, gt=0.0, le=200.0,
+        description="Savitzky–Golay window in cm⁻¹: the Zn–I bands are ~10 cm⁻¹ wide")
+    thz_polyorder: int = _int(default=3, ge=2, le=10,
+                              description="a second derivative needs a polynomial of order >= 2")
+    zni_bands_cm: tuple[BandCentre, ...] = Field((135.0, 275.0), min_length=1,
+                                                 description="Zn–I band centres in cm⁻¹: at least one")
+    band_half_width_cm: float = _num(
+        default=0.0, ge=0.0, le=50.0,
+        description="half-width in cm⁻¹ around a band centre (0: −d²A/dν² at the nearest axis point)")
+    band_exclude_cm: float = _num(default=15.0, ge=0.0, le=200.0,
+                                  description="cm⁻¹ excluded around each band from the noise estimate")
+    edge_exclude_cm: float = _num(default=10.0, ge=0.0, le=200.0,
+                                  description="cm⁻¹ excluded at each end of the axis from the noise estimate")
+    zni_reference_spectra: int = _int(default=3, ge=1, le=100, description="spectra averaged into the reference")
+    zni_k: float = _num(default=3.0, gt=0.0, le=100.0, description="detection level in σ (IUPAC: 3)")
+    zni_m: int = _int(default=3, ge=1, le=100, description="consecutive spectra above the level")
+    # PL
+    pl_domain: Literal["wavelength", "energy"] = "wavelength"
+    pl_two_gaussians: bool = Field(False, strict=True)
+    pl_core: float = _num(default=0.3, gt=0.0, le=1.0,
+                          description="fraction of the PL peak height above which the band core is fitted")
+    pl_max_centre_su_nm: float = _num(default=0.5, gt=0.0, le=100.0, description="1σ of the fitted PL centre in nm")
+
+    @model_validator(mode="after")
+    def _active_among_phases(self) -> AnalysisParameters:
         missing = [p for p in self.active_phases if p not in self.phases]
         if missing:
-            raise ParameterError(f"active_phases {missing} are not among phases {list(self.phases)}")
-        if self.xrd_radiation not in ("auto", "single", "cu_ka", "cu_ka1"):
-            raise ParameterError(f"xrd_radiation must be auto, single, cu_ka or cu_ka1, got {self.xrd_radiation!r}")
-        if self.pl_domain not in ("wavelength", "energy"):
-            raise ParameterError(f"pl_domain must be wavelength or energy, got {self.pl_domain!r}")
+            raise PydanticCustomError(_RULE, "{message}", {
+                "message": f"active_phases = {list(self.active_phases)!r}: {missing} are not among phases "
+                           f"{list(self.phases)}"})
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples as lists) for the derived run's start document."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AnalysisParameters:
@@ -187,17 +161,41 @@ class AnalysisParameters:
         return cls().replace(**dict(d))
 
     def replace(self, **changes: Any) -> AnalysisParameters:
-        """A copy with some parameters changed; unknown names raise ParameterError naming them."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
+        """A copy with some parameters changed, validated again; unknown names raise ParameterError naming them."""
+        unknown = sorted(set(changes) - set(type(self).model_fields))
         if unknown:
-            raise ParameterError(f"unknown analysis parameter(s) {unknown}; known: {sorted(names)}")
-        return dataclasses.replace(self, **changes)  # __post_init__ checks types and ranges
+            raise ParameterError(f"unknown analysis parameter(s) {unknown}; known: {sorted(type(self).model_fields)}")
+        return type(self)(**{**self.model_dump(), **changes})
 
 
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def one_line(exc: ValidationError) -> str:
+    """`KEY = VALUE: why (the range's reason)` for the first error, plus `(and N more)`."""
+    errors = exc.errors(include_url=False)
+    # an element that failed also makes its list "too short": not a second error
+    errors = [e for e in errors if not (e["type"] == "too_short" and any(
+        len(o["loc"]) > len(e["loc"]) and o["loc"][:len(e["loc"])] == e["loc"] for o in errors))]
+    first = errors[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    if first["type"] == _RULE:
+        text = first["ctx"]["message"]
+    elif first["type"] == "extra_forbidden":
+        text = f"unknown analysis parameter {key!r}"
+    else:
+        value = first["input"]
+        info = AnalysisParameters.model_fields.get(key)
+        why = first["msg"]
+        if info is not None and "ctx" in first and info.description and len(first["loc"]) == 1:
+            why = f"{why} ({info.description})"
+        elif "ctx" in first:  # an element of a list: the element's range
+            element = {"caglioti": Caglioti, "zni_bands_cm": BandCentre}.get(key)
+            description = next((m.description for m in getattr(element, "__metadata__", ())
+                                if getattr(m, "description", None)), None)
+            if description:
+                why = f"{why} ({description})"
+        where = key + "".join(f"[{p}]" for p in first["loc"][1:])
+        text = f"{where} = {value!r}: {why}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return text + more
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -219,13 +219,20 @@ def test_analysis_parameter_defaults_and_good_overrides_pass() -> None:
     [
         ("[sample]\ncspbi3_wt_frac = nan\n", "cspbi3_wt_frac = nan"),
         ("[sample]\nname = ''\n", "name = ''"),
-        ("[model]\ntg_glass_C = 1e308\n", "tg_glass_C = 1e+308: must be at most 1500"),
-        ("[model]\ntg_glass_C = inf\n", "tg_glass_C = inf: must be a finite number"),
-        ("[model]\nforward_avrami_n = 10\n", "forward_avrami_n = 10.0"),
+        ("[model]\ntg_glass_C = 1e308\n", "[model] tg_glass_C = 1e+308: Input should be less than or equal to 1500"),
+        ("[model]\ntg_glass_C = inf\n", "[model] tg_glass_C = inf: Input should be a finite number"),
+        ("[model]\nforward_avrami_n = 10\n", "forward_avrami_n = 10: Input should be less than or equal to 4"),
         ("[model]\ncte_black_per_K = 0.5\n", "cte_black_per_K = 0.5"),
         ("[model]\nmax_substep_s = 1e9\n", "max_substep_s = 1000000000.0"),
         ("seed = -1\n", "seed = -1"),
         ("sample = 5\n", "'sample' must be a table"),
+        ("[model]\nmilled_frac_csi = 0.9\nmilled_frac_poorly_crystalline = 0.5\n", "exceeds 1"),
+        ("[model]\nforward_avrami_n = 0\n", "forward_avrami_n = 0: Input should be greater than 0"),
+        ("[model]\ntg_glass_C = '300'\n", "tg_glass_C = '300': Input should be a valid number"),
+        ("[model]\nnope = 1\n", "unknown key [model] 'nope'"),
+        ("[sample]\ncolour = 'black'\n", "unknown key [sample] 'colour'"),
+        ("[extra]\n", "unknown key or section 'extra'"),
+        ("seed = 1.5\n", "seed = 1.5: Input should be a valid integer"),
     ],
 )
 def test_sample_files_are_finite_and_in_range(tmp_path: Path, text: str, needle: str) -> None:
@@ -236,3 +243,23 @@ def test_sample_files_are_finite_and_in_range(tmp_path: Path, text: str, needle:
     with pytest.raises(SampleConfigError) as info:
         load_sample(path)
     assert str(info.value).startswith(f"{path}: ") and needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sample_models_check_construction_and_assignment() -> None:
+    """SampleSpec and ModelParameters are pydantic models: built from Python they check the same rules (one line),
+    and a parameter changed later is checked too (validate_assignment)."""
+    from pydantic import ValidationError
+
+    from hotstage.simulated.parameters import ModelParameters, SampleConfigError, SampleSpec
+
+    with pytest.raises(SampleConfigError, match=r"<SampleSpec>: \[sample\] cspbi3_wt_frac = 1.5"):
+        SampleSpec(name="x", cspbi3_wt_frac=1.5)
+    with pytest.raises(SampleConfigError, match=r"<ModelParameters>: tg_glass_C = inf"):
+        ModelParameters(tg_glass_C=math.inf)
+    with pytest.raises(SampleConfigError, match="unknown key"):
+        SampleSpec(name="x", cspbi3_wt_frac=0.5, colour="black")
+    spec = SampleSpec.composite(0.25, tg_glass_C=280.0)
+    assert spec.name == "(CsPbI3)0.25(agZIF-62)0.75" and spec.model.tg_glass_C == 280.0
+    with pytest.raises(ValidationError):
+        spec.model.tg_glass_C = math.nan
+    assert spec.model.tg_glass_C == 280.0

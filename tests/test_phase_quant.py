@@ -9,7 +9,6 @@ offered phases are what a whole-pattern fit can recover. The quantifier is given
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _errors(result, truth: dict[str, float]) -> dict[str, float]:
 
 def _ramp_states(x: float, temperatures: list[float], rate: float = 10.0) -> list:
     """Sample states reached along a 10 °C/min ramp through the given temperatures (up and back down)."""
-    spec = dataclasses.replace(SampleSpec.default(), cspbi3_wt_frac=x)
+    spec = SampleSpec(name=SampleSpec.default().name, cspbi3_wt_frac=x)  # a pydantic model, not a dataclass
     sample = CompositeSample(spec)
     states = []
     for t in temperatures:

@@ -1,8 +1,9 @@
 """A real rig: the instruments named in a rig TOML, opened through pyvisa as ophyd devices.
 
 It offers the same attributes as `simulated.SimulatedRig` (`furnace`, `xrd`, `thz`, `pl`, `clock`,
-`resources`) so sessions and plans do not care which one they drive. Instruments are checked (`*IDN?`)
-when opened, so a wrong address fails before anything moves.
+`resources`) so sessions and plans do not care which one they drive. Devices are built first (that opens
+nothing), then each is connected (`connect()`: VISA session + `*IDN?` check), so a wrong address fails before
+anything moves.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class HardwareRig:
             settle_time=f.settle_s,
         )
         self._stack.callback(self.furnace.destroy)
+        self.furnace.connect()
         for modality in MODALITIES:
             inst = cfg.instruments.get(modality)
             if inst is None:
@@ -64,4 +66,5 @@ class HardwareRig:
                 inst.resource, name=modality, resource_manager=cfg.visa_library, exposure=inst.exposure_s
             )
             self._stack.callback(device.destroy)
+            device.connect()
             setattr(self, modality, device)

@@ -1,10 +1,12 @@
 """hotstage devices: ophyd devices for the furnace controller, spectrometers, XRD detector and clock.
 
-Transport is pyvisa (``hotstage.devices.visa``); nothing here imports ``simulated``.
+Transport is pyvisa (``hotstage.devices.visa``); nothing here imports ``simulated``. Constructing a device opens
+nothing: ``connect()`` does (``connect(mock=True)``: in-memory instruments, ``hotstage.devices.mock``).
 """
 
 from .clock import ExperimentClock
 from .lakeshore import (
+    END_OF_PLAN_CHOICES,
     FurnaceSetCancelled,
     FurnaceSetStatus,
     FurnaceSettleTimeout,
@@ -25,6 +27,7 @@ from .visa import (
     InstrumentError,
     InstrumentIdentityError,
     InstrumentReplyError,
+    NotConnectedError,
     VisaInstrument,
     VisaSignal,
     VisaSignalRO,
@@ -32,6 +35,7 @@ from .visa import (
 )
 
 __all__ = [
+    "END_OF_PLAN_CHOICES",
     "AcquisitionError",
     "ArraySignal",
     "ExperimentClock",
@@ -44,6 +48,7 @@ __all__ = [
     "InstrumentIdentityError",
     "InstrumentReplyError",
     "LakeShore336Furnace",
+    "NotConnectedError",
     "PLSpectrometer",
     "ScpiArrayDetector",
     "VisaInstrument",

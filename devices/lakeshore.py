@@ -45,18 +45,41 @@ command this driver writes (``SETP``, ``RAMP``, ``RANGE``; also ``OUTMODE``, ``P
 absolute state, so it is idempotent: re-sent after a dropped connection. ``heater_off(confirm=True)``
 reads ``RANGE?`` back.
 
-``stop()`` sends ``RANGE <out>,0`` (heater off) and fails any pending set status with
-:class:`FurnaceSetCancelled`. Note that bluesky's RunEngine calls ``stop(success=True)`` on every
-object a plan ``set()`` when the plan ends, also on success; pass ``hold_on_success=True`` to keep
-the heater on in that case (stop(success=False) — pause/abort/Ctrl-C — always switches it off).
+Connecting: constructing the device opens nothing (so definitions can be imported and built offline);
+``connect(timeout=...)`` opens the VISA session and checks ``*IDN?``, raising one error that names the device and
+the resource when either fails. ``connect(mock=True)`` (or ``mock=True`` at construction) talks to an in-memory
+Model 336 instead (``hotstage.devices.mock``). Reading or moving an unconnected device raises
+:class:`~hotstage.devices.visa.NotConnectedError` ("... call connect() first").
+
+Settings are configuration signals (``read_configuration()``, hence every event descriptor's ``configuration``):
+``tolerance`` (°C), ``settle_time`` (experiment s), ``timeout_margin`` (experiment s), ``timeout_fraction``,
+``fallback_rate`` (°C/min), ``heater_range_on`` (1–3), ``end_of_plan`` (below), next to the controller's own
+``ramp_rate``, ``ramp_on`` and ``heater_range``. ``locate()`` gives bluesky's Location (``bps.locate``).
+
+End of a plan — ``end_of_plan`` (configuration signal, recorded in every descriptor), ``"hold"`` (default) or
+``"off"``. bluesky's RunEngine calls ``stop(success=True)`` on every object a plan ``set()`` whenever it stops
+them: at the end of a plan, and also on pause, suspension, failure, abort and halt (bluesky 1.15 passes
+``success=True`` in every case). ``stop()`` therefore always fails pending set statuses with
+:class:`FurnaceSetCancelled` and switches the heater off (``RANGE <out>,0``), except in exactly one case: the
+RunEngine calling it is ending a plan that succeeded without interruption (its exit status is "success", it was
+not paused, stopped, aborted or halted) and ``end_of_plan`` is ``"hold"`` — then the controller keeps
+regulating at the setpoint, so ``bps.mv(furnace, 200)`` followed by ``bp.count`` measures a sample held at 200 °C.
+``stop()`` called outside a RunEngine follows its ``success`` argument (``stop()`` = heater off). ``pause()``
+(the RunEngine calls it on pause and on suspension) switches the heater off too; ``resume()`` does not switch it
+back on. ``unstage()`` never touches the heater. hotstage's own plans run inside
+``hotstage.plans.safety.safe_furnace_wrapper``, which sets ``end_of_plan`` to ``"off"`` for the plan and switches
+the heater off (confirmed) however the plan ends.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import sys
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 from ophyd import Component as Cpt
@@ -64,6 +87,8 @@ from ophyd import Device, Kind, Signal
 from ophyd.status import DeviceStatus
 from pyvisa import constants
 
+from .mock import MockInstrument, MockLakeShore336
+from .settings import ChoiceSignal, SettingSignal, non_negative, positive
 from .visa import (
     DEFAULT_TIMEOUT_S,
     InstrumentIdentityError,
@@ -72,8 +97,11 @@ from .visa import (
     VisaInstrument,
     VisaSignal,
     VisaSignalRO,
+    not_connected,
     open_instrument,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LakeShore336Furnace",
@@ -83,7 +111,11 @@ __all__ = [
     "kelvin_to_celsius",
     "celsius_to_kelvin",
     "LS336_SERIAL",
+    "END_OF_PLAN_CHOICES",
 ]
+
+#: Values of the furnace's ``end_of_plan`` setting (module doc).
+END_OF_PLAN_CHOICES = ("hold", "off")
 
 #: ITS-90: 0 °C = 273.15 K.
 ZERO_CELSIUS_K = 273.15
@@ -233,6 +265,43 @@ def _check_range(value: Any) -> int:
     return r
 
 
+def _check_range_on(value: Any) -> int:
+    """A heater range that heats: 1 (low), 2 (medium) or 3 (high)."""
+    r = _check_range(value)
+    if r == 0:
+        raise ValueError("heater range used to heat must be 1 (low), 2 (medium) or 3 (high), not 0 (off)")
+    return r
+
+
+def _fraction(value: Any) -> float:
+    """A timeout fraction: finite, >= 0."""
+    return non_negative(value)
+
+
+def _engine_ending_cleanly(frame: FrameType | None) -> bool | None:
+    """Whether the bluesky RunEngine up the call stack is ending a plan that succeeded without interruption.
+
+    None when no RunEngine is calling (a direct ``stop()``). bluesky 1.15 calls ``stop(success=True)`` alike at
+    the end of a plan, on pause, suspension, failure, abort and halt, so the RunEngine's own state is consulted:
+    its exit status, whether it was interrupted, and its state machine. Anything unexpected counts as not clean
+    (the heater goes off): this can only err towards safety. The RunEngine is recognised by its attributes,
+    since devices do not import bluesky (docs/architecture.md).
+    """
+    while frame is not None:
+        engine = frame.f_locals.get("self")
+        if engine is not None and hasattr(engine, "_movable_objs_touched") and hasattr(engine, "_exit_status"):
+            try:
+                return (
+                    getattr(engine, "_exit_status", None) == "success"
+                    and getattr(engine, "_interrupted", True) is False
+                    and getattr(engine, "state", None) == "running"
+                )
+            except Exception:  # noqa: BLE001 - an unknown RunEngine: be safe
+                return False
+        frame = frame.f_back
+    return None
+
+
 class LakeShore336Furnace(Device):
     """Hot-stage furnace behind a Lake Shore 336: °C for users, Kelvin on the wire, settling set()."""
 
@@ -279,6 +348,20 @@ class LakeShore336Furnace(Device):
     heater_output = Cpt(
         VisaSignalRO, query="HTR? {dev.output}", parse=_number, units="%", precision=1, kind=Kind.normal
     )
+    tolerance = Cpt(SettingSignal, value=1.0, units="degC", check=positive, kind=Kind.config)
+    """Half-width of the band the readback must stay in for ``settle_time`` before a set() finishes (°C)."""
+    settle_time = Cpt(SettingSignal, value=30.0, units="s", check=non_negative, kind=Kind.config)
+    """Experiment seconds the readback must stay within ``tolerance`` of the target."""
+    timeout_margin = Cpt(SettingSignal, value=120.0, units="s", check=non_negative, kind=Kind.config)
+    """Experiment seconds added to a move's allowed time (see ``settle_timeout``)."""
+    timeout_fraction = Cpt(SettingSignal, value=0.25, check=_fraction, kind=Kind.config)
+    """Fraction of the ramp time added to a move's allowed time."""
+    fallback_rate = Cpt(SettingSignal, value=10.0, units="degC/min", check=positive, kind=Kind.config)
+    """Rate (°C/min) that sizes the allowed time when setpoint ramping is off."""
+    heater_range_on = Cpt(SettingSignal, value=3, check=_check_range_on, kind=Kind.config)
+    """Heater range (1 low, 2 medium, 3 high) a set() switches on when the heater was off."""
+    end_of_plan = Cpt(ChoiceSignal, value="hold", choices=END_OF_PLAN_CHOICES, kind=Kind.config)
+    """What the heater does when a plan ends successfully: "hold" (keep regulating) or "off" (module doc)."""
     stops = Cpt(Signal, value=0, kind=Kind.omitted)
     """How many times stop() has run (pause, suspension, abort, end of plan). The RunEngine replays the messages
     since the last checkpoint on resume, which can switch the heater back on before the plan sees it was off;
@@ -307,16 +390,19 @@ class LakeShore336Furnace(Device):
         fallback_rate: float = 10.0,
         heater_range_on: int = 3,
         poll_interval: float | None = None,
-        hold_on_success: bool = False,
+        end_of_plan: str = "hold",
         io_timeout: float = DEFAULT_TIMEOUT_S,
         serial: dict[str, Any] | None = None,
         check_identity: bool = True,
         retry: RetryPolicy | None = None,
+        mock: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Open ``resource`` (backend ``resource_manager``, default "@py") and check it is a Model 336.
+        """Describe the controller at ``resource`` (backend ``resource_manager``, default "@py"); opens nothing.
 
+        ``connect()`` opens it and checks it is a Model 336 (``mock=True``: an in-memory one instead).
         ``retry``: the transient-fault policy of every exchange (default ``hotstage.devices.visa.DEFAULT_RETRY``).
+        ``end_of_plan``: "hold" or "off", what the heater does when a plan ends successfully (module doc).
 
         Durations ``settle_time``/``timeout_margin`` are experiment seconds; ``time_scale`` is
         experiment seconds per wall second; ``poll_interval`` (wall s) defaults to
@@ -332,14 +418,14 @@ class LakeShore336Furnace(Device):
         self.control_input = str(control_input).upper()
         self.sample_input = None if sample_input is None else str(sample_input).upper()
         self.time_scale = float(time_scale)
-        self.tolerance = float(tolerance)
-        self.settle_time = float(settle_time)
-        self.timeout_margin = float(timeout_margin)
-        self.timeout_fraction = float(timeout_fraction)
-        self.fallback_rate = float(fallback_rate)
-        self.heater_range_on = _check_range(heater_range_on)
+        self.resource_manager = resource_manager
+        self.io_timeout = float(io_timeout)
+        self.serial = serial
+        self.check_identity = bool(check_identity)
+        self.retry = retry
+        self.mock = bool(mock)
         self._poll_interval = poll_interval
-        self.hold_on_success = bool(hold_on_success)
+        self._last_target: float | None = None
         self._pending: list[FurnaceSetStatus] = []
         self._pending_lock = threading.Lock()
         self._visa: VisaInstrument | None = None
@@ -348,29 +434,65 @@ class LakeShore336Furnace(Device):
         super().__init__("", name=name, **kwargs)
         if self.sample_input is None:
             self.sample_temperature.kind = Kind.omitted
-        self._visa = open_instrument(
-            resource,
-            instrument=f"Lake Shore 336 '{name}'",
-            backend=resource_manager or "@py",
-            read_termination="\r\n",
-            write_termination="\r\n",
-            timeout_s=io_timeout,
-            serial=LS336_SERIAL if serial is None else serial,
-            retry=retry,
-            idempotent=_idempotent,
-        )
-        if check_identity:
+        self.tolerance.put(tolerance)
+        self.settle_time.put(settle_time)
+        self.timeout_margin.put(timeout_margin)
+        self.timeout_fraction.put(timeout_fraction)
+        self.fallback_rate.put(fallback_rate)
+        self.heater_range_on.put(heater_range_on)
+        self.end_of_plan.put(end_of_plan)
+
+    def connect(self, *, timeout: float | None = None, mock: bool | None = None) -> "LakeShore336Furnace":
+        """Open the VISA session and check ``*IDN?`` (a Model 336); returns the device. A no-op when connected.
+
+        ``timeout`` (wall s) bounds opening the session and the identity query (default: the backend's open
+        timeout and ``io_timeout``). ``mock`` (default: the constructor's) uses an in-memory Model 336
+        (``hotstage.devices.mock.MockLakeShore336``). Failing to open or identify raises one
+        InstrumentError naming the device and the resource; the session is closed again.
+        """
+        if self._visa is not None:
+            return self
+        mock = self.mock if mock is None else bool(mock)
+        instrument = f"Lake Shore 336 '{self.name}'"
+        visa: Any
+        if mock:
+            visa = MockInstrument(self.resource, instrument=instrument, handler=MockLakeShore336())
+        else:
+            visa = open_instrument(
+                self.resource,
+                instrument=instrument,
+                backend=self.resource_manager or "@py",
+                read_termination="\r\n",
+                write_termination="\r\n",
+                timeout_s=self.io_timeout,
+                serial=LS336_SERIAL if self.serial is None else self.serial,
+                retry=self.retry,
+                idempotent=_idempotent,
+                open_timeout_s=timeout,
+            )
+        self._visa = visa
+        self.mock = mock
+        if self.check_identity:
             try:
-                self.identify()
-            except Exception:
-                self._visa.close()
+                self.identify(timeout_s=timeout)
+            except BaseException:
+                self._visa = None
+                visa.close()
                 raise
+        return self
 
     # -- plain instrument operations --------------------------------------------------------------
     @property
+    def connected(self) -> bool:
+        """True between a successful ``connect()`` and ``destroy()``."""
+        return self._visa is not None and super().connected
+
+    @property
     def visa(self) -> VisaInstrument:
-        """The transport (its ``lock`` serialises every exchange with this controller)."""
-        assert self._visa is not None
+        """The transport (its ``lock`` serialises every exchange with this controller); NotConnectedError before
+        ``connect()``."""
+        if self._visa is None:
+            raise not_connected(self)
         return self._visa
 
     def read(self) -> dict[str, dict[str, Any]]:
@@ -398,7 +520,14 @@ class LakeShore336Furnace(Device):
         """Present control-input temperature in °C (the readback a set() settles on)."""
         return float(self.temperature.get())
 
-    def identify(self) -> str:
+    def locate(self) -> dict[str, float]:
+        """bluesky ``Location`` in °C: ``setpoint`` is the target of the last set() (the controller's ``SETP?``
+        before any), ``readback`` the control input now. Makes the furnace ``bluesky.protocols.Locatable``."""
+        readback = float(self.temperature.get())
+        setpoint = self._last_target if self._last_target is not None else float(self.setpoint.get())
+        return {"setpoint": setpoint, "readback": readback}
+
+    def identify(self, *, timeout_s: float | None = None) -> str:
         """Query ``*IDN?`` and check it is a Lake Shore MODEL336; return the identity string.
 
         A mismatch is re-asked like any unusable reply (a garbled identity must not condemn a good
@@ -417,7 +546,7 @@ class LakeShore336Furnace(Device):
                 )
             return reply
 
-        return self.visa.query("*IDN?", parse=check)
+        return self.visa.query("*IDN?", parse=check, timeout_s=timeout_s)
 
     def _query_ramp(self) -> tuple[int, float]:
         """Return (ramp on 0/1, rate K/min) from ``RAMP? <out>``."""
@@ -486,13 +615,14 @@ class LakeShore336Furnace(Device):
         """Wall seconds between readback polls of the settle watcher."""
         if self._poll_interval is not None:
             return float(self._poll_interval)
-        return min(0.5, max(0.01, self.settle_time / self.time_scale / 10.0))
+        return min(0.5, max(0.01, float(self.settle_time.get()) / self.time_scale / 10.0))
 
     def settle_timeout(self, start_C: float, target_C: float, rate_C_per_min: float | None) -> float:
         """Allowed experiment seconds for a move: |ΔT|/rate·(1+fraction) + settle_time + margin."""
-        rate = rate_C_per_min if rate_C_per_min and rate_C_per_min > 0 else self.fallback_rate
+        rate = rate_C_per_min if rate_C_per_min and rate_C_per_min > 0 else float(self.fallback_rate.get())
         ramp_s = abs(float(target_C) - float(start_C)) / rate * 60.0
-        return ramp_s * (1.0 + self.timeout_fraction) + self.settle_time + self.timeout_margin
+        return (ramp_s * (1.0 + float(self.timeout_fraction.get())) + float(self.settle_time.get())
+                + float(self.timeout_margin.get()))
 
     # -- ophyd movable API ------------------------------------------------------------------------
     def set(self, value: float, *, timeout: float | None = None, **kwargs: Any) -> FurnaceSetStatus:  # type: ignore[override]
@@ -518,9 +648,11 @@ class LakeShore336Furnace(Device):
                     visa.write(f"RAMP {self.output},1,{rate:.1f}")
             visa.write(f"SETP {self.output},{celsius_to_kelvin(target):.3f}")
             self.setpoint._cache(target)
+            self._last_target = target
             if rng == 0:
-                visa.write(f"RANGE {self.output},{self.heater_range_on}")
-                self.heater_range._cache(self.heater_range_on)
+                range_on = int(self.heater_range_on.get())
+                visa.write(f"RANGE {self.output},{range_on}")
+                self.heater_range._cache(range_on)
         allowed = float(timeout) if timeout is not None else self.settle_timeout(start, target, rate if on else None)
         status = FurnaceSetStatus(self, target=target, timeout_exp_s=allowed)
         status.last_readback = start
@@ -552,10 +684,11 @@ class LakeShore336Furnace(Device):
                 return
             now = wall()
             status.last_readback = reading
-            if abs(reading - status.target) <= self.tolerance:
+            tolerance, settle_time = float(self.tolerance.get()), float(self.settle_time.get())
+            if abs(reading - status.target) <= tolerance:
                 if in_band_since is None:
                     in_band_since = now
-                if (now - in_band_since) * self.time_scale >= self.settle_time:
+                if (now - in_band_since) * self.time_scale >= settle_time:
                     try:
                         status.set_finished()
                     except Exception:
@@ -567,8 +700,8 @@ class LakeShore336Furnace(Device):
             if elapsed_exp >= status.timeout_exp_s:
                 status._fail(
                     FurnaceSettleTimeout(
-                        f"{self.name}: did not settle at {status.target:.3f} °C (±{self.tolerance:g} °C for "
-                        f"{self.settle_time:g} s) within {status.timeout_exp_s:.1f} experiment s; last readback "
+                        f"{self.name}: did not settle at {status.target:.3f} °C (±{tolerance:g} °C for "
+                        f"{settle_time:g} s) within {status.timeout_exp_s:.1f} experiment s; last readback "
                         f"{reading:.3f} °C after {elapsed_exp:.1f} experiment s "
                         f"({now - t0:.2f} wall s, time_scale {self.time_scale:g}) on {self.resource}"
                     )
@@ -590,18 +723,34 @@ class LakeShore336Furnace(Device):
             status._fail(exc)
 
     def stop(self, *, success: bool = False) -> None:
-        """Heater off (``RANGE <out>,0``) and cancel pending moves (see module doc for hold_on_success)."""
+        """Cancel pending moves; heater off (``RANGE <out>,0``) unless a plan ended cleanly with ``end_of_plan``
+        "hold" (module doc: bluesky passes success=True on pause, failure and abort too, so the RunEngine's own
+        state decides)."""
         self.stops.put(int(self.stops.get()) + 1)
         self._cancel_pending(FurnaceSetCancelled(f"{self.name}: set() cancelled by stop(success={success})"))
-        if success and self.hold_on_success:
-            return
+        if success and self.end_of_plan.get() == "hold":
+            clean = _engine_ending_cleanly(sys._getframe(1))
+            if clean is None or clean:
+                return
         self.heater_off()
+
+    def pause(self) -> None:
+        """The RunEngine pauses or suspends: heater off (never raises; a failure is logged, the caller's
+        heater-off paths and the over-temperature interlocks remain)."""
+        try:
+            self.heater_off()
+        except Exception as exc:  # noqa: BLE001 - the RunEngine must still be able to pause
+            log.error("%s: heater off on pause failed: %s", self.name, exc)
+
+    def resume(self) -> None:
+        """The RunEngine resumes: nothing to do (the heater stays off until a plan sets the furnace again)."""
 
     def destroy(self) -> None:
         """Cancel pending moves and close the VISA session."""
         self._cancel_pending(FurnaceSetCancelled(f"{self.name}: device destroyed"))
-        if self._visa is not None:
-            self._visa.close()
+        visa, self._visa = self._visa, None
+        if visa is not None:
+            visa.close()
         super().destroy()
 
     close = destroy

@@ -40,6 +40,15 @@ Faults and the retry policy per command (transport: ``hotstage.devices.visa``):
   ``retry.attempts`` − 1 times. Costs one extra exposure, never returns stale data.
 * ``SYST:ERR?`` pops the error queue: asked once, for the error message only.
 
+Connecting: constructing a device opens nothing; ``connect(timeout=...)`` opens the VISA session and checks
+``*IDN?`` (one error naming the device and the resource if either fails); ``connect(mock=True)`` (or ``mock=True``
+at construction) uses an in-memory instrument (``hotstage.devices.mock.MockScpiArray``) for tests and offline use.
+Using an unconnected device raises :class:`~hotstage.devices.visa.NotConnectedError` ("... call connect() first").
+
+Settings are configuration signals, recorded in every event descriptor's ``configuration``: ``exposure``
+(experiment s, > 0) and ``opc_margin`` (wall s added to the ``*OPC?`` timeout, >= 0), next to the axis (and the
+XRD source wavelength).
+
 Saturation: with ``full_scale`` set (the largest value the instrument can report: ADC or counter full scale;
 the simulated rig passes its emulators' values), every acquisition sets the ``saturated`` signal (a boolean
 in every event, key ``<name>_saturated``) to True when any point reached full scale, and logs a warning with
@@ -59,6 +68,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, Kind, Signal
 from ophyd.status import DeviceStatus
 
+from .mock import MockInstrument, MockScpiArray
+from .settings import SettingSignal, non_negative, positive
 from .visa import (
     DEFAULT_TIMEOUT_S,
     InstrumentError,
@@ -68,6 +79,7 @@ from .visa import (
     RetryPolicy,
     VisaInstrument,
     VisaSignalRO,
+    not_connected,
     open_instrument,
 )
 
@@ -178,13 +190,18 @@ class ScpiArrayDetector(Device):
     ``axis_unit`` (the expected ``FETC:AXIS:UNIT?`` reply).
     """
 
-    exposure = Cpt(UnitSignal, value=1.0, units="s", kind=Kind.config)
+    exposure = Cpt(SettingSignal, value=1.0, units="s", check=positive, kind=Kind.config)
+    """Integration time per acquisition, experiment seconds."""
+    opc_margin = Cpt(SettingSignal, value=10.0, units="s", check=non_negative, kind=Kind.config)
+    """Wall seconds added to the ``*OPC?`` timeout (exposure/time_scale + opc_margin)."""
     saturated = Cpt(Signal, value=False, kind=Kind.normal)
 
     data_attr: ClassVar[str] = ""
     axis_attr: ClassVar[str] = ""
     axis_unit: ClassVar[str] = ""
     instrument_kind: ClassVar[str] = "SCPI array instrument"
+    mock_axis: ClassVar[tuple[float, float, int]] = (0.0, 1.0, 11)
+    """Axis of the in-memory instrument of ``connect(mock=True)``: first, last, number of points."""
 
     def __init__(
         self,
@@ -200,9 +217,12 @@ class ScpiArrayDetector(Device):
         check_identity: bool = True,
         full_scale: float | None = None,
         retry: RetryPolicy | None = None,
+        mock: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Open ``resource`` (backend ``resource_manager``, default "@py") and check the identity.
+        """Describe the instrument at ``resource`` (backend ``resource_manager``, default "@py"); opens nothing.
+
+        ``connect()`` opens it and checks the identity (``mock=True``: an in-memory instrument instead).
 
         ``exposure`` is in experiment seconds; ``time_scale`` experiment seconds per wall second;
         ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query;
@@ -213,7 +233,11 @@ class ScpiArrayDetector(Device):
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
         self.resource = resource
         self.time_scale = float(time_scale)
-        self.opc_margin = float(opc_margin)
+        self.resource_manager = resource_manager
+        self.io_timeout = float(io_timeout)
+        self.check_identity = bool(check_identity)
+        self.retry = retry
+        self.mock = bool(mock)
         self.expected_idn = expected_idn
         self._visa: VisaInstrument | None = None
         self._written_exposure: float | None = None
@@ -221,31 +245,64 @@ class ScpiArrayDetector(Device):
         self.restarts = 0
         """Acquisitions re-started (ABOR + INIT) after a lost INIT (diagnostics, tests)."""
         super().__init__("", name=name, **kwargs)
-        self.exposure.put(float(exposure))
+        self.exposure.put(exposure)
+        self.opc_margin.put(opc_margin)
         if self.full_scale is None:
             self.saturated.kind = Kind.omitted
-        self._visa = open_instrument(
-            resource,
-            instrument=f"{self.instrument_kind} '{name}'",
-            backend=resource_manager or "@py",
-            read_termination="\n",
-            write_termination="\n",
-            timeout_s=io_timeout,
-            retry=retry,
-            idempotent=_idempotent,
-        )
-        if check_identity:
+
+    def connect(self, *, timeout: float | None = None, mock: bool | None = None) -> "ScpiArrayDetector":
+        """Open the VISA session and check ``*IDN?``; returns the device. A no-op when connected.
+
+        ``timeout`` (wall s) bounds opening the session and the identity query (default: the backend's open
+        timeout and ``io_timeout``). ``mock`` (default: the constructor's) uses an in-memory instrument
+        (``hotstage.devices.mock.MockScpiArray``, axis ``mock_axis``). Failing to open or identify raises one
+        InstrumentError naming the device and the resource; the session is closed again.
+        """
+        if self._visa is not None:
+            return self
+        mock = self.mock if mock is None else bool(mock)
+        instrument = f"{self.instrument_kind} '{self.name}'"
+        visa: Any
+        if mock:
+            first, last, n = self.mock_axis
+            handler = MockScpiArray(model=self.expected_idn or type(self).__name__, axis_unit=self.axis_unit,
+                                    axis=np.linspace(first, last, n))
+            visa = MockInstrument(self.resource, instrument=instrument, handler=handler)
+        else:
+            visa = open_instrument(
+                self.resource,
+                instrument=instrument,
+                backend=self.resource_manager or "@py",
+                read_termination="\n",
+                write_termination="\n",
+                timeout_s=self.io_timeout,
+                retry=self.retry,
+                idempotent=_idempotent,
+                open_timeout_s=timeout,
+            )
+        self._visa = visa
+        self.mock = mock
+        if self.check_identity:
             try:
-                self.identify()
-            except Exception:
-                self._visa.close()
+                self.identify(timeout_s=timeout)
+            except BaseException:
+                self._visa = None
+                visa.close()
                 raise
+        return self
 
     # -- accessors --------------------------------------------------------------------------------
     @property
+    def connected(self) -> bool:
+        """True between a successful ``connect()`` and ``destroy()``."""
+        return self._visa is not None and super().connected
+
+    @property
     def visa(self) -> VisaInstrument:
-        """The transport (its ``lock`` serialises every exchange with this instrument)."""
-        assert self._visa is not None
+        """The transport (its ``lock`` serialises every exchange with this instrument); NotConnectedError before
+        ``connect()``."""
+        if self._visa is None:
+            raise not_connected(self)
         return self._visa
 
     @property
@@ -259,7 +316,7 @@ class ScpiArrayDetector(Device):
         return getattr(self, self.axis_attr)
 
     # -- instrument operations --------------------------------------------------------------------
-    def identify(self) -> str:
+    def identify(self, *, timeout_s: float | None = None) -> str:
         """Query ``*IDN?``; raise InstrumentIdentityError if empty or lacking ``expected_idn``."""
 
         def check(reply: str) -> str:
@@ -273,7 +330,7 @@ class ScpiArrayDetector(Device):
                 )
             return reply
 
-        return self.visa.query("*IDN?", parse=check)
+        return self.visa.query("*IDN?", parse=check, timeout_s=timeout_s)
 
     def instrument_error(self) -> str:
         """Query ``SYST:ERR?`` (one entry of the error queue; destructive, so asked once)."""
@@ -335,6 +392,7 @@ class ScpiArrayDetector(Device):
 
     def trigger(self) -> DeviceStatus:
         """Start one acquisition; the status finishes when the data array has been fetched."""
+        self.visa  # noqa: B018 - NotConnectedError here, not in the acquisition thread
         status = DeviceStatus(self)
         exposure = float(self.exposure.get())
         threading.Thread(
@@ -375,7 +433,7 @@ class ScpiArrayDetector(Device):
     def _start_and_wait(self, exposure: float) -> None:
         """INIT then *OPC?; after a lost connection INIT is repeated only if no acquisition runs (module doc)."""
         visa = self.visa
-        opc_timeout = exposure / self.time_scale + self.opc_margin
+        opc_timeout = exposure / self.time_scale + float(self.opc_margin.get())
         visa.write("INIT")
         restarts = 0
         while True:
@@ -427,8 +485,9 @@ class ScpiArrayDetector(Device):
 
     def destroy(self) -> None:
         """Close the VISA session."""
-        if self._visa is not None:
-            self._visa.close()
+        visa, self._visa = self._visa, None
+        if visa is not None:
+            visa.close()
         super().destroy()
 
     close = destroy
@@ -444,6 +503,7 @@ class PLSpectrometer(ScpiArrayDetector):
     axis_attr = "wavelength"
     axis_unit = "nm"
     instrument_kind = "PL spectrometer"
+    mock_axis = (600.0, 820.0, 221)
 
 
 class FTIRSpectrometer(ScpiArrayDetector):
@@ -456,6 +516,7 @@ class FTIRSpectrometer(ScpiArrayDetector):
     axis_attr = "wavenumber"
     axis_unit = "cm-1"
     instrument_kind = "FTIR spectrometer"
+    mock_axis = (20.0, 400.0, 191)
 
 
 class XRDDetector(ScpiArrayDetector):
@@ -469,3 +530,4 @@ class XRDDetector(ScpiArrayDetector):
     axis_attr = "two_theta"
     axis_unit = "deg"
     instrument_kind = "XRD detector"
+    mock_axis = (10.0, 80.0, 351)

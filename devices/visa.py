@@ -71,6 +71,7 @@ __all__ = [
     "InstrumentReplyError",
     "InstrumentTimeoutError",
     "InstrumentInDoubtError",
+    "NotConnectedError",
     "RetryPolicy",
     "VisaInstrument",
     "open_instrument",
@@ -113,6 +114,22 @@ class InstrumentTimeoutError(InstrumentError):
 
 class InstrumentInDoubtError(InstrumentError):
     """The connection was lost after a non-idempotent command was sent: whether it executed is unknown."""
+
+
+class NotConnectedError(InstrumentConnectionError):
+    """A device was used before its ``connect()`` (constructing a device opens nothing)."""
+
+
+def not_connected(device: Any) -> NotConnectedError:
+    """The error for using ``device`` before ``connect()``: names the device and its resource."""
+    name = getattr(device, "name", None) or type(device).__name__
+    resource = getattr(device, "resource", "") or ""
+    where = f" ({resource})" if resource else ""
+    return NotConnectedError(
+        f"{name}{where} is not connected: call connect() first (or connect(mock=True) for an in-memory instrument)",
+        instrument=name,
+        resource=resource,
+    )
 
 
 log = logging.getLogger(__name__)
@@ -231,11 +248,13 @@ class VisaInstrument:
         serial: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
         idempotent: Callable[[str], bool] | None = None,
+        open_timeout_s: float | None = None,
     ) -> None:
         """Open ``resource`` with ``backend``; ``serial`` holds pyvisa ASRL attributes (baud_rate, …).
 
         ``retry`` is the policy for transient failures (default :data:`DEFAULT_RETRY`); ``idempotent(cmd)``
-        says whether a write may be re-sent (default: none may).
+        says whether a write may be re-sent (default: none may); ``open_timeout_s`` bounds opening the session
+        (wall s; default: the backend's).
         """
         self.resource_name = resource
         self.instrument = instrument
@@ -245,6 +264,7 @@ class VisaInstrument:
         self._read_termination = read_termination
         self._write_termination = write_termination
         self._serial = dict(serial) if serial else None
+        self._open_timeout_ms = None if open_timeout_s is None else max(1, int(float(open_timeout_s) * 1000.0))
         self.retry = retry or DEFAULT_RETRY
         self.idempotent: Callable[[str], bool] = idempotent or (lambda command: False)
         self._unconfirmed: list[str] = []
@@ -270,7 +290,10 @@ class VisaInstrument:
         resource, instrument, backend = self.resource_name, self.instrument, self.backend
         rm = resource_manager(backend)
         try:
-            res = rm.open_resource(resource)
+            if self._open_timeout_ms is None:
+                res = rm.open_resource(resource)
+            else:
+                res = rm.open_resource(resource, open_timeout=self._open_timeout_ms)
         except Exception as exc:
             raise InstrumentConnectionError(
                 f"{instrument}: cannot open VISA resource {resource!r} with backend "
@@ -591,6 +614,7 @@ def open_instrument(
     serial: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     idempotent: Callable[[str], bool] | None = None,
+    open_timeout_s: float | None = None,
 ) -> VisaInstrument:
     """Open a VISA resource for one instrument (see :class:`VisaInstrument`)."""
     return VisaInstrument(
@@ -603,6 +627,7 @@ def open_instrument(
         serial=serial,
         retry=retry,
         idempotent=idempotent,
+        open_timeout_s=open_timeout_s,
     )
 
 
@@ -646,11 +671,16 @@ class VisaSignalRO(SignalRO):
 
     @property
     def _visa(self) -> VisaInstrument:
-        """The parent's instrument (raises a clear error when not connected)."""
+        """The parent's instrument (raises NotConnectedError, naming the device, before its connect())."""
         visa = getattr(self.parent, "_visa", None)
         if visa is None:
-            raise InstrumentConnectionError(f"{self.name}: parent device has no open VISA instrument")
+            raise not_connected(self.parent if self.parent is not None else self)
         return visa
+
+    @property
+    def connected(self) -> bool:
+        """True once the parent device is connected (its ``connect()`` opened the instrument) and not destroyed."""
+        return getattr(self.parent, "_visa", None) is not None and not self._destroyed
 
     @property
     def source_name(self) -> str:

@@ -25,6 +25,11 @@ How each way out is covered (bluesky 1.15 RunEngine semantics):
   `hotstage run`/`demo` replace that pause by an immediate abort on SIGINT, SIGTERM and SIGHUP alike
   (`hotstage.acquisition.exits`).
 
+The furnace's `end_of_plan` setting (a configuration signal, "hold" by default so that stock bluesky plans leave a
+furnace regulating after a successful `bps.mv`) reads "off" while a wrapped plan runs, so every descriptor of the
+run records that it ends with the heater off; the wrapper restores the previous value afterwards. The heater-off
+here does not depend on that setting.
+
 The heater-off step is *verified*: `make_furnace_safe` reads `RANGE?` back and repeats the command (up to
 three times) until the controller reports 0; `ensure_heater_off(furnace)` does the same outside the
 RunEngine (session teardown, the over-temperature suspender). A dropped connection between the command and
@@ -49,7 +54,7 @@ from collections.abc import Generator
 from typing import Any
 
 import bluesky.plan_stubs as bps
-from bluesky.preprocessors import finalize_wrapper
+from bluesky.preprocessors import finalize_wrapper, plan_mutator
 from bluesky.utils import FailedStatus, Msg, RequestAbort, RequestStop
 
 MsgGenerator = Generator[Msg, Any, Any]
@@ -194,18 +199,53 @@ def unwrap_failed_status(plan: Any) -> MsgGenerator:
         raise
 
 
+def _end_of_plan_off(plan: Any, furnace: Any, changed: list[Any]) -> MsgGenerator:
+    """Run `plan`, setting the furnace's `end_of_plan` setting to "off" just before the plan's first message.
+
+    So the run's descriptors record what this wrapper does (heater off at the end), while a plan that fails its
+    validation on its first step still sends nothing. The previous value goes into `changed` (restored by the
+    final plan). A furnace without the setting (a test double) is left alone."""
+    setting = getattr(furnace, "end_of_plan", None)
+    if setting is None or not (hasattr(setting, "get") and hasattr(setting, "set")):
+        return (yield from plan)
+
+    def first_message(msg: Msg) -> tuple[Any, None]:
+        if changed:
+            return None, None
+        changed.append(setting.get())
+
+        def head() -> MsgGenerator:
+            if changed[0] != "off":
+                yield from bps.mv(setting, "off")
+            return (yield msg)
+
+        return head(), None
+
+    return (yield from plan_mutator(plan, first_message))
+
+
+def _restore_end_of_plan(furnace: Any, changed: list[Any]) -> MsgGenerator:
+    """Plan: put back the `end_of_plan` value `_end_of_plan_off` replaced (nothing if it was "off" already)."""
+    if changed and changed[0] != "off":
+        yield from bps.mv(furnace.end_of_plan, changed[0])
+
+
 def safe_furnace_wrapper(plan: Any, furnace: Any, safe_setpoint_C: float | None = None) -> MsgGenerator:
     """Run `plan`; on success, error, abort or stop finish with the furnace heater off (halt: see module doc).
+
+    The furnace's `end_of_plan` setting reads "off" while the plan runs (recorded in every descriptor) and is
+    restored afterwards; the heater-off here does not depend on it.
 
     A failed device status surfaces as the device's own error (`unwrap_failed_status`). If the final plan cannot
     make the furnace safe: a run that otherwise succeeded fails with that error; a run that failed fails with
     `FurnaceNotSafe` naming both errors; an abort or stop keeps its status and reason (the loud line has been
     logged by `make_furnace_safe`)."""
     ended: list[BaseException] = []
+    changed: list[Any] = []
 
     def body() -> MsgGenerator:
         try:
-            return (yield from unwrap_failed_status(plan))
+            return (yield from unwrap_failed_status(_end_of_plan_off(plan, furnace, changed)))
         except BaseException as exc:
             ended.append(exc)
             raise
@@ -214,6 +254,7 @@ def safe_furnace_wrapper(plan: Any, furnace: Any, safe_setpoint_C: float | None 
         try:
             yield from make_furnace_safe(furnace, safe_setpoint_C)
         except Exception as err:  # noqa: BLE001 - decided below which error the run ends with
+            yield from _restore_end_of_plan(furnace, changed)
             first = ended[0] if ended else None
             if first is None:
                 raise
@@ -223,6 +264,7 @@ def safe_furnace_wrapper(plan: Any, furnace: Any, safe_setpoint_C: float | None 
                 return  # the RunEngine goes on ending the run as asked (abort/stop, with its reason)
             raise FurnaceNotSafe(f"{_describe(first)}; afterwards the furnace heater could not be confirmed off: "
                                  f"{_describe(err)}") from first
+        yield from _restore_end_of_plan(furnace, changed)
 
     return (yield from finalize_wrapper(body(), final()))
 

@@ -291,6 +291,7 @@ class SimulatedRig:
                 res["furnace"], name="furnace", resource_manager="@py", time_scale=ts, **self.furnace_kwargs
             )
             self._devices.append(self.furnace)
+            self.furnace.connect()
             for attr, cls in (("xrd", XRDDetector), ("thz", FTIRSpectrometer), ("pl", PLSpectrometer)):
                 kwargs = {"full_scale": INSTRUMENTS[attr].full_scale, **self.detector_kwargs}
                 dev = cls(
@@ -303,6 +304,7 @@ class SimulatedRig:
                 )
                 setattr(self, attr, dev)
                 self._devices.append(dev)
+                dev.connect()
         except BaseException:
             self.close()
             raise

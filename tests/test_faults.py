@@ -590,7 +590,8 @@ def test_wrong_identity_names_command_and_resource_and_nothing_is_written() -> N
     fake = FakeInstrument({"*IDN?": b"LSCI,MODEL335,LSA1/0,1.0"}, b"\r\n")
     try:
         with pytest.raises(InstrumentIdentityError) as info:
-            LakeShore336Furnace(fake.resource, name="furnace", resource_manager="@py", io_timeout=0.3, retry=FAST_RETRY)
+            LakeShore336Furnace(fake.resource, name="furnace", resource_manager="@py", io_timeout=0.3,
+                                retry=FAST_RETRY).connect()
         msg = str(info.value)
         assert "Lake Shore 336 'furnace'" in msg and "*IDN?" in msg and fake.resource in msg and "MODEL335" in msg
         assert set(fake.received) == {"*IDN?"}  # only asked, never commanded
@@ -603,7 +604,8 @@ def test_unparseable_furnace_reply_names_command_and_nothing_moves() -> None:
         {"*IDN?": b"LSCI,MODEL336,LSA1/0,2.9", "KRDG? A": b"OVERLOAD", "RANGE? 1": b"0", "RAMP? 1": b"1,+10.0"},
         b"\r\n",
     )
-    dev = LakeShore336Furnace(fake.resource, name="furnace", resource_manager="@py", io_timeout=0.3, retry=FAST_RETRY)
+    dev = LakeShore336Furnace(fake.resource, name="furnace", resource_manager="@py", io_timeout=0.3,
+                              retry=FAST_RETRY).connect()
     try:
         with pytest.raises(InstrumentReplyError) as info:
             dev.set(100.0)
@@ -617,7 +619,7 @@ def test_unparseable_furnace_reply_names_command_and_nothing_moves() -> None:
 
 def test_unknown_detector_unit_is_a_clear_error() -> None:
     fake = FakeInstrument({"*IDN?": b"ACME,XRD,1,1", "FETC:AXIS:UNIT?": b"furlongs"}, b"\n")
-    det = XRDDetector(fake.resource, name="xrd", resource_manager="@py", io_timeout=0.3, retry=FAST_RETRY)
+    det = XRDDetector(fake.resource, name="xrd", resource_manager="@py", io_timeout=0.3, retry=FAST_RETRY).connect()
     try:
         with pytest.raises(InstrumentReplyError) as info:
             det.stage()

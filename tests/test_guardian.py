@@ -290,7 +290,7 @@ def test_session_wiring_tells_the_guardian_safe_after_a_confirmed_heater_off(emu
     from hotstage.acquisition.interlocks import arm_furnace_interlocks
     from hotstage.devices.lakeshore import LakeShore336Furnace
 
-    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
+    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py").connect()
     try:
         with ExitStack() as stack:
             guardian = arm_furnace_interlocks(stack, _visa_config(emulator.server.resource), _Rig(furnace), tmp_path)
@@ -310,7 +310,7 @@ def test_session_wiring_leaves_an_unconfirmed_heater_to_the_guardian(emulator: E
     from hotstage.devices.lakeshore import LakeShore336Furnace
     from hotstage.devices.visa import InstrumentReplyError
 
-    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py")
+    furnace = LakeShore336Furnace(emulator.server.resource, name="furnace", resource_manager="@py").connect()
     try:
         with ExitStack() as stack:
             arm_furnace_interlocks(stack, _visa_config(emulator.server.resource), _Rig(furnace), tmp_path)

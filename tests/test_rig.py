@@ -84,7 +84,7 @@ def test_furnace_set_settles(rig):
     status = rig.furnace.set(60.0)
     status.wait(timeout=30.0)
     assert status.success
-    assert abs(rig.furnace.temperature.get() - 60.0) <= rig.furnace.tolerance
+    assert abs(rig.furnace.temperature.get() - 60.0) <= rig.furnace.tolerance.get()
     assert rig.furnace.heater_range.get() == 3
     truth = rig.truth()
     assert abs(truth["furnace_C"] - 60.0) < 1.0 and abs(truth["sample_C"] - 60.0) < 2.0
@@ -99,7 +99,7 @@ def test_ramp_rate_zero_means_step(rig):
     status = rig.furnace.set(60.0)
     status.wait(timeout=30.0)
     assert status.success
-    assert abs(rig.furnace.temperature.get() - 60.0) <= rig.furnace.tolerance
+    assert abs(rig.furnace.temperature.get() - 60.0) <= rig.furnace.tolerance.get()
 
 
 def test_impossible_set_times_out(rig):
@@ -146,7 +146,8 @@ def test_scan_over_furnace_documents_validate(rig):
     assert np.allclose(temps, [30.0, 45.0, 60.0], atol=1.0)
     times = [ev["data"]["clock_elapsed"] for ev in events]
     assert all(b > a for a, b in zip(times, times[1:]))
-    assert rig.furnace.heater_range.get() == 0  # RunEngine's stop() at the end switched the heater off
+    # end_of_plan "hold" (the default): a stock plan that ended cleanly leaves the furnace regulating at 60 °C
+    assert rig.furnace.heater_range.get() == 3 and rig.furnace.end_of_plan.get() == "hold"
 
 
 def test_exit_is_clean_and_idempotent():

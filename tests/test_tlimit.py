@@ -176,7 +176,7 @@ def test_plant_limit_is_checked_every_step_without_any_client() -> None:
 # --------------------------------------------------------------------------------------- the device
 def test_device_sets_and_confirms_the_limit_on_both_inputs(server) -> None:
     srv, backend = server
-    dev = LakeShore336Furnace(srv.resource, name="furnace", resource_manager="@py")
+    dev = LakeShore336Furnace(srv.resource, name="furnace", resource_manager="@py").connect()
     try:
         limits = dev.set_temperature_limit(415.0)
         assert limits == {"A": pytest.approx(415.0, abs=0.06), "B": pytest.approx(415.0, abs=0.06)}
@@ -198,7 +198,7 @@ def test_device_refuses_a_limit_the_controller_does_not_keep(server) -> None:
     srv, backend = server
     original = backend.plant.set_temperature_limit
     backend.plant.set_temperature_limit = lambda name, k: original(name, min(k, 500.0))  # type: ignore[method-assign]
-    dev = LakeShore336Furnace(srv.resource, name="furnace", resource_manager="@py")
+    dev = LakeShore336Furnace(srv.resource, name="furnace", resource_manager="@py").connect()
     try:
         with pytest.raises(InstrumentReplyError, match=r"input A reads 500 K after 'TLIMIT A,688\.1'"):
             dev.set_temperature_limit(415.0)
@@ -223,7 +223,9 @@ def test_device_limit_on_the_pyvisa_sim_definition() -> None:
     from pathlib import Path
 
     yaml = Path(__file__).resolve().parents[1] / "simulated" / "visa" / "hotstage.yaml"
-    dev = LakeShore336Furnace("TCPIP0::127.0.0.1::7777::SOCKET", name="furnace", resource_manager=f"{yaml}@sim")
+    dev = LakeShore336Furnace(
+        "TCPIP0::127.0.0.1::7777::SOCKET", name="furnace", resource_manager=f"{yaml}@sim"
+    ).connect()
     try:
         limit = pytest.approx(415.0, abs=0.06)
         assert dev.set_temperature_limit(415.0) == {"A": limit, "B": limit}

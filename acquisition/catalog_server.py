@@ -21,6 +21,14 @@ than loopback unless the read-write key was given explicitly (option or environm
 
 Why a gate instead of tiled's own scoped API keys: those need tiled's authentication database and an identity
 provider; two fixed keys checked in front of tiled's single-user mode are enough for a lab and easy to audit.
+
+Facility catalog (issue 12): with ``--database postgresql://USER@HOST:PORT/DB`` (else ``$HOTSTAGE_CATALOG_DATABASE``)
+the catalog's metadata and its tables (events) live in that PostgreSQL database and only the arrays (zarr) and the
+keys file under the data directory; several rigs can then write at once (SQLite has one writer at a time). The
+password never goes on the command line: ``$PGPASSWORD``, ``~/.pgpass``, or inside the URI in
+``$HOTSTAGE_CATALOG_DATABASE``. It is then handed to tiled's drivers (asyncpg for the catalog, libpq through ADBC for
+the tables) only through this process's environment, so it appears in no URI tiled keeps, logs or stores.
+The embedded SQLite catalog stays the default.
 """
 
 from __future__ import annotations
@@ -35,16 +43,20 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from hotstage.acquisition.datadir import is_read_request
 
-__all__ = ["KeyGate", "ServeError", "ServerKeys", "is_loopback", "resolve_keys", "serve"]
+__all__ = ["Database", "KeyGate", "ServeError", "ServerKeys", "is_loopback", "parse_database", "prepare_database",
+           "resolve_keys", "serve"]
 
 logger = logging.getLogger(__name__)
 
 WRITE_KEY_ENV = "TILED_API_KEY"
 READ_KEY_ENV = "HOTSTAGE_READ_API_KEY"
+DATABASE_ENV = "HOTSTAGE_CATALOG_DATABASE"
+#: how long the start waits for the database to answer before it gives up (one line, exit 2)
+CONNECT_TIMEOUT_S = 15.0
 KEYS_FILE = "server-keys.json"
 #: tiled's client reads a key back from its header with ``^Apikey (\w+)$``: keep keys to those characters.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_]{16,256}")
@@ -210,15 +222,176 @@ async def _refuse(scope: dict, send: Any, status: int, reason: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def gated_app(root: Path, keys: ServerKeys) -> Any:
-    """The embedded catalog's tiled app (internal random key, damage answered with 503) behind ``KeyGate``."""
+def gated_app(root: Path, keys: ServerKeys, database: Database | None = None) -> Any:
+    """The catalog's tiled app (internal random key) behind ``KeyGate``: the embedded catalog under ``root``
+    (damage answered with 503), or with ``database`` the PostgreSQL catalog (arrays under ``root/data``)."""
     from tiled.config import Authentication
 
-    from hotstage.acquisition.storage import embedded_app
-
     internal = secrets.token_hex(32)
-    app = embedded_app(root, Authentication(single_user_api_key=internal), allow_damaged=True, raise_errors=False)
+    authentication = Authentication(single_user_api_key=internal)
+    if database is not None:
+        app = database_app(root, database, authentication)
+    else:
+        from hotstage.acquisition.storage import embedded_app
+
+        app = embedded_app(root, authentication, allow_damaged=True, raise_errors=False)
     return KeyGate(app, write_key=keys.write, read_key=keys.read, internal_key=internal)
+
+
+@dataclass(frozen=True)
+class Database:
+    """A PostgreSQL catalog database as the user named it, split into a URI without password and the password."""
+
+    host: str
+    port: int
+    name: str
+    user: str | None
+    password: str | None  # from the URI (``$HOTSTAGE_CATALOG_DATABASE``); else libpq's own sources decide
+    source: str  # "--database" or "$HOTSTAGE_CATALOG_DATABASE", for error lines
+
+    @property
+    def uri(self) -> str:
+        """``postgresql://USER@HOST:PORT/DB``: no password, safe to print."""
+        user = f"{quote(self.user, safe='')}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{user}{host}:{self.port}/{quote(self.name, safe='')}"
+
+    def environment(self) -> dict[str, str]:
+        """What libpq and asyncpg read for the user and password (``PGUSER``, ``PGPASSWORD``), as far as given."""
+        env = {}
+        if self.user:
+            env["PGUSER"] = self.user
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+
+def parse_database(text: str, source: str = "--database") -> Database:
+    """Check a PostgreSQL URI (``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DB``); errors never echo the password.
+
+    A password is refused on the command line (``--database``): other users see options in ``ps``.
+    """
+    try:
+        parts = urlsplit(text)
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise ServeError(f"{source}: not a database URI ({exc}); expected postgresql://USER@HOST:PORT/DB") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        shown_scheme = f"{scheme}://" if scheme else "no scheme"
+        raise ServeError(f"{source}: {shown_scheme} is not a PostgreSQL URI; expected postgresql://USER@HOST:PORT/DB "
+                         f"(the embedded SQLite catalog needs no --database)")
+    name = unquote(parts.path.lstrip("/"))
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    safe = Database(parts.hostname or "", port, name, user, None, source).uri
+    if not parts.hostname:
+        raise ServeError(f"{source} {safe}: no host; expected postgresql://USER@HOST:PORT/DB")
+    if not name or "/" in name:
+        raise ServeError(f"{source} {safe}: no database name; expected postgresql://USER@HOST:PORT/DB")
+    if parts.query or parts.fragment:
+        raise ServeError(f"{source} {safe}: connection parameters after '?' are not supported; use libpq's "
+                         f"environment variables (PGSSLMODE, PGCONNECT_TIMEOUT, ...)")
+    if password is not None and source == "--database":
+        raise ServeError(f"--database {safe}: a password on the command line is visible to other users (ps); put it "
+                         f"in $PGPASSWORD or ~/.pgpass, or the whole URI in ${DATABASE_ENV}")
+    return Database(parts.hostname, port, name, user, password, source)
+
+
+def _database_failure(db: Database, exc: BaseException) -> ServeError:
+    """One line for a database that cannot be used, without the password (whatever the driver put in its text)."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        why = (f"authentication failed for user {db.user or '(default)'} (password from "
+               f"{'the URI' if db.password is not None else '$PGPASSWORD or ~/.pgpass'})")
+    elif isinstance(exc, asyncpg.InvalidCatalogNameError):
+        why = f"database {db.name!r} does not exist (create it: see the README, Facility catalog)"
+    elif isinstance(exc, TimeoutError):
+        why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    elif isinstance(exc, OSError):
+        why = f"cannot connect ({exc.strerror or exc.__class__.__name__})"
+    else:
+        why = f"{exc.__class__.__name__}: {exc}"
+    why = " ".join(why.split())
+    if db.password:
+        why = why.replace(db.password, "***")
+    return ServeError(f"{db.source} {db.uri}: {why}")
+
+
+async def _prepare_database(db: Database) -> bool:
+    """Connect once (clear errors), then make the database a tiled catalog if it is not one; True if it was new."""
+    import asyncpg
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+
+    try:
+        connection = await asyncpg.connect(host=db.host, port=db.port, database=db.name, user=db.user,
+                                           password=db.password, timeout=CONNECT_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - every driver failure becomes one line
+        raise _database_failure(db, exc) from None
+    await connection.close()
+    engine = create_async_engine(_catalog_uri(db))
+    try:
+        await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        return False
+    except UninitializedDatabase:
+        await initialize_database(engine)
+        return True
+    except DatabaseUpgradeNeeded:
+        raise ServeError(f"{db.source} {db.uri}: the catalog was made by another tiled version; upgrade it with "
+                         f"`tiled catalog upgrade-database {db.uri}` (PGPASSWORD set)") from None
+    finally:
+        await engine.dispose()
+
+
+def prepare_database(db: Database) -> None:
+    """Check that the database answers (else one line: ``ServeError``) and make it a tiled catalog if it is new.
+
+    From here on the user and password reach tiled's drivers through this process's environment only
+    (``Database.environment``): tiled's own init writes its URI into a temporary alembic.ini, so no URI carries it.
+    """
+    import asyncio
+
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+
+    os.environ.update(db.environment())
+    if asyncio.run(_prepare_database(db)):
+        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, _catalog_uri(db))  # as `tiled catalog init` does
+
+
+def _catalog_uri(db: Database) -> str:
+    return f"postgresql+asyncpg://{db.uri.removeprefix('postgresql://')}"
+
+
+def database_app(root: Path, db: Database, authentication: Any) -> Any:
+    """A tiled app whose catalog and tables are in PostgreSQL (``prepare_database`` first) and whose arrays are
+    under ``root/data``."""
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.server.app import build_app
+
+    catalog_uri = _catalog_uri(db)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    # The table store gets the URI without user: tiled would otherwise send the password "None" (its
+    # RemoteSQLStorage joins user and a missing password); libpq takes both from PGUSER/PGPASSWORD.
+    table_uri = f"postgresql://{db.uri.split('@', 1)[1] if db.user else db.uri.removeprefix('postgresql://')}"
+    adapter = catalog_from_uri(catalog_uri, writable_storage=[f"file://{root / 'data'}", table_uri])
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)
+    return build_app(adapter, authentication=authentication, serialization_registry=_serialization_registry())
+
+
+def _serialization_registry() -> Any:
+    """tiled's default serializers plus BlueskyRun -> json-seq (``run.documents()``, replay), as the embedded catalog."""
+    import copy
+
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return registry
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -240,24 +413,34 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(data_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, read_key: str | None = None) -> None:
-    """Serve the embedded catalog under ``data_dir`` at ``host:port`` until interrupted (see the module doc)."""
+          api_key: str | None = None, read_key: str | None = None, database: str | None = None) -> None:
+    """Serve the catalog at ``host:port`` until interrupted (see the module doc): the embedded catalog under
+    ``data_dir``, or with ``database`` (else ``$HOTSTAGE_CATALOG_DATABASE``) a PostgreSQL catalog whose arrays and
+    keys file are under ``data_dir``."""
     import uvicorn
 
     from hotstage.acquisition.storage import URI_ENV, default_data_dir
 
     if not 1 <= port <= 65535:
         raise ServeError(f"--port {port}: not a TCP port (1–65535)")
+    if database is None and os.environ.get(DATABASE_ENV):
+        db = parse_database(os.environ[DATABASE_ENV], f"${DATABASE_ENV}")
+    else:
+        db = parse_database(database) if database is not None else None
     root = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser().resolve()
     if not is_loopback(host) and not (api_key or os.environ.get(WRITE_KEY_ENV)):  # before anything is written
         raise ServeError(f"--host {host} is reachable from other machines: give the read-write key explicitly "
                          f"(${WRITE_KEY_ENV} or --api-key) to serve there, or serve on 127.0.0.1")
     sock = _listen(host, port)  # a port in use is reported before a key is generated or the catalog opened
     try:
+        if db is not None:
+            prepare_database(db)  # an unusable database is reported before a key is generated
         keys = resolve_keys(root, api_key, read_key)
-        app = gated_app(root, keys)
+        app = gated_app(root, keys, db)
         url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
-        print(f"hotstage: serving the embedded catalog {root} at {url}\n"
+        what = (f"the PostgreSQL catalog {db.uri} (arrays in {root / 'data'})" if db is not None
+                else f"the embedded catalog {root}")
+        print(f"hotstage: serving {what} at {url}\n"
               f"  keys only in the header 'Authorization: Apikey <key>'\n"
               f"  read-write key {shown(keys.write)}  {keys.write_source}\n"
               f"  read-only key  {shown(keys.read)}  {keys.read_source}\n"

@@ -5,7 +5,7 @@
     hotstage runs [--sample NAME] [--limit N] [--json]
     hotstage show UID [--json]
     hotstage export UID [--out FILE] [--json]    a run's documents as JSON lines (DATA/exports/<uid>.jsonl)
-    hotstage serve [--host H] [--port P] [--api-key K] [--read-key K]   the embedded catalog as a Tiled server
+    hotstage serve [--host H] [--port P] [--api-key K] [--read-key K] [--database URI]   the catalog as a Tiled server
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
     hotstage sim serve [--sample S.toml] [--time-scale K]
@@ -194,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
                                              "environment: options are visible to other users in `ps`")
     serve_cat.add_argument("--read-key", help="the read-only key (default: $HOTSTAGE_READ_API_KEY, else stored in "
                                               "DATA/server-keys.json, else a new one stored there)")
+    serve_cat.add_argument("--database", metavar="URI",
+                           help="a facility catalog: metadata and tables in PostgreSQL, postgresql://USER@HOST:PORT/DB "
+                                "(default: $HOTSTAGE_CATALOG_DATABASE; without either, the embedded SQLite catalog); "
+                                "arrays and keys stay in DATA. The password never goes on the command line (ps "
+                                "shows it): $PGPASSWORD, ~/.pgpass, or the whole URI in $HOTSTAGE_CATALOG_DATABASE")
     serve_cat.set_defaults(func=_cmd_serve)
 
     replay = command("replay", help="re-run the analysis on a stored raw run (a new derived run)")
@@ -578,10 +583,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hotstage.acquisition.storage import serve_catalog
+    from hotstage.acquisition.catalog_server import serve
 
     _data_to_write(args)  # a new directory is fine: sessions may write through the server
-    serve_catalog(args.data, host=args.host, port=args.port, api_key=args.api_key, read_key=args.read_key)
+    serve(args.data, host=args.host, port=args.port, api_key=args.api_key, read_key=args.read_key,
+          database=args.database)
     return 0
 
 

@@ -28,7 +28,7 @@ from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 
-from hotstage.acquisition.catalog_server import KEYS_FILE, ServeError, resolve_keys
+from hotstage.acquisition.catalog_server import KEYS_FILE, ServeError, parse_database, resolve_keys
 from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -44,7 +44,8 @@ def free_port() -> int:
 
 def serve_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TILED_API_KEY", "HOTSTAGE_READ_API_KEY", "HOTSTAGE_TILED_URI", "HOTSTAGE_DATA")}
+           if k not in ("TILED_API_KEY", "HOTSTAGE_READ_API_KEY", "HOTSTAGE_TILED_URI", "HOTSTAGE_DATA",
+                        "HOTSTAGE_CATALOG_DATABASE", "PGPASSWORD")}
     return {**env, **extra}
 
 
@@ -64,14 +65,15 @@ def scan_documents(n: int = 5) -> list[tuple[str, dict]]:
 
 
 class Server:
-    """The `hotstage serve` subprocess and what it printed."""
+    """The `hotstage serve` subprocess and what it printed (also used by tests/test_facility.py)."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *args: str, **env: str) -> None:
+        """Start ``hotstage --data DATA serve --port P ARGS`` with both keys (and ``env``) in its environment."""
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        env = serve_env(TILED_API_KEY=WRITE_KEY, HOTSTAGE_READ_API_KEY=READ_KEY)
+        env = serve_env(TILED_API_KEY=WRITE_KEY, HOTSTAGE_READ_API_KEY=READ_KEY, **env)
         self.err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains (the server logs requests)
-        self.proc = subprocess.Popen(serve_cmd(data, "--port", str(self.port)), stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(serve_cmd(data, "--port", str(self.port), *args), stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, env=env)
         self.lines: list[str] = []  # a thread reads stdout: select() cannot see lines already in the text buffer
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
@@ -129,12 +131,14 @@ def server(tmp_path_factory, run_docs):
     srv.stop()
 
 
+@pytest.mark.e2e
 def test_start_message_shows_only_key_prefixes(server):
     assert WRITE_KEY not in server.stdout and READ_KEY not in server.stdout
     assert f"{WRITE_KEY[:4]}…" in server.stdout and f"{READ_KEY[:4]}…" in server.stdout
     assert f"HOTSTAGE_TILED_URI={server.uri}" in server.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/api/v1/search/", "/api/v1/metadata/", "/"])
 def test_nothing_without_a_key(server, path):
     assert httpx.get(server.uri + path, timeout=10).status_code == 401
@@ -144,6 +148,7 @@ def test_nothing_without_a_key(server, path):
     assert ok.status_code == 200
 
 
+@pytest.mark.e2e
 def test_keys_in_urls_are_refused(server):
     for key in (WRITE_KEY, READ_KEY):
         assert httpx.get(f"{server.uri}/api/v1/search/?api_key={key}", timeout=10).status_code == 400
@@ -153,6 +158,7 @@ def test_keys_in_urls_are_refused(server):
     assert server.proc.poll() is None
 
 
+@pytest.mark.e2e
 def test_read_key_reads_but_cannot_change_a_run(server, run_docs):
     uid = run_docs[0][1]["uid"]
     reader = from_uri(server.uri, api_key=READ_KEY)  # tiled's client: the key goes in the header
@@ -174,6 +180,7 @@ def test_read_key_reads_but_cannot_change_a_run(server, run_docs):
     assert from_uri(server.uri, api_key=READ_KEY)[uid].metadata["stop"]["exit_status"] == "success"
 
 
+@pytest.mark.e2e
 def test_write_key_can_change_a_run(server, run_docs):
     uid = run_docs[0][1]["uid"]
     run = from_uri(server.uri, api_key=WRITE_KEY)[uid]
@@ -186,6 +193,7 @@ def test_write_key_can_change_a_run(server, run_docs):
     assert from_uri(server.uri, api_key=READ_KEY)[uid].metadata["stop"]["exit_status"] == "success"
 
 
+@pytest.mark.e2e
 def test_hotstage_writer_writes_through_the_gate_with_the_write_key(server, monkeypatch, tmp_path):
     monkeypatch.setenv("HOTSTAGE_TILED_URI", server.uri)
     monkeypatch.setenv("TILED_API_KEY", WRITE_KEY)
@@ -207,6 +215,7 @@ def test_hotstage_writer_writes_through_the_gate_with_the_write_key(server, monk
                                   np.array([e["data"]["spectrum"] for e in events]))
 
 
+@pytest.mark.e2e
 def test_non_loopback_host_needs_an_explicit_key(tmp_path):
     result = subprocess.run(serve_cmd(tmp_path / "d", "--host", "0.0.0.0", "--port", str(free_port())),
                             capture_output=True, text=True, timeout=120, env=serve_env())
@@ -216,6 +225,7 @@ def test_non_loopback_host_needs_an_explicit_key(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing created: no directory, no keys file
 
 
+@pytest.mark.e2e
 def test_port_in_use_is_one_line(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -242,3 +252,32 @@ def test_keys_are_generated_once_and_stored_owner_only(tmp_path):
         resolve_keys(tmp_path, api_key="short")
     with pytest.raises(ServeError, match="different keys"):
         resolve_keys(tmp_path, api_key=WRITE_KEY, read_key=WRITE_KEY)
+
+
+def test_a_database_uri_is_split_into_a_printable_uri_and_the_password():
+    db = parse_database("postgresql://rig%40a:p%2Fw@db.example.org/hot%20stage", "$HOTSTAGE_CATALOG_DATABASE")
+    assert (db.host, db.port, db.name, db.user, db.password) == ("db.example.org", 5432, "hot stage", "rig@a", "p/w")
+    assert db.uri == "postgresql://rig%40a@db.example.org:5432/hot%20stage"  # no password: safe to print
+    assert db.environment() == {"PGUSER": "rig@a", "PGPASSWORD": "p/w"}  # how it reaches the drivers
+    plain = parse_database("postgres://127.0.0.1:5433/catalog")
+    assert plain.uri == "postgresql://127.0.0.1:5433/catalog" and plain.environment() == {}  # libpq's defaults
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("postgresql://hotstage:hunter22@127.0.0.1/hotstage", "$PGPASSWORD"),  # a password in `ps`
+        ("mysql://hotstage@127.0.0.1/hotstage", "mysql:// is not a PostgreSQL URI"),
+        ("127.0.0.1/hotstage", "no scheme is not a PostgreSQL URI"),
+        ("postgresql://hotstage@127.0.0.1:5432/", "no database name"),
+        ("postgresql:///hotstage", "no host"),
+        ("postgresql://hotstage:hunter22@127.0.0.1:99999/hotstage", "not a database URI"),
+        ("postgresql://hotstage@127.0.0.1/hotstage?sslmode=require", "PGSSLMODE"),
+    ],
+)
+def test_a_bad_database_uri_is_one_line_without_the_password(uri, needle):
+    with pytest.raises(ServeError) as err:
+        parse_database(uri)
+    message = str(err.value)
+    assert needle in message and message.startswith("--database") and "\n" not in message
+    assert "hunter22" not in message

@@ -8,6 +8,7 @@
     hotstage serve [--host H] [--port P] [--api-key K] [--read-key K] [--database URI]   the catalog as a Tiled server
     hotstage replay UID [--param KEY=VALUE ...] [--json]   re-analyse a stored raw run into a new derived run
     hotstage report UID [--out DIR]             PNG figures of a derived run (or of a raw run's newest one)
+    hotstage qserver [--redis-addr HOST:PORT] [--rig R.toml] [--data DIR]   bluesky-queueserver RE Manager, hotstage profile
     hotstage sim serve [--sample S.toml] [--time-scale K]
     hotstage spool flush [--json]                write documents left in the storage spool to the catalog
 
@@ -220,6 +221,20 @@ def _parser() -> argparse.ArgumentParser:
                                  help="write what the spool holds to the catalog (nothing twice)")
     flush.add_argument("--json", action="store_true")
     flush.set_defaults(func=_cmd_spool_flush)
+
+    qserver = command("qserver", help="run a bluesky-queueserver RE Manager whose environment is a hotstage session")
+    qserver.add_argument("--redis-addr", default="127.0.0.1:6379", metavar="HOST:PORT",
+                         help="the Redis server the queue lives in (default 127.0.0.1:6379)")
+    qserver.add_argument("--rig", help="rig TOML (default: the simulated rig)")
+    qserver.add_argument("--sample", help="sample TOML for the simulated rig (default: the 40/60 composite)")
+    qserver.add_argument("--no-analysis", action="store_true", help="no live analysis (no derived runs)")
+    qserver.add_argument("--zmq-control-addr", default="tcp://127.0.0.1:60615", metavar="ADDR",
+                         help="where clients connect (default tcp://127.0.0.1:60615; tcp://*:PORT for the network)")
+    qserver.add_argument("--zmq-info-addr", default="tcp://127.0.0.1:60625", metavar="ADDR",
+                         help="where console output is published (default tcp://127.0.0.1:60625)")
+    qserver.add_argument("manager_args", nargs="*", metavar="-- START-RE-MANAGER-ARG",
+                         help="further start-re-manager options, after --")
+    qserver.set_defaults(func=_cmd_qserver)
 
     from hotstage.simulated.serve import add_arguments as sim_serve_arguments
 
@@ -589,6 +604,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(args.data, host=args.host, port=args.port, api_key=args.api_key, read_key=args.read_key,
           database=args.database)
     return 0
+
+
+def _cmd_qserver(args: argparse.Namespace) -> int:
+    from hotstage.acquisition.qserver import run as run_qserver
+
+    if args.data:
+        _data_to_write(args)
+    return run_qserver(args)
 
 
 def _cmd_sim_serve(args: argparse.Namespace) -> int:

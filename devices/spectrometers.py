@@ -125,22 +125,6 @@ class AcquisitionError(InstrumentError):
     """An acquisition (INIT / *OPC? / FETC:DATA?) failed; the message names instrument and resource."""
 
 
-class UnitSignal(Signal):
-    """A soft (local) ophyd Signal that reports its units in describe()."""
-
-    def __init__(self, *, units: str | None = None, **kwargs: Any) -> None:
-        """Store the units for describe()."""
-        super().__init__(**kwargs)
-        self._units = units
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Signal.describe() plus units."""
-        desc = super().describe()
-        if self._units is not None:
-            desc[self.name]["units"] = self._units
-        return desc
-
-
 class ArraySignal(Signal):
     """A 1-D float64 array held by the device (set by trigger() or by an axis query).
 
@@ -253,8 +237,8 @@ class ScpiArrayDetector(Device):
     def connect(self, *, timeout: float | None = None, mock: bool | None = None) -> "ScpiArrayDetector":
         """Open the VISA session and check ``*IDN?``; returns the device. A no-op when connected.
 
-        ``timeout`` (wall s) bounds opening the session and the identity query (default: the backend's open
-        timeout and ``io_timeout``). ``mock`` (default: the constructor's) uses an in-memory instrument
+        ``timeout`` (wall s) bounds opening the session and each try of the identity query (default: the
+        backend's open timeout and ``io_timeout``; the transport's retry policy still applies). ``mock (default: the constructor's) uses an in-memory instrument
         (``hotstage.devices.mock.MockScpiArray``, axis ``mock_axis``). Failing to open or identify raises one
         InstrumentError naming the device and the resource; the session is closed again.
         """

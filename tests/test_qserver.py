@@ -206,6 +206,61 @@ def test_insitu_ramp_from_the_queue_server_is_stored_raw_and_derived(qserver: QS
     assert "Traceback" not in qserver.output(), qserver.output()[-5000:]
 
 
+def test_the_workers_run_engine_drains_after_every_plan() -> None:
+    """`RE(plan)`, `resume`, `abort`... end with the analysis drained and the writer flushed, even when the plan
+    raised; every other attribute is the RunEngine's own (what the queue server's worker reads and sets)."""
+    from hotstage.acquisition.qserver import DrainingRunEngine
+
+    calls: list[str] = []
+
+    class Engine:
+        state = "idle"
+        md: dict[str, Any] = {}
+
+        def __call__(self, plan: Any, *subs: Any, **md: Any) -> tuple[str, ...]:
+            calls.append("run")
+            if plan == "fails":
+                raise RuntimeError("plan failed")
+            return ("uid",)
+
+        def resume(self) -> tuple[str, ...]:
+            calls.append("resume")
+            return ()
+
+    class Writer:
+        def flush(self) -> None:
+            calls.append("flush")
+
+    class FakeSession:
+        RE, writer = Engine(), Writer()
+
+        def wait_for_analysis(self) -> float:
+            calls.append("analysis")
+            return 0.0
+
+    RE = DrainingRunEngine(FakeSession())
+    assert RE("plan", {"all": []}, operator="x") == ("uid",) and calls == ["run", "analysis", "flush"]
+    with pytest.raises(RuntimeError, match="plan failed"):
+        RE("fails")
+    assert calls[3:] == ["run", "analysis", "flush"]
+    RE.resume()
+    assert calls[6:] == ["resume", "analysis", "flush"]
+    assert RE.state == "idle"
+    RE.md = {"beamline": "lab"}
+    assert FakeSession.RE.md == {"beamline": "lab"}
+
+
+def test_redis_addresses_as_start_re_manager_takes_them() -> None:
+    from hotstage.acquisition.qserver import redis_host_port
+
+    assert redis_host_port("localhost") == ("localhost", 6379)
+    assert redis_host_port("127.0.0.1:6380/2") == ("127.0.0.1", 6380)
+    assert redis_host_port("redis://db.lab:7000") == ("db.lab", 7000)
+    for bad in (":6379", "host:port", "host:70000"):
+        with pytest.raises(ValueError, match="--redis-addr"):
+            redis_host_port(bad)
+
+
 def test_qserver_without_redis_is_one_line_exit_2(tmp_path: Path) -> None:
     """No Redis at the address: one line naming it, exit status 2, no manager started."""
     port = free_port()

@@ -11,6 +11,7 @@
     hotstage qserver [--redis-addr HOST:PORT] [--rig R.toml] [--data DIR]   bluesky-queueserver RE Manager, hotstage profile
     hotstage sim serve [--sample S.toml] [--time-scale K]
     hotstage spool flush [--json]                write documents left in the storage spool to the catalog
+    hotstage schema NAME                         JSON schema of a configuration: program, sample, rig or analysis
 
 `demo` and `run` analyse live (a derived run beside the raw run; `--no-analysis` turns it off, `--param`
 changes analysis parameters, see `hotstage.analysis.live.parameters`); `demo` also writes the report figures into
@@ -147,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     # --data also after the subcommand; SUPPRESS keeps a value given before it
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=_data_dir, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--version", action="version", version=f"hotstage {__version__}", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -214,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: DATA/reports/<uid>)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=_cmd_report)
+
+    schema = command("schema", help="print the JSON schema of a configuration (pydantic model)")
+    schema.add_argument("name", choices=sorted(SCHEMAS), help="program, sample, rig or analysis")
+    schema.set_defaults(func=_cmd_schema)
 
     spool = command("spool", help="the storage spool (documents not yet known to be in the catalog)")
     spool_sub = spool.add_subparsers(metavar="ACTION")
@@ -400,6 +406,7 @@ def _run_program(args: argparse.Namespace, rig: Any, sample: Any, program: Any, 
     except ProgramError as exc:
         raise ProgramError(f"{program_source}: {exc} (rig limits from {rig.source})") from None
     analysis = _analysis_setting(args)
+    _check_catalog_server(args)
     summary: dict[str, Any] | None = None
     failure: Exception | None = None
     with ExitSignals() as signals:
@@ -529,6 +536,7 @@ def _cmd_spool_flush(args: argparse.Namespace) -> int:
     directory = default_spool_dir(CatalogLocation(data_dir=str(root)) if root is not None else None)
     results = []
     if pending_runs(directory):  # only then is the catalog opened (and created if it is missing)
+        _check_catalog_server(args)
         catalog = open_catalog(args.data)
         try:
             results = flush_spool(catalog, directory)
@@ -614,6 +622,24 @@ def _cmd_qserver(args: argparse.Namespace) -> int:
     return run_qserver(args)
 
 
+SCHEMAS = {
+    "program": "hotstage.plans.program:TemperatureProgram",
+    "sample": "hotstage.simulated.parameters:SampleSpec",
+    "rig": "hotstage.acquisition.config:RigConfig",
+    "analysis": "hotstage.analysis.live.parameters:AnalysisParameters",
+}
+"""`hotstage schema NAME` → the pydantic model whose JSON schema it prints."""
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import importlib
+
+    module, _, name = SCHEMAS[args.name].partition(":")
+    model = getattr(importlib.import_module(module), name)
+    print(json.dumps(model.model_json_schema(), indent=1, ensure_ascii=False))
+    return 0
+
+
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
     from hotstage.simulated.serve import run
 
@@ -659,8 +685,18 @@ def _catalog_to_read(args: argparse.Namespace) -> Any:
     if root is not None and not (root / "catalog.db").is_file():
         why = "no such directory" if not root.exists() else "no hotstage catalog there (no catalog.db)"
         raise CommandError(f"{_describe_data(args, root)}: {why}")
+    _check_catalog_server(args)
     # a damaged table store: one warning line, metadata and arrays stay readable (acquisition.datadir)
     return open_catalog(args.data, allow_damaged=True)
+
+
+def _check_catalog_server(args: argparse.Namespace) -> None:
+    """With a Tiled server ($HOTSTAGE_TILED_URI, no --data): a wrong URI, a server that is down or a wrong key is one
+    line and exit status 2 (`hotstage.acquisition.tiled_errors`), checked before anything starts or is read."""
+    if _embedded_root(args) is None:
+        from hotstage.acquisition.tiled_errors import check_server
+
+        check_server()
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -284,7 +284,12 @@ def test_bad_files_start_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
-        (["demo", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5.0", "(0, 200]"]),
+        (["demo", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5: Input should be greater than 0",
+                                                   "Savitzky–Golay window"]),
+        (["run", "--program", "{tmp}/prog.toml", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5"]),
+        (["replay", "abc", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5", "greater than 0"]),
+        (["run", "--program", "{tmp}/prog.toml", "--param", "halos=1"], ["--param halos = 1", "boolean"]),
+        (["demo", "--param", "phases=[]"], ["--param phases = []"]),
         (["demo", "--param", "active_m=2.5"], ["active_m = 2.5", "integer"]),
         (["demo", "--param", "zni_k=NaN"], ["zni_k = nan", "finite"]),
         (["demo", "--param", "no_such=1"], ["no_such"]),
@@ -391,3 +396,158 @@ def test_an_instrument_that_cannot_be_opened_is_one_line_and_no_run(tmp_path: Pa
     if not extra:
         assert resource in result.stderr
     assert not data.exists()  # the session opens the rig before storage: no catalog, so no run in it
+
+
+# -- hotstage schema, --version, and a Tiled server that cannot be used --------------------------------------------------
+@pytest.mark.parametrize(("name", "model"), [
+    ("program", "hotstage.plans.program:TemperatureProgram"),
+    ("sample", "hotstage.simulated.parameters:SampleSpec"),
+    ("rig", "hotstage.acquisition.config:RigConfig"),
+    ("analysis", "hotstage.analysis.live.parameters:AnalysisParameters"),
+])
+def test_schema_prints_each_configuration_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str], nothing_may_start: None,
+                                                name: str, model: str) -> None:
+    """`hotstage schema NAME` prints the pydantic model's JSON schema: unknown keys refused, ranges stated."""
+    import importlib
+
+    module, _, cls = model.partition(":")
+    status, out, err = cli(["schema", name], monkeypatch, capsys, tmp_path / "data")
+    assert status == 0 and err == "", err
+    schema = json.loads(out)
+    assert schema == getattr(importlib.import_module(module), cls).model_json_schema()
+    assert schema["additionalProperties"] is False and schema["properties"]
+    assert not (tmp_path / "data").exists()
+
+
+def test_schema_ranges_are_in_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    analysis = json.loads(cli(["schema", "analysis"], monkeypatch, capsys, tmp_path)[1])
+    assert analysis["properties"]["thz_window_cm"]["exclusiveMinimum"] == 0
+    assert "Savitzky" in analysis["properties"]["thz_window_cm"]["description"]
+    program = json.loads(cli(["schema", "program"], monkeypatch, capsys, tmp_path)[1])
+    assert program["properties"]["segments"]["items"]["discriminator"]["propertyName"] == "kind"
+    rig = json.loads(cli(["schema", "rig"], monkeypatch, capsys, tmp_path)[1])
+    assert rig["$defs"]["LimitsConfig"]["properties"]["max_C"]["maximum"] == 1200
+
+
+@pytest.mark.parametrize("argv", [["schema", "nope"], ["schema"], ["--data", "{tmp}", "schema", "programme"]])
+def test_schema_of_an_unknown_name_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], nothing_may_start: None,
+                                               argv: list[str]) -> None:
+    status, out, err = cli([a.format(tmp=tmp_path) for a in argv], monkeypatch, capsys, tmp_path / "data")
+    assert_one_line(status, err, "schema")
+    assert out == ""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["runs", "--version"], ["schema", "--version"],
+                                  ["--data", "{tmp}", "show", "abc", "--version"], ["spool", "flush", "--version"]])
+def test_version_before_or_after_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str], nothing_may_start: None,
+                                             argv: list[str]) -> None:
+    """`--version` is a global option: on either side of the subcommand it prints the version and exits 0."""
+    from hotstage import __version__
+
+    status, out, err = cli([a.format(tmp=tmp_path / "d") for a in argv], monkeypatch, capsys, tmp_path / "data")
+    assert status == 0 and out.strip() == f"hotstage {__version__}", (out, err)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "d").exists()
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SECRET = "not_the_key_0123456789abcdef"
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["show", "abc"], ["export", "abc"], ["report", "abc"], ["replay", "abc"],
+                                  ["demo"], ["run", "--program", "{tmp}/prog.toml"]])
+@pytest.mark.parametrize(("uri", "needles"), [
+    ("http://127.0.0.1:{port}", ["cannot connect", "Connection refused", "is the server running"]),
+    ("ftp://127.0.0.1:{port}", ["not the http:// or https:// address of a Tiled server"]),
+    ("127.0.0.1:{port}", ["not the http:// or https:// address"]),
+    ("http://[::1", ["not a valid URI"]),
+])
+def test_an_unusable_tiled_server_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], nothing_may_start: None,
+                                              argv: list[str], uri: str, needles: list[str]) -> None:
+    """$HOTSTAGE_TILED_URI naming a server that is down, or not an http(s) URI: every command that opens the catalog
+    says so in one line naming the URI (never the key), exit 2, before a session, a writer or a reader starts."""
+    (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
+    uri = uri.format(port=closed_port())
+    monkeypatch.setenv("TILED_API_KEY", SECRET)
+    from hotstage.acquisition.cli import main
+
+    monkeypatch.setenv("HOTSTAGE_TILED_URI", uri)
+    monkeypatch.delenv("HOTSTAGE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default data directory would be ./hotstage-data
+    try:
+        status = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert_one_line(status, err, f"$HOTSTAGE_TILED_URI={uri}: ", *needles)
+    assert SECRET not in err and "Retrying" not in err
+    assert not (tmp_path / "hotstage-data").exists()
+
+
+def test_read_commands_with_data_after_the_command_never_create_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   nothing_may_start: None) -> None:
+    """--data after the subcommand wins over $HOTSTAGE_TILED_URI too: a missing directory is one line, not created."""
+    monkeypatch.setenv("HOTSTAGE_TILED_URI", "http://127.0.0.1:1")
+    from hotstage.acquisition.cli import main
+
+    for argv in (["runs", "--data", str(tmp_path / "typo")], ["--data", str(tmp_path / "typo"), "show", "abc"]):
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert_one_line(status, err, f"--data {tmp_path / 'typo'}", "no such directory")
+        assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.e2e
+def test_a_wrong_or_missing_api_key_is_one_line(tmp_path: Path) -> None:
+    """A real `hotstage serve` (its own process, a free port): a wrong TILED_API_KEY or none is one line naming the
+    URI and what is wrong (never the key), exit 2; the right key reads the (empty) catalog."""
+    import socket
+
+    port = closed_port()
+    key = os.urandom(16).hex()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TILED_API_KEY", "HOTSTAGE_READ_API_KEY", "HOTSTAGE_TILED_URI", "HOTSTAGE_DATA")}
+    with open(tmp_path / "serve.log", "w") as log:  # a file, not a pipe nobody drains (the server logs requests)
+        proc = subprocess.Popen([HOTSTAGE, "--data", str(tmp_path / "served"), "serve", "--port", str(port)],
+                                stdout=log, stderr=log, env={**env, "TILED_API_KEY": key})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+        uri = f"http://127.0.0.1:{port}"
+        for api_key, needle in ((SECRET, "the server refused the API key in $TILED_API_KEY"),
+                                (None, "requires an API key: set $TILED_API_KEY")):
+            client_env = {**env, "HOTSTAGE_TILED_URI": uri, **({"TILED_API_KEY": api_key} if api_key else {})}
+            for argv in (["runs"], ["show", "abc"]):
+                result = subprocess.run([HOTSTAGE, *argv], capture_output=True, text=True, timeout=120,
+                                        env=client_env, cwd=tmp_path)
+                assert_one_line(result.returncode, result.stderr, f"$HOTSTAGE_TILED_URI={uri}: ", needle)
+                assert SECRET not in result.stderr and key not in result.stderr
+        good = subprocess.run([HOTSTAGE, "runs", "--json"], capture_output=True, text=True, timeout=120,
+                              env={**env, "HOTSTAGE_TILED_URI": uri, "TILED_API_KEY": key}, cwd=tmp_path)
+        assert good.returncode == 0 and json.loads(good.stdout) == [], good.stderr
+        assert not (tmp_path / "hotstage-data").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -319,12 +319,9 @@ def _database_failure(db: Database, exc: BaseException) -> ServeError:
     return ServeError(f"{db.source} {db.uri}: {why}")
 
 
-async def _prepare_database(db: Database) -> bool:
-    """Connect once (clear errors), then make the database a tiled catalog if it is not one; True if it was new."""
+async def _connect_once(db: Database) -> None:
+    """Connect and disconnect: an unusable database becomes one line (``ServeError``) before anything else."""
     import asyncpg
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
-    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
 
     try:
         connection = await asyncpg.connect(host=db.host, port=db.port, database=db.name, user=db.user,
@@ -332,6 +329,14 @@ async def _prepare_database(db: Database) -> bool:
     except Exception as exc:  # noqa: BLE001 - every driver failure becomes one line
         raise _database_failure(db, exc) from None
     await connection.close()
+
+
+async def _prepare_database(db: Database) -> bool:
+    """Make the database a tiled catalog if it is not one; True if it was new."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+
     engine = create_async_engine(_catalog_uri(db))
     try:
         await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
@@ -357,6 +362,7 @@ def prepare_database(db: Database) -> None:
     from tiled.alembic_utils import stamp_head
     from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
 
+    asyncio.run(_connect_once(db))
     os.environ.update(db.environment())
     if asyncio.run(_prepare_database(db)):
         stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, _catalog_uri(db))  # as `tiled catalog init` does

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_catalog_server import READ_KEY, WRITE_KEY, Server, free_port, serve_cmd, serve_env
+from test_catalog_server import READ_KEY, WRITE_KEY, Server, free_port, serve_env
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 from tiled.queries import Key
@@ -207,47 +207,70 @@ def test_a_wrong_api_key_records_nothing(server: Server, tmp_path: Path) -> None
     # one line naming the refusal; the exit status is 1 until the CLI reports a refused key as bad input (2)
     assert result.returncode in (1, 2), result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("hotstage: error: "), result.stderr
-    assert "wrong API key" in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+    assert "401" in result.stderr and "API key" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
     assert set(from_uri(server.uri, api_key=READ_KEY)) == before
 
 
-def serve_once(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(serve_cmd(data, "--port", str(free_port()), *args), capture_output=True, text=True,
-                          timeout=120, env=serve_env(TILED_API_KEY=WRITE_KEY, **env))
+def serve_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], data: Path, *args: str,
+               **env: str) -> tuple[int, str, str]:
+    """`hotstage --data DATA serve --port P ARGS` in this process, for starts that must fail (status, out, err)."""
+    from hotstage.acquisition.cli import main
+
+    for name in ("HOTSTAGE_TILED_URI", "HOTSTAGE_DATA", "HOTSTAGE_READ_API_KEY", "HOTSTAGE_CATALOG_DATABASE",
+                 "PGPASSWORD", "PGUSER"):
+        monkeypatch.setenv(name, "")  # recorded, so that whatever the command sets is undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PGPASSFILE", str(data.parent / "no-pgpass"))  # not the developer's ~/.pgpass
+    monkeypatch.setenv("TILED_API_KEY", WRITE_KEY)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        status = main(["--data", str(data), "serve", "--port", str(free_port()), *args])
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    out = capsys.readouterr()
+    return int(status), out.out, out.err
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("hotstage: error: "), result.stderr
-    assert result.stdout == "" and "Traceback" not in result.stderr
+def assert_one_line(result: tuple[int, str, str], *needles: str) -> None:
+    status, out, err = result
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("hotstage: error: "), err
+    assert out == "" and "Traceback" not in err
     for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
+        assert needle in err, (needle, err)
 
 
-def test_a_wrong_password_is_one_line_without_the_password(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_wrong_password_is_one_line_without_the_password(cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     wrong = secrets.token_urlsafe(16)
-    result = serve_once(tmp_path / "d", "--database", cluster.uri, PGPASSWORD=wrong)
+    result = serve_once(monkeypatch, capsys, tmp_path / "d", "--database", cluster.uri, PGPASSWORD=wrong)
     assert_one_line(result, "--database", cluster.uri, "authentication failed")
-    assert wrong not in result.stderr
+    assert wrong not in result[2]
     uri = cluster.uri.replace(f"{DB_USER}@", f"{DB_USER}:{wrong}@")  # the password inside the URI (environment)
-    result = serve_once(tmp_path / "d", HOTSTAGE_CATALOG_DATABASE=uri)
+    result = serve_once(monkeypatch, capsys, tmp_path / "d", HOTSTAGE_CATALOG_DATABASE=uri)
     assert_one_line(result, "$HOTSTAGE_CATALOG_DATABASE", cluster.uri, "authentication failed")
-    assert wrong not in result.stderr
+    assert wrong not in result[2]
     assert not (tmp_path / "d" / "server-keys.json").exists()  # nothing generated for a server that never ran
 
 
-def test_a_missing_database_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_missing_database_is_one_line(cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     uri = cluster.uri.rsplit("/", 1)[0] + "/nosuchdb"
-    assert_one_line(serve_once(tmp_path / "d", "--database", uri, PGPASSWORD=cluster.password),
+    assert_one_line(serve_once(monkeypatch, capsys, tmp_path / "d", "--database", uri, PGPASSWORD=cluster.password),
                     uri, "does not exist")
 
 
-def test_no_server_there_is_one_line(tmp_path: Path) -> None:
+def test_no_server_there_is_one_line(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"postgresql://{DB_USER}@127.0.0.1:{free_port()}/{DB_NAME}"
-    assert_one_line(serve_once(tmp_path / "d", "--database", uri), uri, "cannot connect")
+    assert_one_line(serve_once(monkeypatch, capsys, tmp_path / "d", "--database", uri), uri, "cannot connect")
 
 
-def test_a_password_on_the_command_line_is_refused(tmp_path: Path) -> None:
-    result = serve_once(tmp_path / "d", "--database", "postgresql://hotstage:hunter22@127.0.0.1/hotstage")
+def test_a_password_on_the_command_line_is_refused(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    result = serve_once(monkeypatch, capsys, tmp_path / "d", "--database",
+                        "postgresql://hotstage:hunter22@127.0.0.1/hotstage")
     assert_one_line(result, "--database", "postgresql://hotstage@127.0.0.1:5432/hotstage", "$PGPASSWORD", "ps")
-    assert "hunter22" not in result.stderr and not (tmp_path / "d").exists()
+    assert "hunter22" not in result[2] and not (tmp_path / "d").exists()

@@ -371,10 +371,10 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
 
 
 def _analysis_setting(args: argparse.Namespace) -> Any:
-    """False, or the analysis parameters (validated before anything moves)."""
-    if args.no_analysis:
-        return False
-    return _analysis_parameters(args)
+    """False, or the analysis parameters (validated before anything moves, with --no-analysis too: a bad --param
+    is a mistake either way)."""
+    params = _analysis_parameters(args)
+    return False if args.no_analysis else params
 
 
 def _analysis_parameters(args: argparse.Namespace) -> Any:

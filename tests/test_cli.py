@@ -290,6 +290,7 @@ def test_bad_files_start_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         (["replay", "abc", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5", "greater than 0"]),
         (["run", "--program", "{tmp}/prog.toml", "--param", "halos=1"], ["--param halos = 1", "boolean"]),
         (["demo", "--param", "phases=[]"], ["--param phases = []"]),
+        (["demo", "--no-analysis", "--param", "thz_window_cm=-5"], ["--param thz_window_cm = -5"]),
         (["demo", "--param", "active_m=2.5"], ["active_m = 2.5", "integer"]),
         (["demo", "--param", "zni_k=NaN"], ["zni_k = nan", "finite"]),
         (["demo", "--param", "no_such=1"], ["no_such"]),
@@ -396,6 +397,20 @@ def test_an_instrument_that_cannot_be_opened_is_one_line_and_no_run(tmp_path: Pa
     if not extra:
         assert resource in result.stderr
     assert not data.exists()  # the session opens the rig before storage: no catalog, so no run in it
+
+
+def test_the_summary_says_when_the_analysis_failed() -> None:
+    """A raw run that succeeded with a derived run whose analysis failed: the human summary says so (the command's
+    exit status follows the raw run's stop document, `_run_program`)."""
+    from hotstage.acquisition.cli import _human_summary
+
+    summary = {"uid": "raw-uid", "plan": "insitu_ramp", "exit_status": "success", "duration_s": 1.0, "sample": "x",
+               "program": "ramp", "streams": {"thz": {"events": 3}},
+               "derived": {"uid": "derived-uid", "mode": "live", "derived_from": "raw-uid", "exit_status": "fail",
+                           "reason": "analysis failed: thz_derivative 3 of 3 events (3 analysis errors); first: …"}}
+    text = _human_summary(summary)
+    assert "(insitu_ramp, success," in text
+    assert "derived  derived-uid  (live analysis of raw-uid, fail; analysis failed: thz_derivative 3 of 3 events" in text
 
 
 # -- hotstage schema, --version, and a Tiled server that cannot be used --------------------------------------------------

@@ -526,6 +526,34 @@ def test_read_commands_with_data_after_the_command_never_create_it(tmp_path: Pat
 
 
 @pytest.mark.e2e
+def test_an_address_without_a_tiled_server_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       nothing_may_start: None) -> None:
+    """$HOTSTAGE_TILED_URI naming a web server that is not Tiled (a plain HTTP server on a free port): one line."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # no request log on stderr (the test reads stderr)
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("HOTSTAGE_TILED_URI", uri)
+        monkeypatch.delenv("HOTSTAGE_DATA", raising=False)
+        monkeypatch.chdir(tmp_path)
+        from hotstage.acquisition.cli import main
+
+        status = main(["runs"])
+        assert_one_line(status, capsys.readouterr().err, f"$HOTSTAGE_TILED_URI={uri}: no Tiled server at this address")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.e2e
 def test_a_wrong_or_missing_api_key_is_one_line(tmp_path: Path) -> None:
     """A real `hotstage serve` (its own process, a free port): a wrong TILED_API_KEY or none is one line naming the
     URI and what is wrong (never the key), exit 2; the right key reads the (empty) catalog."""

@@ -75,9 +75,11 @@ class Cluster:
         self.port = free_port()
         self.superuser_password = secrets.token_urlsafe(24)
         self.password = secrets.token_urlsafe(24)  # the hotstage role's: what a facility gives its server
-        self.dir = Path(tempfile.mkdtemp(prefix="hotstage-pg-"))
+        root = os.geteuid() == 0
+        # as root, under /tmp: $TMPDIR may be a directory the postgres user cannot enter
+        self.dir = Path(tempfile.mkdtemp(prefix="hotstage-pg-", dir="/tmp" if root else None))
         self.as_user: list[str] = []
-        if os.geteuid() == 0:  # postgres refuses to run as root: run it as the package's system user
+        if root:  # postgres refuses to run as root: run it as the package's system user
             owner = pwd.getpwnam("postgres")
             os.chown(self.dir, owner.pw_uid, owner.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]

@@ -337,16 +337,27 @@ async def _prepare_database(db: Database) -> bool:
     from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
     from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine = create_async_engine(_catalog_uri(db))
     try:
-        await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
-        return False
-    except UninitializedDatabase:
-        await initialize_database(engine)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+            return False
+        except UninitializedDatabase:
+            pass
+        await initialize_database(engine)  # one transaction: nothing is left half-made if it fails
         return True
     except DatabaseUpgradeNeeded:
         raise ServeError(f"{db.source} {db.uri}: the catalog was made by another tiled version; upgrade it with "
                          f"`tiled catalog upgrade-database {db.uri}` (PGPASSWORD set)") from None
+    except SQLAlchemyError as exc:  # e.g. a role that may not create tables: one line, not the SQL
+        text = str(getattr(exc, "orig", None) or exc).split("\n")[0]
+        text = re.sub(r"^<class '[\w.]+'>: ", "", text)
+        if db.password:
+            text = text.replace(db.password, "***")
+        raise ServeError(f"{db.source} {db.uri}: cannot make the catalog's tables ({text}); the role needs to own "
+                         f"the database (README, Facility catalog)") from None
     finally:
         await engine.dispose()
 

@@ -268,6 +268,16 @@ def test_a_missing_database_is_one_line(cluster: Cluster, tmp_path: Path,
                     uri, "does not exist")
 
 
+def test_a_role_that_may_not_create_tables_is_one_line(cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    password = secrets.token_urlsafe(16)
+    cluster.psql(f"CREATE ROLE visitor LOGIN PASSWORD '{password}'", "CREATE DATABASE notmine")  # owned by postgres
+    uri = f"postgresql://visitor@127.0.0.1:{cluster.port}/notmine"
+    assert_one_line(serve_once(monkeypatch, capsys, tmp_path / "d", "--database", uri, PGPASSWORD=password),
+                    uri, "cannot make the catalog's tables", "permission denied")
+    assert cluster.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", database="notmine") == "0\n"
+
+
 def test_no_server_there_is_one_line(tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"postgresql://{DB_USER}@127.0.0.1:{free_port()}/{DB_NAME}"

@@ -9,14 +9,18 @@ falls behind it says so, and it still processes every event.
   ``descriptor``; like event-model's ``RunRouter``, runs may interleave) to one `hotstage.analysis.live.run.DerivedRun`
   per raw run, which writes the derived run through ``sink`` — the session's `CatalogWriter` (it stores any
   run's documents, routed by uid) or any ``callable(name, doc)``.
-* Where the analysis runs: ``process=True`` (the session's choice) runs it in a separate *analysis process*
-  (multiprocessing "forkserver", never a fork of the threaded RunEngine process). Measured on the 2-core rig
-  machine with the demo at time_scale 600: analysing in a thread of the RunEngine's process competes with the
+* Where the analysis runs: ``process=True`` (the session's choice) runs it in a separate *analysis process*,
+  ``python -m hotstage.analysis.live.worker`` as its own interpreter (`hotstage.analysis.consumer`: started by
+  ``subprocess``, never ``multiprocessing``, so the user's ``__main__`` is never re-imported: an unguarded script
+  or ``python -`` runs once; analysers must be classes of an importable module, pickled by name: one defined in
+  ``__main__`` is refused with a ValueError, use ``process=False`` for those). Measured on the 2-core rig machine
+  with the demo at time_scale 600: analysing in a thread of the RunEngine's process competes with the
   RunEngine and the simulated instruments for the GIL, stretched the run from 8 s to 19 s wall and cut the XRD
   patterns acquired on the 5 °C cadence from 123 to 35 (the furnace keeps ramping while the RunEngine waits).
-  In the process mode a courier thread ships batches of documents through a pipe (a reader thread on the other
-  side drains it, so neither side blocks on a full pipe) and a receiver thread hands the derived documents to
-  ``sink`` in order. The analysis process runs at a lower priority (``ANALYSIS_NICENESS``): its documents queue,
+  In the process mode a courier thread ships batches of documents as frames on the process's stdin (a reader
+  thread on the other side drains it, so neither side blocks on a full pipe) and a receiver thread hands the
+  derived documents from its stdout to ``sink`` in order (in a session: back onto the document bus, to the
+  writer). The analysis process runs at a lower priority (``ANALYSIS_NICENESS``): its documents queue,
   the RunEngine's timing cannot wait. ``process=False`` runs the same code in one worker thread of this process
   (no pickling: analysers defined anywhere, e.g. in a test, work; fine for replay, where no RunEngine competes).
 * Backlog = documents accepted but not yet analysed (and their derived documents handed to the sink). When it
@@ -40,7 +44,6 @@ no raw document is kept once analysed; statistics are kept for the newest `MAX_S
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import signal
@@ -52,6 +55,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..phase_quant import warm_up
+from ..consumer import ConsumerProcess
 from .modalities import StreamAnalyser
 from .parameters import AnalysisParameters
 from .run import DerivedRun, Sink
@@ -62,6 +66,7 @@ log = logging.getLogger(__name__)
 _STOP = object()
 MAX_STATS = 100  # runs whose statistics are kept (oldest dropped)
 SEND_INTERVAL = 0.02  # s: the courier ships what has queued at most this often (batches, fewer pipe writes)
+WORKER_MODULE = "hotstage.analysis.live.worker"  # the analysis process's module, run as __main__
 
 
 class RunRouter:
@@ -170,8 +175,9 @@ def _lower_priority() -> None:
         log.debug("live analysis: niceness unchanged")
 
 
-def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_conn: Any, out_conn: Any) -> None:
-    """Entry point of the analysis process: receive raw documents, send derived documents and progress back."""
+def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, channel: Any) -> None:
+    """The analysis process's work: receive raw documents, send derived documents and progress back (``channel``:
+    `hotstage.analysis.consumer.ParentChannel`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the RunEngine's business; the parent closes us
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent ends the session and closes us
@@ -183,7 +189,7 @@ def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_co
         """Drain the docs pipe so the parent's courier never blocks on a full pipe."""
         while True:
             try:
-                inbox.put(docs_conn.recv())
+                inbox.put(channel.recv())
             except (EOFError, OSError):
                 inbox.put(("close",))
                 return
@@ -192,26 +198,26 @@ def analysis_main(params: AnalysisParameters, mode: str, analysers: Any, docs_co
     outbox: list[tuple[str, dict]] = []
     router = RunRouter(
         params, lambda n, d: outbox.append((n, d)), mode, analysers,
-        on_start=lambda raw, derived: out_conn.send(("started", raw, derived)),
-        on_stop=lambda raw, run: out_conn.send(("stopped", raw, _run_info(run))),
+        on_start=lambda raw, derived: channel.send(("started", raw, derived)),
+        on_stop=lambda raw, run: channel.send(("stopped", raw, _run_info(run))),
     )
     warm_up()  # the compiled fitting kernels load before the first pattern (seconds once after an install)
-    out_conn.send(("ready",))
+    channel.send(("ready",))
     processed = 0
     while True:
         msg = inbox.get()
         if msg[0] == "close":
             router.end_open_runs()
-            out_conn.send(("out", outbox, processed))
-            out_conn.close()
+            channel.send(("out", outbox, processed))
+            channel.close()
             return
         for name, doc in msg[1]:
             router(name, doc)
             processed += 1
             if outbox:  # ship derived documents at once: the catalog shows them live
-                out_conn.send(("out", outbox, processed))
+                channel.send(("out", outbox, processed))
                 outbox = []
-        out_conn.send(("out", outbox, processed))
+        channel.send(("out", outbox, processed))
         outbox = []
 
 
@@ -221,9 +227,11 @@ class LiveAnalysis:
 
     def __init__(self, sink: Sink, params: AnalysisParameters | None = None, *, mode: str = "live",
                  process: bool = True, analysers: Mapping[str, type[StreamAnalyser]] | None = None,
-                 warn_backlog: int = 100, warn_interval: float = 10.0, start_method: str = "forkserver",
+                 warn_backlog: int = 100, warn_interval: float = 10.0, start_method: str | None = None,
                  name: str = "hotstage-live-analysis") -> None:
-        """Start the worker (thread, or courier + receiver threads and the analysis process)."""
+        """Start the worker (thread, or courier + receiver threads and the analysis process).
+
+        ``start_method`` is ignored (kept for callers): the analysis process is always its own interpreter."""
         self.sink = sink
         self.params = params or AnalysisParameters()
         self.mode = mode
@@ -247,16 +255,12 @@ class LiveAnalysis:
         self._open_runs: dict[str, _OpenDerived] = {}  # derived runs whose stop the sink has not seen (process mode)
         self._descriptor_runs: dict[str, tuple[str, str]] = {}  # derived descriptor uid → (derived uid, stream)
         if self.process:
-            if start_method not in multiprocessing.get_all_start_methods():
-                start_method = "spawn"
-            ctx = multiprocessing.get_context(start_method)
-            docs_r, self._docs_w = ctx.Pipe(duplex=False)
-            self._out_r, out_w = ctx.Pipe(duplex=False)
-            self._proc = ctx.Process(target=analysis_main, args=(self.params, mode, analysers, docs_r, out_w),
-                                     name=name, daemon=True)
-            self._proc.start()
-            docs_r.close()
-            out_w.close()
+            in_main = sorted(k for k, cls in (analysers or {}).items() if getattr(cls, "__module__", "") == "__main__")
+            if in_main:
+                raise ValueError(f"analysers {in_main} are defined in __main__, which the analysis process never "
+                                 "imports: define them in a module, or use process=False")
+            self._proc = ConsumerProcess(WORKER_MODULE, {"params": self.params, "mode": mode,
+                                                         "analysers": analysers}, name=name)
             self._threads = [threading.Thread(target=self._courier, name=f"{name}-courier", daemon=True),
                              threading.Thread(target=self._receiver, name=f"{name}-receiver", daemon=True)]
         else:
@@ -334,6 +338,7 @@ class LiveAnalysis:
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join(2.0)
+            self._proc.stop(timeout=0.0)  # release its pipes
         if not done:
             log.warning("LiveAnalysis.close: %d documents were not analysed", self.backlog)
         return done
@@ -415,9 +420,9 @@ class LiveAnalysis:
                     break
             try:
                 if batch:
-                    self._docs_w.send(("docs", batch))
+                    self._proc.send(("docs", batch))
                 if stop:
-                    self._docs_w.send(("close",))
+                    self._proc.send(("close",))
                     return
             except (BrokenPipeError, ConnectionError, OSError):
                 self._died()
@@ -428,7 +433,7 @@ class LiveAnalysis:
         """Hand derived documents to the sink in order; track progress and per-run statistics."""
         while True:
             try:
-                msg = self._out_r.recv()
+                msg = self._proc.recv()
             except (EOFError, OSError):
                 if not self._closing:
                     self._died()

@@ -527,7 +527,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_spool_flush(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from hotstage.acquisition.spool import default_spool_dir, flush_spool, pending_runs
+    from hotstage.acquisition.storage.spool import default_spool_dir, flush_spool, pending_runs
     from hotstage.acquisition.storage import CatalogLocation, close_catalog, open_catalog
 
     root = _embedded_root(args)

@@ -1,7 +1,7 @@
 """Bluesky documents as JSON lines: one ``[name, doc]`` array per line, numpy arrays as lists (or in binary).
 
 The one file format hotstage uses for documents outside a catalog: recorded runs (tests/data/*.jsonl, replayed by
-`hotstage.acquisition.replay`) and the storage spool (`hotstage.acquisition.spool`). Floats keep their repr precision; NaN and
+`hotstage.acquisition.replay`) and the storage spool (`hotstage.acquisition.storage.spool`). Floats keep their repr precision; NaN and
 infinities are written as JSON's common extension (``NaN``), which Python's json reads back.
 
 ``dump_line(..., binary_arrays=True)`` (what the spool writes) stores every numeric numpy array of at least

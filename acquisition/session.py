@@ -316,7 +316,7 @@ class Session:
 
     def _flush_leftover_spool(self) -> None:
         """Write runs an earlier process left in the spool (it died, or the catalog was down) before new ones."""
-        from hotstage.acquisition.spool import default_spool_dir, flush_spool, pending_runs
+        from hotstage.acquisition.storage.spool import default_spool_dir, flush_spool, pending_runs
 
         directory = default_spool_dir(catalog_location(self.catalog))
         if pending_runs(directory):

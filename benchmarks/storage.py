@@ -9,7 +9,9 @@ Every figure is a ratio against a baseline measured in the same process, same ru
 (c) thread writer, ``CatalogWriter(..., process=False)``: enqueue on the RunEngine thread, timed flushes
     on a thread of the same process (shares the GIL with the RunEngine);
 (d) process writer, ``CatalogWriter(...)`` (default): enqueue, a courier thread pipes batches to a
-    writer process that owns the TiledWriter and its own in-process Tiled app on the same files.
+    writer process (its own interpreter, ``python -m hotstage.acquisition.storage.worker``: the ready time
+    printed below is its import + catalog-open cost, paid again by every restart) that owns the TiledWriter
+    and its own in-process Tiled app on the same files.
 
 Each is measured with zero exposure (the RunEngine is CPU-bound, ~2 ms per point: the worst case for
 anything else in the process) and with a simulated exposure (``--exposure`` s per point, like a real

@@ -397,7 +397,7 @@ def catalog_template() -> Path:
     global _TEMPLATE
     if _TEMPLATE is None or not (_TEMPLATE / "catalog.db").exists():
         root = Path(tempfile.mkdtemp(prefix="hotstage-attack-template-"))
-        code = ("import sys\nfrom acquisition.storage import open_catalog, close_catalog\n"
+        code = ("import sys\nfrom hotstage.acquisition.storage import open_catalog, close_catalog\n"
                 "close_catalog(open_catalog(sys.argv[1]))\n")
         done = subprocess.run([sys.executable, "-c", code, str(root / "data")], capture_output=True, text=True,
                               timeout=HANG_S, env=_clean_env("template"), cwd=REPO)

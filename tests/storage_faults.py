@@ -5,8 +5,8 @@ tests/test_exactly_once.py.
 
 * ``small_disk(directory)``: a tmpfs of its own (``mount -t tmpfs -o size=…``, needs root: the project machine
   runs the tests as root). Without the right to mount, ENOSPC is injected instead into the spool's writes under
-  that directory (``hotstage.acquisition.spool._write_all``, the one place the spool writes), so the same outcomes are
-  asserted either way. ``fill()`` takes every free byte, ``free()`` gives them back.
+  that directory (``hotstage.acquisition.storage.spool._write_all``, the one place the spool writes), so the same
+  outcomes are asserted either way. ``fill()`` takes every free byte, ``free()`` gives them back.
 * ``read_only(directory)``: ``chattr -R +i`` (the immutable flag: even root and already-open files cannot write,
   as a read-only remount would do), or ``chmod -R a-w`` where the immutable flag is not available (not root:
   then permission bits do stop writes). Restored on exit whatever happens.
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import hotstage.acquisition.spool as spool_module
+import hotstage.acquisition.storage.spool as spool_module
 
 
 class SmallDisk:

@@ -22,7 +22,7 @@ import pytest
 
 from hotstage.acquisition.datadir import DamagedStoreError, relocate
 from hotstage.acquisition.replay import load_jsonl
-from hotstage.acquisition.spool import Spool
+from hotstage.acquisition.storage.spool import Spool
 from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -32,7 +32,7 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 
 from hotstage.acquisition.storage import CatalogWriter, StorageError, close_catalog, open_catalog
-from hotstage.acquisition.storage_engine import WriterEngine
+from hotstage.acquisition.storage.engine import WriterEngine
 from hotstage.plans.insitu import Acquirer
 
 

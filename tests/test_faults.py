@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from hotstage.acquisition.spool import pending_runs
+from hotstage.acquisition.storage.spool import pending_runs
 from hotstage.acquisition.storage import CatalogWriter, open_catalog
 from hotstage.devices.lakeshore import LakeShore336Furnace
 from hotstage.devices.spectrometers import XRDDetector

@@ -1,5 +1,5 @@
-"""The storage spool (acquisition.spool): nothing acquired is lost when the acquiring process dies, nothing is
-written twice when the spool is flushed. The server-outage case is in tests/test_storage_server.py.
+"""The storage spool (acquisition/storage/spool.py): nothing acquired is lost when the acquiring process dies,
+nothing is written twice when the spool is flushed. The server-outage case is in tests/test_storage_server.py.
 
 The crash is real: a child process runs a plan with the default (process) CatalogWriter on an embedded catalog
 and SIGKILLs itself mid-run; `hotstage spool flush` then writes what the spool holds.
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from hotstage.acquisition.jsonl import dump_line, load_jsonl
-from hotstage.acquisition.spool import RECOVERED_REASON, Spool, pending_runs
+from hotstage.acquisition.storage.spool import RECOVERED_REASON, Spool, pending_runs
 from hotstage.acquisition.storage import close_catalog, open_catalog
 
 HOTSTAGE = shutil.which("hotstage") or str(Path(sys.executable).with_name("hotstage"))
@@ -150,7 +150,7 @@ def test_crash_of_the_process_loses_at_most_one_courier_tick(tmp_path: Path) -> 
 
 def test_a_run_still_being_written_is_not_flushed(tmp_path: Path) -> None:
     """The flush skips a spool file whose writer still holds its lock (a run being acquired elsewhere)."""
-    from hotstage.acquisition.spool import flush_spool
+    from hotstage.acquisition.storage.spool import flush_spool
 
     spool = Spool(tmp_path / "spool")
     spool.append([(1, "start", {"uid": "live-run", "time": 1.0, "scan_id": 1})])
@@ -198,7 +198,7 @@ def stored_rows(catalog, uid: str) -> tuple[list[int], np.ndarray, dict]:
 def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplog) -> None:
     """A torn line in the middle (an overwritten block) and a torn last line (a crash while writing): each costs
     that line only; the rest is stored, the stop document (torn) is recovered with counts equal to the rows."""
-    from hotstage.acquisition.spool import flush_spool
+    from hotstage.acquisition.storage.spool import flush_spool
 
     docs = a_run()
     uid = docs[0][1]["uid"]
@@ -226,8 +226,8 @@ def test_flush_skips_torn_lines_and_stores_everything_else(tmp_path: Path, caplo
 def test_a_torn_start_line_takes_the_start_the_catalog_holds(tmp_path: Path) -> None:
     """The writer had stored the run's start (and a few rows) before the process died; the spool file's first line
     is torn: the flush attaches to the stored run and writes the rest, each row once."""
-    from hotstage.acquisition.spool import flush_spool
-    from hotstage.acquisition.storage_engine import WriterEngine
+    from hotstage.acquisition.storage.spool import flush_spool
+    from hotstage.acquisition.storage.engine import WriterEngine
 
     docs = a_run()
     uid = docs[0][1]["uid"]
@@ -252,7 +252,7 @@ def test_a_torn_start_line_takes_the_start_the_catalog_holds(tmp_path: Path) -> 
 def test_unreadable_files_are_set_aside_once(tmp_path: Path, caplog) -> None:
     """Garbage and a file with no start document (of a run no catalog knows) go to spool/unreadable/ with one
     warning each; the next flush (the next session) does not see them again."""
-    from hotstage.acquisition.spool import UNREADABLE_DIR, flush_spool
+    from hotstage.acquisition.storage.spool import UNREADABLE_DIR, flush_spool
 
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()

@@ -1,8 +1,8 @@
 """Tests of acquisition.storage: embedded Tiled catalog, the non-blocking CatalogWriter, reading back.
 
 Devices are ophyd.sim (``det``, ``motor``, a 4000-float array signal): the thing under test is storage.
-The default CatalogWriter writes from a separate process (acquisition.storage_process) while these tests
-read the same embedded SQLite/zarr catalog from this process; ``process=False`` selects the thread writer.
+The default CatalogWriter writes from a separate process (acquisition/storage/worker.py, its own interpreter) while
+these tests read the same embedded SQLite/zarr catalog from this process; ``process=False`` selects the thread writer.
 Faults are real: a SIGKILLed writer process, an exclusive SQLite lock held on the table store.
 """
 
@@ -26,8 +26,8 @@ from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_context
 
 from hotstage.acquisition.storage import CatalogWriter, ThreadCatalogWriter, close_catalog, open_catalog, read_stream
-from hotstage.acquisition.storage_engine import WriterEngine
-from hotstage.acquisition.storage_process import ProcessCatalogWriter
+from hotstage.acquisition.storage.engine import WriterEngine
+from hotstage.acquisition.storage import ProcessCatalogWriter
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 ARRAY_LEN = 4000
@@ -272,7 +272,7 @@ def test_sqlite_lock_errors_in_writer_process_are_reported_and_retried(tmp_path,
         RE = RunEngine()
         writer = CatalogWriter(c, flush_interval=0.05, backoff=(0.05, 0.2))
         RE.subscribe(writer)
-        assert writer.flush(timeout=30)  # writer process up
+        assert writer.wait_ready(600)  # writer process up (its own interpreter: tiled's imports; slow when busy)
         con = sqlite3.connect(tmp_path / "data" / "tables.sqlite", isolation_level=None, timeout=0)
         con.execute("BEGIN EXCLUSIVE")
         try:
@@ -406,7 +406,7 @@ def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everythi
     at its deadline with one warning naming the run and ``hotstage spool flush``; the spool holds every document,
     and flushing it into a catalog later stores the run complete."""
     from hotstage.acquisition.jsonl import read_documents
-    from hotstage.acquisition.spool import flush_spool, pending_runs
+    from hotstage.acquisition.storage.spool import flush_spool, pending_runs
 
     writer = CatalogWriter(f"http://127.0.0.1:{free_port()}", spool_dir=tmp_path / "spool", ready_timeout=0,
                            backoff=(0.05, 0.2))
@@ -491,7 +491,7 @@ def assert_complete(data, uid, recorded, points):
 def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spectrum, monkeypatch):
     """Thread writer: row writes fail as on a read-only SQLite connection until the client is replaced; after
     ``reopen_after`` attempts the writer opens a new client and a resuming engine, and loses nothing."""
-    import hotstage.acquisition.storage_engine as engine_module
+    import hotstage.acquisition.storage.engine as engine_module
 
     data = tmp_path / "data"
     writer = CatalogWriter(data, process=False, flush_interval=0.1, backoff=(0.05, 0.2), reopen_after=3)
@@ -538,7 +538,7 @@ def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_p
     a rescue directory under $TMPDIR with one line naming it, and a flush from there stores every event once."""
     import tempfile
 
-    from hotstage.acquisition.spool import flush_spool
+    from hotstage.acquisition.storage.spool import flush_spool
     from hotstage.acquisition.storage import StorageError
     from storage_faults import small_disk
 

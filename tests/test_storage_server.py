@@ -32,7 +32,7 @@ from bluesky import RunEngine
 from ophyd.sim import SynSignal, det, motor
 from tiled.client import from_uri
 
-from hotstage.acquisition.spool import flush_spool, pending_runs
+from hotstage.acquisition.storage.spool import flush_spool, pending_runs
 from hotstage.acquisition.storage import CatalogWriter, close_catalog, describe_location, open_catalog, read_stream
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

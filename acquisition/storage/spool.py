@@ -1,7 +1,7 @@
 """The storage spool: a durable local copy of every document on its way to the catalog.
 
 Why: an overnight run must survive the catalog (or the Tiled server) going away and the acquiring process itself
-dying. The process catalog writer (`hotstage.acquisition.storage_process`) appends every document to the spool as its
+dying. The process catalog writer (`hotstage.acquisition.storage.writer`) appends every document to the spool as its
 courier thread takes it from the RunEngine's inbox, *before* sending it to the writer process, and fsyncs the
 touched files once per courier tick. A run's spool file is deleted when its stop document is acknowledged as
 stored. So:
@@ -15,7 +15,7 @@ stored. So:
   ``exit_status = "fail"`` and a reason saying it was recovered from the spool.
 
 Nothing is written twice: a flush writes through the writer engine in *resume* mode, which attaches to the nodes
-that exist and skips the events whose ``seq_num`` is already stored (`hotstage.acquisition.storage_engine`); a run whose
+that exist and skips the events whose ``seq_num`` is already stored (`hotstage.acquisition.storage.engine`); a run whose
 stop document is already stored is only removed from the spool.
 
 Damage (`flush_one`): a line that is not one whole document (torn by a crash or a full disk, usually the last) is
@@ -26,7 +26,7 @@ A catalog that keeps failing stops the flush (the file stays; `hotstage spool fl
 
 Full disk: `Spool.append` writes each run's lines with one ``write`` and cuts the files back to their previous
 length if any write or fsync fails, so the caller can retry the same documents without tearing or doubling
-lines (`hotstage.acquisition.storage_process` holds them in memory meanwhile and stops the run: no data are acquired that
+lines (`hotstage.acquisition.storage.writer` holds them in memory meanwhile and stops the run: no data are acquired that
 could not be kept). `rescue_run` writes a run's documents to another directory when the spool's disk stays full.
 
 Layout: one JSONL file per run (``<run uid>.jsonl``, `hotstage.acquisition.jsonl` format, large numeric arrays in its
@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from hotstage.acquisition.jsonl import Document, dump_line, read_documents
-from hotstage.acquisition.storage import CatalogLocation, default_data_dir
+from hotstage.acquisition.storage.engine import ReopenNeeded, WriterEngine, set_aside_orphans
+from hotstage.acquisition.storage.location import CatalogLocation, catalog_location, default_data_dir
 
 __all__ = ["SPOOL_ENV", "UNREADABLE_DIR", "FlushResult", "Spool", "default_spool_dir", "doc_key", "flush_spool",
            "pending_runs", "rescue_run", "unique_documents"]
@@ -327,8 +328,6 @@ def flush_one(client: Any, path: Path, data_dir: str | None = None) -> FlushResu
     (`UNREADABLE_DIR`); a catalog that keeps failing leaves the file in place (``catalog_unavailable``).
     ``data_dir``: the embedded catalog's directory (array files of a run the catalog lost are set aside first).
     """
-    from hotstage.acquisition.storage_engine import ReopenNeeded, WriterEngine, set_aside_orphans
-
     result = FlushResult(run_uid=path.stem)
     with open(path, "a", encoding="utf-8") as lock:
         try:
@@ -393,8 +392,6 @@ def flush_spool(client: Any, directory: str | os.PathLike[str]) -> list[FlushRes
 
     Once the catalog turns out unavailable the remaining files are not tried (each would wait for it again).
     """
-    from hotstage.acquisition.storage import catalog_location
-
     try:
         data_dir = catalog_location(client).data_dir
     except (TypeError, ValueError):

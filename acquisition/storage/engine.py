@@ -1,8 +1,8 @@
 """The writing core shared by both catalog writers: TiledWriter, timed row flushes, retries, resume after a crash.
 
 ``WriterEngine`` runs in exactly one thread: the writer thread of ``ThreadCatalogWriter`` or the main thread
-of the writer process of ``ProcessCatalogWriter`` (``hotstage.acquisition.storage_process``). It knows nothing about
-queues; its owner hands it ``(seq, name, doc)`` items in order and calls ``flush_events()``; the engine reports
+of the writer process of ``ProcessCatalogWriter`` (``hotstage.acquisition.storage.worker``). It knows nothing
+about queues; its owner hands it ``(seq, name, doc)`` items in order and calls ``flush_events()``; the engine reports
 back through a ``Reporter`` (stored watermark, errors, documents given up).
 
 Why the engine flushes rows itself (numbers measured on the project machine, DESIGN.md "Facts about the
@@ -31,8 +31,8 @@ HTTP 5xx/429, OS and SQLite operational errors) are retried, but after ``reopen_
 (default None: never) the engine raises ``ReopenNeeded`` instead: its client may be what is broken (a SQLite
 connection opened while the data directory was read-only stays read-only; a deleted ``catalog.db`` stays
 deleted for the connections that had it open), so the owner must open a new client and resume (the process
-writer starts a new writer process, ``hotstage.acquisition.storage_process``). "database is locked" never asks for a
-reopen: another writer holds the lock and a new connection would wait for it just the same. A row flush
+writer starts a new writer process, ``hotstage.acquisition.storage.writer``). "database is locked" never asks
+for a reopen: another writer holds the lock and a new connection would wait for it just the same. A row flush
 that fails part-way is retried without writing any row twice and without losing the array values
 (``_flush_run_writer``: bluesky-tiled-plugins removes the arrays from the cached rows before patching them, and
 a node created by a request whose data never arrived is written into, not created again).
@@ -55,9 +55,12 @@ import numpy
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, TiledWriter
 from event_model import DocumentNames, schema_validators
 
-__all__ = ["ReopenNeeded", "Reporter", "WriteError", "WriterEngine", "is_transient", "set_aside_orphans"]
+__all__ = ["REOPEN_EXIT", "ReopenNeeded", "Reporter", "WriteError", "WriterEngine", "is_transient", "set_aside_orphans"]
 
 logger = logging.getLogger("hotstage.acquisition.storage")
+
+REOPEN_EXIT = 75
+"""Exit status of a writer process that asks for a new one (EX_TEMPFAIL): its catalog client kept failing."""
 
 
 @dataclass

@@ -1,29 +1,35 @@
-"""The catalog writer that writes from a separate process, so storage never competes with the RunEngine for the GIL.
+"""The RunEngine-side catalog writers: ``CatalogWriter`` (the subscriber), its writer-process and writer-thread forms.
 
-Why a process (measured with benchmarks/storage.py on the project machine): the in-process Tiled app spends
-~30 ms of CPU per request; with the writer in a thread of the RunEngine's process that CPU is taken under
+``CatalogWriter(...)`` builds a ``ProcessCatalogWriter`` (default: the writing happens in a writer process, a
+consumer of the document bus) or a ``ThreadCatalogWriter`` (``process=False``: a background thread of this
+process). Why a process (measured with benchmarks/storage.py on the project machine): the in-process Tiled app
+spends ~30 ms of CPU per request; with the writer in a thread of the RunEngine's process that CPU is taken under
 the GIL, costing 7-15 % per point at 20 ms exposure and 17-62 % with no exposure. In another process it
 only competes for a core.
 
-Processes, channels and acknowledgements::
+Processes, channels and acknowledgements (``ProcessCatalogWriter``)::
 
     RunEngine thread ── __call__: inbox.put((seq, name, doc)) ──► courier thread (parent, every send_interval)
-        courier: inbox → un-acked list (kept until acknowledged) → pipe "docs" ──► writer process
-        writer process: reader thread (drains the pipe, never blocks the sender) → main thread →
-            WriterEngine (TiledWriter + timed row flushes + retries, acquisition.storage_engine)
-        writer process ── pipe "acks": ("ack", seq) / ("error", …) / ("failed", seq) ──► courier
+        courier: inbox → spool (fsync'd) → un-acked (kept until acknowledged) → its stdin ──► writer process
+        writer process (``python -m hotstage.acquisition.storage.worker``): reader thread (drains stdin, never
+            blocks the sender) → main thread → WriterEngine (TiledWriter + timed row flushes + retries,
+            ``hotstage.acquisition.storage.engine``)
+        writer process ── stdout: ("ack", seq) / ("error", …) / ("failed", seq) ──► courier
         courier: pops acknowledged documents, advances the stored watermark, wakes flush()
 
+* The writer process is its own interpreter (``hotstage.analysis.consumer.ConsumerProcess``: ``subprocess``,
+  never ``multiprocessing``), so the user's ``__main__`` is never re-imported (an unguarded script or
+  ``python -`` runs once); frames are length-prefixed pickles on its stdin/stdout.
 * ``seq`` numbers every document. The writer process acknowledges ``seq`` once every document up to it is
   stored (start/descriptor/stop when written, events when their rows are flushed). ``flush()`` sends a
   "flush now" request and returns once the acknowledgement reaches the ``seq`` it started with.
 * The parent keeps every un-acknowledged document, plus the start and descriptor documents of every run
   whose stop is not yet acknowledged (the context a new writer needs). If the writer process dies (the
-  courier polls ``is_alive`` every ``send_interval``), the parent logs it at CRITICAL level and, ``restarts``
+  courier polls it every ``send_interval``), the parent logs it at CRITICAL level and, ``restarts``
   times (default once), starts a new writer process in *resume* mode and re-sends, in order, every document
   of every run not yet stopped (its spool file, plus the context and the un-acknowledged documents); the
   resuming engine attaches to the nodes that exist and skips rows already stored (see
-  ``hotstage.acquisition.storage_engine``), so a run is complete even if the catalog lost what had been acknowledged
+  ``hotstage.acquisition.storage.engine``), so a run is complete even if the catalog lost what had been acknowledged
   (a deleted ``catalog.db`` is created anew by the new writer). After that, documents stay held in
   ``unacked`` and ``alive`` is False; ``restart()`` tries again by hand.
 * Reopening: when one write failed ``REOPEN_AFTER`` times with transient errors (not "database is locked"),
@@ -42,29 +48,21 @@ Processes, channels and acknowledgements::
   default. After ``close()``'s deadline the courier and the writer process are stopped, the documents not
   stored stay in the spool, one WARNING line names them and ``hotstage spool flush``, ``unstored_runs`` lists
   the runs and ``close()`` returns False. A Ctrl-C while ``close()`` waits does the same, then re-raises.
-* At interpreter exit an unclosed writer is closed (drained, up to 30 s) before multiprocessing terminates
-  its daemonic writer process (``atexit`` runs later registrations first).
-* Pipes, not ``multiprocessing.Queue``: the courier sends one pickled batch per tick (no feeder thread
-  waking per document), and the writer's reader thread drains the docs pipe continuously, so the two
-  directions can never dead-lock on full pipe buffers.
-* Start method "forkserver" (default; "spawn" where it does not exist, or on request): a fresh interpreter,
-  started like "spawn" (never a fork of the RunEngine's threaded process), imports tiled and the writer
-  once (``_PRELOAD``); each writer process is forked from it. Measured: first writer ready in ~2.5 s, every
-  further one (another CatalogWriter, or a restart after a crash) in ~0.6 s; with "spawn" ~2.5-3 s each.
-  The writer opens its own client (embedded: ``open_catalog`` on the same directory — its own in-process
-  Tiled app on the same SQLite (WAL) and zarr files; server: HTTP). The constructor waits for it
-  (``ready_timeout``); documents enqueued before it is ready just queue.
+* At interpreter exit an unclosed writer is closed (drained, up to 30 s) before its writer process is stopped
+  (``atexit``); a writer process whose parent died reads the end of its stdin, stores what it had and exits.
+* The courier sends one pickled batch per tick (no thread waking per document), and the writer's reader thread
+  drains its stdin continuously, so the two directions can never dead-lock on full pipe buffers.
+* Start-up: the writer process imports tiled and opens its own client (~2-3 s); the constructor waits for it
+  (``ready_timeout``); documents enqueued before it is ready just queue. A restart costs the same.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
+import itertools
 import logging
-import multiprocessing
 import os
 import queue
-import signal
 import tempfile
 import threading
 import time
@@ -73,38 +71,28 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hotstage.acquisition.spool import Spool, default_spool_dir, doc_key, rescue_run, unique_documents
-from hotstage.acquisition.storage import (
-    CLOSE_TIMEOUT_S,
-    FLUSH_TIMEOUT_S,
-    REOPEN_AFTER,
-    CatalogLocation,
-    CatalogWriter,
-    StorageError,
-    _runs_text,
-    catalog_location,
-    close_catalog,
-)
-from hotstage.acquisition.storage_engine import ReopenNeeded, WriteError, WriterEngine, is_transient, set_aside_orphans
+from hotstage.acquisition.storage.engine import REOPEN_EXIT, ReopenNeeded, WriteError, WriterEngine
+from hotstage.acquisition.storage.location import CatalogLocation, catalog_location, close_catalog
+from hotstage.acquisition.storage.spool import Spool, default_spool_dir, doc_key, rescue_run, unique_documents
+from hotstage.analysis.consumer import ConsumerProcess
 
-__all__ = ["REOPEN_EXIT", "ProcessCatalogWriter", "RemoteWriteError"]
-
-REOPEN_EXIT = 75
-"""Exit status of a writer process that asks for a new one (EX_TEMPFAIL): its catalog client kept failing."""
-SPOOL_RETRY_S = 1.0
-"""Seconds between attempts to spool the documents held in memory after the spool failed."""
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "FLUSH_TIMEOUT_S",
+    "REOPEN_AFTER",
+    "CatalogWriter",
+    "ProcessCatalogWriter",
+    "RemoteWriteError",
+    "StorageError",
+    "ThreadCatalogWriter",
+]
 
 logger = logging.getLogger("hotstage.acquisition.storage")
 
-
-#: Modules a "forkserver" imports once, so that each writer process forks ready (~0.3 s instead of ~2.5 s).
-_PRELOAD = (
-    "hotstage.acquisition.storage_process",
-    "bluesky_tiled_plugins.writing.tiled_writer",
-    "tiled.client",
-    "tiled.catalog",
-    "tiled.server.app",
-)
+WORKER_MODULE = "hotstage.acquisition.storage.worker"
+"""The writer process's module (run as ``__main__`` in its own interpreter)."""
+SPOOL_RETRY_S = 1.0
+"""Seconds between attempts to spool the documents held in memory after the spool failed."""
 
 
 class RemoteWriteError(Exception):
@@ -121,149 +109,390 @@ class RemoteWriteError(Exception):
         return self.text
 
 
-# ------------------------------------------------------------------------------- writer process side
+CLOSE_TIMEOUT_S = 60.0
+"""Default deadline of ``CatalogWriter.close()``: what is not stored by then stays in the spool."""
+FLUSH_TIMEOUT_S = 60.0
+"""Default deadline of ``CatalogWriter.flush()``."""
+REOPEN_AFTER = 5
+"""Attempts of one write (transient errors, ~3 s with the default backoff) before the writer opens a new client."""
+REOPEN_DELAY_S = 1.0
+"""First wait before a new client is opened after ``REOPEN_AFTER`` failures; doubles per reopen, up to backoff[1]."""
+DATA_DOCUMENTS = frozenset({"descriptor", "event", "event_page", "resource", "datum", "datum_page",
+                            "stream_resource", "stream_datum"})
+"""Documents refused (``StorageError``) while acquired data cannot be kept; start and stop are always taken."""
 
 
-class _ChildReporter:
-    """Engine reports (writer process) -> messages on the acks pipe; acks are coalesced per cycle."""
+class StorageError(RuntimeError):
+    """Acquired data cannot be kept (the spool's disk is full or read-only): raised into the plan to stop it."""
 
-    def __init__(self, conn: Any) -> None:
-        """Send on ``conn``."""
-        self.conn = conn
-        self.stored_seq = 0
-        self.sent_seq = 0
+
+def _runs_text(runs: list[str], most: int = 3) -> str:
+    """Run uids for a message: the first ``most`` and how many more."""
+    text = ", ".join(runs[:most]) or "(none)"
+    return text + (f" and {len(runs) - most} more" if len(runs) > most else "")
+
+
+class CatalogWriter:
+    """RunEngine subscriber that stores documents in a Tiled catalog without ever blocking the RunEngine.
+
+    ``CatalogWriter(client_or_location, *, process=True, ...)`` builds a ``ProcessCatalogWriter`` (writing in
+    a separate writer process, ``hotstage.acquisition.storage.worker``) or, with ``process=False``, a
+    ``ThreadCatalogWriter`` (writing in a background thread of this process). ``client_or_location`` is a client from
+    ``open_catalog``, any HTTP Tiled client, a data directory, a server URI or a ``CatalogLocation``; an
+    in-process client that ``open_catalog`` did not make cannot be reopened elsewhere, so it gets the
+    thread writer (with a warning).
+
+    Common behaviour:
+
+    * ``__call__(name, doc)`` (RunEngine thread) appends to an unbounded in-memory inbox — never drops,
+      never waits. Documents are kept by reference: producers must not mutate a document after emitting
+      it (bluesky does not). While acquired data cannot be kept (the process writer's spool disk is full),
+      a data document (descriptor, event, …) is still taken but ``StorageError`` is raised after it: bluesky
+      raises it into the plan, which stops the run with the heater off (its stop document is taken).
+    * Event rows are written on a timer (``flush_interval``, default 0.25 s, sooner when ``max_batch``
+      events wait); start/descriptor/stop are written as they arrive; stop writes the run's remaining rows.
+      An event whose stream already has its ``seq_num`` (bluesky's replay after a pause or suspension) is
+      stored once (``hotstage.acquisition.storage.engine``).
+    * A failed write keeps its document and is retried with exponential backoff (``backoff``): transient
+      errors (transport, HTTP 5xx/429, OS/SQLite errors) until ``REOPEN_AFTER`` attempts of one write, after
+      which the writer opens a new client on the same catalog and resumes (a broken SQLite connection is
+      never retried for ever); "database is locked" is retried on the same client; other errors
+      ``max_attempts`` times, after which the document goes to ``failed`` (kept). Every error is logged
+      and kept in ``errors``.
+    * ``flush(timeout)`` returns True once everything enqueued before the call is stored (False on
+      timeout; default ``FLUSH_TIMEOUT_S``); ``close(timeout)`` drains everything and stops, waiting at most
+      ``CLOSE_TIMEOUT_S`` by default, and returns True only if everything was stored (else one WARNING line
+      says where the rest is and which command finishes the job); ``backlog`` = documents not yet stored;
+      ``unstored_runs`` = the runs they belong to; ``alive`` = the writer is running. Use as a context
+      manager to close on exit.
+    """
+
+    def __new__(cls, *args: Any, process: bool = True, **kwargs: Any):
+        """Pick the implementation: the writer process by default, the writer thread with ``process=False``."""
+        if cls is CatalogWriter:
+            cls = ThreadCatalogWriter
+            if process:
+                try:
+                    catalog_location(args[0] if args else kwargs.get("client_or_location"))
+                except ValueError as exc:
+                    logger.warning("CatalogWriter: %s; writing from a thread of this process instead", exc)
+                else:
+                    cls = ProcessCatalogWriter
+        return super().__new__(cls)
+
+    def _init_common(self, *, flush_interval: float, max_batch: int, max_attempts: int,
+                     backoff: tuple[float, float], max_errors_kept: int, validate_events: bool) -> None:
+        """State shared by both implementations: inbox, sequence numbers, errors, the stored watermark."""
+        self.flush_interval = float(flush_interval)
+        self.max_batch = int(max_batch)
+        self.max_attempts = int(max_attempts)
+        self.backoff = backoff
+        self.validate_events = validate_events
+        self.errors: deque[WriteError] = deque(maxlen=max_errors_kept)
+        self.error_count = 0
+        self.failed: list[tuple[str, dict]] = []
+        self.inbox: queue.SimpleQueue[tuple[int, str, dict]] = queue.SimpleQueue()
+        self._seq = itertools.count(1)
+        self._enqueued = 0  # highest sequence number handed to the inbox
+        self._stored = 0  # highest sequence number stored (all earlier ones too)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._closing = False
+        self._refusing: str | None = None  # why data documents are refused (StorageError), None while all is well
+        self.reopen_count = 0
+        """How many times the writer opened a new client after repeated failures."""
+        self._reopen_streak = 0  # reopens since the last progress (their delay doubles)
+
+    # ---------------------------------------------------------------- RunEngine side (cheap)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        """Enqueue one document (RunEngine thread): O(1), never blocks on storage.
+
+        Raises ``StorageError`` after taking a data document while acquired data cannot be kept.
+        """
+        if self._closing:
+            raise RuntimeError("CatalogWriter is closed; documents can no longer be accepted")
+        seq = next(self._seq)
+        self._enqueued = seq
+        self.inbox.put((seq, name, doc))
+        refusing = self._refusing
+        if refusing is not None and name in DATA_DOCUMENTS:
+            raise StorageError(refusing)
+
+    # ---------------------------------------------------------------- public state
+
+    @property
+    def backlog(self) -> int:
+        """Documents accepted but not yet stored."""
+        return self._enqueued - self._stored
+
+    @property
+    def alive(self) -> bool:
+        """True while the writer runs."""
+        raise NotImplementedError
+
+    @property
+    def unstored_runs(self) -> list[str]:
+        """Uids of the runs with documents not (yet) in the catalog (for the message after ``close()``)."""
+        raise NotImplementedError
+
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until everything enqueued so far is stored; True if so, False on timeout or a dead writer.
+
+        ``timeout=None`` waits as long as the writer may still store them.
+        """
+        target = self._enqueued
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._wake.set()
+            while self._stored < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not self._can_progress():
+                    return self._stored >= target
+                self._cond.wait(timeout=0.1 if remaining is None else min(remaining, 0.1))
+        return True
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the writer can store documents (the thread writer always can)."""
+        return self.alive
+
+    def _can_progress(self) -> bool:
+        """True while the writer may still store more (flush keeps waiting)."""
+        return self.alive
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Drain every queued document, write it, and stop (at most ``timeout`` s); True if all were stored."""
+        raise NotImplementedError
+
+    def __enter__(self) -> CatalogWriter:
+        """Use as a context manager: ``with CatalogWriter(c) as w: RE.subscribe(w)``."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close, draining everything (within the default deadline)."""
+        self.close()
+
+    # ---------------------------------------------------------------- bookkeeping for the writers
+
+    def _record(self, err: WriteError) -> None:
+        """Record and log one failed attempt (a first attempt at ERROR, unless the writer is already reopening)."""
+        self.errors.append(err)
+        self.error_count += 1
+        if (err.attempt == 1 and not self._reopen_streak) or err.gave_up:
+            logger.error("CatalogWriter: %s", err, exc_info=err.exception)
+        else:
+            logger.warning("CatalogWriter: %s", err)
+
+    def _mark_stored(self, seq: int) -> None:
+        """Advance the stored watermark and wake ``flush()`` waiters."""
+        with self._cond:
+            if seq > self._stored:
+                self._reopen_streak = 0
+            self._stored = max(self._stored, seq)
+            self._cond.notify_all()
+
+    def _reopen_delay(self) -> float:
+        """Seconds to wait before the next reopen: ``REOPEN_DELAY_S`` doubled per reopen since the last progress."""
+        delay = min(max(self.backoff[1], REOPEN_DELAY_S), REOPEN_DELAY_S * 2 ** self._reopen_streak)
+        self._reopen_streak += 1
+        self.reopen_count += 1
+        return delay
+
+
+class _ThreadReporter:
+    """Engine reports (writer thread) -> the ThreadCatalogWriter's public state."""
+
+    def __init__(self, writer: ThreadCatalogWriter) -> None:
+        """Report to ``writer``."""
+        self.writer = writer
 
     def stored(self, seq: int) -> None:
-        """Note the stored watermark; ``send_ack`` sends it."""
-        self.stored_seq = max(self.stored_seq, seq)
-
-    def send_ack(self) -> None:
-        """Send the watermark if it advanced."""
-        if self.stored_seq > self.sent_seq:
-            self.conn.send(("ack", self.stored_seq))
-            self.sent_seq = self.stored_seq
+        """Everything up to ``seq`` is stored."""
+        self.writer._stored_up_to(seq)
 
     def error(self, err: WriteError) -> None:
-        """Send one failed attempt."""
-        exc = err.exception
-        self.conn.send(("error", {
-            "time": err.time, "what": err.what, "uid": err.uid, "attempt": err.attempt,
-            "type": type(exc).__name__, "repr": repr(exc)[:2000], "transient": err.transient,
-            "gave_up": err.gave_up,
-        }))
+        """One failed attempt."""
+        self.writer._record(err)
 
     def failed(self, seq: int, name: str, doc: dict) -> None:
-        """Send the sequence number of a document given up (the parent holds the document; 0: re-sent history)."""
-        self.conn.send(("failed", seq))
+        """A document failed for good."""
+        self.writer.failed.append((name, doc))
+        run = doc.get("run_start") or (doc.get("uid") if name == "start" else None)
+        self.writer._failed_runs.add(run or self.writer._desc_run.get(doc.get("descriptor", ""), "?"))
 
 
-def _open_with_retry(location: CatalogLocation, reporter: _ChildReporter, max_attempts: int,
-                     backoff: tuple[float, float]) -> Any:
-    """Open the catalog, retrying transient failures for ever and others ``max_attempts`` times."""
-    delay = backoff[0]
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return location.open()
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
-            transient = is_transient(exc)
-            gave_up = not transient and attempt >= max_attempts
-            reporter.error(WriteError(time.time(), "open catalog", None, attempt, exc, transient, gave_up))
-            if gave_up:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, backoff[1])
+class ThreadCatalogWriter(CatalogWriter):
+    """The writer in a background thread of this process (``CatalogWriter(..., process=False)``).
 
+    One daemon thread wakes every ``flush_interval`` s (or at once on ``flush()``/``close()``), takes every
+    queued document and hands them in order to a ``WriterEngine``, then writes the buffered event rows.
+    Simple and easy to fault-inject (``tiled_writer`` is reachable), but the Tiled app's CPU per request
+    competes with the RunEngine for the GIL (benchmarks/storage.py).
 
-def writer_main(location: CatalogLocation, options: dict[str, Any], docs_conn: Any, acks_conn: Any,
-                resume: bool) -> None:
-    """Entry point of the writer process: receive batches, write them through a WriterEngine, acknowledge."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the RunEngine's business; the parent closes us
-    import warnings
+    Reopening: documents are held until stored, with the start and descriptors of every run not yet stopped;
+    after ``REOPEN_AFTER`` failures of one write the thread opens a new client on the same catalog (when it
+    knows where that is: a location, or a client from ``open_catalog``) and hands them to a new engine in
+    resume mode. It keeps no spool: what is not stored when ``close()`` gives up is lost with the process.
+    """
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    reporter = _ChildReporter(acks_conn)
-    inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-
-    def read() -> None:
-        """Drain the docs pipe into ``inbox`` so the parent's sends never wait for a write to finish."""
-        while True:
+    def __init__(
+        self,
+        client_or_location: Any,
+        *,
+        process: bool = False,
+        flush_interval: float = 0.25,
+        max_batch: int = 200,
+        max_attempts: int = 5,
+        backoff: tuple[float, float] = (0.2, 10.0),
+        max_errors_kept: int = 1000,
+        validate_events: bool = False,
+        tiled_writer_kwargs: dict[str, Any] | None = None,
+        name: str = "hotstage-catalog-writer",
+        reopen_after: int | None = REOPEN_AFTER,
+    ) -> None:
+        """Create the engine on the client (opening the location if given one) and start the thread."""
+        self._init_common(flush_interval=flush_interval, max_batch=max_batch, max_attempts=max_attempts,
+                          backoff=backoff, max_errors_kept=max_errors_kept, validate_events=validate_events)
+        self._location: CatalogLocation | None
+        if isinstance(client_or_location, (str, os.PathLike, CatalogLocation)):
+            self._location = catalog_location(client_or_location)
+            self.client = self._location.open()
+            self._own_client = True
+        else:
+            self.client = client_or_location
+            self._own_client = False
             try:
-                inbox.put(docs_conn.recv())
-            except (EOFError, OSError):
-                inbox.put(("eof",))
-                return
+                self._location = catalog_location(client_or_location)
+            except (TypeError, ValueError):
+                self._location = None  # cannot be reopened: retried on this client
+        self._engine_kwargs: dict[str, Any] = {
+            "max_attempts": max_attempts, "backoff": backoff, "validate_events": validate_events,
+            "tiled_writer_kwargs": tiled_writer_kwargs,
+            "reopen_after": reopen_after if self._location is not None else None,
+        }
+        self.engine = WriterEngine(self.client, _ThreadReporter(self), **self._engine_kwargs)
+        self.tiled_writer = self.engine.tiled_writer
+        self._pending: deque[tuple[int, str, dict]] = deque()
+        self._unstored: deque[tuple[int, str, dict]] = deque()  # handed to the engine, not yet stored
+        self._context: dict[str, list[tuple[int, str, dict]]] = {}  # run -> start, descriptors (until stopped)
+        self._failed_runs: set[str] = set()
+        self._desc_run: dict[str, str] = {}  # descriptor uid -> run uid (to name the run of a failed event)
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
 
-    # Reading starts before the catalog is opened: a catalog that cannot be opened must not block the parent's
-    # courier on a full pipe (it would stop spooling too).
-    threading.Thread(target=read, name="hotstage-writer-reader", daemon=True).start()
-    try:
-        client = _open_with_retry(location, reporter, options["max_attempts"], options["backoff"])
-    except Exception as exc:  # noqa: BLE001
-        acks_conn.send(("fatal", f"cannot open {location!r}: {exc!r}"))
-        raise SystemExit(2) from exc
-    engine = WriterEngine(
-        client, reporter, max_attempts=options["max_attempts"], backoff=options["backoff"],
-        validate_events=options["validate_events"], tiled_writer_kwargs=options["tiled_writer_kwargs"],
-        resume=resume, reopen_after=options["reopen_after"],
-        on_recreate=functools.partial(set_aside_orphans, location.data_dir) if resume else None,
-    )
-    acks_conn.send(("ready", os.getpid()))
-    try:
-        _serve(engine, reporter, inbox, options)
-    except ReopenNeeded as why:
-        # The client may be what is broken: a new process opens a new one (the parent re-sends what is needed).
-        reporter.send_ack()
-        acks_conn.send(("reopen", str(why)))
-        os._exit(REOPEN_EXIT)  # no cleanup: closing a broken client can hang, and the parent holds everything
-    except (BrokenPipeError, ConnectionResetError, EOFError):
-        # The parent died (SIGKILL): its spool holds every document; `hotstage spool flush` stores them. A
-        # traceback here would only hide the guardian's line on the terminal.
-        os._exit(1)
-    close_catalog(client)
+    @property
+    def flushes(self) -> int:
+        """How many timed row flushes wrote something."""
+        return self.engine.flushes
 
+    @property
+    def alive(self) -> bool:
+        """True while the writer thread runs."""
+        return self._thread.is_alive()
 
-def _serve(engine: WriterEngine, reporter: _ChildReporter, inbox: queue.SimpleQueue, options: dict[str, Any]) -> None:
-    """The writer process' loop: hand batches to the engine, flush rows on time, acknowledge; until "close"."""
-    flush_interval, max_batch = options["flush_interval"], options["max_batch"]
-    next_flush = None  # when the oldest unflushed event's rows are due
-    streams_written: set[str] = set()  # descriptors whose first rows are due at once (see below)
-    closing = False
-    while not closing:
-        timeout = None if next_flush is None else max(0.0, next_flush - time.monotonic())
-        messages = []
+    @property
+    def unstored_runs(self) -> list[str]:
+        """Runs not yet stopped in the catalog, or with a document that failed for good."""
+        return sorted(set(self._context) | self._failed_runs)
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Drain every queued document, write it, and stop the thread (at most ``timeout`` s); True if all
+        were stored. After the deadline the thread stops and one WARNING line says what is lost."""
+        if not self._closing:
+            self._closing = True
+            self._wake.set()
+        self._thread.join(timeout)
+        done = not self._thread.is_alive()
+        if not done:
+            self._abandoned = True
+            self._wake.set()
+            logger.warning("CatalogWriter.close: %d documents of run(s) %s are not in the catalog after %s s; the "
+                           "thread writer keeps no spool: they are lost when this process exits", self.backlog,
+                           _runs_text(self.unstored_runs), timeout)
+        elif self._own_client:
+            close_catalog(self.client)
+            self._own_client = False
+        return done and self.backlog == 0
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _stored_up_to(self, seq: int) -> None:
+        """Forget the documents stored up to ``seq`` (and the context of runs whose stop is stored)."""
+        while self._unstored and self._unstored[0][0] <= seq:
+            _, name, doc = self._unstored.popleft()
+            if name == "stop":
+                self._context.pop(doc.get("run_start"), None)
+        self._mark_stored(seq)
+
+    def _hand(self, item: tuple[int, str, dict]) -> None:
+        """Hand one document to the engine, holding it (and a run's context) until it is stored."""
+        seq, name, doc = item
+        self._unstored.append(item)
+        if name == "start":
+            self._context[doc["uid"]] = [item]
+        elif name == "descriptor":
+            self._desc_run[doc["uid"]] = doc.get("run_start", "?")
+            if doc.get("run_start") in self._context:
+                self._context[doc["run_start"]].append(item)
+        self.engine.hand_over(seq, name, doc)
+        if self.engine.unflushed >= self.max_batch:
+            self.engine.flush_events()
+
+    def _reopen(self, why: ReopenNeeded) -> None:
+        """Open a new client on the catalog, a new engine in resume mode, and queue what is held again."""
+        delay = self._reopen_delay()
+        logger.warning("CatalogWriter: %s; opening the catalog again in %.1f s", why, delay)
+        if self._wake.wait(delay) and self._abandoned:
+            return
+        assert self._location is not None
         try:
-            messages.append(inbox.get(timeout=timeout))
-            while True:
-                messages.append(inbox.get_nowait())
-        except queue.Empty:
-            pass
-        urgent = False
-        for msg in messages:
-            kind = msg[0]
-            if kind == "docs":
-                for seq, name, doc in msg[1]:
-                    engine.hand_over(seq, name, doc)
-                    if engine.unflushed >= max_batch:
-                        engine.flush_events()
-                    if engine.unflushed and next_flush is None:
-                        next_flush = time.monotonic() + flush_interval
-                    if name == "event" and doc["descriptor"] not in streams_written:
-                        # A stream's first rows create its table and array nodes (~0.7 s in the embedded
-                        # catalog, against ~0.2 s for a later flush): start that at once, not a tick later.
-                        streams_written.add(doc["descriptor"])
-                        next_flush = time.monotonic()
-                    if not engine.unflushed:
-                        next_flush = None
-            elif kind == "flush":
-                urgent = True
-            elif kind in ("close", "eof"):
-                closing = True
-        if urgent or closing or (next_flush is not None and time.monotonic() >= next_flush):
-            engine.flush_events()
-            next_flush = None
-        reporter.send_ack()
+            client = self._location.open()
+        except Exception as exc:  # noqa: BLE001 - retried at the next failure
+            logger.warning("CatalogWriter: cannot open %r again yet: %r", self._location, exc)
+            client = self.client
+        else:
+            if self._own_client:
+                try:
+                    close_catalog(self.client)
+                except Exception:  # noqa: BLE001 - a broken client may fail to close; it is dropped anyway
+                    logger.debug("closing the old client failed", exc_info=True)
+            self.client, self._own_client = client, True
+        self.engine = WriterEngine(client, _ThreadReporter(self), resume=True, **self._engine_kwargs)
+        self.tiled_writer = self.engine.tiled_writer
+        held = {item[0]: item for items in self._context.values() for item in items}
+        held.update((item[0], item) for item in self._unstored)
+        self._unstored.clear()
+        self._context.clear()
+        self._pending.extendleft(reversed([held[s] for s in sorted(held)]))
+
+    def _loop(self) -> None:
+        """Writer thread: every ``flush_interval`` (or when woken) hand over all queued documents, write rows.
+
+        The RunEngine's ``__call__`` never wakes this thread: waking it per document would make it contend
+        for the GIL once per event; ticking lets it do one burst of work per interval instead.
+        """
+        while not self._abandoned:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                while True:
+                    self._pending.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                while self._pending and not self._abandoned:
+                    self._hand(self._pending.popleft())
+                self.engine.flush_events()
+            except ReopenNeeded as why:
+                self._reopen(why)
+                continue
+            if self._closing and self.inbox.qsize() == 0:
+                with self._cond:
+                    self._cond.notify_all()
+                return
 
 
 # ------------------------------------------------------------------------------- parent side
@@ -273,7 +502,8 @@ class ProcessCatalogWriter(CatalogWriter):
     """The default CatalogWriter: documents are written by a separate writer process (see module docstring).
 
     Extra options over ``ThreadCatalogWriter``: ``send_interval`` (courier tick, s), ``restarts`` (automatic
-    restarts of a dead writer process), ``start_method`` ("forkserver" or "spawn"), ``ready_timeout``,
+    restarts of a dead writer process), ``start_method`` (ignored, kept for callers: the writer process is always
+    its own interpreter, module docstring), ``ready_timeout``,
     ``spool_dir``, ``reopen_after``. Extra state: ``unacked`` (documents not yet acknowledged, held here),
     ``restart_count``, ``reopen_count``, ``pid`` (the current writer process), ``spool``, ``rescue_dir``
     (where ``close()`` had to put documents the spool could not take, else None).
@@ -293,7 +523,7 @@ class ProcessCatalogWriter(CatalogWriter):
         validate_events: bool = False,
         tiled_writer_kwargs: dict[str, Any] | None = None,
         restarts: int = 1,
-        start_method: str = "forkserver",
+        start_method: str | None = None,
         ready_timeout: float | None = 60.0,
         name: str = "hotstage-catalog-writer",
         spool_dir: str | os.PathLike[str] | None = None,
@@ -303,8 +533,8 @@ class ProcessCatalogWriter(CatalogWriter):
 
         Waits up to ``ready_timeout`` s (None or 0: not at all) for the writer process to have opened the
         catalog (~2-4 s of imports), so that the first event of the first run is visible within 1 s too.
-        ``spool_dir``: where every document is spooled on its way (default ``hotstage.acquisition.spool.default_spool_dir``);
-        ``StorageError`` if it cannot be created.
+        ``spool_dir``: where every document is spooled on its way (default
+        ``hotstage.acquisition.storage.spool.default_spool_dir``); ``StorageError`` if it cannot be created.
         """
         self._init_common(flush_interval=flush_interval, max_batch=max_batch, max_attempts=max_attempts,
                           backoff=backoff, max_errors_kept=max_errors_kept, validate_events=validate_events)
@@ -321,11 +551,6 @@ class ProcessCatalogWriter(CatalogWriter):
             "validate_events": validate_events, "tiled_writer_kwargs": dict(tiled_writer_kwargs or {}),
             "reopen_after": reopen_after,
         }
-        if start_method not in multiprocessing.get_all_start_methods():
-            start_method = "spawn"
-        self._mp = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            self._mp.set_forkserver_preload(list(_PRELOAD))
         self._unacked: deque[tuple[int, str, dict]] = deque()
         self._run_context: dict[str, list[tuple[int, str, dict]]] = {}
         self._outbox: list[tuple[int, str, dict]] = []
@@ -346,7 +571,7 @@ class ProcessCatalogWriter(CatalogWriter):
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(self.location)
         try:
             self.spool = Spool(directory)
-            """Durable copy of every document not yet known to be stored (``hotstage.acquisition.spool``)."""
+            """Durable copy of every document not yet known to be stored (``hotstage.acquisition.storage.spool``)."""
         except OSError as exc:
             raise StorageError(f"cannot create the storage spool {directory}: {exc.strerror or exc}") from exc
         self._ready = threading.Event()
@@ -420,6 +645,8 @@ class ProcessCatalogWriter(CatalogWriter):
         """After close()'s wait: stop what still runs, keep the rest on disk, say where; True if all is stored."""
         if self._courier.is_alive():
             self._abandon()
+        if self._proc is not None:
+            self._proc.stop(timeout=5.0)  # it has exited (or was stopped): release its pipes
         self._take_inbox()  # the courier has stopped: this thread owns the inbox and the spool now
         if self._unspooled:
             self._spool_held(force=True)
@@ -461,6 +688,7 @@ class ProcessCatalogWriter(CatalogWriter):
         if self._proc is not None and self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5.0)
+            self._proc.kill()
         self._courier.join(5.0)  # a courier blocked on the dead writer's pipe is free now
 
     # ---------------------------------------------------------------- spool
@@ -528,23 +756,18 @@ class ProcessCatalogWriter(CatalogWriter):
 
     def _spawn(self, resume: bool) -> None:
         """Start a writer process with fresh pipes."""
-        docs_r, self._docs_w = self._mp.Pipe(duplex=False)
-        self._acks_r, acks_w = self._mp.Pipe(duplex=False)
-        self._proc = self._mp.Process(
-            target=writer_main, args=(self.location, self._options, docs_r, acks_w, resume),
-            name=self.name, daemon=True,
-        )
+        if self._proc is not None:
+            self._proc.stop(timeout=0.0)  # the old one is gone (or asked to go): release its pipes
         self._ready.clear()
-        self._proc.start()
-        docs_r.close()
-        acks_w.close()
+        self._proc = ConsumerProcess(WORKER_MODULE, {"location": self.location, "options": self._options,
+                                                     "resume": resume}, name=self.name)
         self._close_sent = False
         self._flush_sent = 0 if self._flush_requests else self._flush_sent
 
     def _send(self, message: tuple) -> bool:
         """Send one message to the writer process; False if it is gone."""
         try:
-            self._docs_w.send(message)
+            self._proc.send(message)
             return True
         except (BrokenPipeError, ConnectionError, OSError):
             return False
@@ -552,8 +775,8 @@ class ProcessCatalogWriter(CatalogWriter):
     def _receive(self) -> bool:
         """Handle every message waiting on the acks pipe; False once the writer process closed it."""
         try:
-            while self._acks_r.poll():
-                self._handle(self._acks_r.recv())
+            while self._proc.poll():
+                self._handle(self._proc.recv())
         except (EOFError, OSError):
             return False
         return True

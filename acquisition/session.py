@@ -13,9 +13,12 @@ document of every run (raw and derived) is stored.
 
 Live analysis (`hotstage.analysis.live.LiveAnalysis`, on by default; `analysis=False` turns it off, an
 `AnalysisParameters` or a dict of overrides changes its parameters): every raw run gets a derived run in the
-same catalog, written through the same `CatalogWriter` while the raw run goes on. The RunEngine thread and
-the analysis worker both hand documents to the writer, so the writer is called through one lock
-(`SerializedSink`: the writer numbers documents as they arrive and must see them one at a time). After each
+same catalog, written through the same `CatalogWriter` while the raw run goes on. The RunEngine publishes each
+document once, to the session's document bus (`hotstage.acquisition.bus.DocumentBus`, `bus`): the writer and the
+analysis are its consumers, each a process of its own interpreter (never a re-import of the user's script, so an
+unguarded script or `python -` works the same); the analysis's derived documents go back onto the bus and reach
+the writer only. The bus hands documents on under one lock (the writer numbers documents as they arrive and must
+see them one at a time, from the RunEngine thread and the analysis's receiver thread alike). After each
 plan the session waits for the analysis to finish (its derived stop follows the raw stop), then flushes the
 writer; `derived_uid(raw_uid)` gives the derived run. Opening the session waits until the analysis worker has
 loaded its compiled fitting kernels (`ANALYSIS_READY_TIMEOUT_S`), so that one-off CPU load never competes with a
@@ -42,7 +45,6 @@ import gc
 import importlib.metadata
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -51,6 +53,7 @@ from typing import Any
 
 from bluesky import RunEngine
 
+from hotstage.acquisition.bus import DocumentBus
 from hotstage.acquisition.config import RigConfig
 from hotstage.analysis.live import AnalysisParameters, LiveAnalysis
 from hotstage.acquisition.progress import ProgressBar
@@ -78,19 +81,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-class SerializedSink:
-    """Calls a document sink (the CatalogWriter) from several threads one at a time, in call order."""
-
-    def __init__(self, sink: DocumentCallback) -> None:
-        self.sink = sink
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str, doc: dict) -> Any:
-        """Forward one document under the lock (the writer only enqueues: microseconds)."""
-        with self._lock:
-            return self.sink(name, doc)
 
 
 def analysis_parameters(analysis: bool | AnalysisParameters | Mapping[str, Any] | None) -> AnalysisParameters | None:
@@ -135,7 +125,10 @@ class Session:
         """Stream name → analyser class for the live analysis (default `DEFAULT_ANALYSERS`; module-level classes:
         they are pickled by name into the analysis process)."""
         self.analysis: LiveAnalysis | None = None
+        self.bus: DocumentBus | None = None
+        """The document bus the RunEngine publishes to; the writer and the analysis are its consumers."""
         self.sink: DocumentCallback | None = None
+        """The same bus (the name older code used for the serialized writer sink)."""
         self.sample = sample
         self.data_dir = data_dir
         self.progress = progress
@@ -215,10 +208,13 @@ class Session:
         self._flush_leftover_spool()
         self.writer = CatalogWriter(self.catalog)
         self._stack.callback(self._close_writer)
-        self.sink = SerializedSink(self.writer)
+        self.bus = DocumentBus()
+        self.bus.attach(self.writer)
+        self.sink = self.bus
         self._checkpoint()
         if self.analysis_parameters is not None:
-            self.analysis = LiveAnalysis(self.sink, self.analysis_parameters, analysers=self.analysers)
+            self.analysis = LiveAnalysis(self.bus.derived_sink, self.analysis_parameters, analysers=self.analysers)
+            self.bus.attach(self.analysis, derived=False)  # raw documents only: never its own output
             self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
             if not self._wait_analysis_ready(ANALYSIS_READY_TIMEOUT_S):
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
@@ -239,10 +235,8 @@ class Session:
         if self.sample is not None:
             self.RE.md["sample"] = sample_metadata(self.sample)
         self.safety = self._install_suspenders()
-        self.RE.subscribe(self.sink)
+        self.RE.subscribe(self.bus)  # storage and analysis: one subscription, every document published once
         self.RE.subscribe(self._track)
-        if self.analysis is not None:
-            self.RE.subscribe(self.analysis)
         for callback in self.live_callbacks:
             self.RE.subscribe(callback)
         if self.progress:

@@ -14,7 +14,9 @@ Channel: the parent writes frames to the child's stdin, the child writes frames 
 moved to stderr first, so a stray ``print`` cannot corrupt the stream). A frame is a 4-byte big-endian length
 followed by a pickle (protocol 5: numpy arrays travel as raw bytes). The first frame the parent sends is the
 child's start-up argument (picklable by reference: classes must live in an importable module, never in
-``__main__``). Each side reads its pipe in a thread of its own, so neither side ever blocks on a full pipe.
+``__main__``). Each side reads its pipe in a thread of its own, and the parent also writes from a thread of its own
+(``send`` only queues), so the parent never blocks on a full pipe — not even while the child is still importing
+(seconds, minutes on a loaded machine) and reads nothing yet: the writer's courier must keep spooling meanwhile.
 If the parent dies, the child's stdin ends (EOF): the child treats that as "close".
 
 This module is stdlib only, at the lowest layer both users may import: the writer
@@ -41,6 +43,7 @@ __all__ = ["BOOT", "SYS_PATH_ENV", "ConsumerProcess", "ParentChannel", "read_fra
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 2**32 - 1
 _EOF = object()
+_CLOSE = object()
 
 SYS_PATH_ENV = "HOTSTAGE_CONSUMER_SYS_PATH"
 BOOT = (
@@ -77,9 +80,10 @@ def read_frame(stream: BinaryIO) -> Any:
 class ConsumerProcess:
     """Parent's handle of one consumer process: start, send, receive, watch, stop.
 
-    ``send`` raises ``BrokenPipeError``/``OSError`` once the child is gone; ``recv``/``poll`` read what a reader
-    thread already took off the child's stdout (``EOFError`` once it closed). ``exitcode`` follows
-    ``multiprocessing``: None while running, negative for a signal.
+    ``send`` queues a message for a writer thread (never blocks) and raises ``BrokenPipeError`` once a write found
+    the child gone (what was queued for a dead child is dropped: its owner holds what it must re-send); ``recv``/
+    ``poll`` read what a reader thread already took off the child's stdout (``EOFError`` once it closed).
+    ``exitcode`` follows ``multiprocessing``: None while running, negative for a signal.
     """
 
     def __init__(self, module: str, init: Any, *, name: str, env: dict[str, str] | None = None) -> None:
@@ -92,15 +96,15 @@ class ConsumerProcess:
             [sys.executable, "-c", BOOT, module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             close_fds=True, env=env,
         )
-        self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._eof = False
+        self._broken = False
         self._reader = threading.Thread(target=self._read, name=f"{name}-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write, name=f"{name}-writer", daemon=True)
         self._reader.start()
-        try:
-            self.send(init)
-        except OSError:  # it died at once (BrokenPipeError): its exit code says why, its owner sees it dead
-            pass
+        self._writer.start()
+        self.send(init)
 
     @property
     def pid(self) -> int:
@@ -117,19 +121,33 @@ class ConsumerProcess:
         return self._proc.poll() is None
 
     def send(self, obj: Any) -> None:
-        """Send one message (whole frames, also from several threads)."""
-        assert self._proc.stdin is not None
-        with self._lock:
-            write_frame(self._proc.stdin, obj)
+        """Queue one message for the child (in order, also from several threads); never waits for the pipe."""
+        if self._broken:
+            raise BrokenPipeError(f"consumer process {self.pid} closed its input")
+        self._outbox.put(obj)
 
     def close_input(self) -> None:
-        """Close the child's stdin: it reads EOF (its signal to finish)."""
-        with self._lock:
+        """Close the child's stdin once what is queued is written: it reads EOF (its signal to finish)."""
+        self._outbox.put(_CLOSE)
+
+    def _write(self) -> None:
+        """Writer thread: queued messages as frames on the child's stdin, then close it."""
+        stdin = self._proc.stdin
+        assert stdin is not None
+        while True:
+            obj = self._outbox.get()
+            if obj is _CLOSE:
+                break
+            if self._broken:
+                continue  # the child is gone: drop (its owner re-sends what matters to a new one)
             try:
-                assert self._proc.stdin is not None
-                self._proc.stdin.close()
-            except OSError:
-                pass
+                write_frame(stdin, obj)
+            except (OSError, ValueError):  # BrokenPipeError; ValueError: the pipe was closed under us
+                self._broken = True
+        try:
+            stdin.close()
+        except OSError:
+            pass
 
     def _read(self) -> None:
         """Reader thread: frames from the child's stdout into the inbox, then an end marker."""
@@ -182,6 +200,7 @@ class ConsumerProcess:
                 break
             step()
             self.join(2.0)
+        self._writer.join(1.0)  # a write blocked on the dead child's pipe has failed by now
         self._reader.join(1.0)
         if self._proc.stdout is not None and not self._reader.is_alive():
             self._proc.stdout.close()

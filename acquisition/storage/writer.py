@@ -37,7 +37,9 @@ Processes, channels and acknowledgements (``ProcessCatalogWriter``)::
   is broken (a SQLite connection opened while the data directory was read-only stays read-only). The parent
   logs one WARNING line and starts a new writer process the same way, after ``REOPEN_DELAY_S`` doubled per
   reopen since the last acknowledgement (up to ``backoff[1]``); reopens are counted in ``reopen_count``, not
-  against ``restarts``.
+  against ``restarts``. A writer process killed by SIGBUS is reopened the same way: SQLite's memory-mapped WAL
+  index faults so when its file turns unwritable (read-only or immutable data directory) — the storage's state,
+  not a bug of the writer.
 * Spool failure (full or read-only disk): the documents are held in memory, in order, and the spool is
   retried every ``SPOOL_RETRY_S``; meanwhile ``__call__`` raises ``StorageError`` after each data document
   so the plan stops (heater off) instead of acquiring data that could not be kept. If the spool still fails
@@ -63,6 +65,7 @@ import itertools
 import logging
 import os
 import queue
+import signal
 import tempfile
 import threading
 import time
@@ -93,6 +96,9 @@ WORKER_MODULE = "hotstage.acquisition.storage.worker"
 """The writer process's module (run as ``__main__`` in its own interpreter)."""
 SPOOL_RETRY_S = 1.0
 """Seconds between attempts to spool the documents held in memory after the spool failed."""
+SIGBUS = int(getattr(signal, "SIGBUS", 7))
+"""A writer process killed by SIGBUS faulted on SQLite's memory-mapped WAL index of a catalog file that turned
+unwritable (immutable or read-only directory): a storage condition, reopened like ``REOPEN_EXIT``, not a crash."""
 
 
 class RemoteWriteError(Exception):
@@ -864,6 +870,9 @@ class ProcessCatalogWriter(CatalogWriter):
         code = self._proc.exitcode
         if self._abandoned:
             return  # close() gave up and stopped it
+        if code == -SIGBUS and self._reopen_why is None:
+            self._reopen_why = ("the writer process faulted on a memory-mapped catalog file (SIGBUS: the file's disk "
+                                "or permissions changed under it)")
         if self._reopen_why is not None or code == REOPEN_EXIT:
             delay = self._reopen_delay()
             logger.warning("CatalogWriter: the catalog kept failing (%s); opening it again in a new writer process "

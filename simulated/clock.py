@@ -5,14 +5,14 @@ Two modes, one interface:
 * **wall** (default): simulated seconds = (monotonic wall seconds − start) × ``time_scale``. What the demo,
   ``hotstage sim serve`` and the end-to-end tests use: the rig replays a program faster than real time and a
   separate process (or another person's driver) can talk to it.
-* **stepped** (``stepped=True``): the clock still flows with the wall clock × ``time_scale``, but whoever waits
-  *jumps* it forward instead of waiting: the RunEngine's ``sleep`` (see ``hotstage.simulated.rig.
-  install_stepped_sleep``), a detector integrating (``wall_until`` moves the clock to the acquisition's end),
-  the furnace waiting to settle (``sleep``). Plans and the simulator then advance in lock-step: a 75-minute
-  program runs as fast as the code computes, and every point is taken at the simulated time the plan asked
-  for. Flow is kept so that nothing can wait forever (a suspended plan sleeps on nothing); at a low
-  ``time_scale`` (1–10) a stalled machine shifts the simulated time by only stall × ``time_scale``, so unit
-  tests cannot fail because the machine is loaded.
+* **stepped** (``stepped=True``): the clock stands still and whoever waits *jumps* it forward instead of
+  waiting: the RunEngine's ``sleep`` (see ``hotstage.simulated.rig.install_stepped_sleep``), a detector
+  integrating (``wall_until`` moves the clock to the acquisition's end), the furnace waiting to settle
+  (``sleep``). Plans and the simulator then advance in lock-step: a 75-minute program runs as fast as the code
+  computes, every point is taken at the simulated time the plan asked for, and a loaded machine changes nothing
+  (the time between two jumps does not count). Only when nobody has jumped for ``idle_grace_s`` wall seconds
+  (a suspended plan waiting for the furnace, a test waiting on the rig) does the clock flow again, at
+  ``time_scale``, so nothing can wait forever; the next jump keeps what flowed.
 
 All emulators of a rig (furnace, spectrometers, XRD detector) read the same clock, so that a temperature ramp
 and the acquisitions taken during it stay consistent. ``time_scale`` is the same factor the ophyd devices
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["SimClock"]
 
@@ -30,7 +31,8 @@ __all__ = ["SimClock"]
 class SimClock:
     """Monotonic simulated clock: ``time_scale`` times the wall clock, plus jumps when ``stepped``."""
 
-    def __init__(self, time_scale: float = 1.0, *, start_s: float = 0.0, stepped: bool = False) -> None:
+    def __init__(self, time_scale: float = 1.0, *, start_s: float = 0.0, stepped: bool = False,
+                 idle_grace_s: float = 2.0) -> None:
         """Start counting now, at ``start_s`` simulated seconds; time_scale must be > 0."""
         time_scale = float(time_scale)
         if not time_scale > 0.0:
@@ -39,7 +41,9 @@ class SimClock:
         self._wall0 = time.monotonic()
         self._start_s = float(start_s)
         self._stepped = bool(stepped)
+        self._idle_grace_s = float(idle_grace_s)
         self._jumped_s = 0.0
+        self._last_jump_wall = self._wall0
         self._lock = threading.Lock()
 
     @property
@@ -58,8 +62,15 @@ class SimClock:
         return self._stepped
 
     def now(self) -> float:
-        """Simulated seconds since the clock was created (plus ``start_s``, plus the jumps)."""
-        return self._start_s + (time.monotonic() - self._wall0) * self._time_scale + self._jumped_s
+        """Simulated seconds since the clock was created (plus ``start_s``)."""
+        mono = time.monotonic()
+        if self._stepped:
+            return self._start_s + self._jumped_s + self._idle_flow(mono)
+        return self._start_s + (mono - self._wall0) * self._time_scale
+
+    def _idle_flow(self, mono: float) -> float:
+        """Simulated seconds flowed since the last jump: nothing within the grace, then time_scale × wall."""
+        return max(0.0, mono - self._last_jump_wall - self._idle_grace_s) * self._time_scale
 
     def wall(self) -> float:
         """The wall-clock reading that corresponds to ``now()`` (``time.monotonic()`` when not stepped)."""
@@ -67,19 +78,21 @@ class SimClock:
 
     def advance(self, sim_seconds: float) -> float:
         """Jump ``sim_seconds`` forward (stepped mode only); returns the new reading."""
-        if not self._stepped:
-            raise RuntimeError("advance() needs a stepped SimClock; a wall clock only flows")
-        with self._lock:
-            self._jumped_s += max(0.0, float(sim_seconds))
-        return self.now()
+        return self._jump(lambda now: max(0.0, float(sim_seconds)))
 
     def advance_to(self, sim_time_s: float) -> float:
         """Jump to ``sim_time_s`` unless the clock is already past it (stepped mode only)."""
+        return self._jump(lambda now: max(0.0, float(sim_time_s) - now))
+
+    def _jump(self, by: Callable[[float], float]) -> float:
         if not self._stepped:
-            raise RuntimeError("advance_to() needs a stepped SimClock; a wall clock only flows")
+            raise RuntimeError("advance() needs a stepped SimClock; a wall clock only flows")
         with self._lock:
-            self._jumped_s += max(0.0, float(sim_time_s) - self.now())
-        return self.now()
+            mono = time.monotonic()
+            self._jumped_s += self._idle_flow(mono)  # keep what flowed while nobody jumped
+            self._last_jump_wall = mono
+            self._jumped_s += by(self._start_s + self._jumped_s)
+            return self._start_s + self._jumped_s
 
     def sleep(self, wall_seconds: float) -> None:
         """Wait ``wall_seconds``: stepped, jump ``wall_seconds × time_scale`` and only yield the CPU."""

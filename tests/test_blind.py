@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conftest import LOCKSTEP_SCALE
 from hotstage.acquisition.config import RigConfig
 from hotstage.acquisition.session import Session
 from hotstage.plans.program import Hold, Ramp, TemperatureProgram
@@ -61,7 +62,8 @@ def blind_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     (root / "sample.toml").write_text(SAMPLES[request.param])
     sample = load_sample(root / "sample.toml")
     program = TemperatureProgram(100.0, (Ramp(230.0, 10.0), Hold(2.0)), name=f"blind-{request.param}")
-    with Session(RigConfig(time_scale=120.0), sample, root / "data", progress=False) as s:  # as test_live
+    with Session(RigConfig(time_scale=LOCKSTEP_SCALE), sample, root / "data", progress=False,
+                 stepped=True) as s:  # as test_live
         pattern_truth = tt.record_pattern_truth(s)
         raw_uid = s.insitu(program, cadence=CADENCE)
         derived_uid = s.derived_uid(raw_uid)

@@ -1,4 +1,5 @@
-"""The `hotstage` command line as a user runs it: the console script in a subprocess."""
+"""The `hotstage` command line: as a user runs it (the console script in a subprocess, marked e2e) and in process
+(`main([...])`: argument and input checks, nothing started)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return data, json.loads(result.stdout)
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_demo_runs_the_default_experiment(demo: tuple[Path, dict]) -> None:
     data, summary = demo
     assert summary["exit_status"] == "success" and summary["plan"] == "insitu_ramp"
@@ -60,6 +62,7 @@ def test_demo_runs_the_default_experiment(demo: tuple[Path, dict]) -> None:
     assert (data / "catalog.db").exists()
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
     data, summary = demo
     listed = json.loads(hotstage("runs", "--json", data=data).stdout)
@@ -77,6 +80,7 @@ def test_runs_and_show_read_the_catalog(demo: tuple[Path, dict]) -> None:
     assert summary["uid"] in human and "xrd:" in human
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_path: Path) -> None:
     """`hotstage export` writes every document of the run, in order, in the recorded-run format."""
     from hotstage.acquisition.jsonl import load_jsonl
@@ -98,6 +102,7 @@ def test_export_writes_the_documents_as_json_lines(demo: tuple[Path, dict], tmp_
     assert (data / "exports" / f"{summary['uid']}.jsonl").exists()
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_serve_makes_the_catalog_a_tiled_server(demo: tuple[Path, dict]) -> None:
     """`hotstage serve`: a plain Tiled client with the printed URI and the generated read-only key (kept in
     DATA/server-keys.json, printed only as a prefix) reads the demo run; SIGTERM stops it."""
@@ -138,6 +143,7 @@ def test_serve_makes_the_catalog_a_tiled_server(demo: tuple[Path, dict]) -> None
         assert proc.wait(30) in (0, -signal.SIGTERM)
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:
     (tmp_path / "prog.toml").write_text(SHORT_PROGRAM)
     (tmp_path / "sample.toml").write_text('seed = 3\n[sample]\nname = "x0.25"\ncspbi3_wt_frac = 0.25\n')
@@ -151,6 +157,7 @@ def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:
     assert 10 <= summary["streams"]["xrd"]["events"] <= 13
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 @pytest.mark.parametrize(
     ("file", "content", "message"),
     [
@@ -173,6 +180,7 @@ def test_bad_input_is_one_clear_line_and_nothing_runs(tmp_path: Path, file: str,
     assert not (tmp_path / "data").exists()  # nothing was opened, let alone moved
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_sim_serve_prints_resources_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen([HOTSTAGE, "sim", "serve", "--time-scale", "50"], stdout=subprocess.PIPE, text=True)
     try:
@@ -364,6 +372,7 @@ def test_sim_serve_checks_the_sample_before_listening(tmp_path: Path, monkeypatc
     assert_one_line(status, err, "sim serve", "cspbi3_wt_frac = 2")
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 def test_data_option_before_or_after_the_command(demo: tuple[Path, dict], tmp_path: Path) -> None:
     """`--data DIR` is a global option: it works on either side of the subcommand (and wins over the environment)."""
     data, summary = demo
@@ -375,6 +384,7 @@ def test_data_option_before_or_after_the_command(demo: tuple[Path, dict], tmp_pa
     assert not (tmp_path / "not-here").exists()
 
 
+@pytest.mark.e2e  # the console script in a subprocess
 @pytest.mark.parametrize(("extra", "needles"), [("", ["furnace", "Connection refused"]),
                                                 ('visa_library = "@nosuchbackend"', ["rig.visa_library",
                                                                                      "@nosuchbackend"])])

@@ -129,8 +129,9 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture
 def lakeshore(loop_thread: LoopThread) -> Iterator[tuple[LS, ClockedFurnace]]:
-    """A Lake Shore 336 emulator on a furnace alone (clock x1000) and a connected raw client."""
-    backend = ClockedFurnace(SimClock(1000.0))
+    """A Lake Shore 336 emulator on a furnace alone and a connected raw client. Its clock is stepped (it stands
+    still between `backend.clock.advance(...)` calls): what a test reads cannot depend on how loaded the machine is."""
+    backend = ClockedFurnace(SimClock(1000.0, stepped=True, idle_grace_s=3600.0))
     server = LakeShore336Server(backend)
     loop_thread.run(server.start())
     client = RawClient(server.port)
@@ -256,16 +257,19 @@ def test_round_trips_and_reset(lakeshore):
 
 
 def test_live_ramp_over_tcp(lakeshore):
-    """Ramp 22 -> 40 °C at 100 K/min on a clock x1000: RAMPST? 1 while ramping, then 0, readback near target."""
-    ls, _ = lakeshore
+    """Ramp 22 -> 40 °C at 100 K/min: RAMPST? 1 while ramping, then 0, readback near target."""
+    ls, backend = lakeshore
     ls.write("RAMP 1,1,100;SETP 1,313.15;RANGE 1,3")
     assert ls.query("RAMPST? 1") == "1"
+    backend.clock.advance(3.0)
     assert float(ls.query("SETP? 1")) < 313.15  # SETP? reports the moving setpoint
-    deadline = time.monotonic() + 5.0
+    ramp_s = 3.0
     while ls.query("RAMPST? 1") == "1":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    time.sleep(0.3)  # 300 simulated s: settled
+        backend.clock.advance(1.0)
+        ramp_s += 1.0
+        assert ramp_s < 60.0
+    assert 8.0 <= ramp_s <= 12.0  # from the setpoint or readback (22–25 °C) to 40 °C at 100 K/min: 9–11 s
+    backend.clock.advance(300.0)  # settled
     assert abs(float(ls.query("CRDG? A")) - 40.0) < 0.5
     assert float(ls.query("HTR? 1")) > 0.0
     ls.write("RANGE 1,0")

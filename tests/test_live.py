@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import LOCKSTEP_SCALE
 from hotstage.acquisition.config import RigConfig
 from hotstage.acquisition.replay import load_jsonl
 from hotstage.acquisition.session import Session
@@ -56,8 +57,8 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the ramp with analysis on; poll the catalog from another thread while it runs."""
     program = TemperatureProgram(100.0, (Ramp(210.0, 10.0), Hold(3.0)), name="live-test")
     seen: dict[str, Any] = {"derived_rows_before_raw_stop": 0}
-    with Session(RigConfig(time_scale=120.0), SampleSpec.default(), tmp_path_factory.mktemp("live"),
-                 progress=False) as s:
+    with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path_factory.mktemp("live"),
+                 progress=False, stepped=True) as s:
         pattern_truth = tt.record_pattern_truth(s)
         done = threading.Event()
 
@@ -166,7 +167,7 @@ class FailingTHz(THzAnalyser):
 def test_failing_analysis_does_not_stop_acquisition(tmp_path: Path) -> None:
     """An analysis that raises on every THz event: acquisition completes, the other analyses carry on."""
     program = TemperatureProgram(100.0, (Ramp(130.0, 10.0),), name="failing-analysis")
-    with Session(RigConfig(time_scale=240.0), SampleSpec.default(), tmp_path, progress=False,
+    with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path, progress=False, stepped=True,
                  analysers={**DEFAULT_ANALYSERS, "thz": FailingTHz}) as s:
         raw_uid = s.insitu(program, cadence=CADENCE)
         raw_run = s.catalog[raw_uid]

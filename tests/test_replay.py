@@ -114,6 +114,7 @@ def _assert_same(x: dict[str, list[dict]], y: dict[str, list[dict]], rtol: float
 
 def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
     """A short simulated run analysed live, then `replay` from the catalog: same numbers, a new derived run."""
+    from conftest import LOCKSTEP_SCALE
     from hotstage.acquisition.config import RigConfig
     from hotstage.acquisition.session import Session
     from hotstage.plans.program import Ramp, TemperatureProgram
@@ -121,7 +122,8 @@ def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
 
     program = TemperatureProgram(130.0, (Ramp(175.0, 10.0),), name="replay-test")
     cadence = {"xrd": {"every_C": 5.0}, "thz": {"every_C": 5.0}, "pl": {"every_C": 5.0}}
-    with Session(RigConfig(time_scale=240.0), SampleSpec.default(), tmp_path, progress=False) as s:
+    with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path, progress=False,
+                 stepped=True) as s:
         raw_uid = s.insitu(program, cadence=cadence)
         live_uid = s.derived_uid(raw_uid)
         assert live_uid is not None

@@ -15,6 +15,7 @@ import re
 import pytest
 from bluesky import RunEngine
 
+from conftest import LOCKSTEP_SCALE
 from hotstage.plans import Cadence, ProgramError, Ramp, RigLimits, TemperatureProgram, insitu_ramp
 from hotstage.plans.insitu import cooling_estimate_s
 from hotstage.simulated.rig import SimulatedRig
@@ -35,7 +36,8 @@ def run_warm(initial_C: float, program: TemperatureProgram = PROGRAM, **kwargs):
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     thermal = ThermalParameters(initial_C=initial_C, heat_capacity_J_per_K=SLOW_STAGE,
                                 loss_conductance_W_per_K=SLOW_STAGE / 540.0)
-    with SimulatedRig(time_scale=120.0, exposures={"xrd": 2.0}, thermal=thermal) as rig:
+    with SimulatedRig(time_scale=LOCKSTEP_SCALE, stepped=True, exposures={"xrd": 2.0}, thermal=thermal) as rig:
+        rig.install_stepped_sleep(RE)  # lock-step: the hour-long cooling waits take no wall time
         plan = insitu_ramp(rig.furnace, {"xrd": rig.xrd}, program, CADENCE, clock=rig.clock, limits=LIMITS, **kwargs)
         error = None
         try:

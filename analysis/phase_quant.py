@@ -4,7 +4,7 @@ Model (DESIGN.md, "Analysis methods"):
     y(2θ) = Σₖ bₖ Tₖ(t) + Σⱼ aⱼ Hⱼ(Q) + Σ_p s_p · pattern_p(2θ − z; ε_p, Y_p)
 with Tₖ Chebyshev polynomials of the first kind on t ∈ [−1, 1] over the measured range; Hⱼ Gaussian glass halos in
 Q = 4π sinθ/λ (agZIF-62 / ZIF-4 glass F(Q) maxima near 1.09, 2.40, 3.49 Å⁻¹, Gaillac et al., Nature Mater. 16,
-1149 (2017), see /work/shared/data/cif/SOURCES.md; FWHM starts 0.45/0.75/0.9 Å⁻¹ are assumed broad-halo values);
+1149 (2017), see analysis/data/SOURCES.md; FWHM starts 0.45/0.75/0.9 Å⁻¹ are assumed broad-halo values);
 pattern_p the Rietveld-convention pattern of `hotstage.analysis.crystal` (areas w·|F|²·m·LP, no 1/V²) with isotropic
 strain ε_p, Lorentzian (Scherrer) width Y_p — FWHM_L = Y_p(λ_line/λ₁)/cosθ, Langford & Wilson, J. Appl. Cryst. 11,
 102 (1978) — combined with a fixed instrumental Gaussian (Caglioti U, V, W and an optional fixed microstrain term)

@@ -3,7 +3,7 @@
 Every number used by `hotstage.simulated.sample` lives in `ModelParameters`, each field with its source:
 - "paper" = Li et al., Nat. Commun. 14, 7612 (2023): (CsPbI3)x(agZIF-62)y composites (onsets, Tg, PL maxima).
 - "Marronnier 2018" = A. Marronnier et al., ACS Nano 12, 3477 (2018): α→β 554 K (281 °C), β→γ 457 K (184 °C).
-- "SOURCES.md" = /work/shared/data/cif/SOURCES.md (reference temperatures of the structures, CsI expansion).
+- "SOURCES.md" = analysis/data/SOURCES.md (reference temperatures of the structures, CsI expansion).
 - "calibrated" = chosen so that the model reproduces the stated behaviour of the paper (see tests/test_physics.py);
   "assumed" = a plausible order of magnitude with no specific source; treat as a tunable.
 A sample file (TOML) overrides any field: `[sample] name, cspbi3_wt_frac`, `[model] <field> = value`, top-level `seed`.

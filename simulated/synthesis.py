@@ -5,7 +5,7 @@ leaves the ground truth it used in ``synth.last_truth`` (a flat dict of floats, 
 
 Where the numbers come from:
 - XRD: phase patterns from `hotstage.analysis.crystal.Crystal.builtin` (structures in analysis/data, see
-  /work/shared/data/cif/SOURCES.md); Rietveld scale factors from weight fractions by the inverse of Hill & Howard,
+  analysis/data/SOURCES.md); Rietveld scale factors from weight fractions by the inverse of Hill & Howard,
   J. Appl. Cryst. 20, 467 (1987): s_p ∝ W_p/(ZMV)_p; lattice strain shifts peaks (sinθ' = sinθ/(1+ε)), Scherrer
   and Caglioti widths from `hotstage.analysis.profiles`.  Glass halos of agZIF-62 placed in Q (wavelength-independent) at
   Q ≈ 1.09, 2.40 and 3.49 Å⁻¹ (Gaillac et al., Nature Mater. 16, 1149 (2017), ZIF-4 glass F(Q) maxima, SOURCES.md;

@@ -50,9 +50,8 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-#: Simulated seconds per wall second of a lock-step rig. Low on purpose: the stepped clock still flows with the
-#: wall clock (so a suspended plan is not stuck), and a stalled machine shifts simulated time by only
-#: stall x LOCKSTEP_SCALE; nearly all simulated time comes from the jumps (`hotstage.simulated.clock`).
+#: Simulated seconds per wall second of a lock-step rig. It matters only where nobody jumps the clock for the idle
+#: grace (a suspended plan): then the clock flows at this rate (`hotstage.simulated.clock`).
 LOCKSTEP_SCALE = 5.0
 
 

@@ -20,6 +20,9 @@ import attack_harness as ah
 from attack_harness import Outcome
 
 
+# End to end (`pytest -m e2e`, run by .ci/run): signals, SIGKILL, disk full against a separate emulator process, in real time.
+pytestmark = pytest.mark.e2e
+
 @pytest.fixture(scope="module", autouse=True)
 def _shared_emulator_stops() -> object:
     """The rows share one emulator process (`attack_harness.shared_emulator`); stop it after the module."""

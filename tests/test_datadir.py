@@ -25,6 +25,9 @@ from hotstage.acquisition.replay import load_jsonl
 from hotstage.acquisition.storage.spool import Spool
 from hotstage.acquisition.storage import CatalogWriter, close_catalog, open_catalog
 
+# End to end (`pytest -m e2e`, run by .ci/run): the CLI as a separate process on moved, copied and damaged data directories.
+pytestmark = pytest.mark.e2e
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded_run.jsonl"
 

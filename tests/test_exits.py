@@ -33,6 +33,9 @@ from hotstage.acquisition.exits import ExitSignals, Interrupted, interrupted_lin
 from hotstage.acquisition.storage import open_catalog
 from hotstage.analysis.live.run import derived_exit_status
 
+# End to end (`pytest -m e2e`, run by .ci/run): the CLI and the emulators in separate processes, signals, real time.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300.0  # wall s until the run is ramping (a loaded 2-core machine starts slowly)
 PROGRAM = """\

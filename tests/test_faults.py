@@ -48,6 +48,9 @@ from hotstage.plans.suspenders import install_furnace_suspenders
 from hotstage.simulated.faults import FaultInjector, FaultSpecError, parse_spec
 from hotstage.simulated.rig import SimulatedRig
 
+# End to end (`pytest -m e2e`, run by .ci/run): fault injection over TCP with the rig running against the wall clock, subprocesses.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 TIME_SCALE = 600.0
 OVERSHOOT_TIME_SCALE = 150.0  # see test_transient_overshoot_suspends_and_resumes

@@ -30,6 +30,9 @@ from hotstage.simulated.clock import SimClock
 from hotstage.simulated.lakeshore_server import LakeShore336Server
 from hotstage.simulated.thermal import ClockedFurnace
 
+# End to end (`pytest -m e2e`, run by .ci/run): the guardian process outliving a SIGKILLed command, real time.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 POLLS = 300
 """Bound on the polls (0.1 s apart) for the heater to be seen off: the guardian needs about one second."""

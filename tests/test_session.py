@@ -19,6 +19,9 @@ from hotstage.acquisition.session import Session
 from hotstage.plans.program import Cool, Hold, Ramp, TemperatureProgram
 from hotstage.simulated.parameters import SampleSpec
 
+# End to end (`pytest -m e2e`, run by .ci/run): pause/abort timed on the wall clock against the TCP emulators.
+pytestmark = pytest.mark.e2e
+
 PROGRAM = TemperatureProgram(25.0, (Ramp(120.0, 20.0), Hold(2.0), Cool(60.0, 20.0)))
 CADENCE = {"xrd": {"every_C": 10.0}, "pl": {"every_C": 10.0}, "thz": {"every_C": 20.0}}
 SHAPES = {"xrd": ("xrd_counts", 5000), "thz": ("thz_absorbance", 651), "pl": ("pl_counts", 1101)}

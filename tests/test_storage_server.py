@@ -35,6 +35,9 @@ from tiled.client import from_uri
 from hotstage.acquisition.storage.spool import flush_spool, pending_runs
 from hotstage.acquisition.storage import CatalogWriter, close_catalog, describe_location, open_catalog, read_stream
 
+# End to end (`pytest -m e2e`, run by .ci/run): a Tiled server over HTTP.
+pytestmark = pytest.mark.e2e
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 ARRAY_LEN = 4000
 TILED = Path(sys.executable).with_name("tiled")

@@ -13,7 +13,7 @@ rewritten to this root in one SQLite transaction of ``catalog.db`` (with one log
 ``catalog.db``, so the original is untouched and both open. URIs whose file is not under this root are left alone.
 
 ``check_tables(path)`` is a cheap health check of ``tables.sqlite`` (it also puts the file in WAL mode, see
-``hotstage.acquisition.storage._enable_wal``): SQLite detects a truncated or overwritten file when it reads the header and
+``hotstage.acquisition.storage.location._enable_wal``): SQLite detects a truncated or overwritten file when it reads the header and
 the schema, and each table's last page is read (``max(rowid)``). Damage inside a page is only seen when that page
 is read; ``TableStoreGuard`` turns such errors, at any time, into one ``DamagedStoreError`` line naming the file.
 A damaged store leaves the metadata (``catalog.db``) and the arrays (``data/``) readable; nothing is recorded into
@@ -177,7 +177,7 @@ def _rewrite(con: sqlite3.Connection, root: Path, stale: list[tuple[int, str]]) 
 def check_tables(path: Path) -> str | None:
     """Put ``path`` in WAL mode and check it cheaply; return why it is damaged, or None if it reads well.
 
-    Opens the file with Python's ``sqlite3`` (see ``hotstage.acquisition.storage._enable_wal`` for why only once per
+    Opens the file with Python's ``sqlite3`` (see ``hotstage.acquisition.storage.location._enable_wal`` for why only once per
     process). A missing file is created (empty) by SQLite, as tiled would.
     """
     con = sqlite3.connect(path, timeout=60)

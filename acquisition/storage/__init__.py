@@ -1,6 +1,6 @@
 """Storage of bluesky runs in a Tiled catalog (embedded or server), written off the RunEngine's thread.
 
-Where the data go (see /work/shared/DESIGN.md, "Data flow" and "Contracts a user relies on"):
+Where the data go (see docs/architecture.md, "Data flow"):
 
 * ``open_catalog()`` gives a Tiled client container. By default it is *embedded*: a SQLite catalog
   (``catalog.db``), zarr/file array storage (``data/``) and a SQLite table store (``tables.sqlite``)
@@ -27,7 +27,7 @@ Reading a run back with a plain Tiled client (bluesky-tiled-plugins 2.0 layout, 
 direct children of the run, there is no ``streams`` namespace; each stream is a composite node holding
 an ``internal`` table of scalars plus one zarr array per array-valued key)::
 
-    from tiled.client import from_uri          # or: from acquisition.storage import open_catalog
+    from tiled.client import from_uri          # or: from hotstage.acquisition.storage import open_catalog
     c = from_uri("http://127.0.0.1:8000", api_key="...")   # or c = open_catalog("./hotstage-data")
     ds = c[uid]["primary"].read()              # xarray.Dataset, dims ("time", "dim_int_1", ...)
 

@@ -144,6 +144,7 @@ def test_a_pause_inside_an_acquisition_replays_no_emitted_event() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_overshoot_suspension_stores_every_event_once_with_matching_counts(tmp_path: Path) -> None:
     """The fault suite's overshoot case (the band suspender suspends and resumes the run): each stream's rows are
     distinct seq_nums 1..n and equal the stop document's num_events and what the RunEngine acquired."""
@@ -171,6 +172,7 @@ def test_overshoot_suspension_stores_every_event_once_with_matching_counts(tmp_p
     assert sum(emitted.values()) - len(emitted) <= 1  # a replayed event needs a suspension between save and checkpoint
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_a_full_spool_stops_an_insitu_run_with_the_heater_off(tmp_path: Path) -> None:
     """The spool's disk fills up mid-run: the next event raises StorageError into the plan, the run's stop is
     `fail` with the reason, the heater is off in the plant, and every event emitted is in the catalog (which was

@@ -52,47 +52,57 @@ CADENCE = {"xrd": {"every_C": 5.0}, "thz": {"every_C": 5.0}, "pl": {"every_C": 5
 STREAMS = ("phase_fractions", "thz_derivative", "pl_fit", "summary")
 
 
+def _run_watching_the_catalog(s: Session, program: TemperatureProgram) -> dict[str, Any]:
+    """Run `program` in session `s`; meanwhile poll the catalog from another thread for derived phase_fractions
+    rows visible while the raw run has no stop yet."""
+    seen: dict[str, Any] = {"derived_rows_before_raw_stop": 0}
+    pattern_truth = tt.record_pattern_truth(s)
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            time.sleep(0.3)
+            if not s.analysis.derived_uids:
+                continue
+            raw_uid, derived_uid = next(iter(s.analysis.derived_uids.items()))
+            try:
+                raw_stop = s.catalog[raw_uid].metadata.get("stop")
+                rows = len(s.catalog[derived_uid]["phase_fractions"].read()["temperature"])
+            except (KeyError, Exception):  # noqa: BLE001 - not written yet
+                continue
+            if raw_stop is None:
+                seen["derived_rows_before_raw_stop"] = max(seen["derived_rows_before_raw_stop"], rows)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        raw_uid = s.insitu(program, cadence=CADENCE)
+    finally:
+        done.set()
+        poller.join(5)
+    derived_uid = s.derived_uid(raw_uid)
+    return {"raw": tt.split(list(s.catalog[raw_uid].documents())),
+            "derived": tt.split(list(s.catalog[derived_uid].documents())),
+            "md": dict(s.catalog[derived_uid].metadata), "seen": seen, "pattern_truth": pattern_truth,
+            "stats": dict(s.analysis.stats[raw_uid]), "raw_uid": raw_uid}
+
+
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run the ramp with analysis on; poll the catalog from another thread while it runs."""
+    """The ramp with analysis on, on a lock-step rig (what the analysis computes, independent of machine load)."""
     program = TemperatureProgram(100.0, (Ramp(210.0, 10.0), Hold(3.0)), name="live-test")
-    seen: dict[str, Any] = {"derived_rows_before_raw_stop": 0}
     with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path_factory.mktemp("live"),
                  progress=False, stepped=True) as s:
-        pattern_truth = tt.record_pattern_truth(s)
-        done = threading.Event()
+        return _run_watching_the_catalog(s, program)
 
-        def poll() -> None:
-            """Count derived phase_fractions rows visible in the catalog while the raw run has no stop."""
-            while not done.is_set():
-                time.sleep(0.3)
-                if not s.analysis.derived_uids:
-                    continue
-                raw_uid, derived_uid = next(iter(s.analysis.derived_uids.items()))
-                try:
-                    raw_stop = s.catalog[raw_uid].metadata.get("stop")
-                    rows = len(s.catalog[derived_uid]["phase_fractions"].read()["temperature"])
-                except (KeyError, Exception):  # noqa: BLE001 - not written yet
-                    continue
-                if raw_stop is None:
-                    seen["derived_rows_before_raw_stop"] = max(seen["derived_rows_before_raw_stop"], rows)
 
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        t0 = time.monotonic()
-        try:
-            raw_uid = s.insitu(program, cadence=CADENCE)
-        finally:
-            done.set()
-            poller.join(5)
-        wall = time.monotonic() - t0
-        derived_uid = s.derived_uid(raw_uid)
-        stats = dict(s.analysis.stats[raw_uid])
-        raw_docs = list(s.catalog[raw_uid].documents())
-        derived_docs = list(s.catalog[derived_uid].documents())
-        derived_md = dict(s.catalog[derived_uid].metadata)
-    return {"raw": tt.split(raw_docs), "derived": tt.split(derived_docs), "md": derived_md, "seen": seen,
-            "pattern_truth": pattern_truth, "stats": stats, "wall": wall, "raw_uid": raw_uid}
+@pytest.fixture(scope="module")
+def paced_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A shorter ramp on a wall-clock rig (x120): acquisition paced as on a real rig, so 'live' means something."""
+    program = TemperatureProgram(100.0, (Ramp(170.0, 10.0),), name="live-paced")
+    with Session(RigConfig(time_scale=120.0), SampleSpec.default(), tmp_path_factory.mktemp("paced"),
+                 progress=False) as s:
+        return _run_watching_the_catalog(s, program)
 
 
 def test_derived_run_schema(live_run: dict[str, Any]) -> None:
@@ -125,15 +135,15 @@ def test_derived_run_schema(live_run: dict[str, Any]) -> None:
     assert stop["time"] > raw_stop["time"]  # the derived stop follows the raw stop
 
 
-def test_derived_run_written_live(live_run: dict[str, Any]) -> None:
-    """Derived events appeared in the catalog while the raw run was still running."""
-    _, streams, _ = live_run["derived"]
-    _, _, raw_stop = live_run["raw"]
-    assert live_run["seen"]["derived_rows_before_raw_stop"] >= 3, live_run["seen"]
+@pytest.mark.e2e  # paced by the wall clock: on a lock-step rig acquisition is not paced, so nothing is "live"
+def test_derived_run_written_live(paced_run: dict[str, Any]) -> None:
+    """Derived events appeared in the catalog while the raw run was still running (how far behind the analysis runs
+    is measured in benchmarks, not asserted here)."""
+    _, streams, _ = paced_run["derived"]
+    _, _, raw_stop = paced_run["raw"]
+    assert paced_run["seen"]["derived_rows_before_raw_stop"] >= 3, paced_run["seen"]
     early = [e for e in streams["phase_fractions"] if e["time"] < raw_stop["time"]]
     assert len(early) >= len(streams["phase_fractions"]) // 2
-    # the analysis kept up: little queued at the raw stop, the derived run complete soon after
-    assert live_run["stats"]["lag_s"] < 10.0, live_run["stats"]
 
 
 def test_phase_fractions_match_pattern_truth(live_run: dict[str, Any]) -> None:
@@ -152,8 +162,7 @@ def test_onsets_match_truth(live_run: dict[str, Any]) -> None:
     assert 130.0 < true_active < 180.0
     tt.assert_zni_onset(live_run)
     (summary,) = live_run["derived"][1]["summary"]
-    print(f"PL max {summary['pl_max_C']:.1f} °C; seen live {live_run['seen']}, stats {live_run['stats']}, "
-          f"wall {live_run['wall']:.1f} s")
+    print(f"PL max {summary['pl_max_C']:.1f} °C; stats {live_run['stats']}")
     assert math.isfinite(summary["pl_max_C"]) and summary["errors"] == 0
 
 

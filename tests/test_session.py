@@ -14,13 +14,11 @@ from tiled.catalog import from_uri as catalog_from_uri
 from tiled.client import Context, from_context
 from tiled.server.app import build_app
 
+from conftest import LOCKSTEP_SCALE
 from hotstage.acquisition.config import RigConfig
 from hotstage.acquisition.session import Session
 from hotstage.plans.program import Cool, Hold, Ramp, TemperatureProgram
 from hotstage.simulated.parameters import SampleSpec
-
-# End to end (`pytest -m e2e`, run by .ci/run): pause/abort timed on the wall clock against the TCP emulators.
-pytestmark = pytest.mark.e2e
 
 PROGRAM = TemperatureProgram(25.0, (Ramp(120.0, 20.0), Hold(2.0), Cool(60.0, 20.0)))
 CADENCE = {"xrd": {"every_C": 10.0}, "pl": {"every_C": 10.0}, "thz": {"every_C": 20.0}}
@@ -43,14 +41,16 @@ def validate(name: str, doc: dict) -> None:
 
 @pytest.fixture
 def session(tmp_path: Path, request: pytest.FixtureRequest):
-    """A session on the simulated rig; `@pytest.mark.parametrize("session", [K], indirect=True)` sets time_scale."""
-    time_scale = getattr(request, "param", 240.0)
-    with Session(rig=RigConfig(time_scale=time_scale, cadence=CADENCE), sample=SampleSpec.default(),
-                 data_dir=tmp_path, progress=False) as s:
+    """A session on a lock-step simulated rig; `@pytest.mark.parametrize("session", [K], indirect=True)` makes it
+    a wall-clock rig at time_scale K instead (what a pause timed in wall seconds needs)."""
+    time_scale = getattr(request, "param", None)
+    with Session(rig=RigConfig(time_scale=time_scale or LOCKSTEP_SCALE, cadence=CADENCE), sample=SampleSpec.default(),
+                 data_dir=tmp_path, progress=False, stepped=time_scale is None) as s:
         yield s
 
 
-# PROGRAM lasts 585 experiment s: ~4 s of wall time at 150x, so a pause after 1.5 s lands mid-ramp.
+# PROGRAM lasts 585 experiment s: ~4 s of wall time at 150x, so a pause after 1.5 s lands mid-ramp. End to end
+# (`pytest -m e2e`): timed on the wall clock against the TCP emulators.
 SLOW = pytest.mark.parametrize("session", [150.0], indirect=True)
 
 
@@ -98,6 +98,7 @@ def _interrupt_after(session: Session, seconds: float) -> threading.Thread:
     return thread
 
 
+@pytest.mark.e2e
 @SLOW
 def test_pause_then_resume_gives_one_complete_run(session: Session, tmp_path: Path) -> None:
     _interrupt_after(session, 1.5)
@@ -114,6 +115,7 @@ def test_pause_then_resume_gives_one_complete_run(session: Session, tmp_path: Pa
     assert session.rig.furnace.heater_range.get() == 0
 
 
+@pytest.mark.e2e
 @SLOW
 def test_abort_stores_stop_and_every_event_and_leaves_heater_off(session: Session, tmp_path: Path) -> None:
     _interrupt_after(session, 1.5)

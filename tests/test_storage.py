@@ -265,6 +265,7 @@ def test_reopen_sees_old_runs_and_env_var(tmp_path, monkeypatch):
         close_catalog(c2)
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_sqlite_lock_errors_in_writer_process_are_reported_and_retried(tmp_path, spectrum):
     """An exclusive lock on tables.sqlite held by this process: the writer process retries, reports, loses nothing."""
     c = open_catalog(tmp_path / "data")
@@ -295,6 +296,7 @@ def test_sqlite_lock_errors_in_writer_process_are_reported_and_retried(tmp_path,
         close_catalog(c)
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_killed_writer_process_loses_nothing(catalog, spectrum):
     """SIGKILL the writer process mid-run: the parent restarts it, re-sends what was not acknowledged, run complete."""
     RE = RunEngine()
@@ -401,6 +403,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everything(tmp_path, spectrum, caplog):
     """No catalog at all (a Tiled server that is not there): the run is acquired, ``close(timeout)`` returns False
     at its deadline with one warning naming the run and ``hotstage spool flush``; the spool holds every document,
@@ -436,6 +439,7 @@ def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everythi
         close_catalog(c)
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_catalog_read_only_for_a_while_is_reopened_and_loses_nothing(tmp_path, spectrum):
     """The data directory turns read-only for 4 s mid-run (every write refused, open files too), then writable
     again: the writer process retries, opens the catalog anew in a new process (a SQLite connection that failed
@@ -488,6 +492,7 @@ def assert_complete(data, uid, recorded, points):
         close_catalog(c)
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spectrum, monkeypatch):
     """Thread writer: row writes fail as on a read-only SQLite connection until the client is replaced; after
     ``reopen_after`` attempts the writer opens a new client and a resuming engine, and loses nothing."""
@@ -532,6 +537,7 @@ def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spec
     assert_complete(data, uid, recorded, points)
 
 
+@pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_path, spectrum, caplog, monkeypatch):
     """The spool's disk fills up mid-run while the catalog is unreachable: the next data document raises
     ``StorageError`` into the plan (the run stops, its stop document is taken), close() writes the run complete to

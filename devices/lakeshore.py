@@ -446,7 +446,8 @@ class LakeShore336Furnace(Device):
         """Open the VISA session and check ``*IDN?`` (a Model 336); returns the device. A no-op when connected.
 
         ``timeout`` (wall s) bounds opening the session and each try of the identity query (default: the
-        backend's open timeout and ``io_timeout``; the transport's retry policy still applies). ``mock (default: the constructor's) uses an in-memory Model 336
+        backend's open timeout and ``io_timeout``; the transport's retry policy still applies). ``mock`` (default:
+        the constructor's) uses an in-memory Model 336
         (``hotstage.devices.mock.MockLakeShore336``). Failing to open or identify raises one
         InstrumentError naming the device and the resource; the session is closed again.
         """

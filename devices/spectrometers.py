@@ -238,7 +238,8 @@ class ScpiArrayDetector(Device):
         """Open the VISA session and check ``*IDN?``; returns the device. A no-op when connected.
 
         ``timeout`` (wall s) bounds opening the session and each try of the identity query (default: the
-        backend's open timeout and ``io_timeout``; the transport's retry policy still applies). ``mock (default: the constructor's) uses an in-memory instrument
+        backend's open timeout and ``io_timeout``; the transport's retry policy still applies). ``mock`` (default:
+        the constructor's) uses an in-memory instrument
         (``hotstage.devices.mock.MockScpiArray``, axis ``mock_axis``). Failing to open or identify raises one
         InstrumentError naming the device and the resource; the session is closed again.
         """

@@ -68,3 +68,11 @@ def lockstep_rig() -> Callable[..., contextlib.AbstractContextManager[Any]]:
             yield rig
 
     return make
+
+
+def located(plan_result: Any, device: Any) -> Any:
+    """The Location of `device` from `bps.locate(device)`'s plan result: bluesky < 1.16 returns the Location itself,
+    1.16 and later a mapping from each device's name to its Location."""
+    if isinstance(plan_result, dict) and set(plan_result) == {device.name}:
+        return plan_result[device.name]
+    return plan_result

@@ -25,6 +25,7 @@ from bluesky import RunEngine
 from bluesky.plans import count
 from bluesky.utils import RunEngineInterrupted
 
+from conftest import located
 from hotstage.devices import (
     AcquisitionError,
     ExperimentClock,
@@ -676,7 +677,7 @@ def test_settings_are_checked_configuration_signals() -> None:
 def test_furnace_is_locatable(furnace: LakeShore336Furnace) -> None:
     assert isinstance(furnace, bluesky.protocols.Locatable)
     RE = RunEngine({}, call_returns_result=True)
-    location = RE(bps.locate(furnace)).plan_result
+    location = located(RE(bps.locate(furnace)).plan_result, furnace)
     assert location == {"setpoint": pytest.approx(25.0), "readback": pytest.approx(25.0)}  # SETP? before any set
 
 

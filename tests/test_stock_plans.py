@@ -17,6 +17,7 @@ import event_model
 import pytest
 from bluesky import RunEngine
 from bluesky.utils import FailedStatus, RunEngineInterrupted
+from conftest import located
 
 pytestmark = pytest.mark.e2e  # TCP emulators
 
@@ -78,7 +79,7 @@ def test_mv_then_count_measures_a_sample_held_at_the_setpoint(engine: Any) -> No
 def test_locate_after_mv(engine: Any) -> None:
     RE, rig, _ = engine
     RE(bps.mv(rig.furnace, 45.0))
-    location = RE(bps.locate(rig.furnace)).plan_result
+    location = located(RE(bps.locate(rig.furnace)).plan_result, rig.furnace)
     assert location["setpoint"] == 45.0
     assert _within_tolerance(rig, location["readback"], 45.0)
 

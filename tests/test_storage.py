@@ -203,6 +203,7 @@ def test_failed_run_keeps_stop_and_events(catalog, stored):
     np.testing.assert_allclose(run["primary"].read()["motor"].values, [0, 1, 2])
 
 
+@pytest.mark.e2e  # a writer process drained at close (separate interpreter)
 def test_close_drains_everything(catalog, spectrum):
     RE = RunEngine()
     writer = CatalogWriter(catalog, flush_interval=5.0)  # nothing would be written for 5 s on its own
@@ -244,6 +245,7 @@ def test_write_errors_are_recorded_and_retried(catalog):
     assert read_stream(run)["det"].shape == (3,)
 
 
+@pytest.mark.e2e  # writer processes started, stopped and started again on one catalog (separate interpreters)
 def test_reopen_sees_old_runs_and_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("HOTSTAGE_DATA", str(tmp_path / "from-env"))
     monkeypatch.delenv("HOTSTAGE_TILED_URI", raising=False)

@@ -206,6 +206,7 @@ def test_device_refuses_a_limit_the_controller_does_not_keep(server) -> None:
         dev.destroy()
 
 
+@pytest.mark.e2e  # a whole session with its writer process; the limit itself is tested on the device above
 def test_session_arms_the_limit_on_the_simulated_rig(tmp_path) -> None:
     from hotstage.acquisition.config import LimitsConfig, RigConfig
     from hotstage.acquisition.session import Session

@@ -172,6 +172,7 @@ def test_overshoot_suspension_stores_every_event_once_with_matching_counts(tmp_p
     assert sum(emitted.values()) - len(emitted) <= 1  # a replayed event needs a suspension between save and checkpoint
 
 
+@pytest.mark.slow  # the attack table's SIGKILL / read-only / disk-full rows cover the same outcome in CI
 @pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_a_full_spool_stops_an_insitu_run_with_the_heater_off(tmp_path: Path) -> None:
     """The spool's disk fills up mid-run: the next event raises StorageError into the plan, the run's stop is

@@ -162,6 +162,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow  # not in CI (25-minute budget): a soak of minutes; run by hand with pytest -m slow
 @pytest.mark.e2e  # a soak test: thousands of events through the analysis process (minutes)
 def test_memory_stays_flat_over_many_events(recorded: list[tuple[str, dict]]) -> None:
     """2,000 raw events through LiveAnalysis (null sink) grow the RSS by < 12 MB after warm-up (module doc)."""

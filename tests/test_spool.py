@@ -110,6 +110,7 @@ RE(plan())
 """
 
 
+@pytest.mark.slow  # the attack table's SIGKILL / read-only / disk-full rows cover the same outcome in CI
 @pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_crash_of_the_process_loses_at_most_one_courier_tick(tmp_path: Path) -> None:
     data = tmp_path / "data"

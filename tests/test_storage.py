@@ -298,6 +298,7 @@ def test_sqlite_lock_errors_in_writer_process_are_reported_and_retried(tmp_path,
         close_catalog(c)
 
 
+@pytest.mark.slow  # the attack table's SIGKILL / read-only / disk-full rows cover the same outcome in CI
 @pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_killed_writer_process_loses_nothing(catalog, spectrum):
     """SIGKILL the writer process mid-run: the parent restarts it, re-sends what was not acknowledged, run complete."""
@@ -441,6 +442,7 @@ def test_close_with_an_unreachable_catalog_gives_up_and_the_spool_holds_everythi
         close_catalog(c)
 
 
+@pytest.mark.slow  # the attack table's SIGKILL / read-only / disk-full rows cover the same outcome in CI
 @pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_catalog_read_only_for_a_while_is_reopened_and_loses_nothing(tmp_path, spectrum):
     """The data directory turns read-only for 4 s mid-run (every write refused, open files too), then writable
@@ -539,6 +541,7 @@ def test_thread_writer_reopens_its_client_after_repeated_failures(tmp_path, spec
     assert_complete(data, uid, recorded, points)
 
 
+@pytest.mark.slow  # the attack table's SIGKILL / read-only / disk-full rows cover the same outcome in CI
 @pytest.mark.e2e  # storage under attack (killed or blocked processes, full or read-only disks): pytest -m e2e
 def test_full_spool_stops_the_run_and_close_rescues_what_it_could_not_keep(tmp_path, spectrum, caplog, monkeypatch):
     """The spool's disk fills up mid-run while the catalog is unreachable: the next data document raises

@@ -18,6 +18,7 @@ received is written, then the process exits; the parent's spool holds what it ha
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import queue
 import signal
@@ -95,6 +96,9 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], channel: Any
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     reporter = _ChildReporter(channel)
+    # A damaged table store is reported once, by the parent that opened the catalog first; this process refusing
+    # to write through it is reported to the parent on the channel, not as a second line on the shared stderr.
+    logging.getLogger("hotstage.acquisition.datadir").setLevel(logging.ERROR)
     inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
 
     def read() -> None:

@@ -28,6 +28,7 @@ cannot be opened when the session starts is one line too (exit 2), and no run is
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -241,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     qserver.add_argument("manager_args", nargs="*", metavar="-- START-RE-MANAGER-ARG",
                          help="further start-re-manager options, after --")
     qserver.set_defaults(func=_cmd_qserver)
+
+    # offline diffraction commands: each module owns its options and its run (hotstage.acquisition.offline_*)
+    for name, module, help_ in (("calibrate", "offline_calibrate", "refine an instrument from a pattern of a standard"),
+                                ("quantify", "offline_quantify", "quantify the phases of measured patterns")):
+        offline = importlib.import_module(f"hotstage.acquisition.{module}")
+        cmd = command(name, help=help_, description=offline.__doc__.split("\n\n")[0])
+        offline.add_arguments(cmd)
+        cmd.set_defaults(func=offline.run)
 
     from hotstage.simulated.serve import add_arguments as sim_serve_arguments
 

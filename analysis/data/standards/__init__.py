@@ -1,0 +1,1 @@
+"""Certified-cell CIFs of the built-in calibration standards (hotstage.analysis.standards); data only."""

@@ -403,6 +403,18 @@ class Crystal:
         self._hkl_cache = (d_min, full)
         return full
 
+    def unique_reflections(self, d_min: float) -> dict[str, NDArray]:
+        """Copies of the symmetry-unique, non-absent reflections with d ≥ d_min (Å) of the file's cell, sorted by
+        decreasing d: ``hkl`` (n, 3), ``d`` (Å), ``m`` (multiplicity), ``f2`` (|F|², λ-independent) — for
+        refinements that recompute d from a refined cell while keeping |F|²·m fixed."""
+        return {k: v.copy() for k, v in self._unique_hkl(float(d_min)).items()}
+
+    @property
+    def laue_operators(self) -> NDArray[np.int64]:
+        """Integer rotation matrices (k, 3, 3) of the Laue group acting on row vectors hkl (h' = h·R): the orbit of a
+        reflection, e.g. for March–Dollase preferred-orientation averages."""
+        return self._laue.copy()
+
     def _f_squared(self, hkl: NDArray, s2: NDArray) -> NDArray[np.float64]:
         """|F(hkl)|² with IT92 form factors, occupancies and displacement factors (no anomalous dispersion)."""
         out = np.empty(len(hkl))

@@ -1,0 +1,45 @@
+"""Rietveld-style whole-pattern refinement of MEASURED powder patterns (issue 13), the instrument as shared input.
+
+Modules (each small, formulas and sources in its docstring):
+
+- `model`: phase models (hkl and |F|²·m fixed from the CIF; cell refined within the crystal system; Lorentzian
+  Scherrer size; Gaussian microstrain; March–Dollase), Chebyshev background, amorphous humps; the sample-width
+  bound that keeps a phase from turning into background; rendering through
+  `hotstage.analysis.instrument.render_instrument_peaks`.
+- `solver`: variable projection (linear: scales, hump amplitudes ≥ 0, background; nonlinear: trust-region
+  Gauss–Newton with per-component finite-difference Kaufman Jacobians), serial-correlation helpers.
+- `significance`: backward elimination with F-tests at `alpha` on N_eff (Durbin–Watson / Bérar–Lelann).
+- `quantify`: the public `quantify()` and `RefineResult` / `PhaseResult`.
+
+Public API::
+
+    quantify(two_theta, counts, phases, instrument, *, sigma=None, background_order=12, humps=1, excluded=(),
+             preferred_orientation={}, alpha=1e-3, refine_instrument=(), fix_cell=False, start=None,
+             max_nfev=60) -> RefineResult
+
+`RefineResult`: ``phases`` {name: PhaseResult(weight_fraction, weight_fraction_su, scale, cell, cell_su, size_nm,
+size_nm_su, microstrain, microstrain_su, preferred_orientation, significant, f_statistic, p_value)}, ``rejected``
+{name: reason}, ``rwp``, ``rexp``, ``gof`` (χ²/(N−P)), ``chi2``, ``n_points``, ``n_parameters``, ``two_theta``,
+``counts``, ``curve``, ``background`` (Chebyshev + humps), ``phase_curves``, ``instrument`` (refined copy),
+``warnings``, ``reflections`` {name: (2θ, hkl)} for tick marks, ``humps`` [(amplitude, centre, fwhm)],
+``durbin_watson``, ``n_effective``, ``parameters`` (raw refined vector per phase, for warm starts),
+``weight_fractions``, ``to_dict()``.
+
+For calibration (helper "calibrate"):
+
+- ``quantify(x, y, [standard], start_instrument, refine_instrument=("zero", "u", "v", "w", "x", "y", "s_l",
+  "h_l"), fix_cell=True, alpha=1.0 - 1e-12)``: refines the named `Instrument` fields (any of
+  `model.INSTRUMENT_PARAMETERS`: zero, u, v, w, x, y, s_l, h_l, displacement_um) with the standard's cell fixed
+  at its certified value; the refined instrument is ``result.instrument`` (an `Instrument.replace` copy).
+  Widths ≥ 0 (V free), zero within ±1°, displacement within ±5 mm. Sample broadening of the standard still refines
+  (size/strain ≥ 0): a standard is expected to sit at zero.
+- ``result.reflection_residuals(name)``: per reflection (primary line) the calculated 2θ, hkl, the intensity
+  misfit Σ(obs − calc)/Σ peak over ±1 instrument FWHM, and observed − calculated position and FWHM (deg) from
+  local one-parameter least squares of the residual on the peak's derivatives.
+"""
+
+from .model import INSTRUMENT_PARAMETERS, PhaseModel, crystal_system, free_cell_parameters, max_sample_fwhm
+from .quantify import PhaseResult, RefineInputError, RefineResult, quantify
+
+__all__ = ["quantify", "RefineResult", "PhaseResult", "RefineInputError", "PhaseModel", "INSTRUMENT_PARAMETERS",
+           "crystal_system", "free_cell_parameters", "max_sample_fwhm"]

@@ -1,0 +1,297 @@
+"""Whole-pattern model of a measured powder pattern: phases, background, amorphous humps, all rendered through an
+`Instrument` (the shared input of every refinement).
+
+Where the formulas come from:
+
+- Reflections: the symmetry-unique hkl with |F|²·m fixed from the CIF structure (`Crystal.unique_reflections`); d
+  from the refined cell's reciprocal metric, 1/d² = hᵀG*h. The cell refines within the constraints of the crystal
+  system of the space group (gemmi): cubic a; tetragonal and hexagonal/trigonal (hexagonal axes) a, c;
+  rhombohedral axes a, α; orthorhombic a, b, c; monoclinic a, b, c and the one non-90° angle; triclinic all six.
+- Integrated intensity s·w_line·|F|²·m·LP(2θ)·P_MD: the Rietveld convention of `hotstage.analysis.crystal` (so the
+  Hill & Howard weight fraction is W_p ∝ s_p·(ZMV)_p), LP of the instrument's radiation
+  (`hotstage.analysis.profiles.lorentz_polarisation`).
+- Sample broadening: crystallite size as a Lorentzian FWHM K·λ/(L·cosθ) (Scherrer, K = 0.9, Langford & Wilson,
+  J. Appl. Cryst. 11, 102 (1978)); microstrain as a GAUSSIAN FWHM 4ε·tanθ (Stokes & Wilson 1944). Gaussian was
+  chosen because it is the convention of `hotstage.analysis.profiles` and of the simulator, and because a
+  Lorentzian strain term would be nearly degenerate with the Lorentzian size term over a short 2θ range (1/cosθ and
+  tanθ differ little below 30° 2θ), while the Gaussian one is separable from the size term by its shape.
+  Sample and instrument widths combine as Gaussian FWHMs in quadrature and Lorentzian FWHMs added, then TCH
+  (Thompson, Cox & Hastings, J. Appl. Cryst. 20, 79 (1987)) inside `render_instrument_peaks`.
+- Preferred orientation: March–Dollase, P(α) = (r² cos²α + sin²α / r)^(−3/2) averaged over the reflection's
+  Laue orbit (Dollase, J. Appl. Cryst. 19, 267 (1986)); r = 1 is random.
+- Instrument: peak positions 2θ_B + instrument.shift(2θ_B), widths fwhm_gauss/fwhm_lorentz and the FCJ
+  asymmetry, all via `hotstage.analysis.instrument.render_instrument_peaks`.
+- Background: Chebyshev polynomials T_0 … T_n of t = 2(2θ − 2θ_min)/(2θ_max − 2θ_min) − 1 over the fitted range.
+- Amorphous humps (glass halos, capillary, air scatter): Gaussians in 2θ whose centre and FWHM refine within
+  bounds (amplitudes are linear, ≥ 0).
+
+Sample-width bound (why a phase cannot become background): the largest sample FWHM a phase may take at the middle
+of the fitted range is `max_sample_fwhm` = span / (4·(background_order + 1)), capped at 2°. A Chebyshev series of
+order n has n + 1 extrema over the span, so it can itself build bumps of width ≈ span/(n + 1); peaks a quarter of
+that width are features the background cannot make, and a "phase" broader than that would be fitting background.
+The size bound follows from it (L_min = Kλ/(FWHM_max·cosθ_mid)) and the strain bound from 4ε·tanθ_max = FWHM_max.
+Humps are at least twice `max_sample_fwhm` wide so that they cannot turn into Bragg peaks either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gemmi
+import numpy as np
+from numpy.typing import NDArray
+
+from hotstage.analysis.crystal import Crystal
+from hotstage.analysis.profiles import SCHERRER_K, lorentz_polarisation
+
+if TYPE_CHECKING:
+    from hotstage.analysis.instrument import Instrument
+
+FloatArray = NDArray[np.float64]
+LN2 = math.log(2.0)
+
+CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
+INSTRUMENT_PARAMETERS = ("zero", "u", "v", "w", "x", "y", "s_l", "h_l", "displacement_um")
+"""Instrument fields `refine_instrument` may name (the `Instrument` dataclass's numeric profile fields)."""
+MAX_SAMPLE_FWHM_CAP = 2.0
+"""Absolute cap (deg) on the sample FWHM a phase may take, whatever the background order."""
+CELL_RANGE = 0.03
+"""Cell lengths refine within ±3 % of the CIF values, angles within ±3°."""
+
+
+def _render_peaks(x: FloatArray, centres: FloatArray, areas: FloatArray, fg: FloatArray, fl: FloatArray,
+                  instrument: "Instrument") -> FloatArray:
+    """Instrument-convolved peaks (the shared renderer of `hotstage.analysis.instrument`)."""
+    from hotstage.analysis.instrument import render_instrument_peaks
+
+    return render_instrument_peaks(x, centres, areas, fg, fl, instrument)
+
+
+def crystal_system(crystal: Crystal) -> str:
+    """'cubic', 'tetragonal', 'hexagonal', 'trigonal', 'rhombohedral' (trigonal on rhombohedral axes),
+    'orthorhombic', 'monoclinic' or 'triclinic' from gemmi's space group (triclinic when unknown)."""
+    sg = gemmi.find_spacegroup_by_name(crystal.spacegroup)
+    system = sg.crystal_system_str() if sg is not None else "triclinic"
+    if system == "trigonal":
+        a, b, c, al, be, ga = crystal.cell
+        if abs(ga - 120.0) > 1e-3 and abs(al - 90.0) > 1e-3:
+            return "rhombohedral"
+    return system
+
+
+def free_cell_parameters(crystal: Crystal) -> tuple[str, ...]:
+    """Names of the independent cell parameters of the crystal's system (see module docstring)."""
+    system = crystal_system(crystal)
+    if system == "cubic":
+        return ("a",)
+    if system in ("tetragonal", "hexagonal", "trigonal"):
+        return ("a", "c")
+    if system == "rhombohedral":
+        return ("a", "alpha")
+    if system == "orthorhombic":
+        return ("a", "b", "c")
+    if system == "monoclinic":
+        angles = [n for n, v in zip(CELL_NAMES[3:], crystal.cell[3:]) if abs(v - 90.0) > 1e-6]
+        return ("a", "b", "c", angles[0] if angles else "beta")
+    return CELL_NAMES
+
+
+def expand_cell(system: str, reference: tuple[float, ...], names: Sequence[str], values: Sequence[float]) \
+        -> tuple[float, float, float, float, float, float]:
+    """Full (a, b, c, α, β, γ) from the free parameter values under the system's constraints."""
+    cell = dict(zip(CELL_NAMES, reference))
+    cell.update(dict(zip(names, (float(v) for v in values))))
+    if system == "cubic":
+        cell["b"] = cell["c"] = cell["a"]
+    elif system in ("tetragonal", "hexagonal", "trigonal"):
+        cell["b"] = cell["a"]
+    elif system == "rhombohedral":
+        cell["b"] = cell["c"] = cell["a"]
+        cell["beta"] = cell["gamma"] = cell["alpha"]
+    return tuple(cell[n] for n in CELL_NAMES)  # type: ignore[return-value]
+
+
+def reciprocal_metric(cell: Sequence[float]) -> FloatArray:
+    """G* = G⁻¹ of a cell (a, b, c in Å, angles in degrees)."""
+    a, b, c, al, be, ga = cell
+    ca, cb, cg = (math.cos(math.radians(v)) for v in (al, be, ga))
+    g = np.array([[a * a, a * b * cg, a * c * cb], [a * b * cg, b * b, b * c * ca], [a * c * cb, b * c * ca, c * c]])
+    return np.linalg.inv(g)
+
+
+def cell_volume(cell: Sequence[float]) -> float:
+    """Unit-cell volume (Å³)."""
+    a, b, c, al, be, ga = cell
+    ca, cb, cg = (math.cos(math.radians(v)) for v in (al, be, ga))
+    return a * b * c * math.sqrt(max(1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg, 0.0))
+
+
+def max_sample_fwhm(span: float, background_order: int) -> float:
+    """Largest sample FWHM (deg) a phase may take: span/(4·(order + 1)), capped (module docstring)."""
+    return min(span / (4.0 * (max(int(background_order), 0) + 1)), MAX_SAMPLE_FWHM_CAP)
+
+
+@dataclass
+class PhaseModel:
+    """One crystalline phase: fixed |F|²·m per reflection, refinable cell, size, microstrain, March–Dollase r.
+
+    Parameter block (in this order): the free cell parameters, ``inv_size`` (1/L in nm⁻¹, Lorentzian
+    Scherrer width), ``strain`` (ε, Gaussian 4ε·tanθ), then ``po`` (March r) when a preferred-orientation direction
+    is given.
+    """
+
+    crystal: Crystal
+    radiation: Any
+    two_theta_min: float
+    two_theta_max: float
+    po_direction: tuple[int, int, int] | None = None
+    name: str = ""
+    system: str = field(init=False)
+    cell_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Enumerate the reflections once, 5 % beyond the range in d so refined cells need no recomputation."""
+        self.name = self.name or self.crystal.name
+        self.system = crystal_system(self.crystal)
+        self.cell_names = free_cell_parameters(self.crystal)
+        lams = np.array([w for w, _ in self.radiation.lines])
+        self._lams = lams
+        self._weights = np.array([r for _, r in self.radiation.lines])
+        s = math.sin(math.radians(min(self.two_theta_max + 1.0, 179.0)) / 2.0)
+        d_min = float(lams.max()) / (2.0 * s) / (1.0 + CELL_RANGE + 0.02)
+        table = self.crystal.unique_reflections(d_min)
+        self.hkl = table["hkl"].astype(float)
+        self._f2m = table["f2"] * table["m"]
+        self._po_cos2: FloatArray | None = None
+        if self.po_direction is not None:
+            self._prepare_po(self.po_direction)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of this phase's nonlinear parameters, in vector order."""
+        return self.cell_names + ("inv_size", "strain") + (("po",) if self.po_direction is not None else ())
+
+    def start(self, size_nm: float = 200.0, strain: float = 1e-4) -> FloatArray:
+        """Starting vector: the CIF cell, `size_nm`, `strain`, random orientation."""
+        ref = dict(zip(CELL_NAMES, self.crystal.cell))
+        vals = [ref[n] for n in self.cell_names] + [1.0 / size_nm, strain]
+        if self.po_direction is not None:
+            vals.append(1.0)
+        return np.array(vals, dtype=float)
+
+    def bounds(self, max_fwhm: float) -> tuple[FloatArray, FloatArray]:
+        """(lower, upper) per parameter: cell ±CELL_RANGE, size and strain from the sample-width bound."""
+        ref = dict(zip(CELL_NAMES, self.crystal.cell))
+        lo, hi = [], []
+        for n in self.cell_names:
+            v = ref[n]
+            if n in ("a", "b", "c"):
+                lo.append(v * (1 - CELL_RANGE))
+                hi.append(v * (1 + CELL_RANGE))
+            else:
+                lo.append(v - 3.0)
+                hi.append(v + 3.0)
+        mid = 0.5 * (self.two_theta_min + self.two_theta_max)
+        lam = float(self._lams[0])
+        fw = math.radians(max_fwhm)
+        inv_size_max = fw * math.cos(math.radians(mid) / 2.0) / (SCHERRER_K * lam / 10.0)  # 1/nm
+        strain_max = fw / (4.0 * math.tan(math.radians(self.two_theta_max) / 2.0))
+        lo += [0.0, 0.0]
+        hi += [inv_size_max, strain_max]
+        if self.po_direction is not None:
+            lo.append(0.3)
+            hi.append(3.0)
+        return np.array(lo), np.array(hi)
+
+    def cell(self, params: Sequence[float]) -> tuple[float, float, float, float, float, float]:
+        """Full cell from a parameter block."""
+        return expand_cell(self.system, self.crystal.cell, self.cell_names, params[:len(self.cell_names)])
+
+    def zmv(self, params: Sequence[float]) -> float:
+        """Z·M·V with the refined cell volume (Hill & Howard)."""
+        return self.crystal.z * self.crystal.formula_mass * cell_volume(self.cell(params))
+
+    # ------------------------------------------------------------------ preferred orientation
+    def _prepare_po(self, direction: tuple[int, int, int]) -> None:
+        """cos² of the angle between each orbit member of every reflection and the PO direction (reciprocal h₀)."""
+        ops = self.crystal.laue_operators.astype(float)
+        gstar = reciprocal_metric(self.crystal.cell)
+        h0 = np.array(direction, dtype=float)
+        n0 = math.sqrt(float(h0 @ gstar @ h0))
+        images = np.einsum("ni,mij->nmj", self.hkl, ops)  # (n, k, 3) orbit with repeats (harmless for averages)
+        dots = np.einsum("nmi,ij,j->nm", images, gstar, h0)
+        norms = np.sqrt(np.einsum("nmi,ij,nmj->nm", images, gstar, images))
+        self._po_cos2 = np.clip((dots / (norms * n0)) ** 2, 0.0, 1.0)
+
+    def _po_factor(self, r: float) -> FloatArray:
+        """March–Dollase factor per reflection, averaged over its Laue orbit."""
+        c2 = self._po_cos2
+        assert c2 is not None
+        return np.mean((r * r * c2 + (1.0 - c2) / r) ** -1.5, axis=1)
+
+    # ------------------------------------------------------------------ peaks
+    def peaks(self, params: Sequence[float], instrument: "Instrument", blur: float = 0.0) \
+            -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, NDArray[np.intp]]:
+        """(observed centres, areas at unit scale, Gaussian FWHM, Lorentzian FWHM, reflection index) for all lines.
+
+        `blur` adds a Gaussian FWHM of blur × the instrument FWHM in quadrature (a continuation aid: broad peaks
+        first, so a start several FWHM off still converges)."""
+        p = np.asarray(params, dtype=float)
+        ncell = len(self.cell_names)
+        gstar = reciprocal_metric(self.cell(p))
+        inv_d2 = np.einsum("ni,ij,nj->n", self.hkl, gstar, self.hkl)
+        half_d = 0.5 * np.sqrt(inv_d2)  # 1/(2d)
+        arg = self._lams[:, None] * half_d[None, :]
+        idx = np.broadcast_to(np.arange(self.hkl.shape[0])[None, :], arg.shape)
+        ok = arg < 1.0
+        tt = np.degrees(2.0 * np.arcsin(arg[ok]))
+        ref = idx[ok]
+        lam = np.broadcast_to(self._lams[:, None], arg.shape)[ok]
+        wline = np.broadcast_to(self._weights[:, None], arg.shape)[ok]
+        margin = 1.0
+        sel = (tt > self.two_theta_min - margin) & (tt < self.two_theta_max + margin)
+        tt, ref, lam, wline = tt[sel], ref[sel], lam[sel], wline[sel]
+        areas = wline * self._f2m[ref] * lorentz_polarisation(tt, self.radiation)
+        if self.po_direction is not None:
+            areas = areas * self._po_factor(float(p[ncell + 2]))[ref]
+        inv_size, strain = float(p[ncell]), float(p[ncell + 1])
+        th = np.radians(tt) / 2.0
+        fl = instrument.fwhm_lorentz(tt) + np.degrees(SCHERRER_K * lam * inv_size / 10.0 / np.cos(th))
+        sg = np.degrees(4.0 * abs(strain) * np.tan(th))
+        ig = instrument.fwhm_gauss(tt)
+        fg2 = ig * ig + sg * sg
+        if blur > 0.0:
+            fg2 = fg2 + (blur * instrument.fwhm(tt)) ** 2
+        fg = np.sqrt(fg2)
+        centres = tt + instrument.shift(tt)
+        return centres, areas, fg, fl, ref
+
+    def render(self, x: FloatArray, params: Sequence[float], instrument: "Instrument", blur: float = 0.0) \
+            -> FloatArray:
+        """This phase's pattern at unit scale on the sorted grid x."""
+        centres, areas, fg, fl, _ = self.peaks(params, instrument, blur)
+        if centres.size == 0:
+            return np.zeros_like(x)
+        return _render_peaks(x, centres, areas, fg, fl, instrument)
+
+
+def chebyshev_basis(x: FloatArray, order: int, lo: float, hi: float) -> FloatArray:
+    """Columns T_0 … T_order of t = 2(x − lo)/(hi − lo) − 1, shape (n, order + 1)."""
+    t = 2.0 * (np.asarray(x, dtype=float) - lo) / max(hi - lo, 1e-12) - 1.0
+    out = np.empty((t.size, order + 1))
+    out[:, 0] = 1.0
+    if order >= 1:
+        out[:, 1] = t
+    for k in range(2, order + 1):
+        out[:, k] = 2.0 * t * out[:, k - 1] - out[:, k - 2]
+    return out
+
+
+def hump(x: FloatArray, centre: float, fwhm: float) -> FloatArray:
+    """Unit-height Gaussian hump in 2θ."""
+    u = (np.asarray(x, dtype=float) - centre) / fwhm
+    return np.exp(-4.0 * LN2 * u * u)

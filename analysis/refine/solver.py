@@ -1,0 +1,327 @@
+"""Variable-projection least squares for the whole-pattern model of `hotstage.analysis.refine.model`.
+
+Linear parameters (phase scales ≥ 0, hump amplitudes ≥ 0, Chebyshev background coefficients free) are solved
+exactly for every set of nonlinear parameters by bounded least squares on the normal equations
+(`hotstage.analysis.quant.linear.bounded_lsq`, Lawson–Hanson active set). The nonlinear parameters (cells, sizes,
+microstrains, March r, hump centres/widths, named instrument parameters) are refined by scipy's trust-region
+reflective Gauss–Newton/Levenberg–Marquardt (`scipy.optimize.least_squares`, method "trf", bounds) on the
+projected residual r(θ) = W^½ (y − A(θ) c(θ)), with Kaufman's variable-projection Jacobian
+J = −P⊥ W^½ (∂A/∂θ) c (Kaufman, BIT 15, 49 (1975); Golub & Pereyra, Inverse Problems 19, R1 (2003)), P⊥ the
+projector onto the orthogonal complement of the free (not at a bound) weighted columns. ∂A/∂θ is a forward
+difference of ONE column: a phase parameter only changes its own phase's pattern, so only that phase is re-rendered
+per Jacobian column (instrument parameters change every phase column).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares
+
+from hotstage.analysis.quant.linear import bounded_lsq, covariance
+
+from .model import PhaseModel, chebyshev_basis, hump
+
+if TYPE_CHECKING:
+    from hotstage.analysis.instrument import Instrument
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+_REL_STEP = {"cell": 2e-6, "width": 1e-3, "po": 1e-4, "hump": 1e-4}
+
+
+@dataclass
+class LinearSolution:
+    """Linear coefficients at one θ: coefficients (phases, humps, background), passive set, χ², weighted model."""
+
+    coef: FloatArray
+    passive: BoolArray
+    chi2: float
+    model_w: FloatArray
+
+
+class Refinement:
+    """The fitted problem on the (non-excluded) points: full parameter vector θ, which phases are in the model, and
+    which entries are free. Columns are cached per component so an unchanged phase is never re-rendered."""
+
+    def __init__(self, x: FloatArray, y: FloatArray, weights: FloatArray, phases: Sequence[PhaseModel],
+                 instrument: "Instrument", *, background_order: int, n_humps: int,
+                 hump_bounds: tuple[FloatArray, FloatArray] | None, phase_bounds: Sequence[tuple[FloatArray, FloatArray]],
+                 refine_instrument: Sequence[str] = (), instrument_bounds: tuple[FloatArray, FloatArray] | None = None,
+                 fix_cell: bool = False) -> None:
+        """x sorted (deg), y counts, weights 1/σ²; bounds per phase block and per hump block (centre, fwhm)."""
+        self.x = np.ascontiguousarray(x, dtype=float)
+        self.y = np.ascontiguousarray(y, dtype=float)
+        self.sqrt_w = np.sqrt(np.asarray(weights, dtype=float))
+        self.y_w = self.y * self.sqrt_w
+        self.yy = float(self.y_w @ self.y_w)
+        self.phases = list(phases)
+        self.instrument0 = instrument
+        self.inst_names = tuple(refine_instrument)
+        self.n_humps = int(n_humps)
+        self.background_order = int(background_order)
+        bg = chebyshev_basis(self.x, self.background_order, float(self.x[0]), float(self.x[-1]))
+        self.bg_w = np.ascontiguousarray(bg * self.sqrt_w[:, None])
+        # parameter layout
+        sizes = [len(self.inst_names)] + [len(p.parameter_names) for p in self.phases] + [2] * self.n_humps
+        offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.inst_slice = slice(offs[0], offs[1])
+        self.phase_slices = [slice(offs[1 + i], offs[2 + i]) for i in range(len(self.phases))]
+        self.hump_slices = [slice(offs[1 + len(self.phases) + i], offs[2 + len(self.phases) + i])
+                            for i in range(self.n_humps)]
+        n = int(offs[-1])
+        self.lower = np.full(n, -np.inf)
+        self.upper = np.full(n, np.inf)
+        if self.inst_names:
+            assert instrument_bounds is not None
+            self.lower[self.inst_slice], self.upper[self.inst_slice] = instrument_bounds
+        for sl, (lo, hi) in zip(self.phase_slices, phase_bounds):
+            self.lower[sl], self.upper[sl] = lo, hi
+        if self.n_humps:
+            assert hump_bounds is not None
+            for sl in self.hump_slices:
+                self.lower[sl], self.upper[sl] = hump_bounds[0], hump_bounds[1]
+        self.kind = np.empty(n, dtype=object)
+        self.kind[self.inst_slice] = "inst"
+        for p, sl in zip(self.phases, self.phase_slices):
+            for j, name in enumerate(p.parameter_names):
+                self.kind[sl.start + j] = "cell" if j < len(p.cell_names) else ("po" if name == "po" else "width")
+        for sl in self.hump_slices:
+            self.kind[sl] = "hump"
+        self.active = np.ones(len(self.phases), dtype=bool)
+        self.fixed = np.zeros(n, dtype=bool)
+        if fix_cell:
+            for p, sl in zip(self.phases, self.phase_slices):
+                self.fixed[sl.start:sl.start + len(p.cell_names)] = True
+        self.blur = 0.0
+        self._cache: dict[int, tuple[bytes, FloatArray]] = {}
+        self._warm: BoolArray | None = None
+        self.n_renders = 0
+        self.n_evaluations = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_linear(self) -> int:
+        """Number of linear unknowns: phases + humps + background coefficients."""
+        return len(self.phases) + self.n_humps + self.bg_w.shape[1]
+
+    def free_mask(self) -> BoolArray:
+        """Nonlinear entries the optimiser moves: not fixed, not in an inactive phase's block."""
+        m = ~self.fixed.copy()
+        for i, sl in enumerate(self.phase_slices):
+            if not self.active[i]:
+                m[sl] = False
+        return m
+
+    def instrument(self, theta: FloatArray) -> "Instrument":
+        """The instrument with the refined parameters of θ."""
+        if not self.inst_names:
+            return self.instrument0
+        return self.instrument0.replace(**{n: float(v) for n, v in zip(self.inst_names, theta[self.inst_slice])})
+
+    def _column(self, k: int, theta: FloatArray, inst: "Instrument") -> FloatArray:
+        """Weighted column of component k (phases first, then humps) at θ, cached on its parameter bytes."""
+        if k < len(self.phases):
+            block = theta[self.phase_slices[k]]
+            key = block.tobytes() + theta[self.inst_slice].tobytes() + np.float64(self.blur).tobytes()
+        else:
+            block = theta[self.hump_slices[k - len(self.phases)]]
+            key = block.tobytes()
+        hit = self._cache.get(k)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        col = self._render(k, block, inst)
+        self._cache[k] = (key, col)
+        return col
+
+    def _render(self, k: int, block: FloatArray, inst: "Instrument") -> FloatArray:
+        """Weighted column of component k for parameter block `block` (not cached)."""
+        self.n_renders += 1
+        if k < len(self.phases):
+            col = self.phases[k].render(self.x, block, inst, self.blur)
+        else:
+            col = hump(self.x, float(block[0]), float(block[1]))
+        return col * self.sqrt_w
+
+    def design(self, theta: FloatArray) -> FloatArray:
+        """Weighted design matrix: phase columns (zero for inactive phases), humps, background."""
+        inst = self.instrument(theta)
+        ncomp = len(self.phases) + self.n_humps
+        a = np.empty((self.x.size, self.n_linear))
+        for k in range(ncomp):
+            if k < len(self.phases) and not self.active[k]:
+                a[:, k] = 0.0
+            else:
+                a[:, k] = self._column(k, theta, inst)
+        a[:, ncomp:] = self.bg_w
+        return a
+
+    def solve_linear(self, a: FloatArray) -> LinearSolution:
+        """Bounded linear least squares for the coefficients (≥ 0 for phases and humps)."""
+        ncomp = len(self.phases) + self.n_humps
+        g = a.T @ a
+        h = a.T @ self.y_w
+        nonneg = np.zeros(self.n_linear, dtype=bool)
+        nonneg[:ncomp] = True
+        idle = np.zeros(self.n_linear, dtype=bool)
+        idle[:len(self.phases)] = ~self.active
+        # an inactive phase's zero column: pin it at zero with a unit diagonal (it stays out of the passive set)
+        g[idle, :] = 0.0
+        g[:, idle] = 0.0
+        g[idle, idle] = 1.0
+        h[idle] = -1.0
+        warm = self._warm if self._warm is not None and self._warm.size == self.n_linear else None
+        coef, passive = bounded_lsq(g, h, nonneg, warm)
+        coef[idle] = 0.0
+        passive = passive & ~idle
+        self._warm = passive.copy()
+        model_w = a @ coef
+        r = self.y_w - model_w
+        return LinearSolution(coef, passive, float(r @ r), model_w)
+
+    # ------------------------------------------------------------------ residual and Jacobian
+    def evaluate(self, theta: FloatArray) -> tuple[FloatArray, LinearSolution]:
+        """Weighted design matrix and linear solution at θ."""
+        self.n_evaluations += 1
+        a = self.design(theta)
+        return a, self.solve_linear(a)
+
+    def _step(self, j: int, value: float) -> float:
+        """Forward-difference step for parameter j, pointing into the bounds."""
+        kind = self.kind[j]
+        if kind == "inst":
+            h = 1e-4 * max(abs(value), 1e-2)
+        elif kind == "width":
+            h = 1e-3 * max(self.upper[j] - self.lower[j], 1e-12)
+        else:
+            h = _REL_STEP[kind] * max(abs(value), 1e-3)
+        if value + h > self.upper[j]:
+            h = -h
+        return h
+
+    def jacobian(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) -> FloatArray:
+        """Kaufman variable-projection Jacobian of r(θ) over the free entries (one component re-rendered per
+        column)."""
+        inst = self.instrument(theta)
+        idx = np.flatnonzero(free)
+        d = np.zeros((self.x.size, idx.size))
+        nph = len(self.phases)
+        for col, j in enumerate(idx):
+            h = self._step(j, float(theta[j]))
+            t2 = theta.copy()
+            t2[j] += h
+            if self.kind[j] == "inst":
+                inst2 = self.instrument(t2)
+                for k in range(nph):
+                    if self.active[k] and lin.coef[k] != 0.0:
+                        new = self._render(k, t2[self.phase_slices[k]], inst2)
+                        d[:, col] += lin.coef[k] * (new - a[:, k]) / h
+                continue
+            k = self._owner(j)
+            if lin.coef[k] == 0.0:
+                continue
+            block = t2[self.phase_slices[k]] if k < nph else t2[self.hump_slices[k - nph]]
+            new = self._render(k, block, inst)
+            d[:, col] = lin.coef[k] * (new - a[:, k]) / h
+        ap = a[:, lin.passive]
+        if ap.shape[1]:
+            q, _ = np.linalg.qr(ap)
+            d -= q @ (q.T @ d)
+        return -d
+
+    def _owner(self, j: int) -> int:
+        """Component index owning parameter j."""
+        for k, sl in enumerate(self.phase_slices):
+            if sl.start <= j < sl.stop:
+                return k
+        for i, sl in enumerate(self.hump_slices):
+            if sl.start <= j < sl.stop:
+                return len(self.phases) + i
+        raise IndexError(j)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, theta0: FloatArray, *, max_nfev: int = 60, ftol: float = 1e-7, xtol: float = 1e-8) \
+            -> tuple[FloatArray, FloatArray | None]:
+        """Refine the free nonlinear parameters from θ0; returns (θ, Jacobian at θ over the free entries or None)."""
+        theta = np.clip(np.asarray(theta0, dtype=float).copy(), self.lower, self.upper)
+        free = self.free_mask()
+        if not free.any():
+            return theta, None
+        idx = np.flatnonzero(free)
+        lo, hi = self.lower[idx], self.upper[idx]
+        # least_squares wants strictly feasible starts when a bound is finite: nudge onto the inside
+        span = np.where(np.isfinite(hi - lo), hi - lo, 1.0)
+        z0 = np.clip(theta[idx], lo + 1e-9 * span, hi - 1e-9 * span)
+        state: dict[str, tuple] = {}
+
+        def full(z: FloatArray) -> FloatArray:
+            t = theta.copy()
+            t[idx] = z
+            return t
+
+        def at(z: FloatArray) -> tuple[FloatArray, LinearSolution]:
+            key = z.tobytes()
+            hit = state.get("last")
+            if hit is not None and hit[0] == key:
+                return hit[1], hit[2]
+            a, lin = self.evaluate(full(z))
+            state["last"] = (key, a, lin)
+            return a, lin
+
+        def fun(z: FloatArray) -> FloatArray:
+            _, lin = at(z)
+            return self.y_w - lin.model_w
+
+        def jac(z: FloatArray) -> FloatArray:
+            a, lin = at(z)
+            return self.jacobian(full(z), a, lin, free)
+
+        res = least_squares(fun, z0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", ftol=ftol,
+                            xtol=xtol, gtol=1e-10, max_nfev=max_nfev)
+        theta = full(res.x)
+        return theta, res.jac
+
+    def chi2(self, theta: FloatArray) -> float:
+        """Weighted χ² at θ (linear parameters re-solved)."""
+        return self.evaluate(theta)[1].chi2
+
+    def linear_covariance(self, a: FloatArray, lin: LinearSolution, sigma2: float) -> FloatArray:
+        """Covariance of the linear coefficients at fixed nonlinear parameters (σ²·G⁻¹ over the passive set)."""
+        return covariance(np.ascontiguousarray(a.T @ a), lin.passive, sigma2)
+
+
+def nonlinear_covariance(jac: FloatArray | None, sigma2: float) -> FloatArray | None:
+    """σ²·(JᵀJ)⁻¹ of the projected Jacobian (pseudo-inverse when singular), None without a Jacobian."""
+    if jac is None or jac.size == 0:
+        return None
+    jtj = jac.T @ jac
+    d = np.sqrt(np.maximum(np.diag(jtj), 1e-300))
+    inv = np.linalg.pinv(jtj / np.outer(d, d)) / np.outer(d, d)
+    return inv * sigma2
+
+
+def lag1_autocorrelation(r: FloatArray) -> float:
+    """ρ = Σ r_i r_{i−1} / Σ r_i² of weighted residuals (Durbin–Watson d ≈ 2(1 − ρ))."""
+    rr = float(r @ r)
+    if rr <= 0.0 or r.size < 3:
+        return 0.0
+    return float(r[1:] @ r[:-1]) / rr
+
+
+def effective_points(n: int, rho: float, n_params: int) -> float:
+    """Number of effectively independent points of n serially correlated residuals: n·(1 − ρ)/(1 + ρ) for ρ > 0
+    (AR(1) variance inflation; Bérar & Lelann, J. Appl. Cryst. 24, 1 (1991)), at least n_params + 2."""
+    rho = min(max(rho, 0.0), 0.9999)
+    return max(n * (1.0 - rho) / (1.0 + rho), n_params + 2.0)
+
+
+def berar_lelann_factor(rho: float) -> float:
+    """Factor on standard uncertainties for serially correlated residuals, √((1 + ρ)/(1 − ρ)) (≥ 1)."""
+    rho = min(max(rho, 0.0), 0.9999)
+    return math.sqrt((1.0 + rho) / (1.0 - rho))

@@ -118,7 +118,7 @@ def read_pattern(path: str | Path, *, fmt: str | None = None) -> Pattern:
     if kind in ("gsas", "xy", "xye", "chi", "cif") and b"\x00" in raw[:4096]:
         raise PatternFileError(p, f"binary file, not a {kind} text pattern (binary .raw files of Bruker/Rigaku/"
                                   "Philips diffractometers are not read; export .xy or .xrdml)")
-    if kind == "xy" and _sniff(raw) not in ("xy", None):  # e.g. a .dat or .txt that is really GSAS/CIF/XML
+    if kind in ("xy", "xye") and fmt is None and _sniff(raw) not in ("xy", None):  # e.g. a .dat or .txt that is really GSAS/CIF/XML
         kind = _sniff(raw)
     readers: dict[str, Callable[[Path, bytes], Pattern]] = {
         "xy": _read_xy, "xye": _read_xy, "chi": _read_chi, "gsas": _read_gsas, "xrdml": _read_xrdml,
@@ -250,10 +250,9 @@ def _columns(path: Path, lines: list[str], start: int = 0, *, allow_header: bool
             continue
         tokens = _split_columns(stripped)
         numeric = all(re.fullmatch(_NUMBER, t) or t.lower() in ("nan", "inf", "-inf", "+inf") for t in tokens)
-        if not rows and not numeric:
-            if allow_header:
-                header.append(stripped)
-                continue
+        if not rows and (not numeric or len(tokens) == 1) and allow_header:
+            header.append(stripped)  # a title, column names, or a lone point count before the data
+            continue
         if ncol is None:
             if not numeric and not rows:
                 raise PatternFileError(path, f"not a data line: {stripped[:60]!r}", ln)
@@ -398,10 +397,10 @@ def _fixed_fields(line: str, widths: tuple[int, ...], per_line: int) -> list[lis
     size = sum(widths)
     if len(body) > size * per_line:
         return None
-    # a number running across a record boundary means the line is not in these columns (free format)
-    for b in range(size, len(body), widths[-1] if len(set(widths)) == 1 else size):
-        if body[b - 1] != " " and body[b] != " ":
-            return None
+    # fixed-format writers right-justify every field, so a full group ends on a multiple of its width; a line
+    # that does not (e.g. "20 21 26 29") is free format. Adjacent fields ("10   166") are normal here.
+    if len(body) % size:
+        return None
     groups = []
     for k in range(per_line):
         chunk = body[k * size:(k + 1) * size]

@@ -85,6 +85,17 @@ def _gsas_std(x, y, s, *, two_counters_at: int = 5) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def _gsas_std_counters(x, y, s) -> str:
+    """STD records whose counter field reaches 10 and touches the previous value ("    27410   224"), the layout
+    of real multi-detector files (e.g. the D1A garnet data of the GSAS-II exercises): counters 1, 2, ..., 10."""
+    nrec = (N + 9) // 10
+    lines = ["synthetic peak, multi-counter STD",
+             f"BANK 1 {N} {nrec} CONST {START * 100:.0f} {STEP * 100:.0f} 0 0"]
+    for r in range(nrec):
+        lines.append("".join(f"{1 + i % 10:2d}{y[i]:6.0f}" for i in range(10 * r, min(10 * r + 10, N))))
+    return "\n".join(lines) + "\n"
+
+
 def _gsas_std_free(x, y, s) -> str:
     nrec = (N + 9) // 10
     lines = ["synthetic peak LA= 1.540593", f"BANK 1 {N} {nrec} CONST {START * 100:.0f} {STEP * 100:.0f}"]
@@ -195,6 +206,7 @@ def _cif_implicit(x, y, s) -> str:
 GOOD = {
     "sample.xy": _xy, "sample.xye": _xye, "sample_fit2d.chi": _chi_fit2d, "sample_pyfai_2th.chi": _chi_pyfai_2th,
     "sample_pyfai_q.chi": _chi_pyfai_q, "sample_std.gsa": _gsas_std, "sample_std_free.raw": _gsas_std_free,
+    "sample_std_counters.gsa": _gsas_std_counters,
     "sample_esd.gss": _gsas_esd, "sample_alt.gsa": _gsas_alt, "sample.fxye": _fxye,
     "sample.xrdml": _xrdml_startend, "sample_list_cps.xrdml": _xrdml_list_cps, "sample_counts.cif": _cif_counts,
     "sample_su.cif": _cif_su, "sample_implicit.cif": _cif_implicit,

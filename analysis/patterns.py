@@ -858,6 +858,15 @@ def _read_cif(path: Path, raw: bytes) -> Pattern:
         else:
             meta["sigma_from"] = None
     wl = None
+    lines_col = block.find(["_diffrn_radiation_wavelength", "?_diffrn_radiation_wavelength_wt"])
+    if len(lines_col) > 1:  # a looped list of lines (Kα1, Kα2 with weights): all in metadata, the first as λ
+        listed = []
+        for row in lines_col:
+            v = _value_su(row[0])
+            w = _value_su(row[1]) if row.has(1) else None
+            if v is not None:
+                listed.append((v[0], w[0] if w is not None else None))
+        meta["wavelengths"] = listed
     for tag in ("_diffrn_radiation_wavelength", "_pd_proc_wavelength"):
         for b in [block, *[bb for bb in doc if bb is not block]]:
             v = b.find_value(tag)

@@ -140,18 +140,31 @@ def test_real_beta_cspbi3_cif_profile() -> None:
     assert np.all(np.isfinite(p.sigma) & (p.sigma > 0))
 
 
-# every real measured pattern file shipped in the repository's test data (pyFAI, GSAS-II etc. ship none in this
-# environment's site-packages: searched for *.xy *.xye *.chi *.xrdml *.gsa *.gss *.fxye *.raw and pd_ CIFs)
-REAL = sorted(p for p in (Path(__file__).parent / "data").rglob("*")
-              if p.is_file() and p.suffix.lower() in (".xy", ".xye", ".chi", ".xrdml", ".gsa", ".gss", ".fxye", ".cif")
-              and "patterns" not in p.parts[-2:-1] and (p.suffix.lower() != ".cif" or b"_pd_proc_2theta" in
-                                                       p.read_bytes() or b"_pd_meas_2theta" in p.read_bytes()))
+# every real measured pattern file the tests have: the β-CsPbI3 CIF and tests/data/patterns/real/ (see its
+# SOURCES.md; the project's installed packages ship none: .venv searched for *.xy *.xye *.chi *.xrdml *.gsa *.gss
+# *.fxye *.raw and CIFs with pd_ loops)
+REAL = [BETA_CIF, *sorted(p for p in (DATA / "real").iterdir() if p.name != "SOURCES.md")]
 
 
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_measured_files_read(path: Path) -> None:
     p = read_pattern(path)
-    assert len(p) > 100 and np.all(np.diff(p.two_theta) > 0) and np.all(np.isfinite(p.counts))
+    assert len(p) > 1000 and np.all(np.diff(p.two_theta) > 0) and np.all(np.isfinite(p.counts))
+    assert p.sigma is not None and p.wavelength is not None
+
+
+def test_real_cod_pdcif_implicit_axis_and_proper_weights() -> None:
+    """COD 1501688 (lab Cu Kα, GSAS2CIF): 2θ only as range min/max/inc, ls_weight = 1/σ² as the dictionary says."""
+    p = read_pattern(DATA / "real" / "COD1501688_ethylammonium_chloride_CuKa.cif")
+    assert len(p) == 3728
+    assert p.two_theta[0] == pytest.approx(8.0) and p.two_theta[-1] == pytest.approx(89.994, abs=1e-9)
+    assert p.counts[:3].tolist() == [1733.0, 1620.0, 1629.0]
+    assert p.sigma[0] == pytest.approx(1 / math.sqrt(0.000577))  # the file's first weight
+    assert p.metadata["ls_weight_interpretation"].startswith("w = 1/σ²")
+    ok = p.counts > 0
+    assert np.median(p.sigma[ok] / np.sqrt(p.counts[ok])) == pytest.approx(1.0, abs=0.02)  # σ ≈ √counts
+    assert p.wavelength == pytest.approx(1.540598)
+    assert p.metadata["wavelengths"] == [(1.540598, 1.0), (1.54439, 0.38)]
 
 
 BAD = {

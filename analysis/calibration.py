@@ -235,7 +235,7 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
     good = widths > 2.0 * step
     if np.any(good):
         ratio = float(np.median(widths[good] / np.maximum(model[good], 1e-6)))
-        zero_width = not any((inst.u, inst.v, inst.w, inst.x, inst.y))
+        zero_width = not any((inst.u, inst.v, inst.w, inst.x, inst.y, getattr(inst, "z", 0.0)))
         if zero_width:
             fw = float(np.median(widths[good]))
             inst = inst.replace(w=(fw * 100.0) ** 2 / (8.0 * math.log(2.0)) * 0.7, y=0.0, x=fw * 100.0 * 0.3 * 0.5)
@@ -251,16 +251,32 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
 def _refine(x: NDArray[np.float64], y: NDArray[np.float64], crystal: Crystal, start: "Instrument",
             sigma: NDArray[np.float64] | None, refine: Sequence[str], background_order: int,
             excluded: Sequence[tuple[float, float]]) -> Any:
-    """One call of the refinement engine: the standard's cell and sample broadening fixed, the instrument refined."""
-    from . import refine as engine
+    """One call of the refinement engine: the standard's cell fixed, the instrument refined, the phase always kept."""
+    from .refine import quantify
 
-    fn = getattr(engine, "refine_instrument", None)
-    if fn is not None:
-        return fn(x, y, crystal, start, sigma=sigma, refine=tuple(refine), background_order=background_order,
-                  excluded=excluded)
-    return engine.quantify(x, y, [crystal], start, sigma=sigma, background_order=background_order, humps=0,
-                           excluded=excluded, refine_instrument=tuple(refine), fixed_cell=True,
-                           fixed_sample_broadening=True)
+    return quantify(x, y, [crystal], start, sigma=sigma, background_order=background_order, humps=0,
+                    excluded=excluded, refine_instrument=tuple(refine), fix_cell=True, alpha=1.0 - 1e-12)
+
+
+def fold_sample_broadening(inst: "Instrument", size_nm: float, microstrain: float,
+                           refine: Sequence[str]) -> "Instrument":
+    """Move the standard's refined sample broadening into the instrument (it is the instrument's, by definition).
+
+    The engine refines a crystallite size (Lorentzian FWHM Kλ/(L cosθ) rad) and a microstrain (Gaussian FWHM
+    4ε tanθ rad, in quadrature) for every phase; with a standard these are exactly the instrument's X term
+    (X/cosθ centideg) and U term (σ² += U tan²θ centideg², FWHM² = 8 ln2 σ²): X += 100·deg(Kλ/L) and
+    U += (100·deg(4ε))²/(8 ln2). Only folded into terms that were refined (else the start's value is kept and
+    the sample terms are reported in a warning by the caller).
+    """
+    from .profiles import SCHERRER_K
+
+    changes: dict[str, float] = {}
+    if "x" in refine and size_nm and math.isfinite(size_nm) and size_nm > 0:
+        lam = inst.radiation.wavelength
+        changes["x"] = inst.x + 100.0 * math.degrees(SCHERRER_K * lam / (10.0 * size_nm))
+    if "u" in refine and microstrain and microstrain > 0:
+        changes["u"] = inst.u + (100.0 * math.degrees(4.0 * microstrain)) ** 2 / (8.0 * math.log(2.0))
+    return inst.replace(**changes) if changes else inst
 
 
 def _residuals(x: NDArray[np.float64], y: NDArray[np.float64], curve: NDArray[np.float64],
@@ -344,7 +360,11 @@ def calibrate(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal | str, 
     warnings: list[str] = []
     inst0 = _start_instrument(start, x, y, crystal, warnings)
     res = _refine(x, y, crystal, inst0, s, refine, background_order, excluded)
-    inst = res.instrument
+    phase = res.phases.get(crystal.name)
+    if phase is None:
+        raise NotTheStandardError(f"the refinement dropped {crystal.name}: "
+                                  f"{res.rejected.get(crystal.name, 'no reason given')}")
+    inst = fold_sample_broadening(res.instrument, phase.size_nm, phase.microstrain, refine)
     name = start.name or "start"
     inst = inst.replace(name=f"calibrated on {crystal.name} from {name}")
     curve = np.asarray(res.curve, dtype=float)

@@ -85,7 +85,7 @@ class PatternFileError(ValueError):
         self.line = line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pattern:
     """A measured powder pattern: 2θ (deg, strictly increasing), counts, σ (or None), λ (Å, or None)."""
 
@@ -563,7 +563,8 @@ def _read_gsas(path: Path, raw: bytes) -> Pattern:
         nc = np.asarray(ncounters)
         s = np.sqrt(np.maximum(y, 1.0) / nc)
         meta["sigma_from"] = "counting statistics: σ = √(y/n counters), zero counts taken as 1"
-        meta["n_counters"] = nc
+        if np.any(nc != 1):
+            meta["n_counters"] = nc.astype(int).tolist()
     elif dtype == "FXY":
         s = np.sqrt(np.maximum(y, 1.0))
         meta["sigma_from"] = "counting statistics: σ = √y, zero counts taken as 1"
@@ -734,7 +735,8 @@ def _value_su(token: str) -> tuple[float, float | None] | None:
 def _tag_line(text_lines: list[str], tag: str) -> int | None:
     low = tag.lower()
     for i, ln in enumerate(text_lines):
-        if ln.strip().lower().split(" ")[0] == low:
+        parts = ln.strip().lower().split()
+        if parts and parts[0] == low:
             return i + 1
     return None
 
@@ -820,7 +822,8 @@ def _read_cif(path: Path, raw: bytes) -> Pattern:
         meta["two_theta_tag"] = xtag
         # the data lines, one point a line in the usual layout: for error messages only
         first = _token_line(text_lines, _tag_line(text_lines, ytag), xdata[2][0])
-        if first is not None and first + n - 1 <= len(text_lines):
+        if (first is not None and first + n - 1 <= len(text_lines)
+                and xdata[2][-1] in text_lines[first + n - 2].split()):  # one point a line: line numbers hold
             linenos = np.arange(first, first + n)
     else:
         prefix = "_pd_meas_2theta_range_" if ytag.startswith("_pd_meas") else "_pd_proc_2theta_range_"

@@ -184,6 +184,9 @@ BAD = {
     "bad_value.cif": (16, r"'12x4' \(point 10\) is not a number"),
     "bad_implicit_count.cif": (5, r"give 51 points but"),
     "bad_binary.raw": (None, r"binary file"),
+    "bad_nonmonotonic.cif": (14, r"2θ not strictly increasing: 10\.12 follows 10\.14"),
+    "bad_list_count.xrdml": (22, r"24 listPositions for 25 intensities"),
+    "bad_tof.gsa": (2, r"BINTYP 'SLOG' not read"),
 }
 
 

@@ -242,6 +242,11 @@ def _bad() -> dict[str, str]:
     bad["bad_value.cif"] = _cif_counts(x, y, s).replace(f"{y[9]:8.0f}", "    12x4", 1)
     bad["bad_implicit_count.cif"] = _cif_implicit(x, y, s).replace(f"_pd_meas_2theta_range_max {x[-1]:.3f}",
                                                                    "_pd_meas_2theta_range_max 11.000")
+    cif = _cif_counts(x, y, s).splitlines()
+    cif[12], cif[13] = cif[13], cif[12]  # points 7 and 8 swapped: 2θ goes back at line 14
+    bad["bad_nonmonotonic.cif"] = "\n".join(cif) + "\n"
+    bad["bad_list_count.xrdml"] = _xrdml_list_cps(x, y, s).replace(f" {x[-1]:.4f}</listPositions>", "</listPositions>")
+    bad["bad_tof.gsa"] = _gsas_esd(x, y, s).replace("CONST 1000.00 2.00 0 0 ESD", "SLOG 1000.0 20000.0 0.0005 0 ESD")
     return bad
 
 

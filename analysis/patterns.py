@@ -118,7 +118,8 @@ def read_pattern(path: str | Path, *, fmt: str | None = None) -> Pattern:
     if kind in ("gsas", "xy", "xye", "chi", "cif") and b"\x00" in raw[:4096]:
         raise PatternFileError(p, f"binary file, not a {kind} text pattern (binary .raw files of Bruker/Rigaku/"
                                   "Philips diffractometers are not read; export .xy or .xrdml)")
-    if kind in ("xy", "xye") and fmt is None and _sniff(raw) not in ("xy", None):  # e.g. a .dat or .txt that is really GSAS/CIF/XML
+    if kind in ("xy", "xye") and fmt is None and _sniff(raw) not in ("xy", None):
+        # a .dat/.txt/.xy that is really GSAS, CIF, XML or a pyFAI file with a q column
         kind = _sniff(raw)
     readers: dict[str, Callable[[Path, bytes], Pattern]] = {
         "xy": _read_xy, "xye": _read_xy, "chi": _read_chi, "gsas": _read_gsas, "xrdml": _read_xrdml,
@@ -222,14 +223,6 @@ def _wavelength_from(text: str) -> float | None:
 # .xy / .xye / generic columns
 # ----------------------------------------------------------------------------------------------------------
 
-def _split_columns(line: str) -> list[str]:
-    return line.replace(",", " ").replace(";", " ").split()
-
-
-def _is_comment(stripped: str) -> bool:
-    return not stripped or stripped.startswith(_COMMENT_CHARS)
-
-
 def _columns(path: Path, lines: list[str], start: int = 0, *, allow_header: bool = True,
              ncols_allowed: tuple[int, ...] = (2, 3)) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Numeric rows from ``lines[start:]``: (values (n, ncol), file line numbers, header lines, comments).
@@ -242,32 +235,44 @@ def _columns(path: Path, lines: list[str], start: int = 0, *, allow_header: bool
     comments: list[str] = []
     ncol: int | None = None
     for i in range(start, len(lines)):
-        ln = i + 1
         stripped = lines[i].strip()
-        if _is_comment(stripped):
+        if not stripped or stripped.startswith(_COMMENT_CHARS):
             if stripped:
                 comments.append(stripped)
             continue
-        tokens = _split_columns(stripped)
-        numeric = all(re.fullmatch(_NUMBER, t) or t.lower() in ("nan", "inf", "-inf", "+inf") for t in tokens)
+        tokens = stripped.replace(",", " ").replace(";", " ").split()
+        try:  # fast path: plain decimal numbers (non-finite values are caught below, with their line)
+            if "_" in stripped:
+                raise ValueError
+            vals = [float(t) for t in tokens]
+            numeric = True
+        except ValueError:
+            numeric = all(re.fullmatch(_NUMBER, t) for t in tokens)
+            vals = None
         if not rows and (not numeric or len(tokens) == 1) and allow_header:
             header.append(stripped)  # a title, column names, or a lone point count before the data
             continue
+        ln = i + 1
         if ncol is None:
-            if not numeric and not rows:
-                raise PatternFileError(path, f"not a data line: {stripped[:60]!r}", ln)
             ncol = len(tokens)
             if ncol not in ncols_allowed:
                 raise PatternFileError(path, f"{ncol} columns; expected {' or '.join(map(str, ncols_allowed))}"
                                              " (2θ, intensity[, σ])", ln)
-        vals = [_float(path, t, ln) for t in tokens]
+        if vals is None:
+            vals = [_float(path, t, ln) for t in tokens]
         if len(vals) != ncol:
             raise PatternFileError(path, f"{len(vals)} columns where the data above have {ncol}", ln)
         rows.append(vals)
-        linenos.append(ln)
+        linenos.append(i + 1)
     if not rows:
         raise PatternFileError(path, "no data lines (only header or comment lines)", len(lines) or 1)
-    return np.asarray(rows, dtype=float), np.asarray(linenos), header, comments
+    data = np.asarray(rows, dtype=float)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise PatternFileError(path, f"value {lines[linenos[r] - 1].replace(',', ' ').replace(';', ' ').split()[c]!r}"
+                                     " is not finite", linenos[r])
+    return data, np.asarray(linenos), header, comments
 
 
 def _read_xy(path: Path, raw: bytes) -> Pattern:
@@ -758,6 +763,7 @@ def _read_cif(path: Path, raw: bytes) -> Pattern:
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with "line N" in the text
         msg = str(exc).strip().splitlines()[0]
         m = re.search(r"(?:line|:)\s*(\d+)", msg)
+        msg = re.sub(r"^string:\d+(?::\d+)?(?:\(\d+\))?:\s*", "", msg)
         raise PatternFileError(path, f"CIF syntax: {msg}", int(m.group(1)) if m else None) from None
     text_lines = _text_lines(path, raw)
     chosen = None

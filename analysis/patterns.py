@@ -27,8 +27,9 @@ Format details and their sources:
   a line in (10(I2,F6.0)), the I2 being the number of counters summed (blank = 1), σ = √(y/n); ``ESD``: (10F8)
   value and σ pairs, 5 a line; ``ALT`` (BINTYP ``RALF``): (4(F8.0,F7.4,F5.4)) position, intensity, σ, where the
   manual gives the position in "centidegrees times 32" (GSAS-II's reader also divides by 3200) and the Fortran
-  F7.4/F5.4 descriptors scale fields written without a decimal point by 10⁻⁴; ``FXYE``: free format x y σ,
-  x in centidegrees. Fixed-column records are read by columns; a line that does not fit the columns is read as
+  F7.4/F5.4 descriptors scale fields written without a decimal point by 10⁻⁴ (intensities come back as the
+  file's normalised counts, not rescaled); ``FXYE``: free format x y σ, x in centidegrees (``FXY``: x y,
+  σ = √y). Fixed-column records are read by columns; a line that does not fit the columns is read as
   whitespace-separated numbers (many writers produce that, e.g. the files of the Rietveld mailing list, 1998).
   Only the first bank is read (the number of banks is in ``metadata["n_banks"]``).
 - Fit2D/pyFAI .chi: the classic form is 4 header lines (title, x label, y label, number of points) then x y [σ];

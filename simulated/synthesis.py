@@ -10,6 +10,10 @@ Where the numbers come from:
   and Caglioti widths from `hotstage.analysis.profiles`.  Glass halos of agZIF-62 placed in Q (wavelength-independent) at
   Q ≈ 1.09, 2.40 and 3.49 Å⁻¹ (Gaillac et al., Nature Mater. 16, 1149 (2017), ZIF-4 glass F(Q) maxima, SOURCES.md;
   DESIGN: halos near 15° and 35° 2θ Cu Kα); halo widths, background and count rates are assumed lab-like values.
+  With an ``instrument`` (:class:`hotstage.analysis.instrument.Instrument`), the crystalline phases are drawn through
+  the simulator's own diffractometer (:mod:`hotstage.simulated.diffractometer`: exact Voigts, axial divergence
+  integrated over the geometry, Kα1/Kα2, zero and displacement, counts integrated over each bin) instead of the
+  analysis's pseudo-Voigt code; without one, the pseudo-Voigt path above is unchanged.
 - THz/far-IR: Zn–N stretch ~300 cm⁻¹ and imidazolate ring deformation ~670 cm⁻¹ (DESIGN / paper); Zn–I bands at
   ~135 and ~275 cm⁻¹ scaled by the Zn–I density (paper: weak, seen in the second derivative).  The weaker ZIF
   bands (~170, ~230, ~430, ~600 cm⁻¹), all widths, the baseline and the noise level are assumed.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -29,6 +34,9 @@ from numpy.typing import ArrayLike, NDArray
 from hotstage.analysis import profiles
 from hotstage.analysis.radiation import Radiation
 from hotstage.simulated.sample import CRYSTALLINE_PHASES, SampleState
+
+if TYPE_CHECKING:
+    from hotstage.analysis.instrument import Instrument
 
 __all__ = ["XRDSynthesizer", "THzSynthesizer", "PLSynthesizer", "Band", "HC_EV_NM"]
 
@@ -64,11 +72,21 @@ class XRDSynthesizer:
                                                                (3.49, 0.9, 0.25)),
                  background: tuple[float, float, float] = (30.0, 10.0, 120.0),
                  phases: Mapping[str, object] | None = None, min_relative_intensity: float = 1e-3,
-                 window: float = 6.0) -> None:
+                 window: float = 6.0, instrument: "Instrument | None" = None) -> None:
         """Cache each phase's peak list; `halos` = (Q Å⁻¹, FWHM Å⁻¹, relative height); background (const,
         linear over the range, low-angle air scatter) in counts/s; `peak_counts_per_s` = strongest line of pure δ;
-        peaks weaker than `min_relative_intensity` × the phase's strongest are dropped (invisible under noise)."""
+        peaks weaker than `min_relative_intensity` × the phase's strongest are dropped (invisible under noise).
+
+        `instrument`: draw the phases through :class:`~hotstage.simulated.diffractometer.Diffractometer` with this
+        instrument (its radiation, widths, asymmetry, zero and displacement; `caglioti` and `zero_shift` must then
+        stay at their defaults and `radiation` be None or the instrument's). None: the pseudo-Voigt path."""
         from hotstage.analysis.crystal import Crystal
+
+        self.instrument = instrument
+        if instrument is not None:
+            self._init_instrument(two_theta, radiation, caglioti, zero_shift, microstrain, peak_counts_per_s,
+                                  halo_counts_per_s, halos, background, phases, min_relative_intensity)
+            return
 
         self.axis: FloatArray = (np.linspace(5.0, 60.0, 5000) if two_theta is None
                                  else np.asarray(two_theta, dtype=np.float64))
@@ -115,6 +133,134 @@ class XRDSynthesizer:
         """Lorentz–polarisation factor of this radiation."""
         return profiles.lorentz_polarisation(two_theta, self.radiation)
 
+    # ------------------------------------------------------------------ instrument path
+    shape_size_rtol: float = 2e-3
+    """Instrument path: a phase's profile tables are rebuilt when its crystallite size moves by more than this
+    fraction since the last build (the size Lorentzian then differs by < 0.2 %, far below what a fit resolves)."""
+    shape_strain_tol: float = 5e-4
+    """Instrument path: … or its lattice strain by more than this (peaks always move exactly with strain; only
+    the angle at which widths and asymmetry were evaluated lags, by < 0.05 % in d)."""
+
+    def _init_instrument(self, two_theta: ArrayLike | None, radiation: Radiation | float | None,
+                         caglioti: tuple[float, float, float], zero_shift: float, microstrain: float,
+                         peak_counts_per_s: float, halo_counts_per_s: float,
+                         halos: Sequence[tuple[float, float, float]], background: tuple[float, float, float],
+                         phases: Mapping[str, object] | None, min_relative_intensity: float) -> None:
+        """The instrument path of `__init__`: reflection lists (d, |F|²m) per phase, the diffractometer, the same
+        halos and background as the pseudo-Voigt path, and the intensity constant from this instrument."""
+        from hotstage.analysis.crystal import Crystal
+        from hotstage.simulated.diffractometer import Diffractometer
+
+        ins = self.instrument
+        assert ins is not None
+        if radiation is not None and Radiation.coerce(radiation) != ins.radiation:
+            raise ValueError("XRDSynthesizer: give the radiation through the instrument, not both")
+        if tuple(float(c) for c in caglioti) != tuple(profiles.DEFAULT_CAGLIOTI) or zero_shift != 0.0:
+            raise ValueError("XRDSynthesizer: with an instrument, widths and zero come from the instrument "
+                             "(leave caglioti and zero_shift at their defaults)")
+        self.axis = (np.linspace(5.0, 60.0, 5000) if two_theta is None
+                     else np.asarray(two_theta, dtype=np.float64))
+        self.radiation = ins.radiation
+        self.caglioti = tuple(float(c) for c in caglioti)
+        self.microstrain = float(microstrain)
+        self.zero_shift = float(ins.zero)
+        self.halos = tuple(tuple(float(v) for v in h) for h in halos)
+        self.background = tuple(float(b) for b in background)
+        self.halo_counts_per_s = float(halo_counts_per_s)
+        self.window = 6.0
+        self.crystals = dict(phases) if phases is not None else {p: Crystal.builtin(p) for p in CRYSTALLINE_PHASES}
+        self.diffractometer = Diffractometer(ins, self.axis)
+        lam_min = min(w for w, _ in ins.radiation.lines)
+        lam1 = ins.radiation.wavelength
+        tt_max = min(float(self.axis[-1]) + 3.0, 179.0)
+        d_min = lam_min / (2.0 * math.sin(math.radians(tt_max) / 2.0)) / 1.05  # room for strains up to 5 %
+        tt_list = math.degrees(2.0 * math.asin(min(lam1 / (2.0 * d_min), 0.99999)))
+        self._reflections: dict[str, tuple[FloatArray, FloatArray, float]] = {}
+        for name, crystal in self.crystals.items():
+            r = crystal.reflections(lam1, tt_list)
+            d = np.asarray(r.d, dtype=np.float64)
+            f2m = np.asarray(r.f_squared, dtype=np.float64) * np.asarray(r.multiplicity, dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tt = np.degrees(2.0 * np.arcsin(np.minimum(lam1 / (2.0 * d), 1.0)))
+                rel = f2m * profiles.lorentz_polarisation(np.clip(tt, 1e-3, 179.0), ins.radiation)
+            keep = rel > min_relative_intensity * rel.max() if rel.size else rel > 0.0
+            self._reflections[name] = (d[keep], f2m[keep], float(crystal.zmv))
+        self._prepared: dict[str, object] = {}
+        self._standards: dict[int, object] = {}
+        tt = self.axis
+        b0, b1, b_air = self.background
+        self._background = b0 + b1 * (tt - tt[0]) / max(tt[-1] - tt[0], 1e-12) + b_air * np.exp(-(tt - tt[0]) / 6.0)
+        q = 4.0 * math.pi * np.sin(np.radians(tt) / 2.0) / self.radiation.wavelength
+        self._halo_shape = sum(h * np.exp(-4.0 * math.log(2.0) * ((q - q0) / w) ** 2) for q0, w, h in self.halos)
+        self._k = 1.0
+        if "CsPbI3-delta" in self._reflections:
+            ref = self._phase_rate("CsPbI3-delta", self.scale_factor("CsPbI3-delta", 1.0), 0.0, 30.0)
+            self._k = float(peak_counts_per_s / ref.max()) if ref.max() > 0 else 1.0
+        self.last_truth = {}
+
+    def _prepared_phase(self, name: str, strain: float, size_nm: float | None) -> object:
+        """The phase's profile tables, rebuilt only when size or strain moved beyond the shape tolerances."""
+        size = None if size_nm is None or not math.isfinite(size_nm) else float(size_nm)
+        prep = self._prepared.get(name)
+        if prep is not None:
+            old = prep.size_nm  # type: ignore[attr-defined]
+            same_size = (old is None and size is None) or (
+                old is not None and size is not None and abs(size - old) <= self.shape_size_rtol * old)
+            if same_size and abs(strain - prep.strain) <= self.shape_strain_tol:  # type: ignore[attr-defined]
+                return prep
+        d, f2m, _ = self._reflections[name]
+        prep = self.diffractometer.prepare(d, f2m, size_nm=size, microstrain=self.microstrain, strain=strain)
+        self._prepared[name] = prep
+        return prep
+
+    def standard(self, crystal: "object | str" = "LaB6", exposure_s: float = 1.0,
+                 rng: np.random.Generator | None = None, *, peak_counts_per_s: float | None = None,
+                 background_counts_per_s: float = 20.0) -> FloatArray:
+        """A pure calibration standard "measured" on this rig: Poisson counts (noise-free expected counts when
+        `rng` is None) of `crystal` (a Crystal, or a built-in standard's name from
+        :mod:`hotstage.analysis.standards`) with no size or strain broadening, on a flat background of
+        `background_counts_per_s`; its strongest line peaks at `peak_counts_per_s` (default: the δ reference
+        rate `intensity_constant` was set from, 2000 counts/s). Drawn through this synthesizer's instrument; a
+        synthesizer without one uses an instrument with its Caglioti widths, radiation and zero (Gaussian only,
+        no asymmetry). Fills `last_truth`."""
+        from hotstage.analysis.instrument import SIGMA2_TO_FWHM2_DEG2, Instrument
+        from hotstage.analysis.standards import standard as builtin_standard
+        from hotstage.simulated.diffractometer import Diffractometer
+
+        cryst = builtin_standard(crystal) if isinstance(crystal, str) else crystal
+        if self.instrument is not None:
+            dif = self.diffractometer
+        else:
+            if not hasattr(self, "_standard_diffractometer"):
+                u, v, w = (c / SIGMA2_TO_FWHM2_DEG2 for c in self.caglioti)
+                ins = Instrument(self.radiation, zero=self.zero_shift, u=u, v=v, w=w,
+                                 name="pseudo-Voigt path's Caglioti widths")
+                self._standard_diffractometer = Diffractometer(ins, self.axis)
+                self._standards = {}
+            dif = self._standard_diffractometer
+        key = id(cryst)
+        hit = self._standards.get(key)
+        if hit is None:
+            lam1 = dif.radiation.wavelength
+            tt_max = min(float(self.axis[-1]) + 3.0, 179.0)
+            r = cryst.reflections(lam1, tt_max)  # type: ignore[attr-defined]
+            f2m = np.asarray(r.f_squared, dtype=np.float64) * np.asarray(r.multiplicity, dtype=np.float64)
+            prep = dif.prepare(np.asarray(r.d, dtype=np.float64), f2m)
+            unit = dif.counts([(prep, 1.0, None)])
+            hit = (cryst, prep, float(unit.max()))
+            self._standards[key] = hit
+        _, prep, unit_max = hit
+        rate_peak = 2000.0 if peak_counts_per_s is None else float(peak_counts_per_s)
+        scale = rate_peak / unit_max if unit_max > 0 else 0.0
+        mean = (dif.counts([(prep, scale, None)]) + float(background_counts_per_s)) * float(exposure_s)
+        a, b, c, al, be, ga = cryst.cell  # type: ignore[attr-defined]
+        self.last_truth = {"exposure_s": float(exposure_s), "wavelength_A": dif.radiation.wavelength,
+                           "zero_shift_deg": float(dif.instrument.zero), "cell_a_A": a, "cell_b_A": b,
+                           "cell_c_A": c, "cell_alpha_deg": al, "cell_beta_deg": be, "cell_gamma_deg": ga,
+                           "standard_scale": scale, "background_counts_per_s": float(background_counts_per_s),
+                           "displacement_um": float(dif.instrument.displacement_um)}
+        return mean if rng is None else _poisson(rng, mean)
+
     def _phase_peaks(self, name: str, scale: float, strain: float,
                      size_nm: float | None) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """Centres (deg), areas (counts/s·deg), FWHM (deg) and η of one phase's peaks."""
@@ -143,10 +289,15 @@ class XRDSynthesizer:
 
     def _phase_rate(self, name: str, scale: float, strain: float, size_nm: float | None) -> FloatArray:
         """Counts/s of one phase with Rietveld scale `scale`, isotropic strain and crystallite size."""
+        if self.instrument is not None:
+            prep = self._prepared_phase(name, strain, size_nm)
+            return self.diffractometer.counts([(prep, scale * self._k, strain)])  # type: ignore[list-item]
         return profiles.render_peaks(self.axis, *self._phase_peaks(name, scale, strain, size_nm), window=self.window)
 
     def scale_factor(self, phase: str, weight_fraction: float) -> float:
         """Rietveld scale factor used for `phase` at `weight_fraction` (inverse Hill–Howard, s ∝ W/ZMV)."""
+        if self.instrument is not None:
+            return weight_fraction / self._reflections[phase][2]
         return weight_fraction / self._peaks[phase].zmv
 
     def expected(self, state: SampleState, exposure_s: float = 1.0) -> FloatArray:
@@ -156,16 +307,22 @@ class XRDSynthesizer:
                                    "zero_shift_deg": self.zero_shift, "temperature_C": state.temperature_C,
                                    "time_s": state.time_s, "intensity_constant": self._k}
         parts = []
-        for name in self._peaks:
+        items = []
+        for name in (self._peaks if self.instrument is None else self._reflections):
             wf = state.weight_fractions.get(name, 0.0)
             s = self.scale_factor(name, wf)
             truth[f"wf_{name}"] = wf
             truth[f"scale_{name}"] = s
             truth[f"strain_{name}"] = state.strain.get(name, 0.0)
             truth[f"size_{name}_nm"] = state.crystallite_size_nm.get(name, math.nan)
-            if wf > 1e-6:
+            if wf > 1e-6 and self.instrument is not None:
+                eps = state.strain.get(name, 0.0)
+                items.append((self._prepared_phase(name, eps, state.crystallite_size_nm.get(name)), s * self._k, eps))
+            elif wf > 1e-6:
                 parts.append(self._phase_peaks(name, s, state.strain.get(name, 0.0),
                                                state.crystallite_size_nm.get(name)))
+        if items:
+            rate += self.diffractometer.counts(items)
         if parts:  # one vectorised render for all phases
             rate += profiles.render_peaks(self.axis, *(np.concatenate(c) for c in zip(*parts)), window=self.window)
         glass = state.weight_fractions.get("glass", 0.0)

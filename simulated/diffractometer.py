@@ -1,0 +1,582 @@
+"""A simulated powder diffractometer: reflections (d-spacings, |F|²·m) in, counts per detector bin out.
+
+The simulator's own instrument. It reads an :class:`hotstage.analysis.instrument.Instrument` as *data* (its fields
+only) and shares no profile code with the analysis (none of ``Instrument``'s width/asymmetry/render methods, nor
+``hotstage.analysis.profiles.render_peaks``/``pseudo_voigt``/``tch_combine``), so a simulated test can catch an
+error in the analysis's profile model: the analysis fits Thompson–Cox–Hastings pseudo-Voigts with a discretised
+FCJ kernel; the patterns drawn here are exact Voigts convolved with the axial-divergence geometry, integrated over
+each detector bin.
+
+Physics, and where each formula comes from:
+
+- Line positions: Bragg's law 2d sinθ = λ for every line of the instrument's radiation (Cu Kα1/Kα2: Hölzer et al.,
+  *Phys. Rev. A* 56, 4554 (1997), via :mod:`hotstage.analysis.radiation`), d = d₀(1 + ε) for a lattice strain ε.
+  Observed at 2θ + zero − 2 s cosθ / R (rad): sample displacement s on a goniometer of radius R (Bragg–Brentano;
+  Klug & Alexander, *X-ray Diffraction Procedures*, 2nd ed. (1974), §5-2; the same term as GSAS ``shft``).
+- Integrated intensity: scale · w_line · |F|²m · LP(2θ) with LP = P(2θ)/(sin²θ cosθ) (powder Lorentz factor,
+  International Tables for Crystallography Vol. C, §6.2.5) and P the beam's polarisation factor (ITC Vol. C
+  §6.2.2: unpolarised tube (1 + cos²2θ)/2, tube with a monochromator at 2θ_M (1 + cos²2θ_M cos²2θ)/(1 + cos²2θ_M),
+  synchrotron p + (1 − p) cos²2θ).
+- Instrumental widths (GSAS/GSAS-II convention, Larson & Von Dreele, LAUR 86-748): Gaussian variance
+  σ² = U tan²θ + V tanθ + W + Z/cos²θ (centideg²), Lorentzian FWHM X/cosθ + Y tanθ (centideg).
+- Sample broadening: crystallite size as a Lorentzian of FWHM Kλ/(L cosθ) rad with K = 0.9 (Scherrer 1918;
+  Langford & Wilson, *J. Appl. Cryst.* 11, 102 (1978)); microstrain as a Gaussian of FWHM 4ε tanθ rad
+  (Stokes & Wilson, *Proc. Phys. Soc.* 56, 174 (1944)). Convolution adds Gaussian variances and Lorentzian
+  widths, so each peak is one Voigt: ``scipy.special.voigt_profile(x, σ, γ)`` with γ the Lorentzian *half* width;
+  its derivative from the Faddeeva identity w′(z) = −2z w(z) + 2i/√π (Abramowitz & Stegun 7.1.20).
+- Axial divergence (Finger, Cox & Jephcoat, *J. Appl. Cryst.* 27, 892 (1994), after van Laar & Yelon,
+  *J. Appl. Cryst.* 17, 47 (1984)), integrated here directly over the geometry rather than through FCJ's closed
+  form: a sample point at height s ∈ [−S, S] (axial) scatters a Debye cone of half-angle 2θ, uniform in its
+  azimuth ψ; the ray that reaches the receiving slit (radius L, height z ∈ [−H, H]) with q = (z − s)/L is seen at
+  2φ with cos 2φ = cos 2θ · √(1 + q²) (below 90° always at 2φ ≤ 2θ), and sinψ = q / (sin2θ √(1 + q²)), so the
+  intensity per unit q is ∝ dψ/dq = 1/(sin2θ (1 + q²)^{3/2} cosψ). Uniform s and z make q's density the
+  trapezoid W(q) = (S + H)/L − |q| for |q| ≥ |H − S|/L and 2 min(S, H)/L inside (FCJ's W). The kernel is this
+  density integrated in q (smooth: the 1/√ singularity of FCJ's form in 2φ does not appear) by 3-point
+  Gauss–Legendre panels uniform in q² (the offset 2φ − 2θ ≈ −q² cot2θ/2 is nearly linear in q²), each panel moving
+  the offset by less than the profile table's spacing. Its mean, −(S² + H²)/(6L²)·cot2θ to leading order, is
+  checked in tests/test_diffractometer.py.
+- Detector bins: the counts in a bin are the profile's integral between the bin's edges (midpoints between grid
+  points, the end bins as wide as their neighbours), i.e. differences of each peak's cumulative distribution.
+
+Numerics (what is exact and how close): each peak's cumulative distribution is tabulated once per prepared
+reflection list (`Diffractometer.prepare`) on a grid of `points_per_fwhm` points per Voigt FWHM over ±`window`
+FWHM plus the kernel's span: the Voigt (and derivative) on that grid, the kernel applied by summing its nodes
+with cubic Hermite interpolation of the Voigt, and the cumulative integral of the cubic Hermite interpolant
+(≈ 1e-6 of a peak's area at 12 points per FWHM). Beyond the table the Voigt's Lorentzian tail is continued to the
+ends of the pattern by its asymptotic series CDF(v) = ½ + atan(v/γ)/π + (μ₂/2) L′(v) − (μ₃/6) L″(v)
+(v measured from the kernel's mean, μ₂ = σ² + kernel variance, μ₃ the kernel's third central moment; the next
+term is O(μ₄/v⁴), < 1e-6 relative at 12 FWHM). That far part, smooth, is summed over all peaks on every few
+bin edges and interpolated (cubic Hermite) to the others, so a pattern costs O(peaks × window) + O(peaks × edges /
+stride) instead of O(peaks × edges). Areas are conserved: the sum over an infinitely wide grid is the area.
+Between shape rebuilds, a lattice strain moves each peak exactly (Bragg's law) and re-evaluates its LP factor;
+the shape is the one of the prepared strain (`XRDSynthesizer` rebuilds when strain or size move enough to matter,
+see there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import voigt_profile, wofz
+
+from hotstage.analysis.instrument import Instrument
+from hotstage.analysis.radiation import Radiation
+
+__all__ = ["Diffractometer", "PreparedReflections", "SIMULATED_LAB_INSTRUMENT", "SCHERRER_K", "voigt_fwhm",
+           "lorentz_polarisation", "DiffractometerError"]
+
+FloatArray = NDArray[np.float64]
+SCHERRER_K: float = 0.9
+"""Scherrer constant for FWHM sizes (Langford & Wilson 1978: 0.89–0.94 for spheres/cubes)."""
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_GL3_X = np.array([-math.sqrt(0.6), 0.0, math.sqrt(0.6)])
+_GL3_W = np.array([5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0])
+
+SIMULATED_LAB_INSTRUMENT: Instrument = Instrument(
+    Radiation.cu_ka(), zero=0.01, u=26.0, v=-11.0, w=12.0, x=1.6, y=1.2, s_l=0.02, h_l=0.02,
+    displacement_um=0.0, goniometer_radius_mm=240.0, geometry="bragg-brentano",
+    name="simulated lab rig: Cu Kα1+Kα2 Bragg–Brentano, R = 240 mm, S/L = H/L = 0.02, zero 0.01°")
+"""The simulated rig's own lab diffractometer (hotstage.simulated.diffractometer), deliberately *not* the
+quantifier's default: Gaussian U, V, W = 26, −11, 12 centideg² plus a Lorentzian X = 1.6, Y = 1.2 centideg give
+a Voigt FWHM 27 % wider than ``profiles.DEFAULT_CAGLIOTI`` at 10°, 23 % at 30° and 27 % at 60° 2θ (the
+quantifier's default has no Lorentzian part at all); FCJ axial divergence S/L = H/L = 0.02 (a 240 mm goniometer
+with ~5 mm of illuminated sample height and a ~10 mm receiving slit, Soller-collimated: a typical asymmetry);
+zero 0.01°; no displacement. The values are assumptions of a plausible instrument, not a measured one."""
+
+
+class DiffractometerError(ValueError):
+    """A request the simulated diffractometer cannot draw (no width, bad grid)."""
+
+
+def voigt_fwhm(sigma: ArrayLike, gamma: ArrayLike) -> FloatArray:
+    """Voigt FWHM from Gaussian σ and Lorentzian half width γ, Olivero & Longbothum, *J. Quant. Spectrosc. Radiat.
+    Transfer* 17, 233 (1977): f_V ≈ 0.5346 f_L + √(0.2166 f_L² + f_G²), accurate to 0.02 %."""
+    f_g = _FWHM_PER_SIGMA * np.asarray(sigma, dtype=float)
+    f_l = 2.0 * np.asarray(gamma, dtype=float)
+    return 0.5346 * f_l + np.sqrt(0.2166 * f_l * f_l + f_g * f_g)
+
+
+def lorentz_polarisation(two_theta: ArrayLike, radiation: Radiation) -> FloatArray:
+    """Powder Lorentz–polarisation factor P(2θ)/(sin²θ cosθ) of `radiation` (module docstring)."""
+    tt = np.radians(np.asarray(two_theta, dtype=float))
+    c2 = np.cos(tt) ** 2
+    if radiation.polarisation == "synchrotron":
+        p = radiation.synchrotron_polarisation
+        pol = p + (1.0 - p) * c2
+    elif radiation.monochromator_two_theta is None:
+        pol = 0.5 * (1.0 + c2)
+    else:
+        km = math.cos(math.radians(radiation.monochromator_two_theta)) ** 2
+        pol = (1.0 + km * c2) / (1.0 + km)
+    th = tt / 2.0
+    s = np.sin(th)
+    return pol / (s * s * np.cos(th))
+
+
+@dataclass
+class PreparedReflections:
+    """One reflection list with its per-peak profile tables (built by `Diffractometer.prepare`).
+
+    Per peak (a reflection seen through one line): d-spacing at zero strain `d`, line wavelength and weight·|F|²m
+    (`weight`); the strain and crystallite size the shapes were built for; the table (cumulative distribution `cdf`
+    and density `pdf` from `start` for `count` points, spacing `step`, first point at offset `u0` from the peak's
+    observed Bragg position) and the far-tail carrier (Lorentzian γ, moments, half width `half`, polynomial)."""
+
+    d: FloatArray
+    wavelength: FloatArray
+    weight: FloatArray
+    strain: float
+    size_nm: float | None
+    microstrain: float
+    sigma: FloatArray
+    gamma: FloatArray
+    fwhm: FloatArray
+    start: NDArray[np.int64]
+    count: NDArray[np.int64]
+    u0: FloatArray
+    step: FloatArray
+    cdf: FloatArray
+    pdf: FloatArray
+    dbar: FloatArray
+    half: FloatArray
+    carrier: FloatArray  # (n, 8): γ, a2, a3, a4, α, β, κ, G(−half)
+    kernel_offsets: list[FloatArray]
+    kernel_weights: list[FloatArray]
+
+    @property
+    def n_peaks(self) -> int:
+        """Number of line-peaks."""
+        return int(self.d.size)
+
+
+class Diffractometer:
+    """Counts per detector bin on a sorted 2θ grid for reflections seen through an `Instrument` (module docstring).
+
+    `window`: half width of each peak's exact table in Voigt FWHMs (beyond it the asymptotic tail);
+    `points_per_fwhm`: table resolution."""
+
+    def __init__(self, instrument: Instrument, two_theta: ArrayLike, *, window: float = 6.0,
+                 points_per_fwhm: float = 12.0) -> None:
+        """Keep the instrument's numbers and the bin edges of the grid."""
+        self.instrument = instrument
+        x = np.asarray(two_theta, dtype=np.float64)
+        if x.ndim != 1 or x.size < 2 or not np.all(np.diff(x) > 0) or not np.all(np.isfinite(x)):
+            raise DiffractometerError("diffractometer grid: need a strictly increasing finite 2θ array of ≥ 2 points")
+        self.axis = x
+        mid = 0.5 * (x[1:] + x[:-1])
+        self.edges = np.concatenate(([x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]))
+        self.window = float(window)
+        self.points_per_fwhm = float(points_per_fwhm)
+        self.radiation = instrument.radiation
+        _warm_up()
+
+    # ---------------------------------------------------------------- instrument physics (own code)
+    def bragg_two_theta(self, d: ArrayLike, wavelength: ArrayLike) -> FloatArray:
+        """Bragg 2θ (deg) of spacing d (Å) at `wavelength` (Å); NaN where λ > 2d."""
+        arg = np.asarray(wavelength, dtype=float) / (2.0 * np.asarray(d, dtype=float))
+        with np.errstate(invalid="ignore"):
+            return np.where(arg < 1.0, np.degrees(2.0 * np.arcsin(np.minimum(arg, 1.0))), np.nan)
+
+    def observed(self, two_theta_bragg: ArrayLike) -> FloatArray:
+        """Observed position (deg): Bragg 2θ + zero − 2 s cosθ / R (displacement, radians → degrees)."""
+        tt = np.asarray(two_theta_bragg, dtype=float)
+        ins = self.instrument
+        disp = -2.0 * (ins.displacement_um * 1e-3) * np.cos(np.radians(tt) / 2.0) / ins.goniometer_radius_mm
+        return tt + ins.zero + np.degrees(disp)
+
+    def voigt_parameters(self, two_theta_bragg: ArrayLike, wavelength: ArrayLike | float | None = None,
+                         size_nm: float | None = None, microstrain: float = 0.0) -> tuple[FloatArray, FloatArray]:
+        """Gaussian σ and Lorentzian half width γ (deg) of the symmetric part: instrument ⊗ sample."""
+        tt = np.asarray(two_theta_bragg, dtype=float)
+        th = np.radians(tt) / 2.0
+        t, c = np.tan(th), np.cos(th)
+        ins = self.instrument
+        z = float(getattr(ins, "z", 0.0))
+        var = np.maximum(ins.u * t * t + ins.v * t + ins.w + z / (c * c), 0.0) * 1e-4  # centideg² → deg²
+        if microstrain:
+            var = var + (np.degrees(4.0 * abs(microstrain) * t) / _FWHM_PER_SIGMA) ** 2
+        lor = np.maximum(ins.x / c + ins.y * t, 0.0) / 100.0  # FWHM, deg
+        if size_nm is not None and math.isfinite(size_nm):
+            if size_nm <= 0:
+                raise DiffractometerError(f"crystallite size must be positive, got {size_nm} nm")
+            lam = self.radiation.wavelength if wavelength is None else np.asarray(wavelength, dtype=float)
+            lor = lor + np.degrees(SCHERRER_K * lam / (10.0 * size_nm * c))
+        return np.sqrt(var), 0.5 * lor
+
+    def axial_kernel(self, two_theta_bragg: float, resolution: float) -> tuple[FloatArray, FloatArray]:
+        """Axial-divergence kernel at one Bragg angle: offsets (deg) and weights (sum 1), panels in q² with less
+        than `resolution` (deg) of offset each (module docstring). No divergence: ([0], [1])."""
+        a, b = self.instrument.s_l, self.instrument.h_l
+        if a <= 0.0 and b <= 0.0:
+            return np.zeros(1), np.ones(1)
+        tt = math.radians(two_theta_bragg)
+        c2, s2 = math.cos(tt), math.sin(tt)
+        q_max, q_b = a + b, abs(a - b)
+
+        def offset(q: FloatArray) -> FloatArray:
+            arg = np.clip(c2 * np.sqrt(1.0 + q * q), -1.0, 1.0)
+            return np.degrees(np.arccos(arg) - tt)
+
+        nodes, weights = [], []
+        for q0, q1 in ((0.0, q_b), (q_b, q_max)):
+            if q1 <= q0:
+                continue
+            span = abs(float(offset(np.array([q1]))[0] - offset(np.array([q0]))[0]))
+            n = int(math.ceil(span / max(resolution, 1e-12))) + 1
+            bounds = np.sqrt(q0 * q0 + (q1 * q1 - q0 * q0) * np.linspace(0.0, 1.0, n + 1))
+            lo, hi = bounds[:-1, None], bounds[1:, None]
+            q = (0.5 * (lo + hi) + 0.5 * (hi - lo) * _GL3_X[None, :]).ravel()
+            wq = (0.5 * (hi - lo) * _GL3_W[None, :]).ravel()
+            pair = np.where(q <= q_b, 2.0 * min(a, b), q_max - q)
+            sin_psi = q / (s2 * np.sqrt(1.0 + q * q)) if s2 > 0 else np.ones_like(q)
+            ok = (np.abs(sin_psi) < 1.0) & (np.abs(c2) * np.sqrt(1.0 + q * q) <= 1.0)
+            jac = np.where(ok, 1.0 / ((1.0 + q * q) ** 1.5 * np.sqrt(np.maximum(1.0 - sin_psi ** 2, 1e-300))), 0.0)
+            nodes.append(offset(q))
+            weights.append(wq * pair * jac)
+        off = np.concatenate(nodes)
+        w = np.concatenate(weights)
+        total = w.sum()
+        if not total > 0:
+            return np.zeros(1), np.ones(1)
+        return off, w / total
+
+    # ---------------------------------------------------------------- preparation and rendering
+    def prepare(self, d: ArrayLike, intensity: ArrayLike, *, size_nm: float | None = None,
+                microstrain: float = 0.0, strain: float = 0.0,
+                two_theta_range: tuple[float, float] | None = None) -> PreparedReflections:
+        """Tables for reflections of spacing `d` (Å, zero strain) and |F|²·m `intensity`, through every line of the
+        instrument's radiation, with the shapes of lattice strain `strain`; lines outside `two_theta_range`
+        (default: the grid ± 5°) are dropped."""
+        d = np.asarray(d, dtype=float).ravel()
+        inten = np.broadcast_to(np.asarray(intensity, dtype=float), d.shape)
+        lo, hi = two_theta_range if two_theta_range is not None else (self.axis[0] - 5.0, self.axis[-1] + 5.0)
+        ds, lams, ws = [], [], []
+        for lam, wline in self.radiation.lines:
+            tt = self.bragg_two_theta(d * (1.0 + strain), lam)
+            keep = np.isfinite(tt) & (tt >= lo) & (tt <= hi) & (tt < 179.0)
+            ds.append(d[keep])
+            lams.append(np.full(int(keep.sum()), lam))
+            ws.append(wline * inten[keep])
+        d_all, lam_all, w_all = np.concatenate(ds), np.concatenate(lams), np.concatenate(ws)
+        return self._build(d_all, lam_all, w_all, strain, size_nm, microstrain)
+
+    def _build(self, d: FloatArray, lam: FloatArray, weight: FloatArray, strain: float, size_nm: float | None,
+               microstrain: float) -> PreparedReflections:
+        """Profile tables (Voigt ⊗ axial kernel, cumulative) and far-tail carriers of every peak."""
+        n = d.size
+        tt = self.bragg_two_theta(d * (1.0 + strain), lam)
+        sigma, gamma = self.voigt_parameters(tt, lam, size_nm, microstrain)
+        if np.any((sigma <= 0.0) & (gamma <= 0.0)):
+            raise DiffractometerError("the instrument and sample give a peak of zero width: set U, V, W or X, Y")
+        fwhm = voigt_fwhm(sigma, gamma)
+        step = fwhm / self.points_per_fwhm
+        offs, wts = [], []
+        dbar, mu2k, mu3k, mu4k, span = (np.zeros(n) for _ in range(5))
+        for k in range(n):
+            o, w = self.axial_kernel(float(tt[k]), float(step[k]))
+            offs.append(o)
+            wts.append(w)
+            m = float(np.dot(w, o))
+            dbar[k] = m
+            mu2k[k] = float(np.dot(w, (o - m) ** 2))
+            mu3k[k] = float(np.dot(w, (o - m) ** 3))
+            mu4k[k] = float(np.dot(w, (o - m) ** 4))
+            span[k] = float(np.abs(o - m).max())
+        half = self.window * fwhm + span
+        count = (np.ceil(2.0 * half / step)).astype(np.int64) + 1
+        step = 2.0 * half / (count - 1)
+        u0 = dbar - half
+        start = (np.cumsum(count) - count).astype(np.int64)
+        # symmetric Voigt on a grid covering u − δ for every kernel node (δ within [min, max] of the kernel)
+        kmin = np.array([o.min() for o in offs])
+        kmax = np.array([o.max() for o in offs])
+        s_lo = u0 - np.maximum(kmax, 0.0) - 2.0 * step
+        s_cnt = (np.ceil((u0 + 2.0 * half - np.minimum(kmin, 0.0) + 2.0 * step - s_lo) / step)).astype(np.int64) + 1
+        s_start = (np.cumsum(s_cnt) - s_cnt).astype(np.int64)
+        rep = np.repeat(np.arange(n), s_cnt)
+        s_u = s_lo[rep] + step[rep] * (np.arange(s_cnt.sum()) - s_start[rep])
+        v_sym, dv_sym = _voigt_and_derivative(s_u, sigma[rep], gamma[rep])
+        k_cnt = np.array([o.size for o in offs], dtype=np.int64)
+        k_start = (np.cumsum(k_cnt) - k_cnt).astype(np.int64)
+        cdf = np.empty(int(count.sum()))
+        pdf = np.empty_like(cdf)
+        # far-tail carrier: G(v) = CDF_far(v) − H(v) outside ±half, a smooth polynomial-density bridge inside
+        a2 = 0.5 * (sigma ** 2 + mu2k)
+        a3 = -mu3k / 6.0
+        a4 = (3.0 * sigma ** 4 + 6.0 * sigma ** 2 * mu2k + mu4k) / 24.0
+        carrier = np.zeros((n, 8))
+        carrier[:, 0], carrier[:, 1], carrier[:, 2], carrier[:, 3] = gamma, a2, a3, a4
+        for k in range(n):
+            if gamma[k] > 0.0:
+                carrier[k, 4:8] = _bridge(carrier[k, :4], half[k])
+        _tables(np.concatenate(offs) if offs else np.zeros(0), np.concatenate(wts) if wts else np.zeros(0),
+                k_start, k_cnt, v_sym, dv_sym, s_start, s_cnt, s_lo, step, u0, start, count, dbar, half,
+                carrier, cdf, pdf)
+        return PreparedReflections(d, lam, weight, float(strain), size_nm, float(microstrain), sigma, gamma, fwhm,
+                                   start, count, u0, step, cdf, pdf, dbar, half, carrier, offs, wts)
+
+    def peak_positions(self, prepared: PreparedReflections, strain: float | None = None) -> tuple[FloatArray,
+                                                                                               FloatArray]:
+        """Observed positions (deg) and LP factors of every prepared peak at lattice strain `strain` (default: the
+        prepared one); NaN positions for lines that left the sphere (λ > 2d)."""
+        eps = prepared.strain if strain is None else float(strain)
+        tt = self.bragg_two_theta(prepared.d * (1.0 + eps), prepared.wavelength)
+        with np.errstate(invalid="ignore"):
+            return self.observed(tt), lorentz_polarisation(tt, self.radiation)
+
+    def counts(self, items: Sequence[tuple[PreparedReflections, float, float | None]]) -> FloatArray:
+        """Counts per bin of Σ over (prepared, scale, strain) items: area of a peak = scale·w·|F|²m·LP."""
+        cs, amps, preps = [], [], []
+        for prep, scale, strain in items:
+            c, lp = self.peak_positions(prep, strain)
+            ok = np.isfinite(c)
+            a = np.where(ok, scale * prep.weight * np.where(ok, lp, 0.0), 0.0)
+            cs.append(np.where(ok, c, 0.0))
+            amps.append(a)
+            preps.append(prep)
+        out = np.zeros(self.axis.size)
+        wmax = float(np.diff(self.edges).max())
+        for prep, centres, amp in zip(preps, cs, amps):
+            if prep.n_peaks == 0:
+                continue
+            stride = int(max(1, min(64, math.floor(float(prep.half.min()) / (4.0 * wmax)))))
+            coarse = np.arange(0, self.edges.size, stride, dtype=np.int64)
+            if coarse[-1] != self.edges.size - 1:
+                coarse = np.append(coarse, np.int64(self.edges.size - 1))
+            _render(self.edges, coarse, centres, amp, prep.start, prep.count, prep.u0, prep.step, prep.cdf,
+                    prep.pdf, prep.dbar, prep.half, prep.carrier, out)
+        return out
+
+    def render(self, d: ArrayLike, intensity: ArrayLike, *, scale: float = 1.0, size_nm: float | None = None,
+               microstrain: float = 0.0, strain: float = 0.0) -> FloatArray:
+        """Counts per bin for one reflection list (prepare + counts; prepare once and call `counts` when
+        drawing many patterns)."""
+        prep = self.prepare(d, intensity, size_nm=size_nm, microstrain=microstrain, strain=strain)
+        return self.counts([(prep, scale, strain)])
+
+
+def _voigt_and_derivative(u: FloatArray, sigma: FloatArray, gamma: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Voigt density (scipy.special.voigt_profile) and its derivative d/du (Faddeeva identity; Lorentzian or
+    Gaussian limits where σ or γ is zero)."""
+    v = voigt_profile(u, sigma, gamma)
+    dv = np.empty_like(u)
+    g = sigma > 0.0
+    if np.any(g):
+        s = sigma[g]
+        z = (u[g] + 1j * gamma[g]) / (s * math.sqrt(2.0))
+        dv[g] = -2.0 * np.real(z * wofz(z)) / (2.0 * s * s * math.sqrt(math.pi))
+    lo = ~g
+    if np.any(lo):
+        gl, ul = gamma[lo], u[lo]
+        dv[lo] = -2.0 * gl * ul / (math.pi * (ul * ul + gl * gl) ** 2)
+    return v, dv
+
+
+@numba.njit(cache=True, nogil=True)
+def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, float]:
+    """Far-tail carrier G and G′ at offset v from the kernel mean (module docstring): beyond ±half the asymptotic
+    CDF minus the unit step, Lc − H + a2 L′ + a3 L″ + a4 L‴ (L the unit Lorentzian of half width γ, Lc its CDF,
+    a_n = (−1)ⁿ μₙ/n!), inside the polynomial bridge (`_bridge`)."""
+    gamma = c[0]
+    if gamma <= 0.0:
+        return 0.0, 0.0
+    if v > -half and v < half:
+        al, be, ka, gl = c[4], c[5], c[6], c[7]
+        v2 = v * v
+        x0 = -half
+        prim = v * (al + v2 * (be / 3.0 + v2 * ka / 5.0))
+        prim0 = x0 * (al + x0 * x0 * (be / 3.0 + x0 * x0 * ka / 5.0))
+        return gl + prim - prim0, al + be * v2 + ka * v2 * v2
+    a2, a3, a4 = c[1], c[2], c[3]
+    g2 = gamma * gamma
+    v2 = v * v
+    r = v2 + g2
+    x = gamma / v
+    x2 = x * x
+    at = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (0.2 - x2 * (1.0 / 7.0 - x2 * (1.0 / 9.0 - x2 / 11.0)))))  # atan, |x| ≤ 1/12
+    gp = gamma / math.pi
+    l0 = gp / r
+    l1 = -2.0 * gp * v / (r * r)
+    l2 = gp * (6.0 * v2 - 2.0 * g2) / (r * r * r)
+    l3 = 24.0 * gp * v * (g2 - v2) / (r * r * r * r)
+    l4 = 24.0 * gp * (5.0 * v2 * v2 - 10.0 * v2 * g2 + g2 * g2) / (r * r * r * r * r)
+    return -at / math.pi + a2 * l1 + a3 * l2 + a4 * l3, l0 + a2 * l2 + a3 * l3 + a4 * l4
+
+
+def _bridge(c: FloatArray, half: float) -> tuple[float, float, float, float]:
+    """Even polynomial density α + βv² + κv⁴ on (−half, half) joining the far carrier's value and slope at ±half
+    (their even parts) and carrying exactly G(half) − G(−half); returns (α, β, κ, G(−half))."""
+    far = np.zeros(8)
+    far[:4] = c[:4]
+    g_r, rho_r = _carrier(half, far, 0.0)
+    g_l, rho_l = _carrier(-half, far, 0.0)
+    h = 1e-5 * half
+    drho = (_carrier(half + h, far, 0.0)[1] - _carrier(half - h, far, 0.0)[1]
+            - _carrier(-half + h, far, 0.0)[1] + _carrier(-half - h, far, 0.0)[1]) / (4.0 * h)
+    rho0 = 0.5 * (rho_r + rho_l)
+    mass = g_r - g_l
+    r = half
+    mat = np.array([[1.0, r * r, r ** 4], [0.0, 2.0 * r, 4.0 * r ** 3],
+                    [2.0 * r, 2.0 * r ** 3 / 3.0, 2.0 * r ** 5 / 5.0]])
+    alpha, beta, kappa = np.linalg.solve(mat, np.array([rho0, drho, mass]))
+    return float(alpha), float(beta), float(kappa), float(g_l)
+
+
+@numba.njit(cache=True, nogil=True)
+def _hermite(y0: float, y1: float, d0: float, d1: float, h: float, t: float) -> float:
+    """Cubic Hermite interpolant at fraction t of an interval of width h."""
+    t2 = t * t
+    t3 = t2 * t
+    return ((2.0 * t3 - 3.0 * t2 + 1.0) * y0 + (t3 - 2.0 * t2 + t) * h * d0 + (-2.0 * t3 + 3.0 * t2) * y1
+            + (t3 - t2) * h * d1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _hermite_d(y0: float, y1: float, d0: float, d1: float, h: float, t: float) -> float:
+    """Derivative of the cubic Hermite interpolant."""
+    t2 = t * t
+    return ((6.0 * t2 - 6.0 * t) * y0 / h + (3.0 * t2 - 4.0 * t + 1.0) * d0 + (-6.0 * t2 + 6.0 * t) * y1 / h
+            + (3.0 * t2 - 2.0 * t) * d1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tables(k_off: NDArray[np.float64], k_w: NDArray[np.float64], k_start: NDArray[np.int64],
+            k_cnt: NDArray[np.int64], v_sym: NDArray[np.float64], dv_sym: NDArray[np.float64],
+            s_start: NDArray[np.int64], s_cnt: NDArray[np.int64], s_lo: NDArray[np.float64],
+            step: NDArray[np.float64], u0: NDArray[np.float64], start: NDArray[np.int64], count: NDArray[np.int64],
+            dbar: NDArray[np.float64], half: NDArray[np.float64], carrier: NDArray[np.float64],
+            cdf: NDArray[np.float64], pdf: NDArray[np.float64]) -> None:
+    """Per peak: density p(u) = Σ_j w_j V(u − δ_j) (cubic Hermite of the tabulated Voigt) and its derivative on
+    the table grid, then the cumulative integral of p's cubic Hermite interpolant, started at the far-tail CDF."""
+    for k in range(start.size):
+        h = step[k]
+        n = count[k]
+        dens = np.zeros(n)
+        ddens = np.zeros(n)
+        for j in range(k_start[k], k_start[k] + k_cnt[k]):
+            wj, oj = k_w[j], k_off[j]
+            for m in range(n):
+                pos = (u0[k] + m * h - oj - s_lo[k]) / h
+                i = int(math.floor(pos))
+                if i < 0:
+                    i = 0
+                if i > s_cnt[k] - 2:
+                    i = s_cnt[k] - 2
+                t = pos - i
+                a = s_start[k] + i
+                dens[m] += wj * _hermite(v_sym[a], v_sym[a + 1], dv_sym[a], dv_sym[a + 1], h, t)
+                ddens[m] += wj * _hermite_d(v_sym[a], v_sym[a + 1], dv_sym[a], dv_sym[a + 1], h, t)
+        # CDF at the left end: far tail (carrier + step, step = 0 on the left)
+        acc = carrier[k, 7] if carrier[k, 0] > 0.0 else 0.0  # G(−half): the far tail's mass left of the table
+        s0 = start[k]
+        for m in range(n):
+            if m > 0:
+                acc += 0.5 * h * (dens[m - 1] + dens[m]) + h * h * (ddens[m - 1] - ddens[m]) / 12.0
+            cdf[s0 + m] = acc
+            pdf[s0 + m] = dens[m]
+
+
+@numba.njit(cache=True, nogil=True)
+def _render(edges: NDArray[np.float64], coarse: NDArray[np.int64], centres: NDArray[np.float64],
+            amp: NDArray[np.float64], start: NDArray[np.int64], count: NDArray[np.int64], u0: NDArray[np.float64],
+            step: NDArray[np.float64], cdf: NDArray[np.float64], pdf: NDArray[np.float64],
+            dbar: NDArray[np.float64], half: NDArray[np.float64], carrier: NDArray[np.float64],
+            out: NDArray[np.float64]) -> None:
+    """Add every peak's bin integrals to `out`: J = table CDF − carrier over the peak's window (0 left of it,
+    1 right of it), and the carriers of all peaks summed on the coarse edges and Hermite-interpolated between."""
+    ne = edges.size
+    for k in range(centres.size):
+        a = amp[k]
+        if a == 0.0:
+            continue
+        c = centres[k]
+        lo_u = u0[k]
+        h = step[k]
+        nk = count[k]
+        hi_u = lo_u + (nk - 1) * h
+        i0 = np.searchsorted(edges, c + lo_u)
+        i1 = np.searchsorted(edges, c + hi_u)
+        if i0 > 0:
+            i0 -= 1
+        if i1 > ne - 1:
+            i1 = ne - 1
+        if i1 <= i0:
+            continue
+        s0 = start[k]
+        has_carrier = carrier[k, 0] > 0.0
+        al, be, ka, gl = carrier[k, 4], carrier[k, 5] / 3.0, carrier[k, 6] / 5.0, carrier[k, 7]
+        x0 = -half[k]
+        prim0 = x0 * (al + x0 * x0 * (be + x0 * x0 * ka))
+        shift = c + dbar[k]
+        inv_h = 1.0 / h
+        prev = 0.0
+        for i in range(i0, i1 + 1):
+            e = edges[i]
+            u = e - c
+            if u <= lo_u:
+                jv = 0.0
+            elif u >= hi_u:
+                jv = 1.0
+            else:
+                pos = (u - lo_u) * inv_h
+                m = int(pos)
+                if m > nk - 2:
+                    m = nk - 2
+                t = pos - m
+                t2 = t * t
+                t3 = t2 * t
+                j = s0 + m
+                jv = ((2.0 * t3 - 3.0 * t2 + 1.0) * cdf[j] + (t3 - 2.0 * t2 + t) * h * pdf[j]
+                      + (3.0 * t2 - 2.0 * t3) * cdf[j + 1] + (t3 - t2) * h * pdf[j + 1])
+                if has_carrier:
+                    v = e - shift
+                    v2 = v * v
+                    jv -= gl + v * (al + v2 * (be + v2 * ka)) - prim0
+            if i > i0:
+                out[i - 1] += a * (jv - prev)
+            prev = jv
+    # carriers: sum on coarse edges, interpolate
+    nc = coarse.size
+    sg = np.zeros(nc)
+    sd = np.zeros(nc)
+    any_carrier = False
+    for k in range(centres.size):
+        a = amp[k]
+        if a == 0.0 or carrier[k, 0] <= 0.0:
+            continue
+        any_carrier = True
+        ck = centres[k] + dbar[k]
+        ck_row = carrier[k]
+        hk = half[k]
+        for j in range(nc):
+            g, dg = _carrier(edges[coarse[j]] - ck, ck_row, hk)
+            sg[j] += a * g
+            sd[j] += a * dg
+    if not any_carrier:
+        return
+    prev = sg[0]
+    for j in range(nc - 1):
+        e0 = edges[coarse[j]]
+        e1 = edges[coarse[j + 1]]
+        hh = e1 - e0
+        for i in range(coarse[j] + 1, coarse[j + 1] + 1):
+            val = _hermite(sg[j], sg[j + 1], sd[j], sd[j + 1], hh, (edges[i] - e0) / hh)
+            out[i - 1] += val - prev
+            prev = val
+
+
+def _warm_up() -> None:
+    """Compile/load the numba kernels once (cached on disk)."""
+    if _WARM[0]:
+        return
+    _WARM[0] = True  # before the call: the Diffractometer below does not recurse
+    ins = Instrument(Radiation.cu_ka1(), w=10.0, x=1.0, s_l=0.01, h_l=0.01)
+    Diffractometer(ins, np.linspace(20.0, 22.0, 50)).render([4.2], [1.0])
+
+
+_WARM = [False]

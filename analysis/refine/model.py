@@ -151,6 +151,9 @@ class PhaseModel:
     name: str = ""
     system: str = field(init=False)
     cell_names: tuple[str, ...] = field(init=False)
+    decoy_factor: float = field(default=1.0, init=False)
+    """Cell lengths are multiplied by this when rendering (1 = the real phase; ≠ 1 makes the significance test's
+    decoy: the same phase, as flexible, with its reflections where they are not)."""
 
     def __post_init__(self) -> None:
         """Enumerate the reflections once, 5 % beyond the range in d so refined cells need no recomputation."""
@@ -242,7 +245,10 @@ class PhaseModel:
         first, so a start several FWHM off still converges)."""
         p = np.asarray(params, dtype=float)
         ncell = len(self.cell_names)
-        gstar = reciprocal_metric(self.cell(p))
+        cell = self.cell(p)
+        if self.decoy_factor != 1.0:
+            cell = tuple(v * self.decoy_factor for v in cell[:3]) + tuple(cell[3:])
+        gstar = reciprocal_metric(cell)
         inv_d2 = np.einsum("ni,ij,nj->n", self.hkl, gstar, self.hkl)
         half_d = 0.5 * np.sqrt(inv_d2)  # 1/(2d)
         arg = self._lams[:, None] * half_d[None, :]

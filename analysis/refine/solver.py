@@ -314,6 +314,24 @@ def lag1_autocorrelation(r: FloatArray) -> float:
     return float(r[1:] @ r[:-1]) / rr
 
 
+def autocorrelation_time(r: FloatArray) -> float:
+    """Integrated autocorrelation time τ = 1 + 2 Σ_k ρ_k of the residuals, summed over the initial positive sequence
+    (lags before the first ρ_k ≤ 0; Geyer, Statist. Sci. 7, 473 (1992)); ≥ 1. For an AR(1) sequence it equals
+    (1 + ρ)/(1 − ρ), the Bérar–Lelann factor; systematic misfit broader than a step makes it larger."""
+    n = r.size
+    if n < 3:
+        return 1.0
+    rc = r - r.mean()
+    f = np.fft.rfft(rc, 2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[:n]
+    if ac[0] <= 0:
+        return 1.0
+    ac = ac / ac[0]
+    neg = np.flatnonzero(ac[1:] <= 0.0)
+    stop = int(neg[0]) + 1 if neg.size else n
+    return max(1.0 + 2.0 * float(ac[1:stop].sum()), 1.0)
+
+
 def effective_points(n: int, rho: float, n_params: int) -> float:
     """Number of effectively independent points of n serially correlated residuals: n·(1 − ρ)/(1 + ρ) for ρ > 0
     (AR(1) variance inflation; Bérar & Lelann, J. Appl. Cryst. 24, 1 (1991)), at least n_params + 2."""

@@ -78,14 +78,15 @@ _GL3_X = np.array([-math.sqrt(0.6), 0.0, math.sqrt(0.6)])
 _GL3_W = np.array([5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0])
 
 SIMULATED_LAB_INSTRUMENT: Instrument = Instrument(
-    Radiation.cu_ka(), zero=0.01, u=26.0, v=-11.0, w=12.0, x=1.6, y=1.2, s_l=0.02, h_l=0.02,
+    Radiation.cu_ka(), zero=0.01, u=22.0, v=-10.0, w=11.0, x=1.5, y=0.8, s_l=0.02, h_l=0.02,
     displacement_um=0.0, goniometer_radius_mm=240.0, geometry="bragg-brentano",
     name="simulated lab rig: Cu Kα1+Kα2 Bragg–Brentano, R = 240 mm, S/L = H/L = 0.02, zero 0.01°")
 """The simulated rig's own lab diffractometer (hotstage.simulated.diffractometer), deliberately *not* the
-quantifier's default: Gaussian U, V, W = 26, −11, 12 centideg² plus a Lorentzian X = 1.6, Y = 1.2 centideg give
-a Voigt FWHM 27 % wider than ``profiles.DEFAULT_CAGLIOTI`` at 10°, 23 % at 30° and 27 % at 60° 2θ (the
-quantifier's default has no Lorentzian part at all); FCJ axial divergence S/L = H/L = 0.02 (a 240 mm goniometer
-with ~5 mm of illuminated sample height and a ~10 mm receiving slit, Soller-collimated: a typical asymmetry);
+quantifier's default: Gaussian U, V, W = 22, −10, 11 centideg² plus a Lorentzian X = 1.5, Y = 0.8 centideg give
+a Voigt FWHM 24 % wider than ``profiles.DEFAULT_CAGLIOTI`` at 10°, 27 % at 30°, 30 % at 60° and 29 % at 90° 2θ
+(the quantifier's default has no Lorentzian part at all; tests/test_diffractometer.py checks the 20–40 %);
+FCJ axial divergence S/L = H/L = 0.02 (on a 240 mm goniometer: half-heights of 4.8 mm, i.e. ~10 mm of sample along
+the axis and a ~10 mm tall receiving slit: a typical, clearly visible low-angle asymmetry);
 zero 0.01°; no displacement. The values are assumptions of a plausible instrument, not a measured one."""
 
 
@@ -142,9 +143,10 @@ class PreparedReflections:
     step: FloatArray
     cdf: FloatArray
     pdf: FloatArray
+    dpdf: FloatArray
     dbar: FloatArray
     half: FloatArray
-    carrier: FloatArray  # (n, 8): γ, a2, a3, a4, α, β, κ, G(−half)
+    carrier: FloatArray  # (n, 9): γ, a2, a3, a4, α, β, κ, λ, G(−half)
     kernel_offsets: list[FloatArray]
     kernel_weights: list[FloatArray]
 
@@ -305,20 +307,21 @@ class Diffractometer:
         k_start = (np.cumsum(k_cnt) - k_cnt).astype(np.int64)
         cdf = np.empty(int(count.sum()))
         pdf = np.empty_like(cdf)
+        dpdf = np.empty_like(cdf)
         # far-tail carrier: G(v) = CDF_far(v) − H(v) outside ±half, a smooth polynomial-density bridge inside
         a2 = 0.5 * (sigma ** 2 + mu2k)
         a3 = -mu3k / 6.0
         a4 = (3.0 * sigma ** 4 + 6.0 * sigma ** 2 * mu2k + mu4k) / 24.0
-        carrier = np.zeros((n, 8))
+        carrier = np.zeros((n, 9))
         carrier[:, 0], carrier[:, 1], carrier[:, 2], carrier[:, 3] = gamma, a2, a3, a4
         for k in range(n):
             if gamma[k] > 0.0:
-                carrier[k, 4:8] = _bridge(carrier[k, :4], half[k])
+                carrier[k, 4:9] = _bridge(carrier[k, :4], half[k])
         _tables(np.concatenate(offs) if offs else np.zeros(0), np.concatenate(wts) if wts else np.zeros(0),
                 k_start, k_cnt, v_sym, dv_sym, s_start, s_cnt, s_lo, step, u0, start, count, dbar, half,
-                carrier, cdf, pdf)
+                carrier, cdf, pdf, dpdf)
         return PreparedReflections(d, lam, weight, float(strain), size_nm, float(microstrain), sigma, gamma, fwhm,
-                                   start, count, u0, step, cdf, pdf, dbar, half, carrier, offs, wts)
+                                   start, count, u0, step, cdf, pdf, dpdf, dbar, half, carrier, offs, wts)
 
     def peak_positions(self, prepared: PreparedReflections, strain: float | None = None) -> tuple[FloatArray,
                                                                                                FloatArray]:
@@ -344,12 +347,12 @@ class Diffractometer:
         for prep, centres, amp in zip(preps, cs, amps):
             if prep.n_peaks == 0:
                 continue
-            stride = int(max(1, min(64, math.floor(float(prep.half.min()) / (4.0 * wmax)))))
+            stride = int(max(1, min(64, math.floor(float(prep.half.min()) / (8.0 * wmax)))))
             coarse = np.arange(0, self.edges.size, stride, dtype=np.int64)
             if coarse[-1] != self.edges.size - 1:
                 coarse = np.append(coarse, np.int64(self.edges.size - 1))
             _render(self.edges, coarse, centres, amp, prep.start, prep.count, prep.u0, prep.step, prep.cdf,
-                    prep.pdf, prep.dbar, prep.half, prep.carrier, out)
+                    prep.pdf, prep.dpdf, prep.dbar, prep.half, prep.carrier, out)
         return out
 
     def render(self, d: ArrayLike, intensity: ArrayLike, *, scale: float = 1.0, size_nm: float | None = None,
@@ -386,12 +389,12 @@ def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, floa
     if gamma <= 0.0:
         return 0.0, 0.0
     if v > -half and v < half:
-        al, be, ka, gl = c[4], c[5], c[6], c[7]
+        al, be, ka, la, gl = c[4], c[5], c[6], c[7], c[8]
         v2 = v * v
-        x0 = -half
-        prim = v * (al + v2 * (be / 3.0 + v2 * ka / 5.0))
-        prim0 = x0 * (al + x0 * x0 * (be / 3.0 + x0 * x0 * ka / 5.0))
-        return gl + prim - prim0, al + be * v2 + ka * v2 * v2
+        x02 = half * half
+        prim = v * (al + v2 * (be / 3.0 + v2 * (ka / 5.0 + v2 * la / 7.0)))
+        prim0 = -half * (al + x02 * (be / 3.0 + x02 * (ka / 5.0 + x02 * la / 7.0)))
+        return gl + prim - prim0, al + v2 * (be + v2 * (ka + v2 * la))
     a2, a3, a4 = c[1], c[2], c[3]
     g2 = gamma * gamma
     v2 = v * v
@@ -408,23 +411,28 @@ def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, floa
     return -at / math.pi + a2 * l1 + a3 * l2 + a4 * l3, l0 + a2 * l2 + a3 * l3 + a4 * l4
 
 
-def _bridge(c: FloatArray, half: float) -> tuple[float, float, float, float]:
-    """Even polynomial density α + βv² + κv⁴ on (−half, half) joining the far carrier's value and slope at ±half
-    (their even parts) and carrying exactly G(half) − G(−half); returns (α, β, κ, G(−half))."""
-    far = np.zeros(8)
+def _bridge(c: FloatArray, half: float) -> tuple[float, float, float, float, float]:
+    """Even polynomial density α + βv² + κv⁴ + λv⁶ on (−half, half) joining the far carrier's density, slope and
+    curvature at ±half (their even parts: the carrier is then C³ but for a tiny odd part, so its coarse
+    interpolation stays accurate) and carrying exactly G(half) − G(−half); returns (α, β, κ, λ, G(−half))."""
+    far = np.zeros(9)
     far[:4] = c[:4]
-    g_r, rho_r = _carrier(half, far, 0.0)
-    g_l, rho_l = _carrier(-half, far, 0.0)
-    h = 1e-5 * half
-    drho = (_carrier(half + h, far, 0.0)[1] - _carrier(half - h, far, 0.0)[1]
-            - _carrier(-half + h, far, 0.0)[1] + _carrier(-half - h, far, 0.0)[1]) / (4.0 * h)
-    rho0 = 0.5 * (rho_r + rho_l)
-    mass = g_r - g_l
+
+    def rho_even(v: float) -> float:
+        return 0.5 * (_carrier(v, far, 0.0)[1] + _carrier(-v, far, 0.0)[1])
+
+    g_r = _carrier(half, far, 0.0)[0]
+    g_l = _carrier(-half, far, 0.0)[0]
+    h = 1e-3 * half
+    r0, rp, rm = rho_even(half), rho_even(half + h), rho_even(half - h)
+    d1 = (rp - rm) / (2.0 * h)
+    d2 = (rp - 2.0 * r0 + rm) / (h * h)
     r = half
-    mat = np.array([[1.0, r * r, r ** 4], [0.0, 2.0 * r, 4.0 * r ** 3],
-                    [2.0 * r, 2.0 * r ** 3 / 3.0, 2.0 * r ** 5 / 5.0]])
-    alpha, beta, kappa = np.linalg.solve(mat, np.array([rho0, drho, mass]))
-    return float(alpha), float(beta), float(kappa), float(g_l)
+    mat = np.array([[1.0, r ** 2, r ** 4, r ** 6], [0.0, 2.0 * r, 4.0 * r ** 3, 6.0 * r ** 5],
+                    [0.0, 2.0, 12.0 * r ** 2, 30.0 * r ** 4],
+                    [2.0 * r, 2.0 * r ** 3 / 3.0, 2.0 * r ** 5 / 5.0, 2.0 * r ** 7 / 7.0]])
+    alpha, beta, kappa, lam = np.linalg.solve(mat, np.array([r0, d1, d2, g_r - g_l]))
+    return float(alpha), float(beta), float(kappa), float(lam), float(g_l)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -450,7 +458,7 @@ def _tables(k_off: NDArray[np.float64], k_w: NDArray[np.float64], k_start: NDArr
             s_start: NDArray[np.int64], s_cnt: NDArray[np.int64], s_lo: NDArray[np.float64],
             step: NDArray[np.float64], u0: NDArray[np.float64], start: NDArray[np.int64], count: NDArray[np.int64],
             dbar: NDArray[np.float64], half: NDArray[np.float64], carrier: NDArray[np.float64],
-            cdf: NDArray[np.float64], pdf: NDArray[np.float64]) -> None:
+            cdf: NDArray[np.float64], pdf: NDArray[np.float64], dpdf: NDArray[np.float64]) -> None:
     """Per peak: density p(u) = Σ_j w_j V(u − δ_j) (cubic Hermite of the tabulated Voigt) and its derivative on
     the table grid, then the cumulative integral of p's cubic Hermite interpolant, started at the far-tail CDF."""
     for k in range(start.size):
@@ -472,21 +480,22 @@ def _tables(k_off: NDArray[np.float64], k_w: NDArray[np.float64], k_start: NDArr
                 dens[m] += wj * _hermite(v_sym[a], v_sym[a + 1], dv_sym[a], dv_sym[a + 1], h, t)
                 ddens[m] += wj * _hermite_d(v_sym[a], v_sym[a + 1], dv_sym[a], dv_sym[a + 1], h, t)
         # CDF at the left end: far tail (carrier + step, step = 0 on the left)
-        acc = carrier[k, 7] if carrier[k, 0] > 0.0 else 0.0  # G(−half): the far tail's mass left of the table
+        acc = carrier[k, 8] if carrier[k, 0] > 0.0 else 0.0  # G(−half): the far tail's mass left of the table
         s0 = start[k]
         for m in range(n):
             if m > 0:
                 acc += 0.5 * h * (dens[m - 1] + dens[m]) + h * h * (ddens[m - 1] - ddens[m]) / 12.0
             cdf[s0 + m] = acc
             pdf[s0 + m] = dens[m]
+            dpdf[s0 + m] = ddens[m]
 
 
 @numba.njit(cache=True, nogil=True)
 def _render(edges: NDArray[np.float64], coarse: NDArray[np.int64], centres: NDArray[np.float64],
             amp: NDArray[np.float64], start: NDArray[np.int64], count: NDArray[np.int64], u0: NDArray[np.float64],
             step: NDArray[np.float64], cdf: NDArray[np.float64], pdf: NDArray[np.float64],
-            dbar: NDArray[np.float64], half: NDArray[np.float64], carrier: NDArray[np.float64],
-            out: NDArray[np.float64]) -> None:
+            dpdf: NDArray[np.float64], dbar: NDArray[np.float64], half: NDArray[np.float64],
+            carrier: NDArray[np.float64], out: NDArray[np.float64]) -> None:
     """Add every peak's bin integrals to `out`: J = table CDF − carrier over the peak's window (0 left of it,
     1 right of it), and the carriers of all peaks summed on the coarse edges and Hermite-interpolated between."""
     ne = edges.size
@@ -509,9 +518,11 @@ def _render(edges: NDArray[np.float64], coarse: NDArray[np.int64], centres: NDAr
             continue
         s0 = start[k]
         has_carrier = carrier[k, 0] > 0.0
-        al, be, ka, gl = carrier[k, 4], carrier[k, 5] / 3.0, carrier[k, 6] / 5.0, carrier[k, 7]
+        al, be, ka, la, gl = (carrier[k, 4], carrier[k, 5] / 3.0, carrier[k, 6] / 5.0, carrier[k, 7] / 7.0,
+                              carrier[k, 8])
         x0 = -half[k]
-        prim0 = x0 * (al + x0 * x0 * (be + x0 * x0 * ka))
+        x02 = x0 * x0
+        prim0 = x0 * (al + x02 * (be + x02 * (ka + x02 * la)))
         shift = c + dbar[k]
         inv_h = 1.0 / h
         prev = 0.0
@@ -530,13 +541,19 @@ def _render(edges: NDArray[np.float64], coarse: NDArray[np.int64], centres: NDAr
                 t = pos - m
                 t2 = t * t
                 t3 = t2 * t
+                t4 = t3 * t
+                t5 = t4 * t
                 j = s0 + m
-                jv = ((2.0 * t3 - 3.0 * t2 + 1.0) * cdf[j] + (t3 - 2.0 * t2 + t) * h * pdf[j]
-                      + (3.0 * t2 - 2.0 * t3) * cdf[j + 1] + (t3 - t2) * h * pdf[j + 1])
+                # quintic Hermite of the CDF from its value, density and density slope at both nodes
+                jv = ((1.0 - 10.0 * t3 + 15.0 * t4 - 6.0 * t5) * cdf[j]
+                      + (10.0 * t3 - 15.0 * t4 + 6.0 * t5) * cdf[j + 1]
+                      + h * ((t - 6.0 * t3 + 8.0 * t4 - 3.0 * t5) * pdf[j]
+                             + (-4.0 * t3 + 7.0 * t4 - 3.0 * t5) * pdf[j + 1])
+                      + 0.5 * h * h * ((t2 - 3.0 * t3 + 3.0 * t4 - t5) * dpdf[j] + (t3 - 2.0 * t4 + t5) * dpdf[j + 1]))
                 if has_carrier:
                     v = e - shift
                     v2 = v * v
-                    jv -= gl + v * (al + v2 * (be + v2 * ka)) - prim0
+                    jv -= gl + v * (al + v2 * (be + v2 * (ka + v2 * la))) - prim0
             if i > i0:
                 out[i - 1] += a * (jv - prev)
             prev = jv

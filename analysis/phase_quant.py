@@ -60,6 +60,7 @@ from hotstage.analysis.quant.halos import halo_columns
 from hotstage.analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from hotstage.analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
                                    shifted_axis)
+from hotstage.analysis.instrument import Instrument
 from hotstage.analysis.radiation import Radiation
 
 __all__ = ["PhaseQuantifier", "QuantResult", "DEFAULT_HALO_Q", "DEFAULT_HALO_FWHM_Q", "warm_up"]
@@ -105,6 +106,25 @@ TABLE_CACHE: int = 3
 RESCAN_MIN_FRACTION: float = 0.01
 """Warm fits re-scan the strain and width of a phase that became refinable (significant) since the previous pattern
 when its weight fraction is at least this (a phase appearing at a transition carries a stale ε/Y otherwise)."""
+
+
+def _radiation_of(wavelength: float | Radiation | None, instrument: Instrument | None,
+                  caglioti: Sequence[float]) -> Radiation:
+    """The quantifier's radiation: the instrument's when there is one (a `wavelength` given as well must agree:
+    the same primary wavelength to 1 ppm, or the same Radiation), else `wavelength` (`Radiation.coerce`)."""
+    if instrument is None:
+        if wavelength is None:
+            raise ValueError("give a wavelength (or Radiation) or an instrument")
+        return Radiation.coerce(wavelength)
+    if tuple(float(c) for c in caglioti) != tuple(DEFAULT_CAGLIOTI):
+        raise ValueError("give the instrumental widths either as caglioti or as an instrument, not both")
+    rad = instrument.radiation
+    if wavelength is not None:
+        same = (wavelength == rad if isinstance(wavelength, Radiation)
+                else math.isclose(float(wavelength), rad.wavelength, rel_tol=1e-6))
+        if not same:
+            raise ValueError(f"wavelength {wavelength!r} differs from the instrument's radiation {rad!r}")
+    return rad
 
 
 def warm_up() -> None:
@@ -182,7 +202,7 @@ class _Step:
 class PhaseQuantifier:
     """Sequential whole-pattern QPA on a fixed 2θ axis: `fit(counts)` pattern after pattern (see module doc)."""
 
-    def __init__(self, phases: Sequence[Crystal], two_theta: ArrayLike, wavelength: float | Radiation, *,
+    def __init__(self, phases: Sequence[Crystal], two_theta: ArrayLike, wavelength: float | Radiation | None = None, *,
                  background_order: int = 8, halos: bool = True,
                  halo_q: Sequence[float] = DEFAULT_HALO_Q, halo_fwhm_q: Sequence[float] = DEFAULT_HALO_FWHM_Q,
                  halo_q_bound: float = 0.1, halo_fwhm_bounds: tuple[float, float] = (0.6, 1.5),
@@ -193,8 +213,15 @@ class PhaseQuantifier:
                  strain_search: float = 0.015, size_bounds_nm: tuple[float, float] = (2.0, 10_000.0),
                  zero_range: float = 0.3, min_relative_intensity: float = 1e-3, window: float = DEFAULT_WINDOW,
                  min_significance: float = 5.0, min_fraction_strain: float = 0.0,
-                 min_fraction_width: float = 0.01, max_iterations: int = 40, warm_iterations: int = 20) -> None:
+                 min_fraction_width: float = 0.01, max_iterations: int = 40, warm_iterations: int = 20,
+                 instrument: Instrument | None = None) -> None:
         """Set up phases, axis and model; `caglioti`/`microstrain`/`eta` describe the (calibrated) instrument.
+
+        `instrument` (`hotstage.analysis.instrument.Instrument`, e.g. read from a GSAS-II .instprm): its radiation
+        is the radiation (`wavelength` may then be None; given and different: ValueError), its U, V, W, Z the fixed
+        Gaussian (instead of `caglioti`, which must stay at its default), its X, Y a fixed Lorentzian added to each
+        phase's refined Lorentzian, its zero the starting zero shift (refined within ±`zero_range` of it). Its FCJ
+        asymmetry and sample displacement are not modelled by the live tables (`quant.tables.PeakModel`).
 
         `refine` ⊆ {"strain", "width", "zero", "halos"}: cold fits always refine halo Q/FWHM when halos are on;
         warm fits only when "halos" is listed. `size_nm` is the starting crystallite size (sets Y₀). A phase's
@@ -215,7 +242,9 @@ class PhaseQuantifier:
         if x.ndim != 1 or x.size < 10 or np.any(np.diff(x) <= 0):
             raise ValueError("two_theta must be a strictly increasing 1-D array of at least 10 points")
         self.two_theta = x
-        self.radiation = Radiation.coerce(wavelength)
+        self.instrument = instrument
+        self.radiation = _radiation_of(wavelength, instrument, caglioti)
+        self._zero0 = 0.0 if instrument is None else float(instrument.zero)
         self.refine = frozenset(refine)
         self.window = float(window)
         self.min_significance = float(min_significance)
@@ -236,10 +265,11 @@ class PhaseQuantifier:
         else:
             self.strain_start = np.full(np_, float(strain_start))
         # peak lists and models
-        margin = self.zero_range + 1.0
+        margin = self.zero_range + abs(self._zero0) + 1.0
         tt_max = min(float(x[-1]) * (1.0 + strain_search + 0.01) + margin + 2.0, 179.0)
         self._models = [PeakModel(phase_peaks(c, self.radiation, tt_max, min_relative_intensity), self.radiation,
-                                  tuple(float(v) for v in caglioti), float(microstrain), eta) for c in self.phases]
+                                  tuple(float(v) for v in caglioti), float(microstrain), eta, instrument)
+                        for c in self.phases]
         self._norms = np.array([m.pk.norm for m in self._models])
         self._zmv_over_norm = np.array([c.zmv for c in self.phases]) / self._norms
         self._s_lo = math.sin(math.radians(max(float(x[0]) - margin, 0.05)) / 2.0)
@@ -271,7 +301,7 @@ class PhaseQuantifier:
         n, np_ = self.two_theta.size, self._np
         self._eps = self.strain_start.copy()
         self._wid = np.full(np_, self.width_start)
-        self._zero = 0.0
+        self._zero = self._zero0
         self._hq = self._halo_q0.copy()
         self._hw = self._halo_w0.copy()
         self._tables: list[PhaseTable | None] = [None] * np_
@@ -610,7 +640,7 @@ class PhaseQuantifier:
         if kind == "width":
             return self.width_bounds
         if kind == "zero":
-            return -self.zero_range, self.zero_range
+            return self._zero0 - self.zero_range, self._zero0 + self.zero_range
         if kind == "hq":
             q0 = float(self._halo_q0[i])
             return q0 - self._halo_q_bound, q0 + self._halo_q_bound
@@ -838,7 +868,9 @@ class PhaseQuantifier:
         sel = (tt > x[0]) & (tt < x[-1]) & (area >= 0.05 * (area.max() if area.size else 0.0))
         if not sel.any():
             return 2e-3
-        fwhm = model.profile(gauss[sel], self._wid[p] * lor1[sel])[0]  # the strong peaks' widths only
+        lor0 = model.lorentz_fixed(self._eps[p])
+        fwhm = model.profile(gauss[sel], model.lorentz(self._wid[p], lor1[sel], None if lor0 is None else lor0[sel])
+                             )[0]  # the strong peaks' widths only
         th = np.radians(tt[sel]) / 2.0
         return float(np.clip(np.min(0.5 * np.radians(fwhm) / (2.0 * np.tan(th))), 5e-5, 2e-3))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -34,6 +35,9 @@ from numpy.typing import NDArray
 
 from hotstage.analysis.profiles import polarisation_coefficients, render_peaks, tch_combine
 from hotstage.analysis.radiation import Radiation
+
+if TYPE_CHECKING:
+    from hotstage.analysis.instrument import Instrument
 
 FloatArray = NDArray[np.float64]
 
@@ -115,23 +119,30 @@ def _lp_from_sin(s: FloatArray, rad: Radiation) -> FloatArray:
 
 
 class PeakModel:
-    """Peak positions, areas and widths of one phase as a function of strain ε and Lorentzian width Y (deg)."""
+    """Peak positions, areas and widths of one phase as a function of strain ε and Lorentzian width Y (deg).
+
+    With an `instrument` (`hotstage.analysis.instrument.Instrument`) the fixed Gaussian is the instrument's
+    (U, V, W, Z in centideg², `Instrument.fwhm_gauss`) instead of `caglioti`, and the instrument's Lorentzian
+    (X/cosθ + Y_i tanθ) is a fixed FWHM added to the phase's refined Lorentzian: FWHM_L = Y·(λ_line/λ₁)/cosθ +
+    FWHM_L,instrument, so no width goes below the instrument's. Its FCJ asymmetry and sample displacement are not
+    modelled here (symmetric peaks, a constant zero: the offline engine, `hotstage.analysis.refine`, does both)."""
 
     def __init__(self, peaks: PhasePeaks, rad: Radiation, caglioti: tuple[float, float, float],
-                 microstrain: float, eta: float | None) -> None:
+                 microstrain: float, eta: float | None, instrument: "Instrument | None" = None) -> None:
         """Keep the reflection list and the fixed (instrumental) Gaussian width parameters."""
         self.pk = peaks
         self.rad = rad
         self.caglioti = caglioti
         self.microstrain = microstrain
         self.eta = eta
+        self.instrument = instrument
         self.lam_ratio = peaks.wavelength / rad.wavelength
 
     def peaks(self, strain: float, width: float, zero: float = 0.0
               ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """Centres (deg, + zero), areas (÷ norm), FWHM (deg) and η for strain ε and Lorentzian coefficient Y."""
         tt, area, g, lor1 = self.geometry(strain)
-        return (tt + zero, area) + self.profile(g, width * lor1)
+        return (tt + zero, area) + self.profile(g, self.lorentz(width, lor1, self.lorentz_fixed(strain)))
 
     def geometry(self, strain: float) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """The width-independent part of `peaks`: centres (deg), areas (÷ norm), instrumental Gaussian FWHM (deg) and
@@ -143,11 +154,26 @@ class PeakModel:
         tt = np.degrees(2.0 * theta)
         area = self.pk.f2m[ok] * _lp_from_sin(s, self.rad) / self.pk.norm
         t = np.tan(theta)
-        u, v, w = self.caglioti
-        g = np.sqrt(np.maximum(u * t * t + v * t + w, 0.0))
+        if self.instrument is None:
+            u, v, w = self.caglioti
+            g = np.sqrt(np.maximum(u * t * t + v * t + w, 0.0))
+        else:
+            g = self.instrument.fwhm_gauss(tt)
         if self.microstrain:
             g = np.hypot(g, np.degrees(4.0 * self.microstrain * t))
         return tt, area, g, self.lam_ratio[ok] / np.cos(theta)
+
+    def lorentz_fixed(self, strain: float) -> FloatArray | None:
+        """The instrument's Lorentzian FWHM (deg) at each peak of `geometry(strain)`; None without an instrument."""
+        if self.instrument is None or (self.instrument.x == 0.0 and self.instrument.y == 0.0):
+            return None
+        s = self.pk.sin_theta / (1.0 + strain)
+        return self.instrument.fwhm_lorentz(np.degrees(2.0 * np.arcsin(s[s < 1.0])))
+
+    @staticmethod
+    def lorentz(width: float, lor1: FloatArray, fixed: FloatArray | None) -> FloatArray:
+        """Total Lorentzian FWHM: Y·lor1 plus the fixed instrumental part when there is one."""
+        return width * lor1 if fixed is None else width * lor1 + fixed
 
     def profile(self, gauss: FloatArray, lorentz: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Pseudo-Voigt FWHM and η from the Gaussian and Lorentzian FWHMs (Thompson–Cox–Hastings; η fixed if set)."""
@@ -173,7 +199,9 @@ class PhaseTable:
         self.width_ref = float(width_ref)
         self.dy = WIDTH_NODE * self.width_ref
         tt, area, gauss, lor1 = model.geometry(strain_ref)
-        profiles = [model.profile(gauss, width_ref * (1.0 + k * WIDTH_NODE) * lor1) for k in (-1, 0, 1)]
+        lor0 = model.lorentz_fixed(strain_ref)
+        profiles = [model.profile(gauss, model.lorentz(width_ref * (1.0 + k * WIDTH_NODE), lor1, lor0))
+                    for k in (-1, 0, 1)]
         fwhm = profiles[0][0]
         s_lo = max(s_lo / (1.0 + _TABLE_S_MARGIN), 1e-6)
         s_hi = min(s_hi * (1.0 + _TABLE_S_MARGIN), 1.0)

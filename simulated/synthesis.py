@@ -134,12 +134,15 @@ class XRDSynthesizer:
         return profiles.lorentz_polarisation(two_theta, self.radiation)
 
     # ------------------------------------------------------------------ instrument path
-    shape_size_rtol: float = 2e-3
-    """Instrument path: a phase's profile tables are rebuilt when its crystallite size moves by more than this
-    fraction since the last build (the size Lorentzian then differs by < 0.2 %, far below what a fit resolves)."""
-    shape_strain_tol: float = 5e-4
-    """Instrument path: … or its lattice strain by more than this (peaks always move exactly with strain; only
-    the angle at which widths and asymmetry were evaluated lags, by < 0.05 % in d)."""
+    shape_size_rtol: float = 1e-2
+    """Instrument path: profile tables are built at crystallite sizes on a geometric ladder of this ratio (the nearest
+    rung is drawn: the size's Lorentzian width is within ±0.5 % of the state's), so a growing size rebuilds a phase's
+    tables about once per 1 % of growth, and the same state always draws the same pattern whatever came before."""
+    shape_strain_tol: float = 1e-3
+    """Instrument path: … and at lattice strains on a ladder of this step (peaks are always placed at the exact
+    strain; only the angle at which widths and asymmetry are evaluated is the rung's, within 0.05 % in d)."""
+    shape_cache_size: int = 16
+    """Instrument path: tables kept per synthesizer (least recently used dropped)."""
 
     def _init_instrument(self, two_theta: ArrayLike | None, radiation: Radiation | float | None,
                          caglioti: tuple[float, float, float], zero_shift: float, microstrain: float,
@@ -185,7 +188,7 @@ class XRDSynthesizer:
                 rel = f2m * profiles.lorentz_polarisation(np.clip(tt, 1e-3, 179.0), ins.radiation)
             keep = rel > min_relative_intensity * rel.max() if rel.size else rel > 0.0
             self._reflections[name] = (d[keep], f2m[keep], float(crystal.zmv))
-        self._prepared: dict[str, object] = {}
+        self._prepared: dict[tuple, object] = {}
         self._standards: dict[int, object] = {}
         tt = self.axis
         b0, b1, b_air = self.background
@@ -199,18 +202,20 @@ class XRDSynthesizer:
         self.last_truth = {}
 
     def _prepared_phase(self, name: str, strain: float, size_nm: float | None) -> object:
-        """The phase's profile tables, rebuilt only when size or strain moved beyond the shape tolerances."""
-        size = None if size_nm is None or not math.isfinite(size_nm) else float(size_nm)
-        prep = self._prepared.get(name)
-        if prep is not None:
-            old = prep.size_nm  # type: ignore[attr-defined]
-            same_size = (old is None and size is None) or (
-                old is not None and size is not None and abs(size - old) <= self.shape_size_rtol * old)
-            if same_size and abs(strain - prep.strain) <= self.shape_strain_tol:  # type: ignore[attr-defined]
-                return prep
-        d, f2m, _ = self._reflections[name]
-        prep = self.diffractometer.prepare(d, f2m, size_nm=size, microstrain=self.microstrain, strain=strain)
-        self._prepared[name] = prep
+        """The phase's profile tables at the ladder rungs nearest to `strain` and `size_nm` (cached, LRU)."""
+        size = None if size_nm is None or not math.isfinite(size_nm) or size_nm <= 0 else float(size_nm)
+        eps_rung = round(strain / self.shape_strain_tol)
+        size_rung = None if size is None else round(math.log(size) / math.log1p(self.shape_size_rtol))
+        key = (name, eps_rung, size_rung)
+        prep = self._prepared.pop(key, None)
+        if prep is None:
+            d, f2m, _ = self._reflections[name]
+            size_at = None if size_rung is None else math.exp(size_rung * math.log1p(self.shape_size_rtol))
+            prep = self.diffractometer.prepare(d, f2m, size_nm=size_at, microstrain=self.microstrain,
+                                               strain=eps_rung * self.shape_strain_tol)
+            while len(self._prepared) >= self.shape_cache_size:
+                self._prepared.pop(next(iter(self._prepared)))
+        self._prepared[key] = prep  # (re)inserted last: most recently used
         return prep
 
     def standard(self, crystal: "object | str" = "LaB6", exposure_s: float = 1.0,

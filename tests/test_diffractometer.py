@@ -307,3 +307,28 @@ def test_lab6_standard_lines_at_the_certified_cell(lab: XRDSynthesizer) -> None:
     expected = lab.standard("LaB6", 10.0, None)
     assert np.all(counts == np.round(counts))
     assert np.mean((counts - expected) ** 2 / expected) == pytest.approx(1.0, abs=0.06)  # Poisson variance
+
+
+def test_synchrotron_line_polarisation() -> None:
+    """A synchrotron line: one peak per reflection, area with LP = [p + (1 − p)cos²2θ]/(sin²θ cosθ)."""
+    ins = Instrument(Radiation.synchrotron(0.45, 0.95), w=1.0)
+    x = np.linspace(8.0, 12.0, 8001)
+    y = Diffractometer(ins, x).render([2.6], [1.0])
+    tt = _bragg(2.6, 0.45)
+    th = math.radians(tt) / 2.0
+    lp = (0.95 + 0.05 * math.cos(2.0 * th) ** 2) / (math.sin(th) ** 2 * math.cos(th))
+    assert y.sum() == pytest.approx(lp, rel=1e-6)
+    assert x[np.argmax(y)] == pytest.approx(tt, abs=0.001)
+
+
+def test_standard_without_instrument_uses_the_caglioti_widths() -> None:
+    """XRDSynthesizer() (no instrument) can measure a standard too: Gaussian peaks of its Caglioti FWHM."""
+    syn = XRDSynthesizer(np.linspace(20.0, 40.0, 4001), Radiation.cu_ka1())
+    mean = syn.standard("LaB6", 1.0, None, background_counts_per_s=0.0)
+    tt = _bragg(LAB6_A / math.sqrt(2.0))  # (110)
+    win = np.abs(syn.axis - tt) < 0.3
+    y, x = mean[win], syn.axis[win]
+    above = x[y >= y.max() / 2.0]
+    t = math.tan(math.radians(tt) / 2.0)
+    u, v, w = profiles.DEFAULT_CAGLIOTI
+    assert above[-1] - above[0] == pytest.approx(math.sqrt(u * t * t + v * t + w), abs=2 * (x[1] - x[0]))

@@ -25,6 +25,8 @@ A rig TOML (see README, "Running on a real rig") looks like::
     [xrd]
     resource = "TCPIP0::192.168.1.21::5025::SOCKET"
     exposure_s = 2.0
+    instrument = "inst.instprm"   # optional: the diffractometer (GSAS-II .instprm, GSAS .prm, .json), relative
+                                  # to this file; read now, used by the live XRD analysis (`RigConfig.xrd_instrument`)
     [thz]
     ...
     [pl]
@@ -48,7 +50,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -118,6 +121,9 @@ class InstrumentConfig(_Model):
                     "a temperature any more)")
     settle_s: float = Field(
         30.0, ge=0, le=3600, description="time the readback must stay within tolerance: 0 s to 1 h")
+    instrument: str = Field(
+        "", description="[xrd] only: instrument parameter file (GSAS-II .instprm, GSAS .prm, .json), relative to "
+                        "the rig TOML")
 
     @field_validator("resource")
     @classmethod
@@ -202,6 +208,7 @@ class RigConfig(_Model):
     instruments: dict[InstrumentName, InstrumentConfig] = Field(default_factory=dict)
     cadence: dict[Modality, Cadence] = Field(default_factory=_default_cadence)
     source: str = "<defaults>"
+    _xrd_instrument: Any = PrivateAttr(default=None)  # hotstage.analysis.instrument.Instrument | None
 
     @model_validator(mode="before")
     @classmethod
@@ -225,6 +232,30 @@ class RigConfig(_Model):
             if not inst.resource:
                 raise _rule("required for a visa rig", f"{name}.resource")
         return self
+
+    @model_validator(mode="after")
+    def _xrd_instrument_file(self) -> RigConfig:
+        """Read `[xrd] instrument` now: a missing or bad file is one line before anything is opened or moved."""
+        from hotstage.analysis.instrument import InstrumentFileError, read_instrument
+
+        for name, inst in self.instruments.items():
+            if inst.instrument and name != "xrd":
+                raise _rule("only the [xrd] section takes an instrument file", f"{name}.instrument", inst.instrument)
+        xrd = self.instruments.get("xrd")
+        instrument = None
+        if xrd is not None and xrd.instrument:
+            try:
+                instrument = read_instrument(xrd.instrument)
+            except InstrumentFileError as exc:
+                raise _rule(str(exc), "xrd.instrument", xrd.instrument) from None
+        self._xrd_instrument = instrument
+        return self
+
+    @property
+    def xrd_instrument(self) -> Any:
+        """The diffractometer read from `[xrd] instrument` (None when not given): for the live XRD analysis
+        (`AnalysisParameters.xrd_instrument`) and the simulator."""
+        return self._xrd_instrument
 
     @property
     def simulated(self) -> bool:
@@ -277,6 +308,11 @@ class RigConfig(_Model):
         if "limits" in data:
             payload["limits"] = data["limits"]
         payload["instruments"] = {name: data[name] for name in INSTRUMENTS if name in data}
+        xrd = payload["instruments"].get("xrd", {})
+        if isinstance(xrd.get("instrument"), str) and xrd["instrument"]:
+            # relative to the rig TOML (to the working directory for a dict without a file)
+            where = Path(source).resolve().parent if source != "<dict>" else Path.cwd()
+            payload["instruments"]["xrd"] = {**xrd, "instrument": str(where / Path(xrd["instrument"]).expanduser())}
         payload["cadence"] = {**_default_cadence(), **data.get("cadence", {})}
         payload["source"] = source
         try:

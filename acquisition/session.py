@@ -83,8 +83,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def analysis_parameters(analysis: bool | AnalysisParameters | Mapping[str, Any] | None) -> AnalysisParameters | None:
-    """None (analysis off) or the parameters: True → defaults, a dict → defaults with these overrides."""
+def analysis_parameters(analysis: bool | AnalysisParameters | Mapping[str, Any] | None,
+                        xrd_instrument: Any = None) -> AnalysisParameters | None:
+    """None (analysis off) or the parameters: True → defaults, a dict → defaults with these overrides; the rig's
+    `xrd_instrument` (`RigConfig.xrd_instrument`) fills `xrd_instrument` unless the parameters give one."""
+    params = _analysis_parameters(analysis)
+    if params is not None and xrd_instrument is not None and params.xrd_instrument is None:
+        params = params.replace(xrd_instrument=xrd_instrument.to_dict())
+    return params
+
+
+def _analysis_parameters(analysis: bool | AnalysisParameters | Mapping[str, Any] | None) -> AnalysisParameters | None:
+    """None (analysis off), defaults (True), the given parameters, or defaults with a dict of overrides."""
     if analysis is None or analysis is False:
         return None
     if analysis is True:
@@ -119,7 +129,7 @@ class Session:
         """Simulated rig in lock-step: waits jump its clock (`hotstage.simulated.clock`); what unit tests use."""
         self.signals = signals
         """`hotstage.acquisition.exits.ExitSignals` or None (library use: Python's and bluesky's own signal handling)."""
-        self.analysis_parameters = analysis_parameters(analysis)
+        self.analysis_parameters = analysis_parameters(analysis, self.config.xrd_instrument)
         self.analysis_timeout = analysis_timeout
         self.analysers = analysers
         """Stream name → analyser class for the live analysis (default `DEFAULT_ANALYSERS`; module-level classes:

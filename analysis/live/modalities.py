@@ -40,6 +40,7 @@ import numpy as np
 
 from hotstage.analysis.crystal import Crystal
 from hotstage.analysis.derivatives import band_amplitude, noise_sigma, spectral_derivative
+from hotstage.analysis.instrument import Instrument
 from hotstage.analysis.phase_quant import PhaseQuantifier
 from hotstage.analysis.pl_fit import fit_pl, integrated_intensity
 from hotstage.analysis.radiation import CU_KA1_ANGSTROM, Radiation
@@ -144,12 +145,21 @@ class XRDAnalyser(StreamAnalyser):
         if wavelength is None:
             raise ValueError(f"descriptor {descriptor.get('name')!r} records no X-ray wavelength (*_wavelength)")
         self.wavelength = float(wavelength)
-        self.radiation = self._radiation(self.wavelength)
+        self.instrument = None if params.xrd_instrument is None else Instrument.from_dict(params.xrd_instrument)
+        if self.instrument is None:
+            self.radiation = self._radiation(self.wavelength)
+        else:  # the instrument's radiation, which must be what the detector reports
+            self.radiation = self.instrument.radiation
+            if not math.isclose(self.wavelength, self.radiation.wavelength, rel_tol=1e-4):
+                raise ValueError(f"the detector reports λ = {self.wavelength:g} Å but the instrument "
+                                 f"({self.instrument.name or 'xrd_instrument'}) has {self.radiation.wavelength:g} Å")
         self.phases = list(params.phases)
+        widths: dict[str, Any] = ({"caglioti": params.caglioti} if self.instrument is None
+                                  else {"instrument": self.instrument})
         self.quantifier = PhaseQuantifier(
-            [Crystal.builtin(n) for n in self.phases], self.two_theta, self.radiation,
-            caglioti=params.caglioti, microstrain=params.microstrain, background_order=params.background_order,
-            halos=params.halos,
+            [Crystal.builtin(n) for n in self.phases], self.two_theta,
+            self.radiation if self.instrument is None else None, microstrain=params.microstrain,
+            background_order=params.background_order, halos=params.halos, **widths,
         )
 
     def _radiation(self, wavelength: float) -> Radiation:

@@ -17,6 +17,12 @@ come from:
   microstrain 5·10⁻⁴ (a typical instrumental/sample broadening of a lab powder diffractometer), and the Cu Kα1+Kα2
   doublet of a lab tube without a primary monochromator when the detector reports the Cu Kα1 wavelength
   (`xrd_radiation = "auto"`; the 2θ axis and the wavelength themselves are read from the raw descriptor).
+- `xrd_instrument`: the diffractometer as an `hotstage.analysis.instrument.Instrument` dict (`Instrument.to_dict`;
+  a string is read as an instrument file path, e.g. a GSAS-II .instprm, at validation time), normally handed over
+  from the rig TOML's `[xrd] instrument`. Given, it replaces `caglioti` (which must stay at its default) and
+  `xrd_radiation`: the quantifier takes its radiation, widths and zero (`PhaseQuantifier(instrument=…)`); being
+  a dict, it is written into the derived run's start document like every other parameter, so a replay uses the
+  same instrument without the file.
 - Active-phase onset threshold 10 wt % for m = 3 consecutive patterns: well above the ±3 wt % accuracy of the
   fit (tests/test_phase_quant.py), so three patterns above it are not noise; m = 3 as in `hotstage.analysis.onsets`.
 - THz second derivative: Savitzky–Golay, cubic, 15 cm⁻¹ window (`hotstage.analysis.derivatives` defaults; about 1.5× the
@@ -49,9 +55,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = ["AnalysisParameters", "parse_overrides", "ParameterError"]
@@ -110,6 +117,9 @@ class AnalysisParameters(BaseModel, metaclass=_OneLineErrors):
         "auto", description="auto: the Cu Kα doublet if the wavelength is Cu Kα1")
     caglioti: tuple[Caglioti, ...] = Field(
         (0.01, -0.005, 0.005), min_length=3, max_length=3, description="Caglioti U, V, W in deg²: three numbers")
+    xrd_instrument: dict[str, Any] | None = Field(
+        None, description="the diffractometer (Instrument.to_dict, or an instrument file path); None: caglioti and "
+                          "xrd_radiation")
     microstrain: float = _num(default=5e-4, ge=0.0, le=0.05,
                               description="fixed microstrain: 5 % is beyond any crystalline powder")
     background_order: int = _int(default=8, ge=0, le=30,
@@ -141,6 +151,31 @@ class AnalysisParameters(BaseModel, metaclass=_OneLineErrors):
     pl_core: float = _num(default=0.3, gt=0.0, le=1.0,
                           description="fraction of the PL peak height above which the band core is fitted")
     pl_max_centre_su_nm: float = _num(default=0.5, gt=0.0, le=100.0, description="1σ of the fitted PL centre in nm")
+
+    @field_validator("xrd_instrument", mode="before")
+    @classmethod
+    def _instrument(cls, value: Any) -> Any:
+        """A path is read now (one line naming the file and line if it cannot be); a dict must be an Instrument."""
+        from hotstage.analysis.instrument import Instrument, read_instrument
+
+        if value is None:
+            return None
+        try:
+            if isinstance(value, (str, Path)):
+                return read_instrument(value).to_dict()
+            if isinstance(value, Mapping):
+                return Instrument.from_dict(dict(value)).to_dict()
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PydanticCustomError(_RULE, "{message}", {"message": f"xrd_instrument: {exc}"}) from None
+        raise PydanticCustomError(_RULE, "{message}", {
+            "message": f"xrd_instrument = {value!r}: an Instrument dict or an instrument file path"})
+
+    @model_validator(mode="after")
+    def _instrument_replaces_caglioti(self) -> AnalysisParameters:
+        if self.xrd_instrument is not None and tuple(self.caglioti) != type(self).model_fields["caglioti"].default:
+            raise PydanticCustomError(_RULE, "{message}", {
+                "message": f"caglioti = {list(self.caglioti)}: the widths come from xrd_instrument; give one of them"})
+        return self
 
     @model_validator(mode="after")
     def _active_among_phases(self) -> AnalysisParameters:

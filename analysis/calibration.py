@@ -16,6 +16,11 @@ search matches the observed peaks against the standard's reflections (after the 
 ±``MAX_ZERO_SEARCH`` degrees, which starts the zero): a pattern whose strongest peaks do not match is refused
 (:class:`NotTheStandardError`) rather than fitted.
 
+Sample broadening: the engine refines a crystallite size and a microstrain for every phase. For a standard these
+are, as functions of θ, exactly the instrument's X/cosθ (Lorentzian) and U tan²θ (Gaussian variance) terms, so
+refining both would be singular: the instrument's U and X start at 0 and are carried by the sample terms, which
+are folded back into U and X afterwards (:func:`fold_sample_broadening`).
+
 Per-reflection residuals (the calibration's report card) are measured on the fitted curve, per isolated
 reflection: Δ2θ = centroid(observed − background) − centroid(calculated − background) over ±``WINDOW_FWHM``
 FWHM (the same window, so the doublet and the asymmetry cancel); the observed FWHM is the instrument's model FWHM
@@ -47,10 +52,23 @@ WIDTH_RESCALE_FACTOR: float = 1.6
 """Start widths are rescaled to the observed ones when they differ by more than this factor."""
 MAX_ZERO_SEARCH: float = 1.0
 """Largest zero offset (deg) the match search tries."""
+MAX_MATCH_TOLERANCE: float = 0.3
+"""Largest position tolerance (deg) of the match (broad noise "peaks" must not match anything)."""
 MATCH_FRACTION: float = 0.6
-"""Fraction of the strongest observed peaks that must sit on a reflection of the standard."""
+"""Fraction of the strongest observed peaks that must sit on a reflection of the standard, and fraction of the
+standard's strong lines in the range that must have an observed peak."""
+STRONG_LINE: float = 20.0
+"""A "strong line" of the standard: relative intensity ≥ 20 % of its strongest (primary wavelength)."""
 WINDOW_FWHM: float = 2.0
 """Half-width, in model FWHM, of the window each reflection's residuals are measured over."""
+MIN_PEAK_SIGMAS: float = 20.0
+"""A reflection enters the residual table when its calculated net height is this many σ of the background…"""
+MIN_PEAK_FRACTION: float = 0.02
+"""…and at least this fraction of the strongest peak (weak lines give noisy centroids and widths)."""
+MAX_REFITS: int = 3
+"""At most this many warm re-fits after the first refinement…"""
+REFIT_GAIN: float = 1e-3
+"""…each kept going only while it lowers Rwp by more than this fraction."""
 _N_STRONG = 10
 
 
@@ -161,12 +179,12 @@ def match_standard(peaks: NDArray[np.float64], widths: NDArray[np.float64], calc
     """Best common offset (deg) of observed `peaks` against calculated reflection positions `calc`.
 
     Returns (offset, number of the observed peaks matched, tolerance used). A peak matches when a reflection
-    lies within max(0.6 × its FWHM, 2 steps, 0.02°) after the offset; offsets are tried on a grid finer than the
-    tolerance over ±MAX_ZERO_SEARCH.
+    lies within max(0.6 × the median FWHM, 2 steps, 0.02°), at most MAX_MATCH_TOLERANCE, after the offset;
+    offsets are tried on a grid finer than the tolerance over ±MAX_ZERO_SEARCH.
     """
     if peaks.size == 0 or calc.size == 0:
         return 0.0, 0, 0.0
-    tol = float(max(0.6 * np.median(widths), 2.0 * step, 0.02))
+    tol = float(min(max(0.6 * np.median(widths), 2.0 * step, 0.02), MAX_MATCH_TOLERANCE))
     grid = np.arange(-MAX_ZERO_SEARCH, MAX_ZERO_SEARCH + 1e-12, tol / 4.0)
     calc = np.sort(calc)
     best_score: tuple[int, float] = (0, -np.inf)
@@ -210,7 +228,7 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
     step = float(np.median(np.diff(x)))
     centres, widths, prom = find_peaks_quick(x, y, n=_N_STRONG)
     name = crystal.name
-    if centres.size < 2:
+    if centres.size < 3:
         raise NotTheStandardError(f"the pattern has {centres.size} clear peak(s): it does not look like {name}")
     lam = start.radiation.wavelength
     refl = crystal.reflections(start.radiation, float(x[-1]) + 1.0, max(float(x[0]) - 1.0, 0.0))
@@ -223,12 +241,22 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
             ok = arg < 1
             calc = np.concatenate([calc, np.degrees(2 * np.arcsin(arg[ok]))])
     offset, hits, tol = match_standard(centres, widths, calc, step)
-    need = max(2, int(math.ceil(MATCH_FRACTION * centres.size)))
+    need = max(3, int(math.ceil(MATCH_FRACTION * centres.size)))
     if hits < need:
         raise NotTheStandardError(
             f"the pattern does not look like {name} at λ = {lam:.5f} Å: only {hits} of its {centres.size} "
             f"strongest peaks lie within {tol:.3f}° of a {name} reflection (any zero offset within "
             f"±{MAX_ZERO_SEARCH:g}°)")
+    # the other way round: the standard's strong lines (primary wavelength) must be there
+    main_lines = refl.two_theta[refl.intensity >= STRONG_LINE] + np.asarray(
+        start.shift(refl.two_theta[refl.intensity >= STRONG_LINE]), dtype=float) + offset
+    main_lines = main_lines[(main_lines > x[0]) & (main_lines < x[-1])]
+    many, _, _ = find_peaks_quick(x, y, n=max(60, 4 * main_lines.size))
+    found = sum(bool(np.any(np.abs(many - t) <= tol)) for t in main_lines)
+    if main_lines.size and found < MATCH_FRACTION * main_lines.size:
+        raise NotTheStandardError(
+            f"the pattern does not look like {name} at λ = {lam:.5f} Å: only {found} of its {main_lines.size} "
+            f"strong lines in {x[0]:g}–{x[-1]:g}° have a peak within {tol:.3f}°")
     inst = start.replace(zero=start.zero + offset) if abs(offset) > 0.25 * tol else start
     # widths: compare the start's FWHM with the observed FWHM of the matched strong peaks
     model = np.asarray(inst.fwhm(centres), dtype=float)
@@ -251,11 +279,22 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
 def _refine(x: NDArray[np.float64], y: NDArray[np.float64], crystal: Crystal, start: "Instrument",
             sigma: NDArray[np.float64] | None, refine: Sequence[str], background_order: int,
             excluded: Sequence[tuple[float, float]]) -> Any:
-    """One call of the refinement engine: the standard's cell fixed, the instrument refined, the phase always kept."""
+    """The refinement engine with the standard's cell fixed, the instrument refined and the phase always kept;
+    re-run from its own result (warm start) while Rwp still falls by more than REFIT_GAIN (the engine stops after
+    a fixed number of evaluations, which a cold start from lab-default widths can use up)."""
     from .refine import quantify
 
-    return quantify(x, y, [crystal], start, sigma=sigma, background_order=background_order, humps=0,
-                    excluded=excluded, refine_instrument=tuple(refine), fix_cell=True, alpha=1.0 - 1e-12)
+    kw = dict(sigma=sigma, background_order=background_order, humps=0, excluded=excluded,
+              refine_instrument=tuple(refine), fix_cell=True, alpha=1.0 - 1e-12)
+    res = quantify(x, y, [crystal], start, **kw)
+    for _ in range(MAX_REFITS):
+        again = quantify(x, y, [crystal], res.instrument, start=res, **kw)
+        better = again.rwp < res.rwp * (1.0 - REFIT_GAIN)
+        if again.rwp <= res.rwp:
+            res = again
+        if not better:
+            break
+    return res
 
 
 def fold_sample_broadening(inst: "Instrument", size_nm: float, microstrain: float,
@@ -291,6 +330,7 @@ def _residuals(x: NDArray[np.float64], y: NDArray[np.float64], curve: NDArray[np
     net_o = y - background
     net_c = curve - background
     out: list[ReflectionResidual] = []
+    strongest = float(net_c.max())
     doublet = max((wl for wl, r in inst.radiation.lines if r > 0), default=inst.radiation.wavelength)
     for i in range(len(refl)):
         half = WINDOW_FWHM * fw[i]
@@ -306,8 +346,9 @@ def _residuals(x: NDArray[np.float64], y: NDArray[np.float64], curve: NDArray[np
             continue
         xo, yo, yc = x[sel], net_o[sel], net_c[sel]
         so, sc = float(np.sum(yo)), float(np.sum(yc))
-        if sc <= 0 or yc.max() <= 5.0 * np.sqrt(max(float(np.median(background[sel])), 1.0)):
-            continue  # too weak to measure
+        if sc <= 0 or yc.max() < max(MIN_PEAK_SIGMAS * np.sqrt(max(float(np.median(background[sel])), 1.0)),
+                                     MIN_PEAK_FRACTION * strongest):
+            continue  # too weak to measure a centroid and a width to the precision the table is read at
         d = float(np.sum(xo * yo) / so - np.sum(xo * yc) / sc) if so > 0 else float("nan")
         w_o, w_c = _half_width(xo, yo), _half_width(xo, yc)
         ratio = w_o / w_c if (w_c > 0 and w_o > 0) else float("nan")
@@ -359,12 +400,18 @@ def calibrate(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal | str, 
         raise CalibrationError("displacement_um applies to a Bragg–Brentano instrument only")
     warnings: list[str] = []
     inst0 = _start_instrument(start, x, y, crystal, warnings)
-    res = _refine(x, y, crystal, inst0, s, refine, background_order, excluded)
+    # The engine refines a size and a strain for every phase; for a standard they are exactly the instrument's
+    # X/cosθ and U tan²θ terms (fold_sample_broadening). Refining both would make the problem singular, so those
+    # two instrument terms start at 0 and are carried by the sample terms, folded back afterwards.
+    carried = tuple(p for p in ("u", "x") if p in refine)
+    engine_refine = tuple(p for p in refine if p not in carried)
+    res = _refine(x, y, crystal, inst0.replace(**{p: 0.0 for p in carried}), s, engine_refine, background_order,
+                  excluded)
     phase = res.phases.get(crystal.name)
     if phase is None:
         raise NotTheStandardError(f"the refinement dropped {crystal.name}: "
                                   f"{res.rejected.get(crystal.name, 'no reason given')}")
-    inst = fold_sample_broadening(res.instrument, phase.size_nm, phase.microstrain, refine)
+    inst = fold_sample_broadening(res.instrument, phase.size_nm, phase.microstrain, carried)
     name = start.name or "start"
     inst = inst.replace(name=f"calibrated on {crystal.name} from {name}")
     curve = np.asarray(res.curve, dtype=float)

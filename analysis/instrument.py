@@ -328,6 +328,8 @@ def _num(path: Path, lineno: int, key: str, text: str) -> float:
 
 _INSTPRM_KEYS = {"Type", "Bank", "Lam", "Lam1", "Lam2", "I(L2)/I(L1)", "Zero", "Polariz.", "Azimuth", "U", "V", "W",
                  "X", "Y", "Z", "SH/L"}
+_INSTPRM_IGNORED = {"Source"}
+"""Keys GSAS-II may write that do not change the profile (the tube's name): read past."""
 _HOTSTAGE_TAG = "#hotstage "
 
 
@@ -337,6 +339,7 @@ def _read_instprm(path: Path, text: str) -> Instrument:
         raise InstrumentFileError(f"{path}:1: not a GSAS-II instrument parameter file (first line must start "
                                   f"'#GSAS-II')")
     vals: dict[str, tuple[float | str, int]] = {}
+    raw: dict[str, tuple[str, int]] = {}
     extra: dict[str, Any] | None = None
     extra_line = 0
     for k, line in enumerate(lines, start=1):
@@ -348,7 +351,7 @@ def _read_instprm(path: Path, text: str) -> Instrument:
                 raise InstrumentFileError(f"{path}:{k}: garbled #hotstage line: {exc.msg}") from None
             extra_line = k
             continue
-        if s.startswith("#Bank") and vals:
+        if s.startswith("#Bank") and raw:
             raise InstrumentFileError(f"{path}:{k}: several banks in one file; give a single-bank file")
         if not s or s.startswith("#"):
             continue
@@ -358,13 +361,19 @@ def _read_instprm(path: Path, text: str) -> Instrument:
             if ":" not in item:
                 raise InstrumentFileError(f"{path}:{k}: expected Key:value, got {item.strip()!r}")
             key, val = (p.strip() for p in item.split(":", 1))
-            if key not in _INSTPRM_KEYS:
-                raise InstrumentFileError(f"{path}:{k}: unknown key {key!r} (known: {', '.join(sorted(_INSTPRM_KEYS))})")
-            if key in vals:
+            if key in raw:
                 raise InstrumentFileError(f"{path}:{k}: {key} given twice")
-            # GSAS-II instprm values may carry a refine flag after a comma in some writers: take the value
-            val = val.split(",")[0]
-            vals[key] = (val if key == "Type" else _num(path, k, key, val), k)
+            raw[key] = (val, k)
+    typ = raw.get("Type", ("PXC", 0))
+    if not typ[0].startswith("PXC"):
+        raise InstrumentFileError(f"{path}:{typ[1]}: Type {typ[0]!r}: only constant-wavelength X-ray (PXC) "
+                                  f"instruments are supported")
+    for key, (val, k) in raw.items():
+        if key in _INSTPRM_IGNORED:
+            continue
+        if key not in _INSTPRM_KEYS:
+            raise InstrumentFileError(f"{path}:{k}: unknown key {key!r} (known: {', '.join(sorted(_INSTPRM_KEYS))})")
+        vals[key] = (val if key == "Type" else _num(path, k, key, val), k)
 
     def get(key: str, default: float | None = None) -> float:
         if key in vals:
@@ -373,10 +382,6 @@ def _read_instprm(path: Path, text: str) -> Instrument:
             raise InstrumentFileError(f"{path}: missing {key}")
         return default
 
-    typ = str(vals.get("Type", ("PXC", 0))[0])
-    if not typ.startswith("PXC"):
-        raise InstrumentFileError(f"{path}:{vals['Type'][1]}: Type {typ!r}: only constant-wavelength X-ray (PXC) "
-                                  f"instruments are supported")
     pol = get("Polariz.", 0.5)
     azm = get("Azimuth", 0.0)
     ca, sa = math.cos(math.radians(azm)) ** 2, math.sin(math.radians(azm)) ** 2

@@ -8,7 +8,9 @@ Q = 4π sinθ/λ (agZIF-62 / ZIF-4 glass F(Q) maxima near 1.09, 2.40, 3.49 Å⁻
 pattern_p the Rietveld-convention pattern of `hotstage.analysis.crystal` (areas w·|F|²·m·LP, no 1/V²) with isotropic
 strain ε_p, Lorentzian (Scherrer) width Y_p — FWHM_L = Y_p(λ_line/λ₁)/cosθ, Langford & Wilson, J. Appl. Cryst. 11,
 102 (1978) — combined with a fixed instrumental Gaussian (Caglioti U, V, W and an optional fixed microstrain term)
-by Thompson–Cox–Hastings; z a zero shift.
+by Thompson–Cox–Hastings; z a zero shift. With an `Instrument` (`hotstage.analysis.instrument`, e.g. from the rig's
+GSAS-II .instprm) the Gaussian is its U, V, W, Z, its X, Y add a fixed Lorentzian under Y_p, and z starts at its zero;
+its FCJ asymmetry and sample displacement are not modelled here (symmetric peaks: the offline engine does both).
 
 Weight fractions: Hill & Howard, J. Appl. Cryst. 20, 467 (1987): W_p = s_p(ZMV)_p / Σᵢ sᵢ(ZMV)ᵢ over the crystalline
 phases offered (amorphous halos are reported as an intensity, not a weight fraction).

@@ -23,6 +23,7 @@ from hotstage.analysis.instrument import (
     Instrument,
     InstrumentFileError,
     fcj_kernel,
+    polarisation_fraction,
     read_instrument,
     render_instrument_peaks,
     write_instprm,
@@ -129,6 +130,35 @@ def test_instprm_without_hotstage_line_is_plain_gsas2(tmp_path: Path) -> None:
     path.write_text("#GSAS-II instrument parameter file\nType:PXC\nLam:0.7\nPolariz.:0.99\nAzimuth:90\n")
     ins = read_instrument(path)
     assert ins.radiation.synchrotron_polarisation == pytest.approx(0.01)
+    path.write_text("#GSAS-II instrument parameter file\nType: PXC\nBank: 1\nLam: 1.5406\nSource: CuKa\n"
+                    "Polariz.: 0.7\n")  # spaces after the colon, the tube's name (ignored), a monochromator
+    ins = read_instrument(path)
+    assert ins.radiation.polarisation == "synchrotron" and ins.radiation.synchrotron_polarisation == 0.7
+    path.write_text("#GSAS-II instrument parameter file\nType:PXC\nLam1:1.5405;Lam2:1.5443;I(L2)/I(L1):0.5\n"
+                    "Polariz.:0.7\n")
+    rad = read_instrument(path).radiation
+    assert rad.polarisation == "lab" and rad.monochromator_two_theta is not None
+    assert polarisation_fraction(rad) == pytest.approx(0.7, abs=1e-12)
+
+
+def test_prm_profile_type_4(tmp_path: Path) -> None:
+    """Profile type 4 (GU GV GW GP LX ptec trns shft sfec S/L H/L eta + Stephens terms) gives the same
+    instrument as type 3 with LY = 0; shft (centideg per cosθ) becomes a displacement s = −π R shft / 36."""
+    lines = PRM.read_text().splitlines()
+    lines[8:14] = ["INS  1PRCF1     4   27   0.00100",
+                   "INS  1PRCF11       1.163000      -0.126000       0.063000   0.000000E+00",
+                   "INS  1PRCF12       0.173000       0.000000       0.000000       0.500000",
+                   "INS  1PRCF13       0.000000       0.001100       0.001100       0.000000",
+                   "INS  1PRCF14   0.0 0.0 0.0 0.0", "INS  1PRCF15   0.0 0.0 0.0 0.0",
+                   "INS  1PRCF16   0.0 0.0 0.0 0.0", "INS  1PRCF17   0.0 0.0 0.0"]
+    path = tmp_path / "t4.prm"
+    path.write_text("\n".join(lines) + "\n")
+    ins = read_instrument(path)
+    ref = read_instrument(PRM)
+    assert ins.displacement_um == pytest.approx(-math.pi * 240.0 * 0.5 / 36.0)
+    assert ins.replace(displacement_um=0.0, name="") == ref.replace(name="")
+    # the displacement's shift is the GSAS term back: shft·cosθ centideg
+    assert float(ins.shift(40.0)) == pytest.approx(0.5 * math.cos(math.radians(20.0)) / 100.0, rel=1e-12)
 
 
 def test_prm_to_instprm_round_trip(tmp_path: Path, sync: Instrument) -> None:
@@ -202,7 +232,7 @@ def test_bad_prm_files(tmp_path: Path, old: str, new: str, words: list[str]) -> 
     ("#GSAS-II instrument parameter file\nType:PXC\nZero:0\nU:1\n", ["missing wavelength"]),
     ("#GSAS-II instrument parameter file\nType:PXC\nLam:0.7\nU:1.2.3\n", [":4:", "U", "not a number"]),
     ("#GSAS-II instrument parameter file\nType:PXC\nLam:0.7\nFoo:1\n", [":4:", "unknown key 'Foo'"]),
-    ("#GSAS-II instrument parameter file\nType:PNT\nLam:0.7\n", [":2:", "PXC"]),
+    ("#GSAS-II instrument parameter file\nType:PNT\nLam:0.7\ndifC:5000\n", [":2:", "PXC"]),
     ("Type:PXC\nLam:0.7\n", [":1:", "#GSAS-II"]),
 ])
 def test_bad_instprm_files(tmp_path: Path, text: str, words: list[str]) -> None:

@@ -85,8 +85,6 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 CARRIER_STRIDE: float = 6.0
 """The far-tail carriers are summed on every k-th bin edge with k·(bin width) ≤ (smallest table half width)/this,
 and interpolated (quintic Hermite) in between."""
-_GL3_X = np.array([-math.sqrt(0.6), 0.0, math.sqrt(0.6)])
-_GL3_W = np.array([5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0])
 
 SIMULATED_LAB_INSTRUMENT: Instrument = Instrument(
     Radiation.cu_ka(), zero=0.01, u=22.0, v=-10.0, w=11.0, x=1.5, y=0.8, s_l=0.02, h_l=0.02,
@@ -225,39 +223,9 @@ class Diffractometer:
     def axial_kernel(self, two_theta_bragg: float, resolution: float) -> tuple[FloatArray, FloatArray]:
         """Axial-divergence kernel at one Bragg angle: offsets (deg) and weights (sum 1), panels in q² with less
         than `resolution` (deg) of offset each (module docstring). No divergence: ([0], [1])."""
-        a, b = self.instrument.s_l, self.instrument.h_l
-        if a <= 0.0 and b <= 0.0:
-            return np.zeros(1), np.ones(1)
-        tt = math.radians(two_theta_bragg)
-        c2, s2 = math.cos(tt), math.sin(tt)
-        q_max, q_b = a + b, abs(a - b)
-
-        def offset(q: FloatArray) -> FloatArray:
-            arg = np.clip(c2 * np.sqrt(1.0 + q * q), -1.0, 1.0)
-            return np.degrees(np.arccos(arg) - tt)
-
-        nodes, weights = [], []
-        for q0, q1 in ((0.0, q_b), (q_b, q_max)):
-            if q1 <= q0:
-                continue
-            span = abs(float(offset(np.array([q1]))[0] - offset(np.array([q0]))[0]))
-            n = int(math.ceil(span / max(resolution, 1e-12))) + 1
-            bounds = np.sqrt(q0 * q0 + (q1 * q1 - q0 * q0) * np.linspace(0.0, 1.0, n + 1))
-            lo, hi = bounds[:-1, None], bounds[1:, None]
-            q = (0.5 * (lo + hi) + 0.5 * (hi - lo) * _GL3_X[None, :]).ravel()
-            wq = (0.5 * (hi - lo) * _GL3_W[None, :]).ravel()
-            pair = np.where(q <= q_b, 2.0 * min(a, b), q_max - q)
-            sin_psi = q / (s2 * np.sqrt(1.0 + q * q)) if s2 > 0 else np.ones_like(q)
-            ok = (np.abs(sin_psi) < 1.0) & (np.abs(c2) * np.sqrt(1.0 + q * q) <= 1.0)
-            jac = np.where(ok, 1.0 / ((1.0 + q * q) ** 1.5 * np.sqrt(np.maximum(1.0 - sin_psi ** 2, 1e-300))), 0.0)
-            nodes.append(offset(q))
-            weights.append(wq * pair * jac)
-        off = np.concatenate(nodes)
-        w = np.concatenate(weights)
-        total = w.sum()
-        if not total > 0:
-            return np.zeros(1), np.ones(1)
-        return off, w / total
+        off, w, _, *_ = _axial_kernels(np.array([float(two_theta_bragg)]), self.instrument.s_l, self.instrument.h_l,
+                                       np.array([float(resolution)]))
+        return off, w
 
     # ---------------------------------------------------------------- preparation and rendering
     def prepare(self, d: ArrayLike, intensity: ArrayLike, *, size_nm: float | None = None,
@@ -289,18 +257,8 @@ class Diffractometer:
             raise DiffractometerError("the instrument and sample give a peak of zero width: set U, V, W or X, Y")
         fwhm = voigt_fwhm(sigma, gamma)
         step = fwhm / self.points_per_fwhm
-        offs, wts = [], []
-        dbar, mu2k, mu3k, mu4k, span = (np.zeros(n) for _ in range(5))
-        for k in range(n):
-            o, w = self.axial_kernel(float(tt[k]), float(step[k]))
-            offs.append(o)
-            wts.append(w)
-            m = float(np.dot(w, o))
-            dbar[k] = m
-            mu2k[k] = float(np.dot(w, (o - m) ** 2))
-            mu3k[k] = float(np.dot(w, (o - m) ** 3))
-            mu4k[k] = float(np.dot(w, (o - m) ** 4))
-            span[k] = float(np.abs(o - m).max())
+        k_off, k_w, k_cnt, dbar, mu2k, mu3k, mu4k, span = _axial_kernels(tt, self.instrument.s_l,
+                                                                         self.instrument.h_l, step)
         # exact table over ±(window Gaussian FWHMs + 3 γ + kernel span): beyond it the moment series of the tail
         # (in powers of √μ₂/|v − iγ| and span/|v − iγ|) is exact to < 1e-7 of the area, whatever γ
         half = self.window * _FWHM_PER_SIGMA * np.sqrt(sigma ** 2 + mu2k) + 3.0 * gamma + 2.0 * span
@@ -310,16 +268,18 @@ class Diffractometer:
         u0 = dbar - half
         start = (np.cumsum(count) - count).astype(np.int64)
         # symmetric Voigt on a grid covering u − δ for every kernel node (δ within [min, max] of the kernel)
-        kmin = np.array([o.min() for o in offs])
-        kmax = np.array([o.max() for o in offs])
+        k_start = (np.cumsum(k_cnt) - k_cnt).astype(np.int64)
+        if n:
+            kmin = np.minimum.reduceat(k_off, k_start)
+            kmax = np.maximum.reduceat(k_off, k_start)
+        else:
+            kmin = kmax = np.zeros(0)
         s_lo = u0 - np.maximum(kmax, 0.0) - 2.0 * step
         s_cnt = (np.ceil((u0 + 2.0 * half - np.minimum(kmin, 0.0) + 2.0 * step - s_lo) / step)).astype(np.int64) + 1
         s_start = (np.cumsum(s_cnt) - s_cnt).astype(np.int64)
         rep = np.repeat(np.arange(n), s_cnt)
         s_u = s_lo[rep] + step[rep] * (np.arange(s_cnt.sum()) - s_start[rep])
         v_sym, dv_sym = _voigt_and_derivative(s_u, sigma[rep], gamma[rep])
-        k_cnt = np.array([o.size for o in offs], dtype=np.int64)
-        k_start = (np.cumsum(k_cnt) - k_cnt).astype(np.int64)
         cdf = np.empty(int(count.sum()))
         pdf = np.empty_like(cdf)
         dpdf = np.empty_like(cdf)
@@ -329,14 +289,14 @@ class Diffractometer:
         a4 = (3.0 * sigma ** 4 + 6.0 * sigma ** 2 * mu2k + mu4k) / 24.0
         carrier = np.zeros((n, 11))
         carrier[:, 0], carrier[:, 1], carrier[:, 2], carrier[:, 3] = gamma, a2, a3, a4
-        for k in range(n):
-            if gamma[k] > 0.0:
-                carrier[k, 4:11] = _bridge(carrier[k, :4], half[k])
-        _tables(np.concatenate(offs) if offs else np.zeros(0), np.concatenate(wts) if wts else np.zeros(0),
-                k_start, k_cnt, v_sym, dv_sym, s_start, s_cnt, s_lo, step, u0, start, count, dbar, half,
+        lor = gamma > 0.0
+        if np.any(lor):
+            carrier[lor, 4:11] = _bridges(carrier[lor, :4], half[lor])
+        _tables(k_off, k_w, k_start, k_cnt, v_sym, dv_sym, s_start, s_cnt, s_lo, step, u0, start, count, dbar, half,
                 carrier, cdf, pdf, dpdf)
         return PreparedReflections(d, lam, weight, float(strain), size_nm, float(microstrain), sigma, gamma, fwhm,
-                                   start, count, u0, step, cdf, pdf, dpdf, dbar, half, carrier, offs, wts)
+                                   start, count, u0, step, cdf, pdf, dpdf, dbar, half, carrier,
+                                   np.split(k_off, k_start[1:]), np.split(k_w, k_start[1:]))
 
     def peak_positions(self, prepared: PreparedReflections, strain: float | None = None) -> tuple[FloatArray,
                                                                                                FloatArray]:
@@ -449,37 +409,130 @@ def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, floa
             l1 + a2 * l3 + a3 * l4 + a4 * l5)
 
 
-def _lorentz_derivative(n: int, v: float, gamma: float) -> float:
+def _lorentz_derivative(n: int, v: FloatArray, gamma: FloatArray) -> FloatArray:
     """n-th derivative of the unit Lorentzian of half width γ: (−1)ⁿ n! Im[(v − iγ)^−(n+1)]/π."""
-    return (-1.0) ** n * math.factorial(n) * (complex(v, -gamma) ** -(n + 1)).imag / math.pi
+    return (-1.0) ** n * math.factorial(n) * ((v - 1j * gamma) ** -(n + 1)).imag / math.pi
 
 
-def _bridge(c: FloatArray, half: float) -> tuple[float, ...]:
-    """Even polynomial density Σ b_k v^(2k), k = 0…5, on (−half, half) joining the far carrier's density and its
-    first four derivatives at ±half (their even parts: the carrier is then C⁵ but for a tiny odd part, so its
-    coarse quintic interpolation stays accurate) and carrying exactly G(half) − G(−half); returns (b0…b5,
-    G(−half))."""
-    far = np.zeros(11)
-    far[:4] = c[:4]
-    gamma, a2, a3, a4 = (float(x) for x in c[:4])
+def _bridges(c: FloatArray, half: FloatArray) -> FloatArray:
+    """Per peak (rows of c = γ, a2, a3, a4): even polynomial density Σ b_k v^(2k), k = 0…5, on (−half, half)
+    joining the far carrier's density and its first four derivatives at ±half (their even parts: the carrier is
+    then C⁵ but for a tiny odd part, so its coarse quintic interpolation stays accurate) and carrying exactly
+    G(half) − G(−half); rows of (b0…b5, G(−half))."""
+    gamma, a2, a3, a4 = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
 
-    def rho_derivative(k: int, v: float) -> float:
+    def rho_derivative(k: int, v: FloatArray) -> FloatArray:
         return (_lorentz_derivative(k, v, gamma) + a2 * _lorentz_derivative(k + 2, v, gamma)
                 + a3 * _lorentz_derivative(k + 3, v, gamma) + a4 * _lorentz_derivative(k + 4, v, gamma))
 
+    def far_g(v: FloatArray) -> FloatArray:  # the far carrier: CDF − step (module docstring)
+        return (-np.arctan(gamma / v) / math.pi + a2 * _lorentz_derivative(1, v, gamma)
+                + a3 * _lorentz_derivative(2, v, gamma) + a4 * _lorentz_derivative(3, v, gamma))
+
     r = half
-    rhs = [0.5 * (rho_derivative(k, r) + (-1.0) ** k * rho_derivative(k, -r)) for k in range(5)]
-    g_r = _carrier(r, far, 0.0)[0]
-    g_l = _carrier(-r, far, 0.0)[0]
-    rhs.append(g_r - g_l)
-    mat = np.zeros((6, 6))
+    m = r.size
+    rhs = np.empty((m, 6))
+    for k in range(5):
+        rhs[:, k] = 0.5 * (rho_derivative(k, r) + (-1.0) ** k * rho_derivative(k, -r))
+    g_l = far_g(-r)
+    rhs[:, 5] = far_g(r) - g_l
+    mat = np.zeros((m, 6, 6))
     for j in range(6):  # column j: the term v^(2j)
         p = 2 * j
-        for k in range(5):  # k-th derivative of v^p at r
-            mat[k, j] = 0.0 if k > p else math.factorial(p) / math.factorial(p - k) * r ** (p - k)
-        mat[5, j] = 2.0 * r ** (p + 1) / (p + 1)
-    b = np.linalg.solve(mat, np.array(rhs))
-    return (*(float(x) for x in b), float(g_l))
+        for k in range(min(5, p + 1)):  # k-th derivative of v^p at r
+            mat[:, k, j] = math.factorial(p) / math.factorial(p - k) * r ** (p - k)
+        mat[:, 5, j] = 2.0 * r ** (p + 1) / (p + 1)
+    out = np.empty((m, 7))
+    out[:, :6] = np.linalg.solve(mat, rhs[:, :, None])[:, :, 0]
+    out[:, 6] = g_l
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _axial_kernels(tt_deg: FloatArray, a: float, b: float,
+                   resolution: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray,
+                                                    FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Axial-divergence kernels of all peaks (module docstring): flat offsets (deg) and weights (each peak's sum
+    1), node counts per peak, and each kernel's mean, 2nd/3rd/4th central moments and largest |offset − mean|."""
+    n = tt_deg.size
+    q_max = a + b
+    q_b = abs(a - b)
+    lo_q = (0.0, q_b)
+    hi_q = (q_b, q_max)
+    panels = np.zeros((n, 2), dtype=np.int64)
+    cnt = np.ones(n, dtype=np.int64)
+    symmetric = a <= 0.0 and b <= 0.0
+    if not symmetric:
+        for k in range(n):
+            t = math.radians(tt_deg[k])
+            c2 = math.cos(t)
+            total = 0
+            for seg in range(2):
+                q0, q1 = lo_q[seg], hi_q[seg]
+                if q1 <= q0:
+                    continue
+                o0 = math.acos(min(max(c2 * math.sqrt(1.0 + q0 * q0), -1.0), 1.0)) - t
+                o1 = math.acos(min(max(c2 * math.sqrt(1.0 + q1 * q1), -1.0), 1.0)) - t
+                m = int(math.ceil(abs(math.degrees(o1 - o0)) / max(resolution[k], 1e-12))) + 1
+                panels[k, seg] = m
+                total += 3 * m
+            cnt[k] = max(total, 1)
+    start = np.cumsum(cnt) - cnt
+    off = np.zeros(cnt.sum())
+    w = np.zeros(cnt.sum())
+    mean = np.zeros(n)
+    mu2 = np.zeros(n)
+    mu3 = np.zeros(n)
+    mu4 = np.zeros(n)
+    span = np.zeros(n)
+    gx = (-math.sqrt(0.6), 0.0, math.sqrt(0.6))
+    gw = (5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0)
+    for k in range(n):
+        s0 = start[k]
+        if symmetric:
+            w[s0] = 1.0
+            continue
+        t = math.radians(tt_deg[k])
+        c2, s2 = math.cos(t), math.sin(t)
+        i = s0
+        for seg in range(2):
+            q0, q1 = lo_q[seg], hi_q[seg]
+            m = panels[k, seg]
+            for p in range(m):
+                lo = math.sqrt(q0 * q0 + (q1 * q1 - q0 * q0) * p / m)
+                hi = math.sqrt(q0 * q0 + (q1 * q1 - q0 * q0) * (p + 1) / m)
+                for g in range(3):
+                    q = 0.5 * (lo + hi) + 0.5 * (hi - lo) * gx[g]
+                    pair = 2.0 * min(a, b) if q <= q_b else q_max - q
+                    root = math.sqrt(1.0 + q * q)
+                    arg = c2 * root
+                    sin_psi = q / (s2 * root) if s2 > 0.0 else 1.0
+                    if abs(sin_psi) < 1.0 and abs(arg) <= 1.0:
+                        jac = 1.0 / (root * root * root * math.sqrt(1.0 - sin_psi * sin_psi))
+                        w[i] = 0.5 * (hi - lo) * gw[g] * pair * jac
+                        off[i] = math.degrees(math.acos(arg) - t)
+                    i += 1
+        tot = 0.0
+        for j in range(s0, s0 + cnt[k]):
+            tot += w[j]
+        if not tot > 0.0:
+            for j in range(s0, s0 + cnt[k]):
+                w[j] = 0.0
+                off[j] = 0.0
+            w[s0] = 1.0
+            tot = 1.0
+        mk = 0.0
+        for j in range(s0, s0 + cnt[k]):
+            w[j] /= tot
+            mk += w[j] * off[j]
+        mean[k] = mk
+        for j in range(s0, s0 + cnt[k]):
+            dv = off[j] - mk
+            mu2[k] += w[j] * dv * dv
+            mu3[k] += w[j] * dv * dv * dv
+            mu4[k] += w[j] * dv * dv * dv * dv
+            span[k] = max(span[k], abs(dv))
+    return off, w, cnt, mean, mu2, mu3, mu4, span
 
 
 @numba.njit(cache=True, nogil=True)

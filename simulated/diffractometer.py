@@ -56,9 +56,10 @@ bins over 5–60°): ≤ 2e-7 of the peak bin for Gaussian-dominated peaks, ≤ 
 peak; tests/test_diffractometer.py checks 5e-5 against an independent numerical convolution G ⊗ L.
 Between shape rebuilds, a lattice strain moves each peak exactly (Bragg's law) and re-evaluates its LP factor;
 the shape is the one of the prepared strain (`XRDSynthesizer` rebuilds when strain or size move enough to matter,
-see there). Cost (2-core machine shared with other jobs, CPU time): a 5000-point Cu Kα pattern of the five
-CsPbI3/CsI phases (792 line-peaks, 15–30 nm) ≈ 10 ms (the pseudo-Voigt path: ≈ 4 ms on the same machine at the
-same time); rebuilding all five phases' tables ≈ 0.2–0.3 s.
+see there). Cost (CPU time on a 2-core machine shared with other jobs, so absolute numbers are inflated): a
+5000-point Cu Kα pattern of the five CsPbI3/CsI phases (792 line-peaks, 15–30 nm) ≈ 10–12 ms, 2–3× the
+pseudo-Voigt path measured alongside (3.5–6 ms); about two thirds of it is the far-tail carriers. Rebuilding all
+five phases' tables ≈ 0.05 s; a 10 K/min ramp drawn every 5 s costs ≈ 9 ms per exposure including rebuilds.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ FloatArray = NDArray[np.float64]
 SCHERRER_K: float = 0.9
 """Scherrer constant for FWHM sizes (Langford & Wilson 1978: 0.89–0.94 for spheres/cubes)."""
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-CARRIER_STRIDE: float = 6.0
+_INV_PI = 1.0 / math.pi
+CARRIER_STRIDE: float = 4.0
 """The far-tail carriers are summed on every k-th bin edge with k·(bin width) ≤ (smallest table half width)/this,
 and interpolated (quintic Hermite) in between."""
 
@@ -391,7 +393,7 @@ def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, floa
     v2 = v * v
     g2 = gamma * gamma
     ir = 1.0 / (v2 + g2)
-    gp = gamma * ir / math.pi
+    gp = gamma * ir * _INV_PI
     ir2 = ir * ir
     l0 = gp
     l1 = -2.0 * gp * v * ir
@@ -402,10 +404,10 @@ def _carrier(v: float, c: NDArray[np.float64], half: float) -> tuple[float, floa
     x = gamma / v
     if abs(x) < 0.08:
         x2 = x * x
-        at = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (0.2 - x2 * (1.0 / 7.0 - x2 * (1.0 / 9.0 - x2 / 11.0)))))
+        at = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (0.2 - x2 * (1.0 / 7.0 - x2 * (1.0 / 9.0 - x2 * (1.0 / 11.0))))))
     else:
         at = math.atan(x)
-    return (-at / math.pi + a2 * l1 + a3 * l2 + a4 * l3, l0 + a2 * l2 + a3 * l3 + a4 * l4,
+    return (-at * _INV_PI + a2 * l1 + a3 * l2 + a4 * l3, l0 + a2 * l2 + a3 * l3 + a4 * l4,
             l1 + a2 * l3 + a3 * l4 + a4 * l5)
 
 

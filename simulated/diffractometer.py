@@ -52,10 +52,10 @@ continuous derivatives and the right mass); the carriers are summed on every few
 width / `CARRIER_STRIDE`, by powers of two) and interpolated (quintic Hermite) in between, so a pattern costs
 O(peaks × table) + O(peaks × edges / stride) instead of O(peaks × edges). Areas are conserved: the sum over an
 infinitely wide grid is the area. Measured against bin integrals of scipy's Voigt (41-point Simpson per bin, 5000
-bins over 5–60°): ≤ 2e-7 of the peak bin for Gaussian-dominated peaks, ≤ 4e-6 for a 15 nm (Lorentzian-dominated)
+bins over 5–60°): ≤ 5e-7 of the peak bin for Gaussian-dominated peaks, ≤ 4e-6 for a 15 nm (Lorentzian-dominated)
 peak; tests/test_diffractometer.py checks 5e-5 against an independent numerical convolution G ⊗ L.
 Between shape rebuilds, a lattice strain moves each peak exactly (Bragg's law) and re-evaluates its LP factor;
-the shape is the one of the prepared strain (`XRDSynthesizer` rebuilds when strain or size move enough to matter,
+the shape is the one of the prepared strain (`XRDSynthesizer` prepares tables on a ladder of sizes and strains,
 see there). Cost (CPU time on a 2-core machine shared with other jobs, so absolute numbers are inflated): a
 5000-point Cu Kα pattern of the five CsPbI3/CsI phases (792 line-peaks, 15–30 nm) ≈ 10–12 ms, 2–3× the
 pseudo-Voigt path measured alongside (3.5–6 ms); about two thirds of it is the far-tail carriers. Rebuilding all

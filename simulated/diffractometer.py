@@ -49,16 +49,16 @@ by the Gaussian and the kernel (v from the kernel's mean, μₙ central moments 
 O(μ₆/|v − iγ|⁶), < 1e-7 of the area at the table's edge). That far part is carried by a smooth "carrier" per peak
 (the series minus the unit step outside the table, an even degree-10 polynomial density inside, joined with five
 continuous derivatives and the right mass); the carriers are summed on every few bin edges (stride ≤ table half
-width / `CARRIER_STRIDE`, by powers of two) and interpolated (quintic Hermite) in between, so a pattern costs
+width / `CARRIER_STRIDE`, from a few fixed strides) and interpolated (quintic Hermite) in between, so a pattern costs
 O(peaks × table) + O(peaks × edges / stride) instead of O(peaks × edges). Areas are conserved: the sum over an
 infinitely wide grid is the area. Measured against bin integrals of scipy's Voigt (41-point Simpson per bin, 5000
-bins over 5–60°): ≤ 5e-7 of the peak bin for Gaussian-dominated peaks, ≤ 4e-6 for a 15 nm (Lorentzian-dominated)
+bins over 5–60°): ≤ 5e-7 of the peak bin for Gaussian-dominated peaks, ≤ 2e-5 for a 15 nm (Lorentzian-dominated)
 peak; tests/test_diffractometer.py checks 5e-5 against an independent numerical convolution G ⊗ L.
 Between shape rebuilds, a lattice strain moves each peak exactly (Bragg's law) and re-evaluates its LP factor;
 the shape is the one of the prepared strain (`XRDSynthesizer` prepares tables on a ladder of sizes and strains,
 see there). Cost (CPU time on a 2-core machine shared with other jobs, so absolute numbers are inflated): a
-5000-point Cu Kα pattern of the five CsPbI3/CsI phases (792 line-peaks, 15–30 nm) ≈ 10–12 ms, 2–3× the
-pseudo-Voigt path measured alongside (3.5–6 ms); about two thirds of it is the far-tail carriers. Rebuilding all
+5000-point Cu Kα pattern of the five CsPbI3/CsI phases (792 line-peaks, 15–30 nm, Poisson draw included)
+≈ 7 ms, about twice the pseudo-Voigt path measured alongside (3–5 ms); most of it is the far-tail carriers. Rebuilding all
 five phases' tables ≈ 0.05 s; a 10 K/min ramp drawn every 5 s costs ≈ 9 ms per exposure including rebuilds.
 """
 
@@ -84,6 +84,7 @@ SCHERRER_K: float = 0.9
 """Scherrer constant for FWHM sizes (Langford & Wilson 1978: 0.89–0.94 for spheres/cubes)."""
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _INV_PI = 1.0 / math.pi
+_STRIDES = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128], dtype=np.int64)
 CARRIER_STRIDE: float = 4.0
 """The far-tail carriers are summed on every k-th bin edge with k·(bin width) ≤ (smallest table half width)/this,
 and interpolated (quintic Hermite) in between."""
@@ -324,10 +325,10 @@ class Diffractometer:
         for prep, centres, amp in zip(preps, cs, amps):
             if prep.n_peaks == 0:
                 continue
-            # peaks grouped by carrier stride (powers of two, ≤ half/(CARRIER_STRIDE·bin)): broad peaks' tails are
-            # sampled more coarsely, each group on its own coarse edges
-            ratio = np.maximum(prep.half / (CARRIER_STRIDE * wmax), 1.0)
-            strides = np.minimum(2 ** np.floor(np.log2(ratio)), 64).astype(np.int64)
+            # peaks grouped by carrier stride (the largest of _STRIDES ≤ half/(CARRIER_STRIDE·bin)): broad peaks'
+            # tails are sampled more coarsely, each group on its own coarse edges
+            ratio = prep.half / (CARRIER_STRIDE * wmax)
+            strides = _STRIDES[np.maximum(np.searchsorted(_STRIDES, ratio, side="right") - 1, 0)]
             for stride in np.unique(strides):
                 sel = np.nonzero(strides == stride)[0]
                 coarse = self._coarse_edges(int(stride))

@@ -67,7 +67,7 @@ def plot_fit(path: str | Path, two_theta: ArrayLike, observed: ArrayLike, calcul
     if title or subtitle:
         ax.set_title(title + ("\n" + subtitle if subtitle else ""), fontsize=10)
     ax.legend(loc="upper right", fontsize=8, frameon=False)
-    fig.subplots_adjust(right=0.86)
+    fig.subplots_adjust(right=0.80)
     path = Path(path)
     fig.savefig(path, format="png")
     plt.close(fig)

@@ -248,11 +248,12 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
         theta, _ = ref.fit(theta, max_nfev=max_nfev)
     else:
         ref.blur = COLD_BLUR
-        theta, _ = ref.fit(theta, max_nfev=max_nfev)
+        theta, _ = ref.fit(theta, max_nfev=max(max_nfev // 4, 5), ftol=1e-4, xtol=1e-5)  # coarse: positions only
         ref.blur = 0.0
         theta, _ = ref.fit(theta, max_nfev=max_nfev)
     theta, tests, rejected_idx, _ = backward_elimination(ref, theta, alpha)
-    theta, jac = ref.fit(theta, max_nfev=max_nfev)
+    a, lin = ref.evaluate(theta)
+    jac = ref.jacobian(theta, a, lin, ref.free_mask()) if ref.free_mask().any() else None
     return _result(ref, theta, jac, tests, rejected_idx, x_all, y_all, w_all, mask, fw_max)
 
 

@@ -6,7 +6,10 @@ wrong phase is not kept by a lucky start):
 
 1. Fit the model with every offered phase. A phase whose scale sits at its zero bound is removed at once
    ("scale at zero").
-2. For every remaining phase, re-fit the model without it (warm start from the current solution) and form
+2. For every remaining phase, remove it and re-solve the linear parameters (scales, humps, background) with the
+   others' nonlinear parameters held (not re-refined: a full re-fit per phase and round made elimination most of
+   the cost; holding them can only raise χ² without the phase, so this F is an upper bound, and the decoy test of
+   step 4 is the guard against keeping a phase on it), and form
    F = (Δχ²/k) / (χ²/(N_eff − P)), k = the parameters the phase adds (its scale + its free nonlinear parameters),
    P = the model's parameter count, χ² the current weighted residual sum of squares.
 3. N_eff corrects for serial correlation of the residuals: N_eff = N/τ with τ the integrated autocorrelation
@@ -21,7 +24,8 @@ wrong phase is not kept by a lucky start):
 4. Decoy test (systematic misfit makes even the corrected F-test accept phases that merely soak up peak-shape or
    background misfit): each phase that passes step 2 is compared with two decoys, the same phase with all cell
    lengths × (1 ± DECOY_SHIFT) (beyond the ±3 % cell range, so its reflections cannot return to their place) and
-   refined like the phase (scale, cell, size, strain). The phase must beat its better decoy by the same F-test
+   refined like the phase (scale, cell, size, strain; its own parameters only, the rest held as for the phase
+   itself). The phase must beat its better decoy by the same F-test
    (same k, same N_eff): a phase that helps no more than a copy of itself at the wrong positions is not
    identified by its reflections (p-value = the larger of the two tests).
 5. The phase with the largest p-value (F distribution with k and N_eff − P degrees of freedom) is removed if
@@ -90,9 +94,9 @@ def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, re
         refits: dict[int, np.ndarray] = {}
         for i in np.flatnonzero(ref.active):
             ref.active[i] = False
-            t_i, _ = ref.fit(theta, max_nfev=refit_nfev)
-            chi2_i = ref.chi2(t_i)
+            chi2_i = ref.chi2(theta)  # the others not re-refined: see step 2
             ref.active[i] = True
+            t_i = theta
             k = phase_parameter_count(ref, int(i))
             dchi2 = max(chi2_i - chi2, 0.0)
             fstat = (dchi2 / k) / (chi2 / dof)
@@ -105,7 +109,7 @@ def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, re
                     m.decoy_factor = factor
                     ref._cache.pop(int(i), None)
                     try:
-                        t_d, _ = ref.fit(theta, max_nfev=refit_nfev)
+                        t_d, _ = ref.fit(theta, max_nfev=refit_nfev, only=int(i))
                         chi2_d = min(chi2_d, ref.chi2(t_d))
                     finally:
                         m.decoy_factor = 1.0
@@ -128,4 +132,4 @@ def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, re
             rejected[worst] = (f"not significant: F = {t.f_statistic:.3g} for {t.n_added} parameters, p = "
                                f"{t.p_value:.3g} > alpha (N_eff = {n_eff:.0f} of {n} points, lag-1 ρ = {rho:.3f})")
         ref.active[worst] = False
-        theta = refits[worst]
+        theta, _ = ref.fit(refits[worst], max_nfev=refit_nfev)

@@ -246,11 +246,16 @@ class Refinement:
         raise IndexError(j)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, theta0: FloatArray, *, max_nfev: int = 60, ftol: float = 1e-7, xtol: float = 1e-8) \
-            -> tuple[FloatArray, FloatArray | None]:
-        """Refine the free nonlinear parameters from θ0; returns (θ, Jacobian at θ over the free entries or None)."""
+    def fit(self, theta0: FloatArray, *, max_nfev: int = 60, ftol: float = 1e-7, xtol: float = 1e-8,
+            only: int | None = None) -> tuple[FloatArray, FloatArray | None]:
+        """Refine the free nonlinear parameters from θ0 (`only`: just phase `only`'s block, the rest held); returns
+        (θ, Jacobian at θ over the free entries or None)."""
         theta = np.clip(np.asarray(theta0, dtype=float).copy(), self.lower, self.upper)
         free = self.free_mask()
+        if only is not None:
+            keep = np.zeros_like(free)
+            keep[self.phase_slices[only]] = True
+            free &= keep
         if not free.any():
             return theta, None
         idx = np.flatnonzero(free)

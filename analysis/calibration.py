@@ -279,14 +279,23 @@ def _start_instrument(start: "Instrument", x: NDArray[np.float64], y: NDArray[np
 def _refine(x: NDArray[np.float64], y: NDArray[np.float64], crystal: Crystal, start: "Instrument",
             sigma: NDArray[np.float64] | None, refine: Sequence[str], background_order: int,
             excluded: Sequence[tuple[float, float]]) -> Any:
-    """The refinement engine with the standard's cell fixed, the instrument refined and the phase always kept;
-    re-run from its own result (warm start) while Rwp still falls by more than REFIT_GAIN (the engine stops after
-    a fixed number of evaluations, which a cold start from lab-default widths can use up)."""
+    """The refinement engine with the standard's cell fixed, the instrument refined and the phase always kept:
+    first without the asymmetry (S/L, H/L), then everything from there, then re-run from its own result (warm
+    start) while Rwp still falls by more than REFIT_GAIN (the engine stops after a fixed number of evaluations,
+    which a cold start from lab-default widths can use up)."""
     from .refine import quantify
 
-    kw = dict(sigma=sigma, background_order=background_order, humps=0, excluded=excluded,
-              refine_instrument=tuple(refine), fix_cell=True, alpha=1.0 - 1e-12)
-    res = quantify(x, y, [crystal], start, **kw)
+    kw = dict(sigma=sigma, background_order=background_order, humps=0, excluded=excluded, fix_cell=True,
+              alpha=1.0 - 1e-12)
+    staged = tuple(p for p in refine if p not in ("s_l", "h_l"))
+    if staged != tuple(refine):
+        # positions and symmetric widths first: from lab-default widths the asymmetry otherwise takes up width
+        res = quantify(x, y, [crystal], start, refine_instrument=staged, **kw)
+        start = res.instrument
+        res = quantify(x, y, [crystal], start, start=res, refine_instrument=tuple(refine), **kw)
+    else:
+        res = quantify(x, y, [crystal], start, refine_instrument=tuple(refine), **kw)
+    kw["refine_instrument"] = tuple(refine)
     for _ in range(MAX_REFITS):
         again = quantify(x, y, [crystal], res.instrument, start=res, **kw)
         better = again.rwp < res.rwp * (1.0 - REFIT_GAIN)

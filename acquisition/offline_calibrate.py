@@ -47,7 +47,8 @@ def positive_wavelength(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's options (heavy imports stay inside `run`: every CLI call builds this parser)."""
-    parser.add_argument("pattern", metavar="PATTERN", help="the measured pattern of the standard (.xye, .xy, .csv, …)")
+    parser.add_argument("pattern", metavar="PATTERN",
+                        help="the measured pattern of the standard (.xye, .xy, .chi, GSAS, .xrdml, pdCIF)")
     parser.add_argument("--standard", required=True, metavar="NAME",
                         help="the standard measured: LaB6, Si, CeO2 or Al2O3 (NIST SRM 660c, 640f, 674b, 676a)")
     start = parser.add_mutually_exclusive_group()
@@ -172,8 +173,8 @@ def summary_text(cal: Any, std: Any, out: Path, plot: Path | None) -> str:
              f"  λ = {inst.radiation.wavelength:.6f} Å ({inst.radiation.polarisation}), geometry {inst.geometry}",
              f"  zero = {inst.zero:+.5f}°" + (f"   displacement = {inst.displacement_um:+.1f} µm"
                                               if inst.geometry == "bragg-brentano" else ""),
-             f"  U = {inst.u:.4g}  V = {inst.v:.4g}  W = {inst.w:.4g} (centideg²)   X = {inst.x:.4g}  Y = {inst.y:.4g} "
-             f"(centideg)   S/L = {inst.s_l:.4g}  H/L = {inst.h_l:.4g}"]
+             f"  U = {inst.u:.4g}  V = {inst.v:.4g}  W = {inst.w:.4g} (centideg²)   "
+             f"X = {inst.x:.4g}  Y = {inst.y:.4g} (centideg)   S/L = {inst.s_l:.4g}  H/L = {inst.h_l:.4g}"]
     if cal.reflections:
         lines.append("  hkl          2θ_calc     Δ2θ obs−calc   FWHM obs   FWHM model   ΔI/I")
         for r in cal.reflections:

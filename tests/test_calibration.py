@@ -10,6 +10,8 @@ same: |Δ2θ| < 0.002° and FWHM_obs/FWHM_model within 5 % on the reflections it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,8 +21,6 @@ from hotstage.analysis.instrument import Instrument, read_instrument
 from hotstage.analysis.radiation import Radiation
 from hotstage.analysis.standards import STANDARDS, UnknownStandardError, lookup, standard
 from hotstage.simulated.diffractometer import Diffractometer
-
-from pathlib import Path
 
 PRM = Path(__file__).parent / "data" / "instruments" / "synchrotron-0.4139A-LaB6.prm"
 ZERO_TOL = 0.002

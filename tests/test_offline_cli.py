@@ -3,9 +3,9 @@ pattern (the simulator's own diffractometer) written as .xye is calibrated into 
 a simulated Si + corundum mixture of known weight fractions with a third, absent candidate phase; --json is
 parsed, --plot files are PNGs, and bad input is one line with exit status 2.
 
-Tolerances: the calibrated shift within 0.002° of the simulated one, FWHM within 5 %; weight fractions within 2 wt % of the truth
-(a 60/40 mixture by weight through Hill & Howard's W ∝ s·ZMV, see `hotstage.analysis.crystal`); the absent
-phase rejected or below 1 wt %.
+Tolerances: the calibrated shift within 0.002° of the simulated one, FWHM within 5 %; weight fractions within
+2 wt % of the truth (a 60/40 mixture by weight through Hill & Howard's W ∝ s·ZMV, see
+`hotstage.analysis.crystal`); the absent phase rejected or below 1 wt %.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from hotstage.analysis.radiation import Radiation
 from hotstage.analysis.standards import standard
 from hotstage.simulated.diffractometer import Diffractometer
 
-TRUTH = Instrument.lab_default().replace(radiation=Radiation.cu_ka1(), zero=0.021, u=6.0, v=-2.5, w=5.0, x=1.5, y=2.5, s_l=0.012, h_l=0.012,
-                                         displacement_um=-25.0)
+TRUTH = Instrument.lab_default().replace(radiation=Radiation.cu_ka1(), zero=0.021, u=6.0, v=-2.5, w=5.0, x=1.5,
+                                         y=2.5, s_l=0.012, h_l=0.012, displacement_um=-25.0)
 X = np.arange(20.0, 80.0, 0.01)
 WEIGHTS = {"Si": 0.6, "Al2O3": 0.4}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

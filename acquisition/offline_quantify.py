@@ -165,16 +165,31 @@ def _plot(figure: Path, path: str, pattern: Any, res: Any, inst: Any, excluded: 
              subtitle=f"Rwp = {100 * res.rwp:.2f} %, GoF = {res.gof:.2f}")
 
 
+def with_su(value: float, su: float | None, decimals: int = 5) -> str:
+    """Crystallographic notation: 5.43113(2) — the s.u. in units of the last digit, 1 significant digit (2 when
+    it starts with 1); the plain value with `decimals` when there is no s.u."""
+    if su is None or not math.isfinite(su) or su <= 0:
+        return f"{value:.{decimals}f}"
+    d = max(0, -int(math.floor(math.log10(su))))
+    if round(su * 10 ** d) < 2:
+        d += 1
+    return f"{value:.{d}f}({int(round(su * 10 ** d))})"
+
+
 def _fmt_cell(cell: Any, su: Any) -> str:
-    """a, b, c (Å) and the angles that are not 90°, with s.u. when known."""
-    names = ("a", "b", "c", "α", "β", "γ")
-    parts = []
-    for i, (n, v) in enumerate(zip(names, cell)):
-        if i >= 3 and abs(v - 90.0) < 1e-9:
-            continue
-        s = su[i] if su is not None and i < len(su) and su[i] is not None else None
-        unit = "Å" if i < 3 else "°"
-        parts.append(f"{n} = {v:.5f}" + (f"({s:.5f})" if s and math.isfinite(s) and s > 0 else "") + f" {unit}")
+    """The independent cell parameters (a; b, c when they differ from a; angles other than 90° and the 120° of
+    hexagonal axes) with their s.u."""
+    a, b, c, al, be, ga = (float(v) for v in cell)
+    sus = list(su) if su is not None else [None] * 6
+    parts = [f"a = {with_su(a, sus[0])} Å"]
+    if abs(b - a) > 1e-9:
+        parts.append(f"b = {with_su(b, sus[1])} Å")
+    if abs(c - a) > 1e-9:
+        parts.append(f"c = {with_su(c, sus[2])} Å")
+    hexagonal = abs(b - a) < 1e-9 and abs(ga - 120.0) < 1e-9
+    for name, v, u in (("α", al, sus[3]), ("β", be, sus[4]), ("γ", ga, sus[5])):
+        if abs(v - 90.0) > 1e-9 and not (name == "γ" and hexagonal):
+            parts.append(f"{name} = {with_su(v, u, 3)}°")
     return ", ".join(parts)
 
 

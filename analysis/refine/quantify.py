@@ -13,7 +13,8 @@ Refinement strategy (cold): the CIF cells, 200 nm crystallites and ε = 1e-4 sta
 broadened by a Gaussian of twice the instrument FWHM (continuation: a cell several FWHM off still slides into
 place), then the sharp model; then backward elimination of insignificant phases (`significance`); then the
 instrument checks that produce `warnings` instead of phases. Warm (`start=` a previous result): one sharp pass from
-its parameters with the same phases kept, then elimination.
+its parameters with the same phases kept, then elimination, in which the phases kept in `start` (they passed
+their decoy tests there) are not decoy-tested again while their F-test passes.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
         theta, _ = ref.fit(theta, max_nfev=max(max_nfev // 4, 5), ftol=1e-4, xtol=1e-5)  # coarse: positions only
         ref.blur = 0.0
         theta, _ = ref.fit(theta, max_nfev=max_nfev)
-    theta, tests, rejected_idx, _ = backward_elimination(ref, theta, alpha)
+    trusted = frozenset(i for i, m in enumerate(models) if warm and start is not None and m.name in start.phases)
+    theta, tests, rejected_idx, _ = backward_elimination(ref, theta, alpha, trusted=trusted)
     a, lin = ref.evaluate(theta)
     jac = ref.jacobian(theta, a, lin, ref.free_mask()) if ref.free_mask().any() else None
     return _result(ref, theta, jac, tests, rejected_idx, x_all, y_all, w_all, mask, fw_max)

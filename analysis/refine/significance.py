@@ -68,10 +68,12 @@ def phase_parameter_count(ref: Refinement, i: int) -> int:
     return 1 + int((~ref.fixed[sl]).sum())
 
 
-def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, refit_nfev: int = 30) \
+def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, refit_nfev: int = 30,
+                         decoy_nfev: int = 15, trusted: frozenset[int] = frozenset()) \
         -> tuple[np.ndarray, dict[int, PhaseTest], dict[int, str], float]:
-    """Eliminate insignificant phases (module docstring). Returns (θ, tests of kept phases, reasons of rejected
-    phases, ρ of the final residuals); `ref.active` is left at the kept set."""
+    """Eliminate insignificant phases (module docstring). `trusted`: phases that passed the decoy test in the
+    previous pattern of a warm sequence; they skip it while their F-test passes. Returns (θ, tests of kept phases,
+    reasons of rejected phases, ρ of the final residuals); `ref.active` is left at the kept set."""
     rejected: dict[int, str] = {}
     tests: dict[int, PhaseTest] = {}
     while True:
@@ -102,14 +104,14 @@ def backward_elimination(ref: Refinement, theta: np.ndarray, alpha: float, *, re
             fstat = (dchi2 / k) / (chi2 / dof)
             pval = float(f_dist.sf(fstat, k, dof))
             decoy_p = 0.0
-            if pval <= alpha:
+            if pval <= alpha and int(i) not in trusted:
                 chi2_d = chi2_i
                 m = ref.phases[int(i)]
                 for factor in DECOY_SHIFTS:
                     m.decoy_factor = factor
                     ref._cache.pop(int(i), None)
                     try:
-                        t_d, _ = ref.fit(theta, max_nfev=refit_nfev, only=int(i))
+                        t_d, _ = ref.fit(theta, max_nfev=decoy_nfev, only=int(i))
                         chi2_d = min(chi2_d, ref.chi2(t_d))
                     finally:
                         m.decoy_factor = 1.0

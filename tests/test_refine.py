@@ -80,6 +80,37 @@ def test_anisotropic_cell_recovered() -> None:
     assert abs(cell[2] / true_cell[2] - 1.0) <= 1e-4, cell
 
 
+def test_sharp_peaks_with_too_broad_instrument_warn() -> None:
+    """Peaks 4× narrower than the instrument claims: a warning that the instrument is wrong, β still the phase."""
+    names = ["CsPbI3-beta"]
+    synth = XRDSynthesizer(caglioti=(0.0, 0.0, 0.015 ** 2), phases={n: Crystal.builtin(n) for n in names})
+    y = synth(_state({"CsPbI3-beta": 1.0}, size=1e4), 2.0, np.random.default_rng(11))
+    r = quantify(synth.axis, y, [Crystal.builtin("CsPbI3-beta"), Crystal.builtin("CsI")], Instrument.lab_default(),
+                 background_order=8, humps=0)
+    assert any("sharper than the instrument" in w for w in r.warnings), r.warnings
+    assert "CsI" in r.rejected
+
+
+def test_warm_refit_from_previous_result() -> None:
+    """A second noise draw fitted from the first result: same phases kept, weight fractions within 1 wt %, and
+    reflection residuals for calibration are finite for the strong reflections."""
+    names = ["CsPbI3-delta", "CsPbI3-beta"]
+    synth = XRDSynthesizer(phases={n: Crystal.builtin(n) for n in names})
+    rng = np.random.default_rng(2)
+    st = _state({"CsPbI3-delta": 0.5, "CsPbI3-beta": 0.5})
+    offered = [Crystal.builtin(n) for n in names]
+    cold = quantify(synth.axis, synth(st, 2.0, rng), offered, Instrument.lab_default(), background_order=8, humps=0)
+    warm = quantify(synth.axis, synth(st, 2.0, rng), offered, Instrument.lab_default(), background_order=8, humps=0,
+                    start=cold)
+    assert set(warm.phases) == set(cold.phases) == set(names)
+    for n in names:
+        assert abs(warm.phases[n].weight_fraction - cold.phases[n].weight_fraction) <= 0.01
+    assert warm.n_evaluations < cold.n_evaluations
+    res = warm.reflection_residuals("CsPbI3-beta")
+    assert res["two_theta"].size == res["hkl"].shape[0] > 10
+    assert np.nanmedian(np.abs(res["position"])) < 0.01  # deg, ~1/8 FWHM: positions agree (no zero error simulated)
+
+
 def test_invalid_input() -> None:
     """Mis-shaped, unsorted or non-finite input and unknown names fail with one RefineInputError."""
     x = np.linspace(10, 40, 100)
@@ -129,4 +160,5 @@ def test_measured_beta_without_instrument_warns_or_is_right() -> None:
     r = quantify(x, y, phases, Instrument.from_wavelength(0.41391), sigma=s)
     others = {k: v for k, v in r.weight_fractions.items() if k != "CsPbI3-beta"}
     assert r.warnings or r.weight_fractions.get("CsPbI3-beta", 0.0) >= 0.9, (r.weight_fractions, r.warnings)
+    assert any("sharper than the instrument" in w for w in r.warnings), r.warnings  # measured: β 100 %, warned
     assert all(v < 0.1 for v in others.values()), (r.weight_fractions, r.warnings)

@@ -63,6 +63,10 @@ MIN_RELATIVE_INTENSITY = 1e-4
 1 count where the strongest has 10⁴, and 1e-4 of a phase's intensity spread over its weak high-angle reflections
 is far below what weight fractions resolve (the 60,000-point δ-CsPbI3 pattern: 1,478 of 7,917 reflections, 5×
 faster renders)."""
+RENDER_WINDOW = 15.0
+"""Half-width (FWHM) over which each peak is evaluated (beyond it the Lorentzian tail is a flat pedestal of the
+missing area, `profiles.render_peaks`): 15 puts the truncation at 1/901 of a Lorentzian's height; the renderer's
+default 6 (1/145) biased refined cells by ~1e-4 against patterns drawn with full tails."""
 RENDER_POINTS_PER_FWHM = 20
 """Sampling of the narrowest peak below which a phase is rendered on the full grid (see `PhaseModel.render`)."""
 CELL_RANGE = 0.03
@@ -74,7 +78,7 @@ def _render_peaks(x: FloatArray, centres: FloatArray, areas: FloatArray, fg: Flo
     """Instrument-convolved peaks (the shared renderer of `hotstage.analysis.instrument`)."""
     from hotstage.analysis.instrument import render_instrument_peaks
 
-    return render_instrument_peaks(x, centres, areas, fg, fl, instrument)
+    return render_instrument_peaks(x, centres, areas, fg, fl, instrument, window=RENDER_WINDOW)
 
 
 def crystal_system(crystal: Crystal) -> str:

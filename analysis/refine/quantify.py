@@ -391,8 +391,6 @@ def _instrument_warnings(ref: Refinement, theta: FloatArray, lin: Any, n_eff: fl
         if not ref.active[i]:
             continue
         ncell = len(m.cell_names)
-        for j in (ncell, ncell + 1):
-            pass
         lo_i, hi_i = ref.upper[sl.start + ncell], ref.upper[sl.start + ncell + 1]
         inv_size, strain = theta[sl.start + ncell], theta[sl.start + ncell + 1]
         if inv_size <= 1e-3 * lo_i and strain <= 1e-3 * hi_i:
@@ -407,10 +405,12 @@ def _instrument_warnings(ref: Refinement, theta: FloatArray, lin: Any, n_eff: fl
             narrow = inst0.replace(u=inst0.u * f * f, v=inst0.v * f * f, w=inst0.w * f * f, x=inst0.x * f,
                                    y=inst0.y * f)
             ref.instrument0, ref.inst_names = narrow, ()
+            ref._cache.clear()  # the column cache is keyed on θ, not on the base instrument
             try:
                 c2 = ref.chi2(theta)
             finally:
                 ref.instrument0, ref.inst_names = saved
+                ref._cache.clear()
             if c2 < best_chi2:
                 best_chi2, best_f = c2, f
         ref._cache.clear()

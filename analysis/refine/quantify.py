@@ -245,8 +245,8 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
     for c, sl in zip(hump_centres, ref.hump_slices):
         theta[sl] = [c, float(np.clip(span / 8.0, hump_lo[1], hump_hi[1]))]
     warm = start is not None and _apply_start(ref, theta, start, models)
-    if warm:
-        theta, _ = ref.fit(theta, max_nfev=max_nfev)
+    if warm:  # χ² to 1e-5 relative: the parameters then move by ≪ their s.u. (a warm start is already close)
+        theta, _ = ref.fit(theta, max_nfev=max_nfev, ftol=1e-5, xtol=1e-6)
     else:
         ref.blur = COLD_BLUR
         theta, _ = ref.fit(theta, max_nfev=max(max_nfev // 4, 5), ftol=1e-4, xtol=1e-5)  # coarse: positions only

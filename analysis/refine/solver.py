@@ -231,8 +231,16 @@ class Refinement:
             d[:, col] = lin.coef[k] * (new - a[:, k]) / h
         ap = a[:, lin.passive]
         if ap.shape[1]:
-            q, _ = np.linalg.qr(ap)
-            d -= q @ (q.T @ d)
+            # P⊥D = D − A_p G_p⁻¹ A_pᵀD on the Jacobi-scaled Gram matrix (m×m): N·m·n work instead of a QR's N·m²
+            g = ap.T @ ap
+            sc = 1.0 / np.sqrt(np.maximum(np.diag(g), 1e-300))
+            gs = g * np.outer(sc, sc)
+            rhs = (ap.T @ d) * sc[:, None]
+            try:
+                coef = np.linalg.solve(gs, rhs)
+            except np.linalg.LinAlgError:
+                coef = np.linalg.lstsq(gs, rhs, rcond=None)[0]
+            d -= ap @ (coef * sc[:, None])
         return -d
 
     def _owner(self, j: int) -> int:

@@ -36,6 +36,13 @@ For calibration (helper "calibrate"):
 - ``result.reflection_residuals(name)``: per reflection (primary line) the calculated 2θ, hkl, the intensity
   misfit Σ(obs − calc)/Σ peak over ±1 instrument FWHM, and observed − calculated position and FWHM (deg) from
   local one-parameter least squares of the residual on the peak's derivatives.
+
+
+Measured (tests/test_refine.py, benchmarks/refine.py): the published β-CsPbI3 profile (510 K, 11-BM LaB6 file, five
+phases offered) → β 100 wt %, α/γ/CsI scales at zero, δ rejected (F = 2.8, p = 0.01), Rwp 0.136; with a bare
+wavelength (lab widths) β 100 % and the "sharper than the instrument" warning. Speed on a 60,000-point pattern
+(one core, shared machine): cold ≈ 6 s, warm ≈ 0.5 s — short of the issue's 2 s / 100 patterns/s: every Jacobian
+column is a full finite-difference re-render of one phase (analytic profile derivatives would remove most of it).
 """
 
 from .model import INSTRUMENT_PARAMETERS, PhaseModel, crystal_system, free_cell_parameters, max_sample_fwhm

@@ -31,7 +31,7 @@ from hotstage.analysis.crystal import Crystal
 
 from .model import INSTRUMENT_PARAMETERS, MAX_SAMPLE_FWHM_CAP, PhaseModel, hump, max_sample_fwhm
 from .significance import PhaseTest, backward_elimination
-from .solver import Refinement, berar_lelann_factor, effective_points, lag1_autocorrelation, nonlinear_covariance
+from .solver import Refinement, autocorrelation_time, berar_lelann_factor, lag1_autocorrelation, nonlinear_covariance
 
 if TYPE_CHECKING:
     from hotstage.analysis.instrument import Instrument
@@ -142,7 +142,8 @@ def _inputs(two_theta: ArrayLike, counts: ArrayLike, sigma: ArrayLike | None,
     if not np.all(np.isfinite(x)) or np.any(np.diff(x) <= 0):
         raise RefineInputError("two_theta must be finite and strictly increasing")
     if not np.all(np.isfinite(y)):
-        raise RefineInputError(f"counts must be finite (first bad point index {int(np.flatnonzero(~np.isfinite(y))[0])})")
+        bad = int(np.flatnonzero(~np.isfinite(y))[0])
+        raise RefineInputError(f"counts must be finite (first bad point index {bad})")
     if sigma is not None:
         s = np.asarray(sigma, dtype=float)
         if s.shape != x.shape or not np.all(np.isfinite(s)) or np.any(s <= 0):
@@ -193,7 +194,8 @@ def _instrument_bounds(names: Sequence[str], inst: "Instrument") -> tuple[FloatA
 # ---------------------------------------------------------------------------------------------- quantify
 def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[Crystal], instrument: "Instrument",
              *, sigma: ArrayLike | None = None, background_order: int = 12, humps: int | Sequence[float] = 1,
-             excluded: Sequence[tuple[float, float]] = (), preferred_orientation: Mapping[str, tuple[int, int, int]] = {},
+             excluded: Sequence[tuple[float, float]] = (),
+             preferred_orientation: Mapping[str, tuple[int, int, int]] = {},
              alpha: float = 1e-3, refine_instrument: Sequence[str] = (), fix_cell: bool = False,
              start: RefineResult | None = None, max_nfev: int = 60) -> RefineResult:
     """Whole-pattern refinement and significance-tested weight fractions of `phases` in a measured pattern.
@@ -295,7 +297,7 @@ def _result(ref: Refinement, theta: FloatArray, jac: FloatArray | None, tests: d
     r = ref.y_w - lin.model_w
     rho = lag1_autocorrelation(r)
     bl = berar_lelann_factor(rho)
-    n_eff = effective_points(n, rho, n_par)
+    n_eff = max(n / autocorrelation_time(r), n_par + 2.0)  # as in the significance tests
     cov_lin = ref.linear_covariance(a, lin, s2)
     cov_nl = nonlinear_covariance(jac, s2)
     nl_index = {int(j): c for c, j in enumerate(np.flatnonzero(free))}
@@ -330,13 +332,11 @@ def _result(ref: Refinement, theta: FloatArray, jac: FloatArray | None, tests: d
         block = theta[sl]
         centres, _, _, _, refl = m.peaks(block, inst)
         primary = np.zeros(centres.size, dtype=bool)
-        nref = m.hkl.shape[0]
         # the first occurrence of each reflection index is the primary line (lines are flattened line-major)
         _, first = np.unique(refl, return_index=True)
         primary[first] = True
         inside = primary & (centres >= x_all[0]) & (centres <= x_all[-1])
         reflections[m.name] = (centres[inside], m.hkl[refl[inside]].astype(np.int64))
-        del nref
         if not ref.active[i]:
             rejected[m.name] = rejected_idx.get(i, "not in the model")
             continue

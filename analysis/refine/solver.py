@@ -52,7 +52,8 @@ class Refinement:
 
     def __init__(self, x: FloatArray, y: FloatArray, weights: FloatArray, phases: Sequence[PhaseModel],
                  instrument: "Instrument", *, background_order: int, n_humps: int,
-                 hump_bounds: tuple[FloatArray, FloatArray] | None, phase_bounds: Sequence[tuple[FloatArray, FloatArray]],
+                 hump_bounds: tuple[FloatArray, FloatArray] | None,
+                 phase_bounds: Sequence[tuple[FloatArray, FloatArray]],
                  refine_instrument: Sequence[str] = (), instrument_bounds: tuple[FloatArray, FloatArray] | None = None,
                  fix_cell: bool = False) -> None:
         """x sorted (deg), y counts, weights 1/σ²; bounds per phase block and per hump block (centre, fwhm)."""

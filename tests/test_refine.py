@@ -111,6 +111,16 @@ def test_warm_refit_from_previous_result() -> None:
     assert np.nanmedian(np.abs(res["position"])) < 0.01  # deg, ~1/8 FWHM: positions agree (no zero error simulated)
 
 
+def test_refine_zero_with_cell_fixed() -> None:
+    """Calibration use: a 0.03° zero shift recovered within 0.002° with the cell fixed (refine_instrument, fix_cell)."""
+    synth = XRDSynthesizer(zero_shift=0.03, phases={"CsPbI3-beta": Crystal.builtin("CsPbI3-beta")})
+    y = synth(_state({"CsPbI3-beta": 1.0}), 5.0, np.random.default_rng(13))
+    r = quantify(synth.axis, y, [Crystal.builtin("CsPbI3-beta")], Instrument.lab_default(), background_order=8,
+                 humps=0, refine_instrument=("zero",), fix_cell=True)
+    assert abs(r.instrument.zero - 0.03) <= 0.002, r.instrument.zero
+    assert r.phases["CsPbI3-beta"].cell == Crystal.builtin("CsPbI3-beta").cell
+
+
 def test_invalid_input() -> None:
     """Mis-shaped, unsorted or non-finite input and unknown names fail with one RefineInputError."""
     x = np.linspace(10, 40, 100)

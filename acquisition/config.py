@@ -253,8 +253,14 @@ class RigConfig(_Model):
 
     @property
     def xrd_instrument(self) -> Any:
-        """The diffractometer read from `[xrd] instrument` (None when not given): for the live XRD analysis
-        (`AnalysisParameters.xrd_instrument`) and the simulator."""
+        """The diffractometer the live XRD analysis assumes (`AnalysisParameters.xrd_instrument`): the one read
+        from `[xrd] instrument`; for a simulated rig without one, the simulated diffractometer's shipped
+        calibration (`hotstage.simulated.standard`: refined from a LaB6 measurement, not the simulator's truth);
+        None for a visa rig without one (the quantifier's lab default)."""
+        if self._xrd_instrument is None and self.simulated:
+            from hotstage.simulated.standard import calibrated_instrument
+
+            return calibrated_instrument()
         return self._xrd_instrument
 
     @property
@@ -271,6 +277,7 @@ class RigConfig(_Model):
             "limits": self.limits.model_dump(),
             "instruments": {k: {"resource": v.resource, "exposure_s": v.exposure_s} for k, v in self.instruments.items()},
             "config_file": self.source,
+            "xrd_instrument": None if self.xrd_instrument is None else self.xrd_instrument.to_dict(),
         }
 
     @classmethod

@@ -93,10 +93,14 @@ class SimWorld:
 
     @staticmethod
     def _default_synthesizers() -> dict[str, Any]:
-        """XRD (Cu Kα), THz and PL synthesizers on their default axes (simulated.synthesis)."""
+        """XRD, THz and PL synthesizers on their default axes (simulated.synthesis); XRD drawn through the rig's
+        own diffractometer (`SIMULATED_LAB_INSTRUMENT`: Cu Kα doublet, asymmetry, widths unlike the analysis's
+        defaults), which the analysis knows only through a calibration (`hotstage.simulated.standard`)."""
+        from .diffractometer import SIMULATED_LAB_INSTRUMENT
         from .synthesis import PLSynthesizer, THzSynthesizer, XRDSynthesizer
 
-        return {"xrd": XRDSynthesizer(), "thz": THzSynthesizer(), "pl": PLSynthesizer()}
+        return {"xrd": XRDSynthesizer(instrument=SIMULATED_LAB_INSTRUMENT), "thz": THzSynthesizer(),
+                "pl": PLSynthesizer()}
 
     # --------------------------------------------------------------------------------- time
     @property

@@ -124,8 +124,10 @@ class PeakModel:
     With an `instrument` (`hotstage.analysis.instrument.Instrument`) the fixed Gaussian is the instrument's
     (U, V, W, Z in centideg², `Instrument.fwhm_gauss`) instead of `caglioti`, and the instrument's Lorentzian
     (X/cosθ + Y_i tanθ) is a fixed FWHM added to the phase's refined Lorentzian: FWHM_L = Y·(λ_line/λ₁)/cosθ +
-    FWHM_L,instrument, so no width goes below the instrument's. Its FCJ asymmetry and sample displacement are not
-    modelled here (symmetric peaks, a constant zero: the offline engine, `hotstage.analysis.refine`, does both)."""
+    FWHM_L,instrument, so no width goes below the instrument's. Its FCJ asymmetry and its sample-displacement shift
+    (the θ-dependent part of `Instrument.shift`; the constant zero is refined) are rendered into every peak
+    (`render`, and the tables' nodes): each peak is spread over the instrument's FCJ kernel (`Instrument.asymmetry`,
+    sized for the narrowest width it is rendered with) at render time, so reads and derivatives cost the same."""
 
     def __init__(self, peaks: PhasePeaks, rad: Radiation, caglioti: tuple[float, float, float],
                  microstrain: float, eta: float | None, instrument: "Instrument | None" = None) -> None:
@@ -186,7 +188,26 @@ class PeakModel:
     def render(self, x: FloatArray, strain: float, width: float, zero: float = 0.0,
                window: float = 6.0) -> FloatArray:
         """Exact unit-scale pattern (÷ norm) on a sorted 2θ grid: peaks re-rendered from scratch (slow path)."""
-        return render_peaks(x, *self.peaks(strain, width, zero), window=window)
+        tt, area, fwhm, eta = self.peaks(strain, width, zero)
+        return self.render_peaks(x, tt, area, [(fwhm, eta)], window, fwhm)[0]
+
+    def render_peaks(self, x: FloatArray, tt: FloatArray, area: FloatArray,
+                     profiles: list[tuple[FloatArray, FloatArray]], window: float, resolution: FloatArray,
+                     fast_exp: bool = False) -> list[FloatArray]:
+        """Render the peaks once per (FWHM, η) set in `profiles`, through the instrument's displacement shift and
+        FCJ kernel when it has them (one kernel for every set, sized by `resolution`, so the sets stay
+        comparable: the tables difference them)."""
+        ins = self.instrument
+        if ins is not None and ins.displacement_um != 0.0:
+            tt = tt + (ins.shift(tt) - ins.zero)
+        if ins is None or ins.symmetric or tt.size == 0:
+            return [render_peaks(x, tt, area, fw, eta, window=window, fast_exp=fast_exp) for fw, eta in profiles]
+        off, wts = ins.asymmetry(tt)
+        keep = wts > 0
+        rows = np.nonzero(keep)[0]
+        centres, areas = (tt[:, None] + off)[keep], (area[:, None] * wts)[keep]
+        return [render_peaks(x, centres, areas, fw[rows], eta[rows], window=window, fast_exp=fast_exp)
+                for fw, eta in profiles]
 
 
 class PhaseTable:
@@ -213,7 +234,7 @@ class PhaseTable:
         n = int(math.ceil((s_hi - s_lo) / h_s)) + 3
         grid = s_lo + h_s * np.arange(n)
         xs = np.degrees(2.0 * np.arcsin(np.minimum(grid, 1.0)))
-        nodes = [render_peaks(xs, tt, area, fw, eta, window=window, fast_exp=True) for fw, eta in profiles]
+        nodes = model.render_peaks(xs, tt, area, profiles, window, fwhm, fast_exp=True)
         # the polarisation factor at the table node is divided out (G/P is tabulated): the caller multiplies by P at
         # the measured angle, which is the exact intensity bookkeeping of the mapping (module doc) without a
         # second polarisation evaluation at the read position per column

@@ -57,7 +57,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from hotstage.analysis.crystal import Crystal
-from hotstage.analysis.profiles import DEFAULT_CAGLIOTI, DEFAULT_WINDOW, SCHERRER_K, polarisation_coefficients
+from hotstage.analysis.profiles import DEFAULT_CAGLIOTI, SCHERRER_K, polarisation_coefficients
 from hotstage.analysis.quant.halos import halo_columns
 from hotstage.analysis.quant.linear import bounded_lsq, chi2_from_gram, covariance, gather_weighted, replacement_chi2
 from hotstage.analysis.quant.tables import (STRAIN_WINDOW, WIDTH_WINDOW, PeakModel, PhaseTable, phase_peaks,
@@ -73,6 +73,13 @@ DEFAULT_HALO_Q: tuple[float, ...] = (1.09, 2.40, 3.49)
 """Glass halo centres, Å⁻¹ (ZIF glass F(Q) maxima, Gaillac et al. 2017; SOURCES.md)."""
 DEFAULT_HALO_FWHM_Q: tuple[float, ...] = (0.45, 0.75, 0.9)
 """Starting halo FWHMs, Å⁻¹ (assumed: broad amorphous maxima)."""
+TABLE_WINDOW: float = 20.0
+"""Half-width, in FWHM, over which the phase tables render each peak (`render_peaks`; beyond it the Lorentzian tail's
+area is a flat pedestal). 20, not the renderer's default 6: at 6 the pedestal holds 5 % of a Lorentzian's area and
+its steps at ±6 FWHM (tens of counts beside a strong, broad line) are misfit a fit pays for with wrong fractions —
+found when the simulator got its own profile code (exact Voigt tails, `hotstage.simulated.diffractometer`): pure
+α at 350 °C came out 5.5 wt % low (β, δ soaking up the steps), within 0.7 wt % at 20 (0.3 % of the area left as
+pedestal, steps 1/1601 of the height). Cold fits cost about the same (renders are a small part)."""
 SHIFT_TOLERANCE: float = 0.2
 """Cold fits: converged when every nonlinear shift is below this fraction of its standard uncertainty."""
 WARM_SHIFT_TOLERANCE: float = 0.5
@@ -213,7 +220,7 @@ class PhaseQuantifier:
                  eta: float | None = None, size_nm: float = 50.0,
                  strain_start: float | Mapping[str, float] = 0.0, strain_range: float = 0.03,
                  strain_search: float = 0.015, size_bounds_nm: tuple[float, float] = (2.0, 10_000.0),
-                 zero_range: float = 0.3, min_relative_intensity: float = 1e-3, window: float = DEFAULT_WINDOW,
+                 zero_range: float = 0.3, min_relative_intensity: float = 1e-3, window: float = TABLE_WINDOW,
                  min_significance: float = 5.0, min_fraction_strain: float = 0.0,
                  min_fraction_width: float = 0.01, max_iterations: int = 40, warm_iterations: int = 20,
                  instrument: Instrument | None = None) -> None:

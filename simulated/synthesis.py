@@ -61,6 +61,13 @@ class _PhasePeaks:
     lp: FloatArray
 
 
+PSEUDO_VOIGT_WINDOW: float = 20.0
+"""Half-width (FWHM) of each peak of the pseudo-Voigt path (`profiles.render_peaks`; the Lorentzian tail beyond it
+is a flat pedestal). Was 6, the renderer's default: its pedestal steps at ±6 FWHM (tens of counts beside a strong
+broad line) are not physics, and an analysis rendering the same way matched them by construction; at 20 they are
+1/1601 of the peak height (see `hotstage.analysis.phase_quant.TABLE_WINDOW`)."""
+
+
 class XRDSynthesizer:
     """Powder XRD counts: Σ Hill–Howard-scaled phase patterns + glass halos + background, Poisson noise."""
 
@@ -72,7 +79,7 @@ class XRDSynthesizer:
                                                                (3.49, 0.9, 0.25)),
                  background: tuple[float, float, float] = (30.0, 10.0, 120.0),
                  phases: Mapping[str, object] | None = None, min_relative_intensity: float = 1e-3,
-                 window: float = 6.0, instrument: "Instrument | None" = None) -> None:
+                 window: float = PSEUDO_VOIGT_WINDOW, instrument: "Instrument | None" = None) -> None:
         """Cache each phase's peak list; `halos` = (Q Å⁻¹, FWHM Å⁻¹, relative height); background (const,
         linear over the range, low-angle air scatter) in counts/s; `peak_counts_per_s` = strongest line of pure δ;
         peaks weaker than `min_relative_intensity` × the phase's strongest are dropped (invisible under noise).

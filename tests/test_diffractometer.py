@@ -215,16 +215,17 @@ def test_simulated_lab_instrument_differs_from_the_quantifier_default() -> None:
 
 # ------------------------------------------------------------------------------------------ XRDSynthesizer
 def test_synthesizer_without_instrument_is_unchanged() -> None:
-    """instrument=None: byte-identical to the pseudo-Voigt path recorded before the instrument path existed
-    (sha256 of expected counts and of a seeded Poisson draw, CompositeSample() state, 2 s)."""
+    """instrument=None: byte-identical to the pseudo-Voigt path as recorded (sha256 of expected counts and of a seeded
+    Poisson draw, CompositeSample() state, 2 s; re-recorded once, when that path's render window went from 6 to 20
+    FWHM: `simulated.synthesis.PSEUDO_VOIGT_WINDOW`)."""
     syn = XRDSynthesizer(instrument=None)
     st = CompositeSample().state
     e = syn.expected(st, 2.0)
     y = syn(st, 2.0, np.random.default_rng(7))
     assert hashlib.sha256(e.tobytes()).hexdigest() == \
-        "be88c74d56ad40bf689c88fe6a86a10f3a5be42825879edb3b58c9dffd8eb384"
+        "52f8fa63c09d4434d6c19eb70b8c7fdd2066afeb3ee0c5b270047cbc3aec7487"
     assert hashlib.sha256(y.tobytes()).hexdigest() == \
-        "c7c8ab28513db2f5a12b14a0698f13c59d9c1ab3ed9e547984b2ae0d60773ddf"
+        "4edbc98b50d5e7aa8024356aa4a8586593c476cc7a36a7f8d744128691da0f8f"
     # and equal to a direct call of the old path's pieces (background + halos + render_peaks of the phases)
     rate = syn._background.copy()
     parts = [syn._phase_peaks(n, syn.scale_factor(n, st.weight_fractions[n]), st.strain[n],

@@ -14,6 +14,7 @@ import pytest
 
 from hotstage.acquisition.config import RigConfig, RigConfigError
 from hotstage.acquisition.session import analysis_parameters
+from hotstage.simulated.standard import calibrated_instrument
 from hotstage.analysis.crystal import Crystal
 from hotstage.analysis.instrument import SIGMA2_TO_FWHM2_DEG2, Instrument, write_instprm
 from hotstage.analysis.live.modalities import XRDAnalyser
@@ -126,7 +127,11 @@ def test_rig_toml_instrument_reaches_the_quantifier(tmp_path, synth: XRDSynthesi
     toml.write_text('[xrd]\nexposure_s = 2.0\ninstrument = "cal/inst.instprm"\n')
     rig = RigConfig.from_toml(toml)
     assert rig.xrd_instrument == ins
-    assert RigConfig().xrd_instrument is None
+    # a simulated rig without a file: the simulated diffractometer's shipped calibration; a visa rig: none
+    assert RigConfig().xrd_instrument == calibrated_instrument()
+    visa = RigConfig.from_dict({"rig": {"kind": "visa"}, **{n: {"resource": "TCPIP0::127.0.0.1::5025::SOCKET"}
+                                                           for n in ("furnace", "xrd", "thz", "pl")}})
+    assert visa.xrd_instrument is None
     params = analysis_parameters(True, rig.xrd_instrument)
     assert params is not None and params.xrd_instrument == ins.to_dict()
     assert AnalysisParameters.from_dict(params.to_dict()) == params  # the start document replays

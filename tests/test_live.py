@@ -41,6 +41,7 @@ from hotstage.analysis.live.modalities import DEFAULT_ANALYSERS, THzAnalyser
 from hotstage.analysis.live.parameters import AnalysisParameters
 from hotstage.plans.program import Hold, Ramp, TemperatureProgram
 from hotstage.simulated.parameters import SampleSpec
+from hotstage.simulated.standard import calibrated_instrument
 
 DATA = Path(__file__).resolve().parent / "data"
 _spec = importlib.util.spec_from_file_location("hotstage_truth_tools", DATA / "truth_tools.py")
@@ -114,7 +115,10 @@ def test_derived_run_schema(live_run: dict[str, Any]) -> None:
     names = {a["name"] for a in start["analyses"]}
     assert names == set(STREAMS)
     for a in start["analyses"]:
-        assert a["version"] and a["parameters"] == AnalysisParameters().to_dict()
+        # the defaults, with the simulated rig's declared diffractometer (its shipped LaB6 calibration)
+        expected = AnalysisParameters(xrd_instrument=calibrated_instrument().to_dict()).to_dict()
+        assert a["version"] and a["parameters"] == expected
+    assert raw_start["rig"]["xrd_instrument"] == calibrated_instrument().to_dict()
     assert set(streams) == set(STREAMS)
     assert len(streams["phase_fractions"]) == len(raw["xrd"]) >= 15
     assert len(streams["thz_derivative"]) == len(raw["thz"])

@@ -86,6 +86,11 @@ class DerivedRun:
                  mode: str = "live", analysers: Mapping[str, type[StreamAnalyser]] | None = None) -> None:
         """Open the derived run (emits its start document)."""
         self.raw_uid = str(raw_start["uid"])
+        rig_instrument = (raw_start.get("rig") or {}).get("xrd_instrument")
+        if params.xrd_instrument is None and rig_instrument:
+            # the diffractometer the rig declared for this run (its calibration), unless the parameters name one:
+            # a replay then analyses with what the live analysis used
+            params = params.replace(xrd_instrument=rig_instrument)
         self.params = params
         self.sink = sink
         self.mode = mode

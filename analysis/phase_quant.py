@@ -10,7 +10,7 @@ strain ε_p, Lorentzian (Scherrer) width Y_p — FWHM_L = Y_p(λ_line/λ₁)/cos
 102 (1978) — combined with a fixed instrumental Gaussian (Caglioti U, V, W and an optional fixed microstrain term)
 by Thompson–Cox–Hastings; z a zero shift. With an `Instrument` (`hotstage.analysis.instrument`, e.g. from the rig's
 GSAS-II .instprm) the Gaussian is its U, V, W, Z, its X, Y add a fixed Lorentzian under Y_p, and z starts at its zero;
-its FCJ asymmetry and sample displacement are not modelled here (symmetric peaks: the offline engine does both).
+its FCJ asymmetry and sample-displacement shift are rendered into the phase tables (`quant.tables.PeakModel`).
 
 Weight fractions: Hill & Howard, J. Appl. Cryst. 20, 467 (1987): W_p = s_p(ZMV)_p / Σᵢ sᵢ(ZMV)ᵢ over the crystalline
 phases offered (amorphous halos are reported as an intensity, not a weight fraction).
@@ -230,7 +230,7 @@ class PhaseQuantifier:
         is the radiation (`wavelength` may then be None; given and different: ValueError), its U, V, W, Z the fixed
         Gaussian (instead of `caglioti`, which must stay at its default), its X, Y a fixed Lorentzian added to each
         phase's refined Lorentzian, its zero the starting zero shift (refined within ±`zero_range` of it). Its FCJ
-        asymmetry and sample displacement are not modelled by the live tables (`quant.tables.PeakModel`).
+        asymmetry and sample-displacement shift are rendered into the tables (`quant.tables.PeakModel`).
 
         `refine` ⊆ {"strain", "width", "zero", "halos"}: cold fits always refine halo Q/FWHM when halos are on;
         warm fits only when "halos" is listed. `size_nm` is the starting crystallite size (sets Y₀). A phase's

@@ -63,12 +63,8 @@ STANDARDS: dict[str, Standard] = {
 """The built-in standards by name (see the module docstring for the certificates)."""
 
 
-class UnknownStandardError(KeyError):
+class UnknownStandardError(ValueError):
     """A standard name that is not built in (the message lists the choices)."""
-
-    def __str__(self) -> str:
-        """Plain message (KeyError would quote it)."""
-        return str(self.args[0]) if self.args else ""
 
 
 def standard_names() -> tuple[str, ...]:

@@ -170,6 +170,8 @@ def test_overshoot_suspend_resume_stores_each_event_once(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------- storage
+# not in .ci/run (25-minute budget): ~70 s; the full-disk row covers a storage that refuses writes mid-run
+@pytest.mark.slow
 def test_read_only_data_dir_for_10_s_loses_nothing(tmp_path: Path) -> None:
     """The data directory read-only for 10 s mid-run: no hang, heater off, every event stored once (after the
     session, or after `hotstage spool flush`); the run may go on or stop, and its exit status says which."""

@@ -202,6 +202,8 @@ def test_unguarded_script_runs_once_and_stores_raw_and_derived_runs(tmp_path: Pa
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
+# not in .ci/run (25-minute budget): ~40 s; the unguarded-script test covers the same bus start-up path
+@pytest.mark.slow
 def test_code_piped_to_python_stdin_runs_once_and_stores_raw_and_derived_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-"], input=textwrap.dedent(SCRIPT.format(out=str(tmp_path))),
                           cwd=tmp_path, capture_output=True, text=True, timeout=1100)

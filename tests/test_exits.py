@@ -204,6 +204,8 @@ def test_ctrl_c_twice_aborts_once_stores_the_run_and_the_derived_run_follows(rig
     assert derived["stop"]["reason"].startswith("raw run ended abort: interrupted by the user (Ctrl-C")
 
 
+# not in .ci/run (25-minute budget): ~70 s; the attack table's killed-emulator row covers the same outcome
+@pytest.mark.slow
 def test_instrument_process_killed_mid_run_gives_a_readable_reason_and_the_loud_line(
         rig: Rig, tmp_path: Path) -> None:
     proc = start_run(rig, tmp_path, "--no-analysis")

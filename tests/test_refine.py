@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import gemmi
 import numpy as np
 import pytest
 
 from hotstage.analysis.crystal import Crystal
 from hotstage.analysis.instrument import Instrument, read_instrument
+from hotstage.analysis.patterns import read_pattern
 from hotstage.analysis.refine import RefineInputError, crystal_system, free_cell_parameters, quantify
 from hotstage.analysis.refine.model import PhaseModel, expand_cell
 from hotstage.simulated.synthesis import XRDSynthesizer
@@ -134,11 +134,11 @@ def test_invalid_input() -> None:
 
 
 def _measured_beta() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """2θ, net intensity and σ (the ls_weight column holds σ ≈ √I, see test_phase_quant) of β-CsPbI3 at 510 K."""
-    block = gemmi.cif.read(str(BETA_CIF)).sole_block()
-    table = block.find(["_pd_proc_2theta_corrected", "_pd_proc_intensity_net", "_pd_proc_ls_weight"])
-    data = np.array([[float(row[i]) for i in range(3)] for row in table])
-    return data[:, 0], data[:, 1], data[:, 2]
+    """2θ, net intensity and σ of β-CsPbI3 at 510 K, read as a user would (`read_pattern`: its ls_weight column holds
+    σ ≈ √I, which the reader detects; see tests/test_patterns.py)."""
+    p = read_pattern(BETA_CIF)
+    assert p.sigma is not None and p.wavelength == 0.41391
+    return p.two_theta, p.counts, p.sigma
 
 
 def test_measured_beta_with_instrument_file() -> None:

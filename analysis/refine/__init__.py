@@ -8,7 +8,9 @@ Modules (each small, formulas and sources in its docstring):
   `hotstage.analysis.instrument.render_instrument_peaks`.
 - `solver`: variable projection (linear: scales, hump amplitudes ≥ 0, background; nonlinear: trust-region
   Gauss–Newton with per-component finite-difference Kaufman Jacobians), serial-correlation helpers.
-- `significance`: backward elimination with F-tests at `alpha` on N_eff (Durbin–Watson / Bérar–Lelann).
+- `significance`: backward elimination with F-tests at `alpha` on an effective number of points N_eff (from the
+  residuals' integrated autocorrelation time: Bérar–Lelann over all lags), plus a decoy test: a phase must beat
+  a copy of itself with its cell scaled by 0.95/1.05 (lines in the wrong places soak up misfit equally well).
 - `quantify`: the public `quantify()` and `RefineResult` / `PhaseResult`.
 
 Public API::

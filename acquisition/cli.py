@@ -269,6 +269,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _data_to_write(args)
     rig: dict[str, Any] = {} if args.time_scale is None else {"rig": {"time_scale": args.time_scale}}
+    _analysis_setting(args)  # bad input is one line before the calibration measures anything
+    _check_catalog_server(args)
     instrument = _demo_calibration(args)
     if instrument is not None:
         rig["xrd"] = {"instrument": str(instrument)}

@@ -124,17 +124,20 @@ class XRDSynthesizer:
             self._peaks[name] = _PhasePeaks(sin_t, wl_a[keep], area[keep], float(crystal.zmv),
                                             self._lp(np.degrees(2.0 * np.arcsin(sin_t))))
         profiles.warm_up()  # the compiled peak kernel is loaded now, not on the first pattern of a real-time run
-        # background and halo shapes do not depend on the state: precompute
-        tt = self.axis
-        b0, b1, b_air = self.background
-        self._background = b0 + b1 * (tt - tt[0]) / max(tt[-1] - tt[0], 1e-12) + b_air * np.exp(-(tt - tt[0]) / 6.0)
-        q = 4.0 * math.pi * np.sin(np.radians(tt) / 2.0) / self.radiation.wavelength
-        self._halo_shape = sum(h * np.exp(-4.0 * math.log(2.0) * ((q - q0) / w) ** 2) for q0, w, h in self.halos)
+        self._precompute_background_and_halos()
         # overall scale: pure δ at zero strain, 30 nm, gives `peak_counts_per_s` at its strongest line
         self._k = 1.0
         ref = self._phase_rate("CsPbI3-delta", self.scale_factor("CsPbI3-delta", 1.0), 0.0, 30.0) if "CsPbI3-delta" in self._peaks else None
         self._k = float(peak_counts_per_s / ref.max()) if ref is not None and ref.max() > 0 else 1.0
         self.last_truth: dict[str, float] = {}
+
+    def _precompute_background_and_halos(self) -> None:
+        """Background and halo shapes on the axis (they do not depend on the sample state): both paths use them."""
+        tt = self.axis
+        b0, b1, b_air = self.background
+        self._background = b0 + b1 * (tt - tt[0]) / max(tt[-1] - tt[0], 1e-12) + b_air * np.exp(-(tt - tt[0]) / 6.0)
+        q = 4.0 * math.pi * np.sin(np.radians(tt) / 2.0) / self.radiation.wavelength
+        self._halo_shape = sum(h * np.exp(-4.0 * math.log(2.0) * ((q - q0) / w) ** 2) for q0, w, h in self.halos)
 
     def _lp(self, two_theta: FloatArray) -> FloatArray:
         """Lorentz–polarisation factor of this radiation."""
@@ -197,11 +200,7 @@ class XRDSynthesizer:
             self._reflections[name] = (d[keep], f2m[keep], float(crystal.zmv))
         self._prepared: dict[tuple, object] = {}
         self._standards: dict[int, object] = {}
-        tt = self.axis
-        b0, b1, b_air = self.background
-        self._background = b0 + b1 * (tt - tt[0]) / max(tt[-1] - tt[0], 1e-12) + b_air * np.exp(-(tt - tt[0]) / 6.0)
-        q = 4.0 * math.pi * np.sin(np.radians(tt) / 2.0) / self.radiation.wavelength
-        self._halo_shape = sum(h * np.exp(-4.0 * math.log(2.0) * ((q - q0) / w) ** 2) for q0, w, h in self.halos)
+        self._precompute_background_and_halos()
         self._k = 1.0
         if "CsPbI3-delta" in self._reflections:
             ref = self._phase_rate("CsPbI3-delta", self.scale_factor("CsPbI3-delta", 1.0), 0.0, 30.0)

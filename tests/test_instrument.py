@@ -198,6 +198,16 @@ def _prm_text(**subs: str) -> str:
     return text
 
 
+def _assert_one_line_error(path: Path, words: list[str]) -> None:
+    """Reading `path` raises InstrumentFileError: one line naming the file, containing every word."""
+    with pytest.raises(InstrumentFileError) as err:
+        read_instrument(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    for w in words:
+        assert w in msg, msg
+
+
 @pytest.mark.parametrize(("old", "new", "words"), [
     ("INS  1PRCF1     3   19", "INS  1PRCF1     2   19", ["profile type 2", ":9:"]),
     ("1.163000", "1.16x000", ["not a number", "'1.16x000'", ":10:"]),
@@ -220,12 +230,7 @@ def test_bad_prm_files(tmp_path: Path, old: str, new: str, words: list[str]) -> 
         text = text.replace(old, new)
     path = tmp_path / "bad.prm"
     path.write_text(text)
-    with pytest.raises(InstrumentFileError) as err:
-        read_instrument(path)
-    msg = str(err.value)
-    assert "\n" not in msg and str(path) in msg
-    for w in words:
-        assert w in msg, msg
+    _assert_one_line_error(path, words)
 
 
 @pytest.mark.parametrize(("text", "words"), [
@@ -238,12 +243,7 @@ def test_bad_prm_files(tmp_path: Path, old: str, new: str, words: list[str]) -> 
 def test_bad_instprm_files(tmp_path: Path, text: str, words: list[str]) -> None:
     path = tmp_path / "bad.instprm"
     path.write_text(text)
-    with pytest.raises(InstrumentFileError) as err:
-        read_instrument(path)
-    msg = str(err.value)
-    assert "\n" not in msg and str(path) in msg
-    for w in words:
-        assert w in msg, msg
+    _assert_one_line_error(path, words)
 
 
 def test_missing_file_and_unknown_type(tmp_path: Path) -> None:

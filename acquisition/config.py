@@ -248,6 +248,10 @@ class RigConfig(_Model):
                 instrument = read_instrument(xrd.instrument)
             except InstrumentFileError as exc:
                 raise _rule(str(exc), "xrd.instrument", xrd.instrument) from None
+        if instrument is None and self.simulated:
+            from hotstage.simulated.standard import calibrated_instrument
+
+            instrument = calibrated_instrument()  # read once here, not on every access
         self._xrd_instrument = instrument
         return self
 
@@ -257,10 +261,6 @@ class RigConfig(_Model):
         from `[xrd] instrument`; for a simulated rig without one, the simulated diffractometer's shipped
         calibration (`hotstage.simulated.standard`: refined from a LaB6 measurement, not the simulator's truth);
         None for a visa rig without one (the quantifier's lab default)."""
-        if self._xrd_instrument is None and self.simulated:
-            from hotstage.simulated.standard import calibrated_instrument
-
-            return calibrated_instrument()
         return self._xrd_instrument
 
     @property

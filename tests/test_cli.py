@@ -55,8 +55,11 @@ def test_demo_runs_the_default_experiment(demo: tuple[Path, dict]) -> None:
     assert summary["sample"] == "(CsPbI3)0.4(agZIF-62)0.6"
     assert "ramp to 350.0 °C at 10.0 °C/min, hold 10.0 min, cool to 25.0 °C" in summary["program"]
     events = {name: s["events"] for name, s in summary["streams"].items()}
-    # XRD and PL every 5 °C over 325 °C up and ~300 °C down, THz every 10 °C; allow for the cooling tail
-    assert events["xrd"] >= 115 and events["pl"] >= 115 and events["thz"] >= 57
+    # XRD and PL every 5 °C over 325 °C up and ~300 °C down (~127), THz every 10 °C (~64). The demo is paced by the
+    # wall clock (x240): on a machine shared with other work, points that fall due while an acquisition is still
+    # running merge into one (the exact cadence is asserted on lock-step rigs in test_plans and test_session), so
+    # this asserts half the nominal counts: what a twice-slower machine still delivers, not how fast this one is.
+    assert events["xrd"] >= 60 and events["pl"] >= 60 and events["thz"] >= 30
     assert summary["temperature_C"]["max"] == pytest.approx(350.0, abs=2.0)
     assert summary["duration_s"] < 30.0
     assert (data / "catalog.db").exists()

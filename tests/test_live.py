@@ -99,9 +99,10 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def paced_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A shorter ramp on a wall-clock rig (x120): acquisition paced as on a real rig, so 'live' means something."""
+    """A shorter ramp on a wall-clock rig (x60, 7 s of wall time): acquisition paced as on a real rig, so 'live'
+    means something, with room for the analysis's first (cold) fit on a loaded machine."""
     program = TemperatureProgram(100.0, (Ramp(170.0, 10.0),), name="live-paced")
-    with Session(RigConfig(time_scale=120.0), SampleSpec.default(), tmp_path_factory.mktemp("paced"),
+    with Session(RigConfig(time_scale=60.0), SampleSpec.default(), tmp_path_factory.mktemp("paced"),
                  progress=False) as s:
         return _run_watching_the_catalog(s, program)
 

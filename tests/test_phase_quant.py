@@ -283,14 +283,14 @@ def test_table_column_derivatives_match_finite_differences(synth: XRDSynthesizer
 
 def test_strain_scan_columns_match_single_reads(synth: XRDSynthesizer) -> None:
     """`PhaseTable.columns` (one width contraction for a strain scan) gives the columns `PhaseTable.column` reads."""
-    q = PhaseQuantifier([Crystal.builtin("CsPbI3-gamma")], synth.axis, synth.radiation)
-    tab = q._table(0)
-    s, _ = q._axis_sin()
+    m = PhaseQuantifier([Crystal.builtin("CsPbI3-gamma")], synth.axis, synth.radiation).model
+    tab = m.table(0)
+    s, _ = m.axis_sin()
     strains = np.array([-4e-3, -1e-3, 0.0, 2.5e-3])
     width = 1.1 * tab.width_ref
     batch = np.empty((strains.size, synth.axis.size))
-    tab.columns(s, q._pol, strains, width, batch)
+    tab.columns(s, m.pol, strains, width, batch)
     for k, e in enumerate(strains):
         one = np.empty(synth.axis.size)
-        tab.column(s, q._pol, q._dsdz, float(e), width, one)
+        tab.column(s, m.pol, m.dsdz, float(e), width, one)
         assert np.max(np.abs(batch[k] - one)) <= 1e-12 * np.max(np.abs(one)), k

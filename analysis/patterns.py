@@ -31,7 +31,10 @@ Format details and their sources:
   file's normalised counts, not rescaled); ``FXYE``: free format x y σ, x in centidegrees (``FXY``: x y,
   σ = √y). Fixed-column records are read by columns; a line that does not fit the columns is read as
   whitespace-separated numbers (many writers produce that, e.g. the files of the Rietveld mailing list, 1998).
-  Only the first bank is read (the number of banks is in ``metadata["n_banks"]``).
+  Only the first bank is read (the number of banks is in ``metadata["n_banks"]``). A run of zero intensities
+  ending the bank after a well-counted background is the writer's fill of unmeasured channels (GSAS and GSAS-II
+  give zero intensities no weight) and is dropped (``metadata["trailing_zeros_dropped"]``; found on the GSAS-II
+  exercise file FAP.XRA, tests/data/patterns/real/).
 - Fit2D/pyFAI .chi: the classic form is 4 header lines (title, x label, y label, number of points) then x y [σ];
   pyFAI's own 1-D output has ``#`` comment lines with the radial unit (``2th_deg``, ``2th_rad``, ``q_nm^-1``,
   ``q_A^-1``) in the column-name line and ``Wavelength: value [m]`` (SI metres) in the header. q is turned into
@@ -70,6 +73,7 @@ FORMATS: tuple[str, ...] = ("xy", "xye", "chi", "gsas", "xrdml", "cif")
 _EXTENSIONS: dict[str, str] = {
     ".xy": "xy", ".xye": "xye", ".dat": "xy", ".txt": "xy", ".csv": "xy", ".chi": "chi",
     ".gsa": "gsas", ".gss": "gsas", ".gsas": "gsas", ".gda": "gsas", ".raw": "gsas", ".fxye": "gsas",
+    ".xra": "gsas",
     ".xrdml": "xrdml", ".cif": "cif",
 }
 _COMMENT_CHARS = ("#", "!", "'")
@@ -577,8 +581,40 @@ def _read_gsas(path: Path, raw: bytes) -> Pattern:
     else:
         s = np.asarray(ss, dtype=float)
         meta["sigma_from"] = f"{dtype} σ column"
+    x, y, s, lns_arr = _drop_unmeasured_tail(x, y, s, np.asarray(lns), meta)
     wl = _wavelength_from(lines[0])
-    return _finish(path, x, y, s, np.asarray(lns), wl, meta)
+    return _finish(path, x, y, s, lns_arr, wl, meta)
+
+
+TAIL_MIN_COUNTS = 10.0
+"""A run of exact zeros ending a GSAS bank is taken as unmeasured when the median of the 20 points before it is at
+least this many counts (a Poisson draw of 0 at a mean ≥ 10 has probability ≤ e⁻¹⁰ ≈ 5e-5 per point)."""
+
+
+def _drop_unmeasured_tail(x: np.ndarray, y: np.ndarray, s: np.ndarray, lns: np.ndarray, meta: dict) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Drop a run of zero intensities that ends a GSAS bank above a well-counted background.
+
+    GSAS and GSAS-II give zero intensities no weight (GSAS-II ``G2pwd_fxye``: y ≤ 0 → w = 0); fixed-format
+    writers fill the declared channels past the end of the measured scan with zeros (the GSAS-II exercise file
+    FAP.XRA ends in two zeros after a background of ~80 counts). Counting statistics with "zero taken as 1" would
+    give such points a weight of 1, i.e. residuals of ~80σ each, so they are removed and counted in
+    ``metadata["trailing_zeros_dropped"]``. Zeros inside the scan, or after a background too low to tell a zero
+    count from a missing point, are kept as counts.
+    """
+    nz = np.flatnonzero(y != 0)
+    if nz.size == 0 or nz[-1] == y.size - 1:
+        return x, y, s, lns
+    last = int(nz[-1]) + 1
+    before = y[max(0, last - 20):last]
+    if np.median(before) < TAIL_MIN_COUNTS:
+        return x, y, s, lns
+    k = y.size - last
+    meta["trailing_zeros_dropped"] = k
+    meta.setdefault("warnings", []).append(
+        f"{k} zero intensities ending the bank (after a median of {np.median(before):.0f} counts) taken as "
+        "unmeasured channels and dropped")
+    return x[:last], y[:last], s[:last], lns[:last]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -141,16 +141,90 @@ def test_real_beta_cspbi3_cif_profile() -> None:
 
 
 # every real measured pattern file the tests have: the β-CsPbI3 CIF and tests/data/patterns/real/ (see its
-# SOURCES.md; the project's installed packages ship none: .venv searched for *.xy *.xye *.chi *.xrdml *.gsa *.gss
-# *.fxye *.raw and CIFs with pd_ loops)
-REAL = [BETA_CIF, *sorted(p for p in (DATA / "real").iterdir() if p.name != "SOURCES.md")]
+# SOURCES.md). name → (points, first 2θ, last 2θ, step, λ (Å) or None where the format carries none, σ given,
+# points the file itself excludes: zero _pd_proc_ls_weight, read as σ = inf)
+REAL_DIR = DATA / "real"
+REAL_EXPECTED: dict[str, tuple[int, float, float, float, float | None, bool, int]] = {
+    BETA_CIF.name: (8999, 2.002, 19.998, 0.002, 0.41391, True, 0),
+    "COD1501688_ethylammonium_chloride_CuKa.cif": (3728, 8.0, 89.994, 0.022, 1.540598, True, 1),
+    "GSAS-II_garnet_D1A_neutron.raw": (2679, 24.0, 157.9, 0.05, None, True, 0),
+    "GSAS-II_fluoroapatite_lab_CuKa.xra": (5751, 15.0, 130.0, 0.02, None, True, 0),
+    "xrd-xy-parser_example_CuKa.xy": (2000, 30.0, 49.99, 0.01, 1.54059, False, 0),
+}
+REAL = [BETA_CIF, *sorted(p for p in REAL_DIR.iterdir() if p.suffix not in (".md", ".txt"))]
+
+
+def test_every_real_file_has_its_expectations() -> None:
+    assert sorted(p.name for p in REAL) == sorted(REAL_EXPECTED)
 
 
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_measured_files_read(path: Path) -> None:
+    """Shape, 2θ range and step, λ where the format has one, σ where the file or statistics give it."""
+    n, first, last, step, wavelength, has_sigma, excluded = REAL_EXPECTED[path.name]
     p = read_pattern(path)
-    assert len(p) > 1000 and np.all(np.diff(p.two_theta) > 0) and np.all(np.isfinite(p.counts))
-    assert p.sigma is not None and p.wavelength is not None
+    assert len(p) == n
+    assert p.two_theta[0] == pytest.approx(first, abs=1e-9) and p.two_theta[-1] == pytest.approx(last, abs=1e-9)
+    np.testing.assert_allclose(np.diff(p.two_theta), step, atol=1e-9)
+    assert np.all(np.isfinite(p.counts)) and np.all(p.counts >= 0)
+    if wavelength is None:
+        assert p.wavelength is None
+    else:
+        assert p.wavelength == pytest.approx(wavelength, abs=1e-9)
+    if has_sigma:
+        assert p.sigma is not None and np.all(p.sigma > 0)
+        assert int(np.count_nonzero(~np.isfinite(p.sigma))) == excluded
+    else:
+        assert p.sigma is None
+
+
+def test_real_gsas_std_with_counter_fields() -> None:
+    """GSAS-II's garnet (ILL D1A neutrons): 10(I2,F6.0) records whose fields run together ('10  163110  1475'),
+    σ = √(y/n) with n detectors summed, the last record's '0     0' padding past nchan ignored."""
+    p = read_pattern(REAL_DIR / "GSAS-II_garnet_D1A_neutron.raw")
+    m = p.metadata
+    assert m["data_type"] == "STD" and m["bintyp"] == "CONST" and m["title"] == "Y3FE2(ALO4)3 RT 1.909"
+    assert p.counts[:3].tolist() == [162.0, 178.0, 155.0] and p.counts[-3:].tolist() == [130.0, 140.0, 135.0]
+    assert m["n_counters"][0] == 1 and max(m["n_counters"]) == 10
+    i = int(np.argmax(p.counts))  # '8  2664' on the file's 97th record: the strongest point, 8 detectors
+    assert p.counts[i] == 2664.0 and p.two_theta[i] == pytest.approx(71.75) and m["n_counters"][i] == 8
+    assert p.sigma[i] == pytest.approx(math.sqrt(2664 / 8))
+    j = int(np.flatnonzero(p.counts == 1631)[0])  # '10  1631' inside '...161910  163110  147510...'
+    assert p.two_theta[j] == pytest.approx(101.75) and p.sigma[j] == pytest.approx(math.sqrt(163.1))
+    assert "warnings" not in m  # 268 records as declared, padding dropped silently
+
+
+def test_real_gsas_std_lab_xray_trailing_zeros() -> None:
+    """GSAS-II's fluoroapatite (lab Cu Kα): STD records without counter fields; the two zero channels ending the
+    declared 5753 (after ~80 counts of background) are unmeasured fill and are dropped, with a warning."""
+    p = read_pattern(REAL_DIR / "GSAS-II_fluoroapatite_lab_CuKa.xra")
+    m = p.metadata
+    assert m["format"] == "gsas" and m["data_type"] == "STD" and m["nchan_declared"] == 5753
+    assert m["trailing_zeros_dropped"] == 2 and any("2 zero intensities" in w for w in m["warnings"])
+    assert p.counts[:3].tolist() == [609.0, 612.0, 673.0] and p.counts[-3:].tolist() == [82.0, 84.0, 84.0]
+    i = int(np.argmax(p.counts))
+    assert p.counts[i] == 19693.0 and p.two_theta[i] == pytest.approx(31.86)
+    np.testing.assert_allclose(p.sigma, np.sqrt(p.counts))  # one counter each: σ = √y
+    assert "n_counters" not in m
+
+
+def test_trailing_zeros_kept_when_the_background_is_too_low_to_tell(tmp_path: Path) -> None:
+    """Zeros after a background of a few counts may be real counts: kept (and so are zeros inside a scan)."""
+    vals = [3, 0, 2, 1, 4, 2, 3, 1, 2, 0, 0, 0]
+    f = tmp_path / "low.gsa"
+    f.write_text("low counts\nBANK 1 12 2 CONST 1000 2 0 0 STD\n"
+                 + "".join(f"{v:8d}" for v in vals[:10]) + "\n" + "".join(f"{v:8d}" for v in vals[10:]) + "\n")
+    p = read_pattern(f)
+    assert len(p) == 12 and p.counts.tolist() == [float(v) for v in vals] and "trailing_zeros_dropped" not in p.metadata
+
+
+def test_real_lab_xy_with_temperature_header() -> None:
+    """xrd-xy-parser's example (tab-separated, CRLF, no final newline): header lines kept, λ from 'Wavelength ='."""
+    p = read_pattern(REAL_DIR / "xrd-xy-parser_example_CuKa.xy")
+    assert p.metadata["header"] == ["<299.25K>", "Wavelength = 1.54059"]
+    assert p.counts[:3].tolist() == [1.0, 1.0, 3.0] and p.counts[-1] == 0.0
+    i = int(np.argmax(p.counts))
+    assert p.counts[i] == 107.0 and p.two_theta[i] == pytest.approx(45.35)
 
 
 def test_real_cod_pdcif_implicit_axis_and_proper_weights() -> None:
@@ -160,6 +234,7 @@ def test_real_cod_pdcif_implicit_axis_and_proper_weights() -> None:
     assert p.two_theta[0] == pytest.approx(8.0) and p.two_theta[-1] == pytest.approx(89.994, abs=1e-9)
     assert p.counts[:3].tolist() == [1733.0, 1620.0, 1629.0]
     assert p.sigma[0] == pytest.approx(1 / math.sqrt(0.000577))  # the file's first weight
+    assert p.sigma[-1] == math.inf and np.all(np.isfinite(p.sigma[:-1]))  # its last point has weight 0 (excluded)
     assert p.metadata["ls_weight_interpretation"].startswith("w = 1/σ²")
     ok = p.counts > 0
     assert np.median(p.sigma[ok] / np.sqrt(p.counts[ok])) == pytest.approx(1.0, abs=0.02)  # σ ≈ √counts

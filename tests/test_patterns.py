@@ -150,6 +150,8 @@ REAL_EXPECTED: dict[str, tuple[int, float, float, float, float | None, bool, int
     "GSAS-II_garnet_D1A_neutron.raw": (2679, 24.0, 157.9, 0.05, None, True, 0),
     "GSAS-II_fluoroapatite_lab_CuKa.xra": (5751, 15.0, 130.0, 0.02, None, True, 0),
     "xrd-xy-parser_example_CuKa.xy": (2000, 30.0, 49.99, 0.01, 1.54059, False, 0),
+    "nomad-measurements_XRD-918-16_10_Empyrean_CuKa.xrdml": (5027, 4.00656514, 69.99936587,
+                                                             (69.99936587 - 4.00656514) / 5026, 1.540598, True, 0),
 }
 REAL = [BETA_CIF, *sorted(p for p in REAL_DIR.iterdir() if p.suffix not in (".md", ".txt"))]
 
@@ -216,6 +218,21 @@ def test_trailing_zeros_kept_when_the_background_is_too_low_to_tell(tmp_path: Pa
                  + "".join(f"{v:8d}" for v in vals[:10]) + "\n" + "".join(f"{v:8d}" for v in vals[10:]) + "\n")
     p = read_pattern(f)
     assert len(p) == 12 and p.counts.tolist() == [float(v) for v in vals] and "trailing_zeros_dropped" not in p.metadata
+
+
+def test_real_xrdml_empyrean_scan() -> None:
+    """A PANalytical Empyrean scan (XRDML 1.6, <intensities unit="counts">, PIXcel1D, CRLF): metadata and values."""
+    p = read_pattern(REAL_DIR / "nomad-measurements_XRD-918-16_10_Empyrean_CuKa.xrdml")
+    m = p.metadata
+    assert m["namespace"] == "http://www.xrdml.com/XRDMeasurement/1.6" and m["intensity_element"] == "intensities"
+    assert m["kAlpha2"] == pytest.approx(1.544426) and m["kBeta"] == pytest.approx(1.39225)
+    assert m["ratioKAlpha2KAlpha1"] == pytest.approx(0.5) and m["counting_time_s"] == pytest.approx(39.27)
+    assert m["scan_axis"] == "Gonio" and m["startTimeStamp"] == "2021-03-16T13:10:14+03:00"
+    assert "converted_from" not in m and "sample_id" not in m  # counts as recorded; empty <id> not reported
+    assert p.counts[:4].tolist() == [1305.0, 1310.0, 1345.0, 1280.0] and p.counts[-2:].tolist() == [189.0, 171.0]
+    i = int(np.argmax(p.counts))
+    assert p.counts[i] == 100168.0 and p.two_theta[i] == pytest.approx(26.6169, abs=1e-4)  # quartz 101
+    assert p.sigma[i] == pytest.approx(math.sqrt(100168.0))
 
 
 def test_real_lab_xy_with_temperature_header() -> None:

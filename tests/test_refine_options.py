@@ -40,8 +40,7 @@ import numpy as np
 import pytest
 
 from hotstage.analysis.crystal import Crystal
-from hotstage.analysis.refine import quantify
-from hotstage.analysis.refine.quantify import RefineResult
+from hotstage.analysis.refine import RefineResult, quantify
 from hotstage.simulated.diffractometer import SIMULATED_LAB_INSTRUMENT, Diffractometer
 
 INST = SIMULATED_LAB_INSTRUMENT
@@ -225,6 +224,14 @@ def test_unknown_phase_in_preferred_orientation() -> None:
 
 def test_excluded_regions_covering_everything() -> None:
     _one_clear_line(_bad(excluded=[(5.0, 40.0)]), "excluded")
+
+
+def test_excluded_region_reaching_past_the_data_is_accepted() -> None:
+    """A region that overlaps the end of the data (the usual 'cut the last degree') is fine: only its inside counts.
+    Also guards the fix of the defect below against refusing such regions."""
+    mean, _ = _clean_mean()
+    res = quantify(AXIS, _draw(mean, 14), _phases(), INST, excluded=[(34.0, 40.0)], max_nfev=5, **FIT)
+    assert res.n_points == int(np.count_nonzero(AXIS < 34.0))
 
 
 EXCLUSION_DEFECT = ("engine defect: analysis/refine/quantify.py _inputs does not check each excluded region "

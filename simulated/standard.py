@@ -4,7 +4,8 @@ The simulated XRD detector draws through its own instrument (`SIMULATED_LAB_INST
 profile code independent of the analysis's). The live analysis must not read that truth: like on a real rig, it
 uses an instrument *calibrated* from a standard. `CALIBRATION_FILE` is that calibration, made by this module's
 `main` (`python -m hotstage.simulated.standard`): LaB6 (NIST SRM 660c cell) "measured" for `EXPOSURE_S` on the
-rig's 2θ axis with seed `SEED`, refined by `hotstage.analysis.calibration.calibrate` from the lab default start.
+rig's 2θ axis with seed `SEED`, refined by `hotstage.analysis.calibration.calibrate` from the lab default start
+(which seeds the instrument from LaB6's single lines and keeps the better of the two whole-pattern fits).
 A simulated rig without an `[xrd] instrument` file uses it (`RigConfig.xrd_instrument`); `hotstage demo` repeats
 the calibration on a fresh measurement and measures with its result. tests/test_sim_calibration.py checks the file
 is what the calibration gives.

@@ -166,6 +166,48 @@ class PatternModel:
         self.eps, self.wid, self.zero, self.hq, self.hw = (snap[0].copy(), snap[1].copy(), snap[2],
                                                            snap[3].copy(), snap[4].copy())
 
+    def bounds(self, kind: str, i: int) -> tuple[float, float]:
+        """Lower and upper bound of a nonlinear parameter."""
+        cfg = self.cfg
+        if kind == "strain":
+            return -cfg.strain_range, cfg.strain_range
+        if kind == "width":
+            return self.width_bounds
+        if kind == "zero":
+            return self.zero0 - cfg.zero_range, self.zero0 + cfg.zero_range
+        if kind == "hq":
+            q0 = float(self.halo_q0[i])
+            return q0 - cfg.halo_q_bound, q0 + cfg.halo_q_bound
+        w0 = float(self.halo_w0[i])
+        return w0 * cfg.halo_fwhm_bounds[0], w0 * cfg.halo_fwhm_bounds[1]
+
+    def value(self, kind: str, i: int) -> float:
+        """Current value of a nonlinear parameter."""
+        if kind == "strain":
+            return float(self.eps[i])
+        if kind == "width":
+            return float(self.wid[i])
+        if kind == "zero":
+            return self.zero
+        return float(self.hq[i] if kind == "hq" else self.hw[i])
+
+    def apply(self, params: list[tuple[str, int]], shift: FloatArray, base: tuple) -> None:
+        """Set θ = base + shift, clipped to the bounds."""
+        self.set(base)
+        for (kind, i), d in zip(params, shift.tolist()):
+            lo, hi = self.bounds(kind, i)
+            v = min(max(self.value(kind, i) + d, lo), hi)
+            if kind == "strain":
+                self.eps[i] = v
+            elif kind == "width":
+                self.wid[i] = v
+            elif kind == "zero":
+                self.zero = v
+            elif kind == "hq":
+                self.hq[i] = v
+            else:
+                self.hw[i] = v
+
     # ------------------------------------------------------------------ rows
     def axis_sin(self) -> tuple[FloatArray, FloatArray]:
         """sinθ and d(sinθ)/dz on the zero-corrected axis (cached per zero shift)."""

@@ -108,57 +108,13 @@ class Solver:
                     out += [("hq", j), ("hw", j)]
         return out
 
-    # ------------------------------------------------------------------ θ bookkeeping
-    def bounds(self, kind: str, i: int) -> tuple[float, float]:
-        """Lower and upper bound of a nonlinear parameter."""
-        m, cfg = self.m, self.cfg
-        if kind == "strain":
-            return -cfg.strain_range, cfg.strain_range
-        if kind == "width":
-            return m.width_bounds
-        if kind == "zero":
-            return m.zero0 - cfg.zero_range, m.zero0 + cfg.zero_range
-        if kind == "hq":
-            q0 = float(m.halo_q0[i])
-            return q0 - cfg.halo_q_bound, q0 + cfg.halo_q_bound
-        w0 = float(m.halo_w0[i])
-        return w0 * cfg.halo_fwhm_bounds[0], w0 * cfg.halo_fwhm_bounds[1]
-
-    def value(self, kind: str, i: int) -> float:
-        """Current value of a nonlinear parameter."""
-        m = self.m
-        if kind == "strain":
-            return float(m.eps[i])
-        if kind == "width":
-            return float(m.wid[i])
-        if kind == "zero":
-            return m.zero
-        return float(m.hq[i] if kind == "hq" else m.hw[i])
-
-    def apply(self, params: Params, shift: FloatArray, base: tuple) -> None:
-        """Set θ = base + shift, clipped to the bounds."""
-        m = self.m
-        m.set(base)
-        for (kind, i), d in zip(params, shift.tolist()):
-            lo, hi = self.bounds(kind, i)
-            v = min(max(self.value(kind, i) + d, lo), hi)
-            if kind == "strain":
-                m.eps[i] = v
-            elif kind == "width":
-                m.wid[i] = v
-            elif kind == "zero":
-                m.zero = v
-            elif kind == "hq":
-                m.hq[i] = v
-            else:
-                m.hw[i] = v
-
+    # ------------------------------------------------------------------ projected, trust-limited steps
     def pinned(self, params: Params, shift: FloatArray) -> Params:
         """Parameters sitting on a bound whose Gauss–Newton shift points outside it."""
         out = []
         for (kind, i), d in zip(params, shift.tolist()):
-            lo, hi = self.bounds(kind, i)
-            v = self.value(kind, i)
+            lo, hi = self.m.bounds(kind, i)
+            v = self.m.value(kind, i)
             tol = 1e-9 * max(abs(hi - lo), 1e-12)
             if (d > 0 and v >= hi - tol) or (d < 0 and v <= lo + tol):
                 out.append((kind, i))
@@ -236,7 +192,7 @@ class Solver:
             base = m.get()
             if untruncated and bool(np.all(np.abs(shift) <= ONE_STEP_SU * su)):
                 # a full step below ONE_STEP_SU s.u.: taken with the joint solution's linear part, final
-                self.apply(free, step, base)
+                self.m.apply(free, step, base)
                 self.update()
                 lin = ne.linear_at(st.x[:nl], st.passive[:nl])
                 self.passive = lin.passive
@@ -245,7 +201,7 @@ class Solver:
             sigma2 = lin.chi2 / max(dof, 1)  # that of self.cov
             accepted = chord_accepted = False
             if untruncated:
-                self.apply(free, step, base)
+                self.m.apply(free, step, base)
                 self.update()
                 final, chord_accepted = self._chord_final(lin, st, rows, su, sigma2, tolerance)
                 if final is not None:
@@ -259,7 +215,7 @@ class Solver:
                     self.passive = lin.passive
                     accepted = True
             for _ in range(0 if accepted else 6):
-                self.apply(free, step, base)
+                self.m.apply(free, step, base)
                 self.update()
                 g2, h2, _ = ne.gram([])  # the linear block only: the trial needs χ² and the projection
                 trial = self._linear(g2, h2)

@@ -194,3 +194,81 @@ def warm_up() -> None:
     costs ~0.4 s (seconds when compiling): a real-time simulator or a live analysis must not spend that mid-run."""
     for fast in (False, True):
         render_peaks(np.linspace(10.0, 11.0, 8), [10.5], [1.0], [0.1], [0.5], fast_exp=fast)
+
+
+def render_peak_derivatives(two_theta: ArrayLike, centres: ArrayLike, areas: ArrayLike, fwhm: ArrayLike,
+                            eta: ArrayLike, d_centre: NDArray[np.float64], d_fwhm: NDArray[np.float64],
+                            d_eta: NDArray[np.float64], d_log_area: NDArray[np.float64],
+                            row: NDArray[np.intp] | None = None,
+                            window: float = DEFAULT_WINDOW) -> NDArray[np.float64]:
+    """Derivatives of `render_peaks` (same window and pedestal) with respect to m parameters θ_j, given
+    per peak ∂centre/∂θ_j, ∂FWHM/∂θ_j, ∂η/∂θ_j and ∂ln(area)/∂θ_j (arrays (n_rows, m); peak k uses row
+    `row[k]`, default k): shape (n_points, m). One pass over each peak's window for all m parameters, the profile's
+    partial derivatives analytic (the pedestal's dependence on the window edges is neglected: it is constant
+    over the window). Used by `hotstage.analysis.refine` for its Jacobian instead of one re-render per parameter."""
+    x = np.asarray(two_theta, dtype=float)
+    c = np.asarray(centres, dtype=float).ravel()
+    m = int(np.shape(d_centre)[1]) if np.ndim(d_centre) == 2 else 0
+    out = np.zeros((x.size, m))
+    if c.size == 0 or x.size == 0 or m == 0:
+        return out
+    a = np.broadcast_to(np.asarray(areas, dtype=float), c.shape)
+    w = np.broadcast_to(np.asarray(fwhm, dtype=float), c.shape)
+    e = np.ascontiguousarray(np.broadcast_to(np.asarray(eta, dtype=float), c.shape))
+    half = window * w
+    lo = np.searchsorted(x, c - half, side="left")
+    lengths = np.searchsorted(x, c + half, side="right") - lo
+    inv_w = 1.0 / w
+    tail = 1.0 - (2.0 / math.pi) * math.atan(2.0 * window)
+    rows = np.arange(c.size) if row is None else np.asarray(row, dtype=np.intp)
+    _accumulate_peak_derivatives(x, c, lo, lengths, inv_w, a * _G_NORM * inv_w, a * (2.0 / math.pi) * inv_w,
+                                 a * tail / (2.0 * half), e, rows,
+                                 *(np.ascontiguousarray(v, dtype=float) for v in (d_centre, d_fwhm, d_eta, d_log_area)),
+                                 out, _EXP_TABLE)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _accumulate_peak_derivatives(x: NDArray[np.float64], c: NDArray[np.float64], lo: NDArray[np.intp],
+                                 lengths: NDArray[np.intp], inv_w: NDArray[np.float64], ga: NDArray[np.float64],
+                                 la: NDArray[np.float64], pa: NDArray[np.float64], eta: NDArray[np.float64],
+                                 row: NDArray[np.intp], dc: NDArray[np.float64], dw: NDArray[np.float64],
+                                 de: NDArray[np.float64], da: NDArray[np.float64], out: NDArray[np.float64],
+                                 exp_table: NDArray[np.float64]) -> None:
+    """out[i, j] += Σ_k ∂P_k(x_i)/∂θ_j for P = (1 − η)·ga·exp(−4ln2·u²) + η·(la/(1 + 4u²) + pa), u = (x − c)/w:
+    ∂P/∂c = [(1−η)G·8ln2·u + ηL·8u/(1 + 4u²)]/w, ∂P/∂w = [(1−η)G(8ln2·u² − 1) + ηL(8u²/(1 + 4u²) − 1) − η·pa]/w,
+    ∂P/∂η = −G + L + pa, ∂P/∂ln a = P (G, L the un-mixed Gaussian and Lorentzian terms). The Gaussian from
+    `exp_table` (2e-6 of its height: a Jacobian needs far less), fastmath (reassociation only changes rounding)."""
+    g4 = 4.0 * LN2
+    v_scale = g4 * _EXP_STEP
+    m = out.shape[1]
+    coef = np.empty((m, 4))
+    for k in range(c.size):
+        if lengths[k] <= 0:
+            continue
+        r = row[k]
+        ck, iw, gk, lk, pk, ek = c[k], inv_w[k], ga[k], la[k], pa[k], eta[k]
+        for j in range(m):  # this peak's chain-rule factors, contiguous for the inner loop
+            coef[j, 0] = dc[r, j] * iw
+            coef[j, 1] = dw[r, j] * iw
+            coef[j, 2] = de[r, j]
+            coef[j, 3] = da[r, j]
+        for i in range(lo[k], lo[k] + lengths[k]):
+            u = (x[i] - ck) * iw
+            u2 = u * u
+            lq = 1.0 / (1.0 + 4.0 * u2)
+            g = 0.0
+            if u2 < _GAUSS_CUT2:
+                t = v_scale * u2
+                jt = int(t)
+                g = gk * (exp_table[jt] + (t - jt) * (exp_table[jt + 1] - exp_table[jt]))
+            lor = lk * lq
+            ge = (1.0 - ek) * g
+            ll = ek * lor
+            val = ge + ll + ek * pk
+            dvc = ge * 2.0 * g4 * u + ll * lq * 8.0 * u
+            dvw = ge * (2.0 * g4 * u2 - 1.0) + ll * (8.0 * u2 * lq - 1.0) - ek * pk
+            dve = lor - g + pk
+            o = out[i]
+            for j in range(m):
+                o[j] += coef[j, 0] * dvc + coef[j, 1] * dvw + coef[j, 2] * dve + coef[j, 3] * val

@@ -67,6 +67,11 @@ RENDER_WINDOW = 15.0
 """Half-width (FWHM) over which each peak is evaluated (beyond it the Lorentzian tail is a flat pedestal of the
 missing area, `profiles.render_peaks`): 15 puts the truncation at 1/901 of a Lorentzian's height; the renderer's
 default 6 (1/145) biased refined cells by ~1e-4 against patterns drawn with full tails."""
+DERIVATIVE_WINDOW = 6.0
+"""Half-width (FWHM) of each peak in the Jacobian (`PhaseModel.render_derivatives`): beyond 6 FWHM a Lorentzian's
+centre and width derivatives are below 1/(2u³) ≈ 0.2 % and 1/(4u²) ≈ 0.7 % of their scale, so a Jacobian that
+omits them steers the Gauss–Newton steps the same, while the residual (rendered to `RENDER_WINDOW`) decides where
+the fit ends; 2.5× fewer points than the render window."""
 RENDER_POINTS_PER_FWHM = 20
 """Sampling of the narrowest peak below which a phase is rendered on the full grid (see `PhaseModel.render`)."""
 CELL_RANGE = 0.03
@@ -263,6 +268,14 @@ class PhaseModel:
 
         `blur` adds a Gaussian FWHM of blur × the instrument FWHM in quadrature (a continuation aid: broad peaks
         first, so a start several FWHM off still converges)."""
+        centres, areas, fg, fl, keys = self._lines(params, instrument, blur)
+        return centres, areas, fg, fl, keys % self.hkl.shape[0]
+
+    def _lines(self, params: Sequence[float], instrument: "Instrument", blur: float = 0.0,
+               keys: NDArray[np.intp] | None = None) \
+            -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, NDArray[np.intp]]:
+        """`peaks` with each line's key (line index × n_reflections + reflection index) instead of the reflection
+        index; `keys` given: exactly those lines (the same peaks at perturbed parameters, for derivatives)."""
         p = np.asarray(params, dtype=float)
         ncell = len(self.cell_names)
         cell = self.cell(p)
@@ -271,16 +284,20 @@ class PhaseModel:
         gstar = reciprocal_metric(cell)
         inv_d2 = np.einsum("ni,ij,nj->n", self.hkl, gstar, self.hkl)
         half_d = 0.5 * np.sqrt(inv_d2)  # 1/(2d)
-        arg = self._lams[:, None] * half_d[None, :]
-        idx = np.broadcast_to(np.arange(self.hkl.shape[0])[None, :], arg.shape)
-        ok = arg < 1.0
-        tt = np.degrees(2.0 * np.arcsin(arg[ok]))
-        ref = idx[ok]
-        lam = np.broadcast_to(self._lams[:, None], arg.shape)[ok]
-        wline = np.broadcast_to(self._weights[:, None], arg.shape)[ok]
-        margin = 1.0
-        sel = (tt > self.two_theta_min - margin) & (tt < self.two_theta_max + margin)
-        tt, ref, lam, wline = tt[sel], ref[sel], lam[sel], wline[sel]
+        arg = (self._lams[:, None] * half_d[None, :]).ravel()  # line-major: key = line · n_refl + reflection
+        nref = self.hkl.shape[0]
+        if keys is None:
+            ok = np.flatnonzero(arg < 1.0)
+            tt = np.degrees(2.0 * np.arcsin(arg[ok]))
+            margin = 1.0
+            sel = (tt > self.two_theta_min - margin) & (tt < self.two_theta_max + margin)
+            keys, tt = ok[sel], tt[sel]
+        else:
+            tt = np.degrees(2.0 * np.arcsin(np.minimum(arg[keys], 1.0 - 1e-15)))
+        ref = keys % nref
+        line = keys // nref
+        lam = self._lams[line]
+        wline = self._weights[line]
         areas = wline * self._f2m[ref] * lorentz_polarisation(tt, self.radiation)
         if self.po_direction is not None:
             areas = areas * self._po_factor(float(p[ncell + 2]))[ref]
@@ -294,7 +311,58 @@ class PhaseModel:
             fg2 = fg2 + (blur * instrument.fwhm(tt)) ** 2
         fg = np.sqrt(fg2)
         centres = tt + instrument.shift(tt)
-        return centres, areas, fg, fl, ref
+        return centres, areas, fg, fl, keys
+
+    def _grid_step(self, x: FloatArray, fg: FloatArray, fl: FloatArray) -> int:
+        """Every how many points of x this phase is evaluated (see `render`)."""
+        step = (float(x[-1]) - float(x[0])) / max(x.size - 1, 1)
+        narrowest = float(np.min(np.maximum(fg, fl)))
+        s = int(narrowest / (RENDER_POINTS_PER_FWHM * step)) if step > 0 else 1
+        return s if s >= 2 and x.size > 4 * s else 1
+
+    def render_derivatives(self, x: FloatArray, params: Sequence[float], instrument: "Instrument",
+                           perturbed: Sequence[tuple[FloatArray, "Instrument", float]], blur: float = 0.0) \
+            -> FloatArray:
+        """∂render/∂θ_j on x, one column per (parameter block, instrument, step h) of `perturbed` (θ + h·e_j).
+
+        Each peak's centre, FWHM, η and ln(area) are differenced at the line level (cheap: no rendering); the
+        profile's own derivatives are analytic (`profiles.render_peak_derivatives`), so all columns cost about
+        two renders. The FCJ kernel is held at θ (its weights and offsets change slowly with 2θ and FWHM)."""
+        from hotstage.analysis.instrument import fcj_kernel
+        from hotstage.analysis.profiles import render_peak_derivatives, tch_combine
+
+        m = len(perturbed)
+        centres, areas, fg, fl, keys = self._lines(params, instrument, blur)
+        if centres.size == 0 or m == 0:
+            return np.zeros((x.size, m))
+        fw, eta = tch_combine(fg, fl)
+        fw = np.maximum(fw, 1e-6)
+        dc = np.empty((centres.size, m))
+        dw = np.empty((centres.size, m))
+        de = np.empty((centres.size, m))
+        da = np.empty((centres.size, m))
+        safe = np.where(areas > 0, areas, 1.0)
+        for j, (block, inst_j, h) in enumerate(perturbed):
+            c2, a2, g2, l2, _ = self._lines(block, inst_j, blur, keys)
+            fw2, eta2 = tch_combine(g2, l2)
+            dc[:, j] = (c2 - centres) / h
+            dw[:, j] = (np.maximum(fw2, 1e-6) - fw) / h
+            de[:, j] = (eta2 - eta) / h
+            da[:, j] = np.where(areas > 0, (a2 - areas) / (h * safe), 0.0)
+        s = self._grid_step(x, fg, fl)
+        xs = x[np.unique(np.r_[np.arange(0, x.size, s), x.size - 1])] if s > 1 else x
+        if instrument.symmetric:
+            out = render_peak_derivatives(xs, centres, areas, fw, eta, dc, dw, de, da, window=DERIVATIVE_WINDOW)
+        else:
+            off, wts = fcj_kernel(centres, instrument.s_l, instrument.h_l, fw)
+            keep = wts > 0
+            rows = np.nonzero(keep)[0]
+            out = render_peak_derivatives(xs, (centres[:, None] + off)[keep], (areas[:, None] * wts)[keep],
+                                          fw[rows], eta[rows], dc, dw, de, da, row=rows,
+                                          window=DERIVATIVE_WINDOW)
+        if s > 1:
+            out = np.column_stack([np.interp(x, xs, out[:, j]) for j in range(m)])
+        return out
 
     def render(self, x: FloatArray, params: Sequence[float], instrument: "Instrument", blur: float = 0.0) \
             -> FloatArray:
@@ -305,10 +373,8 @@ class PhaseModel:
         # broad peaks (a decoy or a phase at its width bound: FWHM hundreds of steps) are evaluated on every s-th
         # point and interpolated linearly, s such that the narrowest peak keeps ≥ RENDER_POINTS_PER_FWHM points
         # (peak-top interpolation error ≤ (π²/8)·ln2·4/RENDER_POINTS_PER_FWHM² ≈ 0.2 %)
-        step = (float(x[-1]) - float(x[0])) / max(x.size - 1, 1)
-        narrowest = float(np.min(np.maximum(fg, fl)))
-        s = int(narrowest / (RENDER_POINTS_PER_FWHM * step)) if step > 0 else 1
-        if s >= 2 and x.size > 4 * s:
+        s = self._grid_step(x, fg, fl)
+        if s > 1:
             idx = np.unique(np.r_[np.arange(0, x.size, s), x.size - 1])
             coarse = _render_peaks(x[idx], centres, areas, fg, fl, instrument)
             return np.interp(x, x[idx], coarse)

@@ -256,9 +256,7 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
         theta, _ = ref.fit(theta, max_nfev=max_nfev)
     trusted = frozenset(i for i, m in enumerate(models) if warm and start is not None and m.name in start.phases)
     theta, tests, rejected_idx, _ = backward_elimination(ref, theta, alpha, trusted=trusted)
-    a, lin = ref.evaluate(theta)
-    jac = ref.jacobian(theta, a, lin, ref.free_mask()) if ref.free_mask().any() else None
-    return _result(ref, theta, jac, tests, rejected_idx, x_all, y_all, w_all, mask, fw_max)
+    return _result(ref, theta, tests, rejected_idx, x_all, y_all, w_all, mask, fw_max)
 
 
 def _apply_start(ref: Refinement, theta: FloatArray, start: RefineResult, models: Sequence[PhaseModel]) -> bool:
@@ -283,13 +281,15 @@ def _apply_start(ref: Refinement, theta: FloatArray, start: RefineResult, models
 
 
 # ---------------------------------------------------------------------------------------------- result
-def _result(ref: Refinement, theta: FloatArray, jac: FloatArray | None, tests: dict[int, PhaseTest],
+def _result(ref: Refinement, theta: FloatArray, tests: dict[int, PhaseTest],
             rejected_idx: dict[int, str], x_all: FloatArray, y_all: FloatArray, w_all: FloatArray,
             mask: NDArray[np.bool_], fw_max: float) -> RefineResult:
     """Assemble the RefineResult: weight fractions with s.u., curves on the full axis, warnings."""
     a, lin = ref.evaluate(theta)
     n = ref.y_w.size
     free = ref.free_mask()
+    # JᵀJ of the projected Jacobian at the final θ (one derivative pass; `Refinement.normal_equations`)
+    jtj = ref.normal_equations(theta, a, lin, free)[0] if free.any() else None
     n_par = int(free.sum() + lin.passive.sum())
     dof = max(n - n_par, 1)
     chi2 = lin.chi2
@@ -299,8 +299,9 @@ def _result(ref: Refinement, theta: FloatArray, jac: FloatArray | None, tests: d
     bl = berar_lelann_factor(rho)
     n_eff = max(n / autocorrelation_time(r), n_par + 2.0)  # as in the significance tests
     cov_lin = ref.linear_covariance(a, lin, s2)
-    cov_nl = nonlinear_covariance(jac, s2)
+    cov_nl = nonlinear_covariance(None, s2, jtj=jtj)
     nl_index = {int(j): c for c, j in enumerate(np.flatnonzero(free))}
+    full_axis = bool(mask.all())
     inst = ref.instrument(theta)
     nph = len(ref.phases)
     zmv = np.array([m.zmv(theta[sl]) for m, sl in zip(ref.phases, ref.phase_slices)])
@@ -360,11 +361,16 @@ def _result(ref: Refinement, theta: FloatArray, jac: FloatArray | None, tests: d
                                      size_su, float(block[ncell + 1]), su(sl.start + ncell + 1), po, True,
                                      t.f_statistic if t else math.inf, t.p_value if t else 0.0)
         params[m.name] = {nm: float(v) for nm, v in zip(m.parameter_names, block)}
-        curves[m.name] = scales[i] * m.render(x_all, block, inst)
+        # without excluded regions the fitted column is the curve (the render on the same grid, × √w)
+        column = a[:, i] / ref.sqrt_w if full_axis else m.render(x_all, block, inst)
+        curves[m.name] = scales[i] * column
     bg_coef = lin.coef[nph + ref.n_humps:]
     from .model import chebyshev_basis
 
-    background = chebyshev_basis(x_all, ref.background_order, float(ref.x[0]), float(ref.x[-1])) @ bg_coef
+    if full_axis:
+        background = (ref.bg_w @ bg_coef) / ref.sqrt_w
+    else:
+        background = chebyshev_basis(x_all, ref.background_order, float(ref.x[0]), float(ref.x[-1])) @ bg_coef
     hump_list: list[tuple[float, float, float]] = []
     for k, sl in enumerate(ref.hump_slices):
         amp = float(lin.coef[nph + k])

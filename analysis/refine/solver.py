@@ -7,9 +7,17 @@ microstrains, March r, hump centres/widths, named instrument parameters) are ref
 reflective Gauss–Newton/Levenberg–Marquardt (`scipy.optimize.least_squares`, method "trf", bounds) on the
 projected residual r(θ) = W^½ (y − A(θ) c(θ)), with Kaufman's variable-projection Jacobian
 J = −P⊥ W^½ (∂A/∂θ) c (Kaufman, BIT 15, 49 (1975); Golub & Pereyra, Inverse Problems 19, R1 (2003)), P⊥ the
-projector onto the orthogonal complement of the free (not at a bound) weighted columns. ∂A/∂θ is a forward
-difference of ONE column: a phase parameter only changes its own phase's pattern, so only that phase is re-rendered
-per Jacobian column (instrument parameters change every phase column).
+projector onto the orthogonal complement of the free (not at a bound) weighted columns. ∂A/∂θ of a phase column
+is analytic in the profile (`hotstage.analysis.profiles.render_peak_derivatives`: ∂/∂centre, ∂/∂FWHM, ∂/∂η,
+∂/∂area per peak) chained with forward differences of each line's centre, FWHM, η and area (no rendering), so all
+of a phase's Jacobian columns, its own parameters' and the instrument's, cost about two renders; a phase parameter
+only changes its own phase's column.
+
+Cost on N = 60,000 points: the solver is handed the problem compressed to p + 1 rows (`compressed_jacobian`, built
+from JᵀJ and Jᵀr, which `Refinement.normal_equations` forms from DᵀD, DᵀA and Dᵀr without the N × p projection), so
+trust-region iterations need no N × p SVD, and the steps are those of the full problem (same χ² path to rounding:
+the measured β-CsPbI3 refinement reproduces every stage's χ²). The background block of the normal equations is
+formed once.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ class LinearSolution:
     passive: BoolArray
     chi2: float
     model_w: FloatArray
+    gram: FloatArray | None = None
+    """AᵀA of the weighted design (inactive phases' rows/columns pinned to the identity)."""
 
 
 class Refinement:
@@ -68,7 +78,10 @@ class Refinement:
         self.n_humps = int(n_humps)
         self.background_order = int(background_order)
         bg = chebyshev_basis(self.x, self.background_order, float(self.x[0]), float(self.x[-1]))
-        self.bg_w = np.ascontiguousarray(bg * self.sqrt_w[:, None])
+        self.bg_w = np.asfortranarray(bg * self.sqrt_w[:, None])
+        # the background block of the normal equations never changes: formed once (60,000 × 13 columns)
+        self.bg_gram = self.bg_w.T @ self.bg_w
+        self.bg_y = self.bg_w.T @ self.y_w
         # parameter layout
         sizes = [len(self.inst_names)] + [len(p.parameter_names) for p in self.phases] + [2] * self.n_humps
         offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -151,10 +164,10 @@ class Refinement:
         return col * self.sqrt_w
 
     def design(self, theta: FloatArray) -> FloatArray:
-        """Weighted design matrix: phase columns (zero for inactive phases), humps, background."""
+        """Weighted design matrix (column-major): phase columns (zero for inactive phases), humps, background."""
         inst = self.instrument(theta)
         ncomp = len(self.phases) + self.n_humps
-        a = np.empty((self.x.size, self.n_linear))
+        a = np.empty((self.x.size, self.n_linear), order="F")
         for k in range(ncomp):
             if k < len(self.phases) and not self.active[k]:
                 a[:, k] = 0.0
@@ -164,10 +177,17 @@ class Refinement:
         return a
 
     def solve_linear(self, a: FloatArray) -> LinearSolution:
-        """Bounded linear least squares for the coefficients (≥ 0 for phases and humps)."""
+        """Bounded linear least squares for the coefficients (≥ 0 for phases and humps). The normal equations'
+        background block is precomputed; only the phase and hump rows are formed here."""
         ncomp = len(self.phases) + self.n_humps
-        g = a.T @ a
-        h = a.T @ self.y_w
+        g = np.empty((self.n_linear, self.n_linear))
+        h = np.empty(self.n_linear)
+        comp = a[:, :ncomp]
+        g[:ncomp, :] = comp.T @ a
+        g[ncomp:, :ncomp] = g[:ncomp, ncomp:].T
+        g[ncomp:, ncomp:] = self.bg_gram
+        h[:ncomp] = comp.T @ self.y_w
+        h[ncomp:] = self.bg_y
         nonneg = np.zeros(self.n_linear, dtype=bool)
         nonneg[:ncomp] = True
         idle = np.zeros(self.n_linear, dtype=bool)
@@ -184,7 +204,7 @@ class Refinement:
         self._warm = passive.copy()
         model_w = a @ coef
         r = self.y_w - model_w
-        return LinearSolution(coef, passive, float(r @ r), model_w)
+        return LinearSolution(coef, passive, float(r @ r), model_w, g)
 
     # ------------------------------------------------------------------ residual and Jacobian
     def evaluate(self, theta: FloatArray) -> tuple[FloatArray, LinearSolution]:
@@ -207,42 +227,96 @@ class Refinement:
         return h
 
     def jacobian(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) -> FloatArray:
-        """Kaufman variable-projection Jacobian of r(θ) over the free entries (one component re-rendered per
-        column)."""
+        """Kaufman variable-projection Jacobian of r(θ) over the free entries, −P⊥·∂(A c)/∂θ (`derivatives`)."""
+        d = self.derivatives(theta, a, lin, free)
+        pas = np.flatnonzero(lin.passive)
+        if pas.size:
+            # P⊥D = D − A_p G_p⁻¹ A_pᵀD on the Jacobi-scaled Gram matrix (m×m): N·m·n work instead of a QR's N·m²;
+            # G_p from the linear solve, A_pᵀD as AᵀD (no copy of the passive columns)
+            coef = self._gram_solve(lin, a, pas, (a.T @ d)[pas])
+            full = np.zeros((a.shape[1], d.shape[1]))
+            full[pas] = coef
+            d -= a @ full
+        return -d
+
+    def _gram_solve(self, lin: LinearSolution, a: FloatArray, pas: NDArray[np.intp], rhs: FloatArray) -> FloatArray:
+        """G_p⁻¹·rhs over the passive set, Jacobi-scaled (least squares if singular)."""
+        g = lin.gram[np.ix_(pas, pas)] if lin.gram is not None else a[:, pas].T @ a[:, pas]
+        sc = 1.0 / np.sqrt(np.maximum(np.diag(g), 1e-300))
+        gs = g * np.outer(sc, sc)
+        try:
+            out = np.linalg.solve(gs, rhs * sc[:, None])
+        except np.linalg.LinAlgError:
+            out = np.linalg.lstsq(gs, rhs * sc[:, None], rcond=None)[0]
+        return out * sc[:, None]
+
+    def normal_equations(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) \
+            -> tuple[FloatArray, FloatArray]:
+        """(JᵀJ, Jᵀr) of the projected Jacobian J = −P⊥D without forming P⊥D: JᵀJ = DᵀD − (DᵀA_p)G_p⁻¹(A_pᵀD) and
+        Jᵀr = −DᵀP⊥r (small matrices only; the N × n products are DᵀD, DᵀA and Dᵀr)."""
+        d = self.derivatives(theta, a, lin, free)
+        r = self.y_w - lin.model_w
+        p = d.shape[1]
+        dr_all = np.column_stack([d, r]).T @ np.column_stack([d, a])  # one pass: DᵀD, DᵀA, rᵀA
+        jtj = dr_all[:p, :p]
+        dr = dr_all[p, :p]  # rᵀD
+        pas = np.flatnonzero(lin.passive)
+        if pas.size:
+            x = dr_all[:p, p:][:, pas].T  # A_pᵀD
+            ar = dr_all[p, p:][pas]  # A_pᵀr (≈ 0 at the linear optimum)
+            sol = self._gram_solve(lin, a, pas, np.column_stack([x, ar]))
+            jtj = jtj - x.T @ sol[:, :-1]
+            dr = dr - x.T @ sol[:, -1]
+        return 0.5 * (jtj + jtj.T), -dr
+
+    def derivatives(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) -> FloatArray:
+        """D = ∂(A c)/∂θ (weighted) over the free entries at fixed linear coefficients c. Phase columns: per-line
+        forward differences of centre, FWHM, η and area with analytic profile derivatives, all of a phase's columns
+        (its own parameters and the instrument's) in one pass (`PhaseModel.render_derivatives`); hump columns: a
+        forward difference of the hump."""
         inst = self.instrument(theta)
         idx = np.flatnonzero(free)
-        d = np.zeros((self.x.size, idx.size))
+        d = np.zeros((self.x.size, idx.size), order="F")
         nph = len(self.phases)
+        steps = {int(j): self._step(int(j), float(theta[j])) for j in idx}
+        inst_cols = []
         for col, j in enumerate(idx):
-            h = self._step(j, float(theta[j]))
-            t2 = theta.copy()
-            t2[j] += h
             if self.kind[j] == "inst":
-                inst2 = self.instrument(t2)
-                for k in range(nph):
-                    if self.active[k] and lin.coef[k] != 0.0:
-                        new = self._render(k, t2[self.phase_slices[k]], inst2)
-                        d[:, col] += lin.coef[k] * (new - a[:, k]) / h
+                t2 = theta.copy()
+                t2[j] += steps[int(j)]
+                inst_cols.append((col, self.instrument(t2), steps[int(j)]))
+        for k, (m, sl) in enumerate(zip(self.phases, self.phase_slices)):
+            if not self.active[k] or lin.coef[k] == 0.0:
                 continue
-            k = self._owner(j)
+            block = theta[sl]
+            cols: list[int] = []
+            perturbed: list[tuple[FloatArray, "Instrument", float]] = []
+            for col, j in enumerate(idx):
+                if sl.start <= j < sl.stop:
+                    b2 = block.copy()
+                    b2[j - sl.start] += steps[int(j)]
+                    cols.append(col)
+                    perturbed.append((b2, inst, steps[int(j)]))
+            for col, inst2, h in inst_cols:
+                cols.append(col)
+                perturbed.append((block, inst2, h))
+            if cols:
+                g = m.render_derivatives(self.x, block, inst, perturbed, self.blur)
+                wk = lin.coef[k] * self.sqrt_w
+                for i, col in enumerate(cols):  # column by column into the column-major D (no fancy-index copy)
+                    d[:, col] += g[:, i] * wk
+        for col, j in enumerate(idx):
+            if self.kind[j] != "hump":
+                continue
+            k = self._owner(int(j))
             if lin.coef[k] == 0.0:
                 continue
-            block = t2[self.phase_slices[k]] if k < nph else t2[self.hump_slices[k - nph]]
-            new = self._render(k, block, inst)
+            h = steps[int(j)]
+            t2 = theta.copy()
+            t2[j] += h
+            new = self._render(k, t2[self.hump_slices[k - nph]], inst)
             d[:, col] = lin.coef[k] * (new - a[:, k]) / h
-        ap = a[:, lin.passive]
-        if ap.shape[1]:
-            # P⊥D = D − A_p G_p⁻¹ A_pᵀD on the Jacobi-scaled Gram matrix (m×m): N·m·n work instead of a QR's N·m²
-            g = ap.T @ ap
-            sc = 1.0 / np.sqrt(np.maximum(np.diag(g), 1e-300))
-            gs = g * np.outer(sc, sc)
-            rhs = (ap.T @ d) * sc[:, None]
-            try:
-                coef = np.linalg.solve(gs, rhs)
-            except np.linalg.LinAlgError:
-                coef = np.linalg.lstsq(gs, rhs, rcond=None)[0]
-            d -= ap @ (coef * sc[:, None])
-        return -d
+        return d
 
     def _owner(self, j: int) -> int:
         """Component index owning parameter j."""
@@ -256,9 +330,11 @@ class Refinement:
 
     # ------------------------------------------------------------------ fit
     def fit(self, theta0: FloatArray, *, max_nfev: int = 60, ftol: float = 1e-7, xtol: float = 1e-8,
-            only: int | None = None) -> tuple[FloatArray, FloatArray | None]:
-        """Refine the free nonlinear parameters from θ0 (`only`: just phase `only`'s block, the rest held); returns
-        (θ, Jacobian at θ over the free entries or None)."""
+            only: int | None = None) -> tuple[FloatArray, None]:
+        """Refine the free nonlinear parameters from θ0 (`only`: just phase `only`'s block, the rest held) by
+        scipy's trust-region reflective solver on the compressed problem (`compressed_jacobian`: the same steps as
+        on all N points, p + 1 rows instead of N); returns (θ, None) (the covariance is formed from
+        `normal_equations` at the final θ)."""
         theta = np.clip(np.asarray(theta0, dtype=float).copy(), self.lower, self.upper)
         free = self.free_mask()
         if only is not None:
@@ -290,16 +366,18 @@ class Refinement:
 
         def fun(z: FloatArray) -> FloatArray:
             _, lin = at(z)
-            return self.y_w - lin.model_w
+            out = np.zeros(idx.size + 1)
+            out[-1] = math.sqrt(max(lin.chi2, 0.0))
+            return out
 
         def jac(z: FloatArray) -> FloatArray:
             a, lin = at(z)
-            return self.jacobian(full(z), a, lin, free)
+            jtj, jtr = self.normal_equations(full(z), a, lin, free)
+            return compressed_jacobian(jtj, jtr, math.sqrt(max(lin.chi2, 0.0)))
 
         res = least_squares(fun, z0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", ftol=ftol,
                             xtol=xtol, gtol=1e-10, max_nfev=max_nfev)
-        theta = full(res.x)
-        return theta, res.jac
+        return full(res.x), None
 
     def chi2(self, theta: FloatArray) -> float:
         """Weighted χ² at θ (linear parameters re-solved)."""
@@ -307,14 +385,42 @@ class Refinement:
 
     def linear_covariance(self, a: FloatArray, lin: LinearSolution, sigma2: float) -> FloatArray:
         """Covariance of the linear coefficients at fixed nonlinear parameters (σ²·G⁻¹ over the passive set)."""
-        return covariance(np.ascontiguousarray(a.T @ a), lin.passive, sigma2)
+        g = lin.gram if lin.gram is not None else a.T @ a  # inactive phases' pinned rows are outside the passive set
+        return covariance(np.ascontiguousarray(g), lin.passive, sigma2)
 
 
-def nonlinear_covariance(jac: FloatArray | None, sigma2: float) -> FloatArray | None:
-    """σ²·(JᵀJ)⁻¹ of the projected Jacobian (pseudo-inverse when singular), None without a Jacobian."""
-    if jac is None or jac.size == 0:
+def compressed_jacobian(jtj: FloatArray, jtr: FloatArray, r_norm: float) -> FloatArray:
+    """A (p + 1) × p Jacobian Jc for the residual rc = (0, …, 0, ‖r‖) with JcᵀJc = JᵀJ and Jcᵀrc = Jᵀr: the pair
+    (rc, Jc) is an orthogonal image of (r, J) restricted to span(r, J), so a least-squares solver that sees only inner
+    products of r and J (scipy's trust-region reflective: SVD of J, Uᵀr, column norms, Jᵀr) takes exactly the steps
+    it would take on the N-point problem, without an N × p SVD per iteration. Last row Jᵀr/‖r‖; the first p rows
+    B with BᵀB = Jᵀ(I − r rᵀ/‖r‖²)J (positive semi-definite), from a Jacobi-scaled eigendecomposition."""
+    p = jtr.size
+    out = np.zeros((p + 1, p))
+    if r_norm <= 0.0:
+        w, v = np.linalg.eigh(jtj)
+        out[:p] = np.sqrt(np.maximum(w, 0.0))[:, None] * v.T
+        return out
+    last = jtr / r_norm
+    d = np.sqrt(np.maximum(np.diag(jtj), 0.0))
+    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    m = jtj * np.outer(inv, inv) - np.outer(last * inv, last * inv)
+    w, v = np.linalg.eigh(0.5 * (m + m.T))
+    out[:p] = (np.sqrt(np.maximum(w, 0.0))[:, None] * v.T) * d[None, :]
+    out[p] = last
+    return out
+
+
+def nonlinear_covariance(jac: FloatArray | None, sigma2: float, *, jtj: FloatArray | None = None) \
+        -> FloatArray | None:
+    """σ²·(JᵀJ)⁻¹ of the projected Jacobian (pseudo-inverse when singular), from `jac` or directly from `jtj`; None
+    without either."""
+    if jtj is None:
+        if jac is None or jac.size == 0:
+            return None
+        jtj = jac.T @ jac
+    if jtj.size == 0:
         return None
-    jtj = jac.T @ jac
     d = np.sqrt(np.maximum(np.diag(jtj), 1e-300))
     inv = np.linalg.pinv(jtj / np.outer(d, d)) / np.outer(d, d)
     return inv * sigma2

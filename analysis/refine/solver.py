@@ -280,11 +280,13 @@ class Refinement:
         nph = len(self.phases)
         steps = {int(j): self._step(int(j), float(theta[j])) for j in idx}
         inst_cols = []
+        fcj_cols = []  # S/L, H/L only move the FCJ kernel, which render_derivatives holds: difference the render
         for col, j in enumerate(idx):
             if self.kind[j] == "inst":
                 t2 = theta.copy()
                 t2[j] += steps[int(j)]
-                inst_cols.append((col, self.instrument(t2), steps[int(j)]))
+                fcj = self.inst_names[int(j) - self.inst_slice.start] in ("s_l", "h_l")
+                (fcj_cols if fcj else inst_cols).append((col, self.instrument(t2), steps[int(j)]))
         for k, (m, sl) in enumerate(zip(self.phases, self.phase_slices)):
             if not self.active[k] or lin.coef[k] == 0.0:
                 continue
@@ -305,6 +307,8 @@ class Refinement:
                 wk = lin.coef[k] * self.sqrt_w
                 for i, col in enumerate(cols):  # column by column into the column-major D (no fancy-index copy)
                     d[:, col] += g[:, i] * wk
+            for col, inst2, h in fcj_cols:
+                d[:, col] += lin.coef[k] * (self._render(k, block, inst2) - a[:, k]) / h
         for col, j in enumerate(idx):
             if self.kind[j] != "hump":
                 continue

@@ -296,10 +296,11 @@ def fcj_kernel(two_theta: ArrayLike, s_l: float, h_l: float, resolution: ArrayLi
 
 def render_instrument_peaks(x: ArrayLike, centres: ArrayLike, areas: ArrayLike, fwhm_gauss: ArrayLike,
                             fwhm_lorentz: ArrayLike, instrument: Instrument, *, window: float = DEFAULT_WINDOW,
-                            n: int | None = None) -> FloatArray:
+                            n: int | None = None, fast_exp: bool = False) -> FloatArray:
     """Sum of TCH pseudo-Voigt peaks (Gaussian/Lorentzian FWHMs in deg, sample broadening already folded in),
     each convolved with the instrument's FCJ kernel, on a sorted grid `x`; areas preserved
-    (`profiles.render_peaks` underneath; kernel bins sized to each peak's own FWHM unless `n` is given)."""
+    (`profiles.render_peaks` underneath; kernel bins sized to each peak's own FWHM unless `n` is given; `fast_exp`:
+    its tabulated Gaussian)."""
     xa = np.asarray(x, dtype=float)
     c = np.atleast_1d(np.asarray(centres, dtype=float)).ravel()
     a = np.broadcast_to(np.asarray(areas, dtype=float), c.shape)
@@ -307,12 +308,12 @@ def render_instrument_peaks(x: ArrayLike, centres: ArrayLike, areas: ArrayLike, 
                           np.broadcast_to(np.asarray(fwhm_lorentz, dtype=float), c.shape))
     fw = np.maximum(fw, 1e-6)
     if instrument.symmetric or c.size == 0:
-        return render_peaks(xa, c, a, fw, eta, window=window)
+        return render_peaks(xa, c, a, fw, eta, window=window, fast_exp=fast_exp)
     off, wts = fcj_kernel(c, instrument.s_l, instrument.h_l, fw, n)
     keep = wts > 0
     rows = np.nonzero(keep)[0]
     return render_peaks(xa, (c[:, None] + off)[keep], (a[:, None] * wts)[keep], fw[rows], eta[rows],
-                        window=window)
+                        window=window, fast_exp=fast_exp)
 
 
 # file formats ----------------------------------------------------------------------------------------------

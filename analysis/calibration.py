@@ -19,9 +19,9 @@ Strategy (how a diffractionist calibrates; no tuning to one data set):
    the mean S/L + H/L 0.8 : 0.2 (:func:`seed_instrument`; FCJ is symmetric in the two, so a fit started at
    S/L = H/L, where the χ² gradient along S/L − H/L vanishes, never finds unequal ones). This start lies in
    the right valley of the U–V–W / X–Y / S/L–H/L surfaces, which a whole-pattern fit from lab-default widths
-   does not always reach: on the simulated rig's LaB6 scan it stopped at U = 43, V = −27 (truth 22, −10),
-   χ² 6211–6244 against 6160–6170 from the seed, FWHM +3.4 % at 22° instead of +1.6 % (tests/
-   test_sim_calibration.py); an older engine stopped 4–6 % wide at the ends of a 19–90° scan.
+   does not always reach: on the simulated rig's LaB6 scan the engine before f8cbc3e stopped at U = 43,
+   V = −27 (truth 22, −10), χ² 6211–6244 against 6160–6170 from the seed, FWHM +3.4 % at 22° instead of
+   +1.6 % (tests/test_sim_calibration.py); an older engine stopped 4–6 % wide at the ends of a 19–90° scan.
 4. Whole pattern, two starts: from the seed (warm) and from the rescaled user start (positions and symmetric
    widths first, then the asymmetry); each re-fitted while Rwp falls; the lower χ² is kept
    (`Calibration.start_chi2` reports both). Fewer than ``SEED_MIN_LINES`` single lines: the user start only.

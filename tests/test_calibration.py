@@ -102,9 +102,9 @@ LAB_ANGLES = np.array([22.0, 30.0, 40.0, 60.0, 75.0, 88.0])
 
 
 def test_lab_lab6_calibration_recovers_the_simulated_instrument(lab_calibration: Calibration) -> None:
-    # Measured (HEAD engine, December 2026): FWHM +0.8, +0.6, +0.4, +0.6, +1.0, +1.6 % at LAB_ANGLES, shift within
-    # 1e-4°; χ² 7431.9 from the single-line seed and 7432.0 from the lab default (same minimum). Before the seed and
-    # the bin term: +1.5 … +2 % (and, with an older engine, +4 … +6 % at the ends from the lab default).
+    # Measured (engine of d8f795c): FWHM +0.65, +0.6, +0.6, +0.7, +0.8, +0.9 % at LAB_ANGLES, shift within 1e-4°;
+    # χ² 7430.4 from the single-line seed, 7430.7 from the lab default (one minimum). Without the bin term
+    # (bin_integrated=False) +1.2 … +1.4 %; an older engine from the lab default alone: +4 … +6 % at the ends.
     assert_recovers(lab_calibration, LAB_TRUTH, LAB_ANGLES)
     assert "displacement_um" in lab_calibration.refined
     assert lab_calibration.gof < 1.5
@@ -135,7 +135,7 @@ def test_single_line_fits_seed_the_instrument(lab_calibration: Calibration) -> N
 def test_lab_kalpha_doublet_calibration_at_a_coarse_step() -> None:
     # Cu Kα1 + Kα2 (no monochromator), another noise seed, a 0.02° step (a third of the 0.065° FWHM at 22°): the
     # simulator integrates counts over each bin, the calibration's model carries the bin as W + Δ²/12.
-    # Measured: +2.2, +1.5, +0.9, +0.3, +0.4, +0.9 % at LAB_ANGLES (without the bin term, bin_integrated=False:
+    # Measured: +2.2, +1.5, +0.9, +0.3, +0.6, +1.2 % at LAB_ANGLES (without the bin term, bin_integrated=False:
     # +4.6 … +2.0 %). The seed's start only (multistart=False: the default's second start reached the same χ²).
     # With half the points per peak a single reflection's centroid is noisier: measured up to 0.0049° (320).
     truth = LAB_TRUTH.replace(radiation=Instrument.lab_default().radiation)
@@ -148,8 +148,8 @@ def test_lab_kalpha_doublet_calibration_at_a_coarse_step() -> None:
 def test_another_instrument_with_unequal_asymmetry_is_recovered() -> None:
     # Not the instrument the other tests use: other U, V, W, X, Y, S/L ≠ H/L, positive zero, negative displacement,
     # Kα doublet, 0.015° step, other counts and noise seed. FCJ is symmetric in S/L and H/L (only the pair is
-    # measurable). Measured: FWHM +2.5, +1.6, +0.9, +0.4, +0.8, +1.5 % at LAB_ANGLES, shift within 2.2e-4°,
-    # S/L, H/L = 0.0202, 0.0065 (truth 0.008, 0.020); χ² 4987.1 from the seed (off S/L = H/L), 4993.9 from the
+    # measurable). Measured: FWHM +2.7, +1.8, +1.0, +0.3, +0.7, +1.4 % at LAB_ANGLES, shift within 3e-4°,
+    # S/L, H/L = 0.0203, 0.0059 (truth 0.008, 0.020); χ² 4988.5 from the seed (off S/L = H/L), 4994.7 from the
     # lab default (which stays on S/L = H/L).
     truth = Instrument.lab_default().replace(zero=0.035, u=15.0, v=-6.0, w=8.0, x=0.8, y=4.0, s_l=0.008, h_l=0.02,
                                              displacement_um=-60.0)
@@ -193,7 +193,7 @@ def synchrotron() -> tuple[Instrument, np.ndarray, np.ndarray]:
 def test_synchrotron_calibration_from_a_bare_wavelength_recovers_the_prm(synchrotron) -> None:
     truth, x, y = synchrotron
     # a bare wavelength: lab default widths (≈ 8× too wide here), rescaled by the peak search before the single
-    # lines are fitted (the seed's start only). Measured: FWHM +0.9, +0.2, −0.0, +0.2, +0.8 %, zero within 1e-5°.
+    # lines are fitted (the seed's start only). Measured: FWHM +0.7, +0.3, +0.15, +0.15, +0.3 %, zero within 1e-5°.
     cal = calibrate(x, y, "LaB6", Instrument.from_wavelength(truth.radiation.wavelength), multistart=False)
     assert any("scaled" in w for w in cal.warnings)
     assert_recovers(cal, truth, np.array([6.0, 10.0, 14.0, 18.0, 22.0]))

@@ -20,10 +20,10 @@ ANGLES = np.array([22.0, 30.0, 45.0, 60.0])
 
 def test_shipped_calibration_is_reproduced_and_close_to_the_simulators_instrument() -> None:
     """Re-made calibration: FWHM within 0.5 %, peak shift within 0.0005° of the file (same data, same fit).
-    File vs truth: FWHM within 5 % at ANGLES (measured +1.65, +0.7, +0.1, +1.1 %; before the single-line seed
-    +3.4 % at 22° and +2.8 % at 60°, U 43 against the truth's 22), peak shift (zero + displacement) within 0.002°
-    (measured 5e-4°), S/L and H/L within 0.005 of the truth's 0.02 (measured 0.0203, 0.0204). The seed's start
-    reached the lower χ² (6170 against 6211 from the lab default)."""
+    File vs truth: FWHM within 5 % at ANGLES (measured +1.2, +0.9, +0.3, −0.1 %; before the single-line seed and
+    the bin term, on the engine before f8cbc3e: +3.4 % at 22°, +2.8 % at 60°, U 43 against the truth's 22), peak
+    shift (zero + displacement) within 0.002° (measured 5e-4°), S/L and H/L within 0.005 of the truth's 0.02
+    (measured 0.0204, 0.0204); χ² 6156.5 from the seed, 6155.2 from the lab default (one minimum)."""
     shipped = calibrated_instrument()
     again = calibrate_simulated_rig().instrument
     assert np.allclose(again.fwhm(ANGLES), shipped.fwhm(ANGLES), rtol=5e-3)

@@ -187,6 +187,19 @@ class PhaseQuantifier:
         return self.model.bg.copy()
 
     @property
+    def strain_start(self) -> FloatArray:
+        """Starting strain per phase (from `strain_start`, a number or a mapping by phase name)."""
+        return self.model.strain_start
+
+    def __getattr__(self, name: str) -> object:
+        """The settings as attributes (`q.min_significance`, `q.refine`, ...), as before the split: read from
+        `config` (only called for names not found otherwise)."""
+        config = self.__dict__.get("config")
+        if config is not None and name in QuantConfig.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
     def _zero(self) -> float:
         """The current zero shift (deg); before any fit the starting one (the instrument's zero)."""
         return self.model.zero

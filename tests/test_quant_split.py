@@ -41,15 +41,22 @@ def test_config_refuses_unknown_refine_options() -> None:
 
 
 def test_keywords_and_config_build_the_same_quantifier(crystals: list[Crystal]) -> None:
-    """`PhaseQuantifier(**keywords)` and `PhaseQuantifier(config=QuantConfig(**same))` fit identically (exact)."""
+    """`PhaseQuantifier(**keywords)` and `PhaseQuantifier(config=QuantConfig(**same))` fit identically (exact), and
+    the settings still read as attributes of the quantifier."""
     rng = np.random.default_rng(3)
     m = _model(crystals)
     y = rng.poisson(50.0 + 400.0 * m.exact_phase_pattern(0, 0.002, 0.06) / m.norms[0]
                     + 150.0 * m.exact_phase_pattern(1, -0.001, 0.04) / m.norms[1]).astype(float)
     kw = dict(halos=False, background_order=4, size_nm=80.0)
-    a = PhaseQuantifier(crystals, AXIS, Radiation.cu_ka(), **kw).fit(y)
-    b = PhaseQuantifier(crystals, AXIS, Radiation.cu_ka(), config=QuantConfig(**kw)).fit(y)
+    qa = PhaseQuantifier(crystals, AXIS, Radiation.cu_ka(), **kw)
+    qb = PhaseQuantifier(crystals, AXIS, Radiation.cu_ka(), config=QuantConfig(**kw))
+    a, b = qa.fit(y), qb.fit(y)
     assert a.weight_fractions == b.weight_fractions and a.chi2 == b.chi2
+    # the settings read as attributes, as before the split
+    assert qa.background_order == 4 and qa.refine == frozenset({"strain", "width", "zero"})
+    assert qa.min_significance == 5.0 and list(qa.strain_start) == [0.0, 0.0]
+    with pytest.raises(AttributeError):
+        qa.no_such_setting
 
 
 def test_model_rows_match_exact_render_and_finite_differences(crystals: list[Crystal]) -> None:

@@ -62,7 +62,8 @@ class NormalEquations:
         self.Gy = np.zeros(rows)
         self.wbuf = np.empty_like(m.M)  # weighted rows for the Gram products
         self.lin_rows = np.arange(m.nl, dtype=np.intp)
-        self.rows_of: dict[tuple, tuple[NDArray[np.intp], list[int]]] = {}  # Gram rows per refined parameter set
+        # Gram rows per refined parameter set: as an array, a list and the (rows × rows) fancy index
+        self.rows_of: dict[tuple, tuple[NDArray[np.intp], list[int], tuple]] = {}
         self.basis_of: dict[tuple, tuple] = {}  # `joint`'s change-of-basis recipe per refined parameter set
         self.parts_c: FloatArray | None = None
         self.parts_version = -1
@@ -91,15 +92,15 @@ class NormalEquations:
         if key not in self.rows_of:
             dr = m.deriv_rows(params)
             rows = np.concatenate((self.lin_rows, np.asarray(dr, dtype=np.intp))) if dr else self.lin_rows
-            self.rows_of[key] = (rows, rows.tolist())
-        rows, row_list = self.rows_of[key]
+            self.rows_of[key] = (rows, rows.tolist(), np.ix_(rows, rows))
+        rows, row_list, block = self.rows_of[key]
         ok = m.current
         bad = rows[~ok[rows]]
         lin_only = rows.size == m.nl  # rows 0 … nl−1: contiguous, served by views instead of gathered copies
         if bad.size == rows.size:  # nothing current (a new pattern): one symmetric product
             wb = gather_weighted(m.M, rows, self.sw, self.wbuf)
             g, gy = wb @ wb.T, wb @ self.ysw
-            self.G[np.ix_(rows, rows)] = g
+            self.G[block] = g
             self.Gy[rows] = gy
             ok[:] = False
             ok[rows] = True
@@ -117,7 +118,7 @@ class NormalEquations:
         if lin_only:
             nl = m.nl
             return self.G[:nl, :nl].copy(), self.Gy[:nl].copy(), row_list
-        return self.G[np.ix_(rows, rows)], self.Gy[rows], row_list
+        return self.G[block], self.Gy[rows], row_list
 
     def linear(self, g: FloatArray, h: FloatArray, yy: float, warm: NDArray[np.bool_] | None) -> Linear:
         """Bounded solution of the linear block (the variable-projection inner problem) at the current θ, active

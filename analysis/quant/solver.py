@@ -148,7 +148,7 @@ class Solver:
         g, h, rows = ne.gram(params)
         lin = self._linear(g, h)
         self.passive = lin.passive
-        new = self.nonlinear_set(lin, n - int(lin.passive.sum()), with_halos)
+        new = self.nonlinear_set(lin, n - np.count_nonzero(lin.passive), with_halos)
         if new != params:
             params = new
             self.update()  # derivative rows of phases that became refined
@@ -171,7 +171,7 @@ class Solver:
             else:
                 free = params
             shift = st.shift
-            dof = n - int(st.passive.sum())
+            dof = n - np.count_nonzero(st.passive)
             self.cov = covariance(st.g, st.passive, lin.chi2 / max(dof, 1))
             su = np.sqrt(np.maximum(np.diag(self.cov)[nl:], 0.0))
             if np.all(np.abs(shift) <= tolerance * su + 1e-15):
@@ -244,10 +244,10 @@ class Solver:
         g_joint = passive_joint = None
         if not params:
             converged = True
-            self.cov = covariance(lin.g, lin.passive, lin.chi2 / max(n - int(lin.passive.sum()), 1))
+            self.cov = covariance(lin.g, lin.passive, lin.chi2 / max(n - np.count_nonzero(lin.passive), 1))
         elif not converged:
             st = ne.joint(g, h, rows, lin, params)
-            self.cov = covariance(st.g, st.passive, lin.chi2 / max(n - int(st.passive.sum()), 1))
+            self.cov = covariance(st.g, st.passive, lin.chi2 / max(n - np.count_nonzero(st.passive), 1))
         if params and st is not None:
             g_joint, passive_joint = st.g, st.passive
         self.params = params

@@ -150,7 +150,7 @@ class WarmStart:
         m, solver, cfg = self.m, self.solver, self.cfg
         n = m.two_theta.size
         lin = out.lin
-        dof = max(n - int(lin.passive.sum()) - len(out.params), 1)
+        dof = max(n - np.count_nonzero(lin.passive) - len(out.params), 1)
         gof2 = lin.chi2 / dof
         recent = self.recent_gof2[-RESEED_WINDOW:]
         jumped = bool(recent) and gof2 > min(recent) + RESEED_SIGMAS * math.sqrt(2.0 / dof)

@@ -168,3 +168,70 @@ def test_measured_beta_without_instrument_warns_or_is_right() -> None:
     assert r.warnings or r.weight_fractions.get("CsPbI3-beta", 0.0) >= 0.9, (r.weight_fractions, r.warnings)
     assert any("sharper than the instrument" in w for w in r.warnings), r.warnings  # measured: β 100 %, warned
     assert all(v < 0.1 for v in others.values()), (r.weight_fractions, r.warnings)
+
+
+def test_peak_derivatives_match_finite_differences() -> None:
+    """`render_peak_derivatives` (centre, FWHM, η, ln area; two peaks sharing rows) against central differences of
+    `render_peaks` with windows wider than the grid (no window-edge jumps): within 1e-4 of the derivative's scale
+    (its Gaussian is tabulated: 2e-6 of the peak height)."""
+    from hotstage.analysis.profiles import render_peak_derivatives, render_peaks
+
+    x = np.linspace(0.0, 10.0, 4001)
+    c, a, w, e = np.array([3.0, 6.5]), np.array([1.0, 2.5]), np.array([0.1, 0.3]), np.array([0.3, 0.8])
+    dc = np.array([[1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])  # peak 2 moves twice as fast with θ_0
+    dw = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
+    de = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+    da = np.array([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 3.0]])
+    got = render_peak_derivatives(x, c, a, w, e, dc, dw, de, da, window=200.0)
+    h = 1e-5
+    for j in range(4):
+        up = render_peaks(x, c + h * dc[:, j], a * (1 + h * da[:, j]), w + h * dw[:, j], e + h * de[:, j], window=200.0)
+        dn = render_peaks(x, c - h * dc[:, j], a * (1 - h * da[:, j]), w - h * dw[:, j], e - h * de[:, j], window=200.0)
+        fd = (up - dn) / (2 * h)
+        assert np.max(np.abs(got[:, j] - fd)) <= 1e-4 * np.max(np.abs(fd)), j
+
+
+def test_phase_jacobian_matches_render_differences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase's Jacobian columns (cell a, c, 1/size, strain, and the instrument zero) from `render_derivatives`
+    against central differences of `render`, both windows widened so that truncation does not differ: within 1 %
+    (the render's Gaussian is tabulated, whose piecewise-linear slope differs from exp's by ~1e-3)."""
+    import hotstage.analysis.refine.model as model
+
+    monkeypatch.setattr(model, "RENDER_WINDOW", 300.0)
+    monkeypatch.setattr(model, "DERIVATIVE_WINDOW", 300.0)
+    inst = Instrument.lab_default()
+    x = np.linspace(20.0, 35.0, 3001)
+    m = PhaseModel(Crystal.builtin("CsPbI3-beta"), inst.radiation, float(x[0]), float(x[-1]))
+    p = m.start(size_nm=80.0, strain=5e-4)
+    steps = [1e-5 * abs(v) for v in p]
+    perturbed = []
+    for j, h in enumerate(steps):
+        q = p.copy()
+        q[j] += h
+        perturbed.append((q, inst, h))
+    perturbed.append((p, inst.replace(zero=1e-5), 1e-5))
+    got = m.render_derivatives(x, p, inst, perturbed)
+    for j, h in enumerate(steps):
+        q_up, q_dn = p.copy(), p.copy()
+        q_up[j] += h
+        q_dn[j] -= h
+        fd = (m.render(x, q_up, inst) - m.render(x, q_dn, inst)) / (2 * h)
+        assert np.linalg.norm(got[:, j] - fd) <= 0.01 * np.linalg.norm(fd), m.parameter_names[j]
+    fd = (m.render(x, p, inst.replace(zero=1e-5)) - m.render(x, p, inst.replace(zero=-1e-5))) / 2e-5
+    assert np.linalg.norm(got[:, -1] - fd) <= 0.01 * np.linalg.norm(fd)
+
+
+def test_compressed_jacobian_keeps_the_normal_equations() -> None:
+    """The (p + 1)-row stand-in the trust-region solver sees: JcᵀJc = JᵀJ and Jcᵀrc = Jᵀr for rc = (0, …, ‖r‖),
+    with columns of very different scales (Å, nm⁻¹, ε); relative 1e-9."""
+    from hotstage.analysis.refine.solver import compressed_jacobian
+
+    rng = np.random.default_rng(4)
+    j = rng.normal(size=(500, 4)) * np.array([1e3, 1.0, 1e-2, 1e5])
+    r = rng.normal(size=500) + j @ np.array([1e-3, 0.5, 3.0, 1e-5])
+    jc = compressed_jacobian(j.T @ j, j.T @ r, float(np.linalg.norm(r)))
+    rc = np.zeros(5)
+    rc[-1] = np.linalg.norm(r)
+    scale = np.sqrt(np.outer(np.diag(j.T @ j), np.diag(j.T @ j)))
+    assert np.max(np.abs(jc.T @ jc - j.T @ j) / scale) <= 1e-9
+    assert np.max(np.abs(jc.T @ rc - j.T @ r) / (np.sqrt(np.diag(j.T @ j)) * np.linalg.norm(r))) <= 1e-9

@@ -116,6 +116,7 @@ class Refinement:
         self.blur = 0.0
         self._cache: dict[int, tuple[bytes, FloatArray]] = {}
         self._warm: BoolArray | None = None
+        self._normal: tuple[tuple, tuple[FloatArray, FloatArray]] | None = None
         self.n_renders = 0
         self.n_evaluations = 0
 
@@ -253,7 +254,19 @@ class Refinement:
     def normal_equations(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) \
             -> tuple[FloatArray, FloatArray]:
         """(JᵀJ, Jᵀr) of the projected Jacobian J = −P⊥D without forming P⊥D: JᵀJ = DᵀD − (DᵀA_p)G_p⁻¹(A_pᵀD) and
-        Jᵀr = −DᵀP⊥r (small matrices only; the N × n products are DᵀD, DᵀA and Dᵀr)."""
+        Jᵀr = −DᵀP⊥r (small matrices only; the N × n products are DᵀD, DᵀA and Dᵀr). The last result is kept: the
+        solver's final Jacobian is the one the covariance needs when nothing changed since."""
+        key = (theta.tobytes(), free.tobytes(), self.active.tobytes(), lin.coef.tobytes(), float(self.blur),
+               self.instrument0, tuple(m.decoy_factor for m in self.phases))
+        if self._normal is not None and self._normal[0] == key:
+            return self._normal[1]
+        out = self._normal_equations(theta, a, lin, free)
+        self._normal = (key, out)
+        return out
+
+    def _normal_equations(self, theta: FloatArray, a: FloatArray, lin: LinearSolution, free: BoolArray) \
+            -> tuple[FloatArray, FloatArray]:
+        """`normal_equations`, not cached."""
         d = self.derivatives(theta, a, lin, free)
         r = self.y_w - lin.model_w
         p = d.shape[1]

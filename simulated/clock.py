@@ -32,13 +32,15 @@ class SimClock:
     """Monotonic simulated clock: ``time_scale`` times the wall clock, plus jumps when ``stepped``."""
 
     def __init__(self, time_scale: float = 1.0, *, start_s: float = 0.0, stepped: bool = False,
-                 idle_grace_s: float = 2.0) -> None:
-        """Start counting now, at ``start_s`` simulated seconds; time_scale must be > 0."""
+                 idle_grace_s: float = 2.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Start counting now, at ``start_s`` simulated seconds; time_scale must be > 0. ``monotonic`` is the wall
+        clock (``time.monotonic``; a test passes its own to step wall time by hand)."""
         time_scale = float(time_scale)
         if not time_scale > 0.0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
         self._time_scale = time_scale
-        self._wall0 = time.monotonic()
+        self._monotonic = monotonic
+        self._wall0 = monotonic()
         self._start_s = float(start_s)
         self._stepped = bool(stepped)
         self._idle_grace_s = float(idle_grace_s)
@@ -48,7 +50,7 @@ class SimClock:
 
     @property
     def wall_origin(self) -> float:
-        """``time.monotonic()`` reading at which the clock read ``start_s``."""
+        """Wall-clock (``monotonic``) reading at which the clock read ``start_s``."""
         return self._wall0
 
     @property
@@ -63,7 +65,7 @@ class SimClock:
 
     def now(self) -> float:
         """Simulated seconds since the clock was created (plus ``start_s``)."""
-        mono = time.monotonic()
+        mono = self._monotonic()
         if self._stepped:
             return self._start_s + self._jumped_s + self._idle_flow(mono)
         return self._start_s + (mono - self._wall0) * self._time_scale
@@ -88,7 +90,7 @@ class SimClock:
         if not self._stepped:
             raise RuntimeError("advance() needs a stepped SimClock; a wall clock only flows")
         with self._lock:
-            mono = time.monotonic()
+            mono = self._monotonic()
             self._jumped_s += self._idle_flow(mono)  # keep what flowed while nobody jumped
             self._last_jump_wall = mono
             self._jumped_s += by(self._start_s + self._jumped_s)

@@ -32,18 +32,18 @@ def test_stepped_waits_jump_instead_of_waiting() -> None:
 
 
 def test_stepped_clock_stands_still_between_jumps_and_flows_only_when_idle() -> None:
-    """A stall between two jumps (a loaded machine) does not count; a long idle wait (a suspended plan) flows."""
-    import time
-
-    clock = SimClock(10.0, stepped=True, idle_grace_s=0.3)
+    """A stall between two jumps (a loaded machine) does not count; a long idle wait (a suspended plan) flows.
+    Wall time is stepped by hand (a busy machine cannot stretch the stall past the grace)."""
+    wall = [100.0]
+    clock = SimClock(10.0, stepped=True, idle_grace_s=0.3, monotonic=lambda: wall[0])
     clock.advance(5.0)
-    time.sleep(0.1)  # a stall shorter than the grace
-    assert clock.now() == pytest.approx(5.0, abs=1e-9)
-    time.sleep(0.5)  # idle beyond the grace: flows at time_scale from the end of the grace
-    flowed = clock.now() - 5.0
-    assert 0.5 * 10.0 * 0.2 < flowed < 10.0 * 0.6
-    after = clock.advance(1.0)  # the jump keeps what flowed
-    assert after == pytest.approx(5.0 + flowed + 1.0, abs=10.0 * 0.05)
+    wall[0] += 0.1  # a stall shorter than the grace
+    assert clock.now() == pytest.approx(5.0, abs=1e-12)
+    wall[0] += 0.5  # idle beyond the grace: flows at time_scale from the end of the grace
+    assert clock.now() == pytest.approx(5.0 + 10.0 * 0.3, abs=1e-9)
+    assert clock.advance(1.0) == pytest.approx(5.0 + 3.0 + 1.0, abs=1e-9)  # the jump keeps what flowed
+    wall[0] += 0.2  # within the grace of that jump again
+    assert clock.now() == pytest.approx(9.0, abs=1e-9)
 
 
 def test_run_engine_sleep_jumps_a_stepped_rig(lockstep_rig: Any) -> None:

@@ -61,7 +61,7 @@ def test_demo_runs_the_default_experiment(demo: tuple[Path, dict]) -> None:
     # this asserts half the nominal counts: what a twice-slower machine still delivers, not how fast this one is.
     assert events["xrd"] >= 60 and events["pl"] >= 60 and events["thz"] >= 30
     assert summary["temperature_C"]["max"] == pytest.approx(350.0, abs=2.0)
-    assert summary["duration_s"] < 30.0
+    assert summary["duration_s"] > 0.0  # wall time: how long it takes is the README's estimate, not asserted
     assert (data / "catalog.db").exists()
 
 

@@ -204,8 +204,7 @@ def test_furnace_set_to_readback_settles_after_settle_time(furnace: LakeShore336
     wall = time.monotonic() - t0
     assert status.success
     # settle_time 20 experiment s at time_scale 100 = 0.2 wall s
-    assert wall >= 0.2
-    assert wall < 2.0
+    assert wall >= 0.2  # not before the settle time (a lower bound only: a busy machine may take longer)
     assert furnace.visa.query("SETP? 1") == "+0298.450"
     assert furnace.visa.query("RANGE? 1") == "3"  # heater was off: switched on at heater_range_on
     assert furnace.visa.query("RAMP? 1") == "1,10.0"
@@ -226,7 +225,7 @@ def test_furnace_settle_timeout_from_distance_and_rate(sim: str) -> None:
         with pytest.raises(FurnaceSettleTimeout) as info:
             status.wait(10)
         wall = time.monotonic() - t0
-        assert 0.8 <= wall < 5.0
+        assert wall >= 0.8  # not before the timeout (the upper bound is the status.wait(10) above)
         msg = str(info.value)
         assert "125.000 °C" in msg
         assert "last readback 25.000 °C" in msg

@@ -128,9 +128,7 @@ def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
         live_uid = s.derived_uid(raw_uid)
         assert live_uid is not None
         catalog = s.catalog
-        t0 = time.monotonic()
         new_uid = replay(catalog, raw_uid, writer=s.writer)
-        replay_s = time.monotonic() - t0
         live_docs = list(catalog[live_uid].documents())
         new_docs = list(catalog[new_uid].documents())
     assert new_uid != live_uid
@@ -141,8 +139,7 @@ def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
     assert new_start["parameters"] == live_start["parameters"]
     assert new_stop["exit_status"] == "success"
     assert len(live["phase_fractions"]) >= 5
-    _assert_same(live, new)
-    assert replay_s < 30.0
+    _assert_same(live, new)  # (how fast a replay runs is measured in benchmarks, never asserted here)
 
 
 def test_replay_parameters_change_results(recorded: list[tuple[str, dict]]) -> None:

@@ -195,6 +195,8 @@ class PhaseModel:
         keep |= ~inside & (arg < 1.0 + CELL_RANGE + 0.02)  # reflections that a refined cell may bring in: keep
         self.hkl = hkl[keep]
         self._f2m = f2m[keep]
+        h, k, l_ = self.hkl.T
+        self._hkl_quadratic = np.column_stack([h * h, k * k, l_ * l_, 2 * h * k, 2 * h * l_, 2 * k * l_])
         self._po_cos2: FloatArray | None = None
         if self.po_direction is not None:
             self._prepare_po(self.po_direction)
@@ -284,8 +286,10 @@ class PhaseModel:
         if self.decoy_factor != 1.0:
             cell = tuple(v * self.decoy_factor for v in cell[:3]) + tuple(cell[3:])
         gstar = reciprocal_metric(cell)
-        inv_d2 = np.einsum("ni,ij,nj->n", self.hkl, gstar, self.hkl)
-        half_d = 0.5 * np.sqrt(inv_d2)  # 1/(2d)
+        # 1/d² = hᵀG*h as one product with the precomputed (h², k², l², 2hk, 2hl, 2kl)
+        inv_d2 = self._hkl_quadratic @ np.array([gstar[0, 0], gstar[1, 1], gstar[2, 2], gstar[0, 1], gstar[0, 2],
+                                                 gstar[1, 2]])
+        half_d = 0.5 * np.sqrt(np.maximum(inv_d2, 0.0))  # 1/(2d)
         arg = (self._lams[:, None] * half_d[None, :]).ravel()  # line-major: key = line · n_refl + reflection
         nref = self.hkl.shape[0]
         if keys is None:

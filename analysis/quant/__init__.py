@@ -1,1 +1,4 @@
-"""Internals of live quantitative phase analysis (tables of phase patterns, bounded linear least squares)."""
+"""Internals of live quantitative phase analysis (`hotstage.analysis.phase_quant.PhaseQuantifier` is the facade):
+`config` (settings), `model` (instrument + phases → design rows), `gram` (normal equations), `solver` (refinement,
+cold search), `warm` (warm-start policy), `tables` (phase patterns in sinθ tables), `halos`, `linear` (bounded
+linear least squares)."""

@@ -96,6 +96,8 @@ REFIT_GAIN: float = 1e-3
 """…each kept going only while it lowers Rwp by more than this fraction."""
 LINE_WINDOW_FWHM: float = 4.0
 """Half-width, in start FWHM, of the window each single line is fitted over (step 1)."""
+MAX_LINE_ASYMMETRY: float = 0.1
+"""Largest S/L + H/L a single-line fit may take (and the FCJ span its window allows for below the line)."""
 LINE_NEIGHBOUR: float = 0.005
 """A line counts as a neighbour (spoiling isolation) when at least this fraction of the fitted line's intensity."""
 ASYMMETRY_SPLIT: float = 0.8
@@ -347,12 +349,13 @@ def _lines(crystal: Crystal, inst: "Instrument", lo: float, hi: float) -> tuple[
 
 def fit_lines(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal, inst: "Instrument",
               sigma: ArrayLike | None = None) -> list[LineFit]:
-    """Fit every isolated, strong line of `standard` on its own (step 1 of the calibration, module docstring).
+    """Fit every isolated, strong line of `standard` on its own (step 2 of the calibration, module docstring).
 
     Around each line (±``LINE_WINDOW_FWHM`` of `inst`'s FWHM, widened by its FCJ span below and its other
     wavelength lines above) a local straight background plus the line seen through every wavelength of the
     radiation (areas in the lines' ratios, one common shift) as a TCH pseudo-Voigt convolved with the FCJ kernel
-    (S/L = H/L); nonlinear: shift, Gaussian and Lorentzian FWHM, S/L + H/L; linear: area and background.
+    (S/L = H/L); nonlinear: shift, Gaussian and Lorentzian FWHM, S/L + H/L (≤ ``MAX_LINE_ASYMMETRY``); linear:
+    area and background.
     Isolated: no other line of the standard (any wavelength, ≥ ``LINE_NEIGHBOUR`` of its intensity) inside the
     window. Strong: net height ≥ ``MIN_PEAK_SIGMAS`` σ of the background. s.u. from the Jacobian scaled by
     χ²/(N − P)."""
@@ -380,7 +383,7 @@ def fit_lines(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal, inst: 
             continue
         shift0 = float(inst.shift(tt_b[i]))
         fcj_span = float(tt_b[i]) - math.degrees(math.acos(min(math.cos(math.radians(float(tt_b[i])))
-                                                            * math.sqrt(1 + 0.05 ** 2), 1.0)))
+                                                            * math.sqrt(1 + MAX_LINE_ASYMMETRY ** 2), 1.0)))
         lo = float(c.min()) + shift0 - LINE_WINDOW_FWHM * fw - (fcj_span if tt_b[i] < 90 else 0.0)
         hi = float(c.max()) + shift0 + LINE_WINDOW_FWHM * fw + (fcj_span if tt_b[i] > 90 else 0.0)
         if lo < x[0] or hi > x[-1]:
@@ -417,7 +420,7 @@ def fit_lines(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal, inst: 
 
         p0 = np.array([shift0, 0.8 * fw, 0.3 * fw, 0.01])
         lower = np.array([shift0 - fw, 0.05 * fw, 0.0, 0.0])
-        upper = np.array([shift0 + fw, 3.0 * fw, 3.0 * fw, 0.1])
+        upper = np.array([shift0 + fw, 3.0 * fw, 3.0 * fw, MAX_LINE_ASYMMETRY])
         try:  # tolerances: widths to ~1e-5 relative, far below their counting s.u.
             fit = least_squares(resid, p0, bounds=(lower, upper), ftol=1e-6, xtol=1e-6, max_nfev=200,
                                 x_scale=np.array([0.1 * fw, 0.1 * fw, 0.1 * fw, 0.005]))
@@ -433,6 +436,8 @@ def fit_lines(two_theta: ArrayLike, counts: ArrayLike, standard: Crystal, inst: 
         if not np.all(np.isfinite(su)):
             continue
         p = fit.x
+        # s.u. floors (a parameter on its bound can get a vanishing one): 0.2 % of the line's FWHM
+        su[:3] = np.maximum(su[:3], 0.002 * max(float(p[1]), float(p[2])))
         out.append(LineFit(float(tt_b[i]), float(p[0]), float(su[0]), float(p[1]), float(su[1]), float(p[2]),
                            float(su[2]), float(p[3]), float(su[3])))
     return out

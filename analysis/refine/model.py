@@ -198,6 +198,8 @@ class PhaseModel:
         h, k, l_ = self.hkl.T
         self._hkl_quadratic = np.column_stack([h * h, k * k, l_ * l_, 2 * h * k, 2 * h * l_, 2 * k * l_])
         self._po_cos2: FloatArray | None = None
+        self._geo_cache: tuple | None = None
+        self._inst_cache: tuple | None = None
         if self.po_direction is not None:
             self._prepare_po(self.po_direction)
 
@@ -285,6 +287,28 @@ class PhaseModel:
         cell = self.cell(p)
         if self.decoy_factor != 1.0:
             cell = tuple(v * self.decoy_factor for v in cell[:3]) + tuple(cell[3:])
+        geo = self._geometry(cell, keys)
+        keys, tt, ref, lam, areas, cos_th, tan_th = geo
+        if self.po_direction is not None:
+            areas = areas * self._po_factor(float(p[ncell + 2]))[ref]
+        inv_size, strain = float(p[ncell]), float(p[ncell + 1])
+        ifl, ifg, shift, ifw = self._instrument_terms(geo, instrument, blur > 0.0)
+        fl = ifl + np.degrees(SCHERRER_K * lam * inv_size / 10.0 / cos_th)
+        sg = np.degrees(4.0 * abs(strain) * tan_th)
+        fg2 = ifg * ifg + sg * sg
+        if blur > 0.0:
+            fg2 = fg2 + (blur * ifw) ** 2
+        fg = np.sqrt(fg2)
+        centres = tt + shift
+        return centres, areas, fg, fl, keys
+
+    def _geometry(self, cell: tuple[float, ...], keys: NDArray[np.intp] | None) -> tuple:
+        """(keys, 2θ, reflection index, λ, areas without March–Dollase, cosθ, tanθ) of the lines at `cell`; the
+        last result is kept (a Jacobian perturbs size, strain, March r and the instrument at the same cell)."""
+        hit = self._geo_cache
+        if hit is not None and hit[0] == cell and (hit[1] is keys or (keys is not None and keys is hit[2][0])):
+            return hit[2]
+        from_keys = keys
         gstar = reciprocal_metric(cell)
         # 1/d² = hᵀG*h as one product with the precomputed (h², k², l², 2hk, 2hl, 2kl)
         inv_d2 = self._hkl_quadratic @ np.array([gstar[0, 0], gstar[1, 1], gstar[2, 2], gstar[0, 1], gstar[0, 2],
@@ -303,21 +327,24 @@ class PhaseModel:
         ref = keys % nref
         line = keys // nref
         lam = self._lams[line]
-        wline = self._weights[line]
-        areas = wline * self._f2m[ref] * lorentz_polarisation(tt, self.radiation)
-        if self.po_direction is not None:
-            areas = areas * self._po_factor(float(p[ncell + 2]))[ref]
-        inv_size, strain = float(p[ncell]), float(p[ncell + 1])
+        areas = self._weights[line] * self._f2m[ref] * lorentz_polarisation(tt, self.radiation)
         th = np.radians(tt) / 2.0
-        fl = instrument.fwhm_lorentz(tt) + np.degrees(SCHERRER_K * lam * inv_size / 10.0 / np.cos(th))
-        sg = np.degrees(4.0 * abs(strain) * np.tan(th))
-        ig = instrument.fwhm_gauss(tt)
-        fg2 = ig * ig + sg * sg
-        if blur > 0.0:
-            fg2 = fg2 + (blur * instrument.fwhm(tt)) ** 2
-        fg = np.sqrt(fg2)
-        centres = tt + instrument.shift(tt)
-        return centres, areas, fg, fl, keys
+        geo = (keys, tt, ref, lam, areas, np.cos(th), np.tan(th))
+        self._geo_cache = (cell, from_keys, geo)
+        return geo
+
+    def _instrument_terms(self, geo: tuple, instrument: "Instrument", total: bool) \
+            -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        """Instrument Lorentzian and Gaussian FWHM, shift (and total FWHM when `total`) at the lines of `geo`;
+        the last result is kept."""
+        hit = self._inst_cache
+        if hit is not None and hit[0] is geo and hit[1] == instrument and (hit[2][3] is not None or not total):
+            return hit[2]
+        tt = geo[1]
+        out = (instrument.fwhm_lorentz(tt), instrument.fwhm_gauss(tt), instrument.shift(tt),
+               instrument.fwhm(tt) if total else None)
+        self._inst_cache = (geo, instrument, out)
+        return out
 
     def _grid_step(self, x: FloatArray, fg: FloatArray, fl: FloatArray) -> int:
         """Every how many points of x this phase is evaluated (see `render`)."""

@@ -77,7 +77,7 @@ class Refinement:
         self.inst_names = tuple(refine_instrument)
         self.n_humps = int(n_humps)
         self.background_order = int(background_order)
-        bg = chebyshev_basis(self.x, self.background_order, float(self.x[0]), float(self.x[-1]))
+        bg = _chebyshev_cached(self.x, self.background_order)
         self.bg_w = np.asfortranarray(bg * self.sqrt_w[:, None])
         # the background block of the normal equations never changes: formed once (60,000 × 13 columns)
         self.bg_gram = self.bg_w.T @ self.bg_w
@@ -269,14 +269,12 @@ class Refinement:
         """`normal_equations`, not cached."""
         d = self.derivatives(theta, a, lin, free)
         r = self.y_w - lin.model_w
-        p = d.shape[1]
-        dr_all = np.column_stack([d, r]).T @ np.column_stack([d, a])  # one pass: DᵀD, DᵀA, rᵀA
-        jtj = dr_all[:p, :p]
-        dr = dr_all[p, :p]  # rᵀD
+        jtj = d.T @ d
+        dr = d.T @ r
         pas = np.flatnonzero(lin.passive)
         if pas.size:
-            x = dr_all[:p, p:][:, pas].T  # A_pᵀD
-            ar = dr_all[p, p:][pas]  # A_pᵀr (≈ 0 at the linear optimum)
+            x = (a.T @ d)[pas]  # A_pᵀD
+            ar = (r @ a)[pas]  # A_pᵀr (≈ 0 at the linear optimum)
             sol = self._gram_solve(lin, a, pas, np.column_stack([x, ar]))
             jtj = jtj - x.T @ sol[:, :-1]
             dr = dr - x.T @ sol[:, -1]
@@ -404,6 +402,21 @@ class Refinement:
         """Covariance of the linear coefficients at fixed nonlinear parameters (σ²·G⁻¹ over the passive set)."""
         g = lin.gram if lin.gram is not None else a.T @ a  # inactive phases' pinned rows are outside the passive set
         return covariance(np.ascontiguousarray(g), lin.passive, sigma2)
+
+
+_BASIS_CACHE: list[tuple[bytes, int, FloatArray]] = []
+
+
+def _chebyshev_cached(x: FloatArray, order: int) -> FloatArray:
+    """`chebyshev_basis` over x's own range, the last one kept (a sequence of patterns on one axis reuses it)."""
+    key = x.tobytes()
+    for k, o, basis in _BASIS_CACHE:
+        if o == order and k == key:
+            return basis
+    basis = chebyshev_basis(x, order, float(x[0]), float(x[-1]))
+    basis.flags.writeable = False
+    _BASIS_CACHE[:] = [(key, order, basis)]
+    return basis
 
 
 def compressed_jacobian(jtj: FloatArray, jtr: FloatArray, r_norm: float) -> FloatArray:

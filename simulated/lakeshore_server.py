@@ -38,6 +38,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, ContextManager, Protocol
 
+from .lakeshore_commands import ExecError, Model336Settings, fields, integer, num, split_fields
 from .thermal import INPUTS, KELVIN_OFFSET, FurnacePlant
 
 __all__ = ["LineServer", "LakeShore336Server", "FurnaceBackend", "ESR_OPC", "ESR_QYE", "ESR_EXE", "ESR_CME", "ESR_PON"]
@@ -184,37 +185,10 @@ class LineServer:
         await writer.drain()
 
 
-class _ExecError(Exception):
-    """Bad, missing or out-of-range parameter (execution error, ESR bit 4)."""
+_ExecError = ExecError
+_num, _int, _args = num, integer, fields
 
-
-_HEADER = re.compile(r"^\s*(\*?[A-Za-z]+\??)(.*)$", re.S)
-
-
-def _num(s: str, lo: float | None = None, hi: float | None = None) -> float:
-    """Parse a numeric field within [lo, hi]."""
-    try:
-        v = float(s)
-    except (TypeError, ValueError):
-        raise _ExecError(f"not a number: {s!r}") from None
-    if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise _ExecError(f"out of range: {s!r}")
-    return v
-
-
-def _int(s: str, lo: int, hi: int) -> int:
-    """Parse an integer field within [lo, hi] (``+1`` and ``1.0`` accepted)."""
-    v = _num(s, lo, hi)
-    if v != int(v):
-        raise _ExecError(f"not an integer: {s!r}")
-    return int(v)
-
-
-def _args(args: list[str], n: int, optional: int = 0) -> list[str]:
-    """Check the field count (n required, up to ``optional`` more)."""
-    if not (n <= len(args) <= n + optional) or any(a == "" for a in args):
-        raise _ExecError(f"expected {n} parameter(s), got {args!r}")
-    return args
+_HEADER = re.compile(r"^\s*:?(\*?[A-Za-z]+\??)(.*)$", re.S)
 
 
 def _fmt_k(v: float | None) -> str:
@@ -289,7 +263,12 @@ class LakeShore336Server(LineServer):
             "TLIMIT": self._c_tlimit,
             "TLIMIT?": self._q_tlimit,
             "MODE?": lambda a: self._noargs(a, str(self.remote_mode)),
+            "AOUT?": self._q_aout,
         }
+        self.settings = Model336Settings(self._reading_K)
+        self.settings._cond = self._operation_condition  # type: ignore[method-assign]
+        for mnemonic, handler in self.settings.handlers().items():
+            self._commands.setdefault(mnemonic, handler)
 
     # ---------------------------------------------------------------------------------- protocol
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -328,7 +307,7 @@ class LakeShore336Server(LineServer):
                 self.esr |= ESR_CME
                 continue
             rest = m.group(2).strip()
-            args = [a.strip() for a in rest.split(",")] if rest else []
+            args = split_fields(rest) if rest else []
             try:
                 out = handler(args)
             except _ExecError:
@@ -414,38 +393,63 @@ class LakeShore336Server(LineServer):
         self.remote_mode = _int(v, 0, 2)
         return None
 
-    def _q_reading(self, args: list[str], *, kelvin: bool) -> str:
-        """KRDG?/CRDG? <input|0>: one input or all four."""
-        _args(args, 0, 1)
-        which = args[0].upper() if args else "A"
+    def _reading_K(self, letter: str) -> float | None:
+        """The plant's reading of an input in K (None: no sensor wired), for the settings' alarms and status."""
+        with self._plant() as plant:
+            v = plant.reading_C(letter)
+        return None if v is None else v + KELVIN_OFFSET
+
+    def _readings(self, which: str) -> list[tuple[str, float | None]]:
+        """(letter, °C or None) for ``0`` (all inputs) or one letter; a disabled input reads None (zero)."""
         names = list(INPUTS) if which == "0" else [self._input(which)]
-        fmt = _fmt_k if kelvin else _fmt_c
         with self._plant() as plant:
             vals = [plant.reading_C(n) for n in names]
-        return ",".join(fmt(None if v is None else (v + KELVIN_OFFSET if kelvin else v)) for v in vals)
+        return [(n, None if self.settings.inputs[n].sensor_type == 0 else v) for n, v in zip(names, vals)]
+
+    def _q_reading(self, args: list[str], *, kelvin: bool) -> str:
+        """KRDG?/CRDG? <input|0>: one input or all four (the input is required, manual 6.6)."""
+        (which,) = _args(args, 1)
+        fmt = _fmt_k if kelvin else _fmt_c
+        return ",".join(fmt(None if v is None else (v + KELVIN_OFFSET if kelvin else v))
+                        for _, v in self._readings(which.upper()))
 
     def _q_srdg(self, args: list[str]) -> str:
         """SRDG? <input|0>: sensor units (A: Pt100 ohms, Callendar-Van Dusen IEC 60751; B: type K mV)."""
-        _args(args, 0, 1)
-        which = args[0].upper() if args else "A"
-        names = list(INPUTS) if which == "0" else [self._input(which)]
+        (which,) = _args(args, 1)
         out = []
-        with self._plant() as plant:
-            for n in names:
-                t = plant.reading_C(n)
-                if t is None:
-                    out.append("+000.000")
-                elif n == "A":
-                    out.append(f"{100.0 * (1 + 3.9083e-3 * t - 5.775e-7 * t * t):+08.3f}")
-                else:  # type K, ~41 µV/K near room temperature to 400 °C (NIST ITS-90 table slope)
-                    out.append(f"{0.0410 * t:+08.3f}")
+        for n, t in self._readings(which.upper()):
+            if t is None:
+                out.append("+000.000")
+            elif n == "A":
+                out.append(f"{100.0 * (1 + 3.9083e-3 * t - 5.775e-7 * t * t):+08.3f}")
+            else:  # type K, ~41 µV/K near room temperature to 400 °C (NIST ITS-90 table slope)
+                out.append(f"{0.0410 * t:+08.3f}")
         return ",".join(out)
 
     def _q_rdgst(self, args: list[str]) -> str:
-        """RDGST? <input>: 000 = valid reading."""
+        """RDGST? <input>: status bits (000 valid; 001 disabled input; 129 enabled input with no sensor)."""
         (v,) = _args(args, 1)
-        self._input(v)
-        return "000"
+        return f"{self.settings.status(self._input(v)):03d}"
+
+    def _q_aout(self, args: list[str]) -> str:
+        """AOUT? <output 3|4>: analog output, % of full scale (outputs 3/4 drive nothing here)."""
+        (out,) = _args(args, 1)
+        o = _int(out, 3, 4)
+        with self._plant() as plant:
+            return f"{plant.loop(o).output_percent:+07.2f}"
+
+    def _operation_condition(self) -> int:
+        """OPST bits (manual, OPST?): 4 new sensor reading (always), 3 loop 1 ramp done, 2 loop 2 ramp done,
+        0 sensor overload (an enabled input with no sensor)."""
+        cond = 1 << 4
+        with self._plant() as plant:
+            if not plant.loop(1).ramping:
+                cond |= 1 << 3
+            if not plant.loop(2).ramping:
+                cond |= 1 << 2
+        if any(self.settings.status(n) & 128 for n in INPUTS):
+            cond |= 1
+        return cond
 
     def _c_setp(self, args: list[str]) -> None:
         """SETP <out>,<K>."""

@@ -167,10 +167,16 @@ class Model336Settings:
     ``reading_K(letter)`` gives an input's present reading in kelvin (None: no sensor on that input).
     """
 
-    def __init__(self, reading_K: Callable[[str], float | None]) -> None:
-        """Factory state of the emulated rig: A a Pt100 in the block (curve 6), B a type K thermocouple (curve 12),
-        C and D disabled (no sensor wired)."""
+    condition: Callable[[], int]
+
+    def __init__(self, reading_K: Callable[[str], float | None],
+                 condition: Callable[[], int] = lambda: 1 << 4) -> None:
+        """State of the emulated rig: A a Pt100 in the block (curve 6), B a type K thermocouple (curve 12, the
+        3060 thermocouple option), C and D at the factory's diode set-up (DT-670, curve 2) with no sensor wired: they
+        read zero with RDGST 129 (invalid, sensor units overrange) until INTYPE disables them (RDGST 001). ``condition()`` is the operation condition register (OPST?), which
+        depends on the control loops the server owns."""
         self.reading_K = reading_K
+        self.condition = condition
         self.reset()
 
     def reset(self) -> None:
@@ -178,8 +184,8 @@ class Model336Settings:
         self.inputs: dict[str, InputSetup] = {
             "A": InputSetup(2, 1, 3, 1, 1, 6, "Furnace Pt100"),
             "B": InputSetup(4, 0, 0, 1, 1, 12, "Sample TC K"),
-            "C": InputSetup(0, 0, 0, 0, 1, 0, "Input C"),
-            "D": InputSetup(0, 0, 0, 0, 1, 0, "Input D"),
+            "C": InputSetup(1, 0, 0, 0, 1, 2, "Input C"),
+            "D": InputSetup(1, 0, 0, 0, 1, 2, "Input D"),
         }
         self.curves: dict[int, Curve] = {
             n: Curve(*hdr) for n, hdr in _STANDARD_CURVES.items()
@@ -191,7 +197,7 @@ class Model336Settings:
         self.alarms: dict[str, Alarm] = {n: Alarm() for n in INPUT_LETTERS}
         self.relays: dict[int, tuple[int, str, int]] = {1: (0, "A", 0), 2: (0, "A", 0)}
         self.minmax: dict[str, tuple[float, float] | None] = {n: None for n in INPUT_LETTERS}
-        self.display: tuple[int, int, int] = (4, 0, 1)  # custom mode, 2 large fields, output 1
+        self.display: tuple[int, int, int] = (4, 1, 1)  # custom mode, 4 large fields, output 1
         self.dispfld: dict[int, tuple[int, int]] = {i: ((i - 1) % 4 + 1 if i <= 4 else 0, 1) for i in range(1, 9)}
         self.brightness = 32
         self.leds = 1
@@ -469,7 +475,7 @@ class Model336Settings:
         """ZONE? <output>,<zone> -> ``<upper>,<P>,<I>,<D>,<mout>,<range>,<input>,<rate>``."""
         a, b = fields(args, 2)
         z = self.zones[(integer(a, 1, 4), integer(b, 1, 10))]
-        return (f"{z.upper_K:+09.3f},{z.p:+07.1f},{z.i:+07.1f},{int(round(z.d)):+05d},{z.mout:+06.2f},"
+        return (f"{z.upper_K:+09.3f},{z.p:+07.1f},{z.i:+07.1f},{int(round(z.d)):+05d},{z.mout:+07.2f},"
                 f"{z.range},{z.input},{z.rate:+07.1f}")
 
     def c_atune(self, args: list[str]) -> None:
@@ -547,11 +553,12 @@ class Model336Settings:
 
     # ------------------------------------------------------------------------------------- display
     def c_display(self, args: list[str]) -> None:
-        """DISPLAY <mode 0-4>,<number of fields 0-3>,<displayed output 1-4> (the last two: custom mode)."""
+        """DISPLAY <mode 0-6>,<number of fields 0-2>,<displayed output 1-4> (modes: 0-3 input A-D, 4 custom,
+        5 four loop, 6 all inputs; fields: custom 0 = 2 large, 1 = 4 large, 2 = 8 small; all inputs 0 small, 1 large)."""
         a = fields(args, 1, 2, blanks=True)
         mode, nf, out = self.display
-        mode = integer(a[0], 0, 4)
-        nf = _keep(a[1], nf, lambda v: integer(v, 0, 3)) if len(a) > 1 else nf
+        mode = integer(a[0], 0, 6)
+        nf = _keep(a[1], nf, lambda v: integer(v, 0, 2)) if len(a) > 1 else nf
         out = _keep(a[2], out, lambda v: integer(v, 1, 4)) if len(a) > 2 else out
         self.display = (mode, nf, out)
 
@@ -650,14 +657,10 @@ class Model336Settings:
         return ",".join(self.weblog)
 
     # ------------------------------------------------------------------------------------- operation status
-    def _cond(self) -> int:
-        """Hook replaced by the server: the present operation condition register."""
-        return 1 << 4
-
     def q_opst(self, args: list[str]) -> str:
         """OPST? -> the operation condition register ``nnn``."""
         fields(args, 0)
-        return f"{self._cond():03d}"
+        return f"{self.condition():03d}"
 
     def c_opste(self, args: list[str]) -> None:
         """OPSTE <0-255>: operation event enable register."""
@@ -672,5 +675,5 @@ class Model336Settings:
     def q_opstr(self, args: list[str]) -> str:
         """OPSTR? -> the operation event register (events latched since the last read; cleared on read)."""
         fields(args, 0)
-        value, self.opstr = self.opstr | self._cond(), 0
+        value, self.opstr = self.opstr | self.condition(), 0
         return f"{value:03d}"

@@ -265,8 +265,7 @@ class LakeShore336Server(LineServer):
             "MODE?": lambda a: self._noargs(a, str(self.remote_mode)),
             "AOUT?": self._q_aout,
         }
-        self.settings = Model336Settings(self._reading_K)
-        self.settings._cond = self._operation_condition  # type: ignore[method-assign]
+        self.settings = Model336Settings(self._reading_K, self._operation_condition)
         for mnemonic, handler in self.settings.handlers().items():
             self._commands.setdefault(mnemonic, handler)
 
@@ -440,7 +439,7 @@ class LakeShore336Server(LineServer):
 
     def _operation_condition(self) -> int:
         """OPST bits (manual, OPST?): 4 new sensor reading (always), 3 loop 1 ramp done, 2 loop 2 ramp done,
-        0 sensor overload (an enabled input with no sensor)."""
+        1 sensor overload (an enabled input with no sensor), 0 alarm (any input's high or low alarm on)."""
         cond = 1 << 4
         with self._plant() as plant:
             if not plant.loop(1).ramping:
@@ -448,6 +447,9 @@ class LakeShore336Server(LineServer):
             if not plant.loop(2).ramping:
                 cond |= 1 << 2
         if any(self.settings.status(n) & 128 for n in INPUTS):
+            cond |= 1 << 1
+        self.settings.sample()
+        if any(al.high or al.low for al in self.settings.alarms.values()):
             cond |= 1
         return cond
 

@@ -145,7 +145,8 @@ def test_measured_beta_with_instrument_file() -> None:
     """Measured β-CsPbI3 (510 K, λ 0.41391 Å), the 11-BM LaB6 instrument file, all five built-in phases offered,
     no hand-set widths or sizes: β ≥ 97 wt % with every other phase rejected, Rwp ≤ 0.14 (published wRp 0.1228).
 
-    Measured: β 100 %, Rwp 0.136, α/γ/CsI scales at zero, δ F = 2.8 (p = 0.01). ~20 s on one free core: in the default suite (issue 13's done-when).
+    Measured: β 100 %, Rwp 0.136, α/γ/CsI scales at zero, δ F = 2.8 (p = 0.01). ~10 s on a shared core: in the
+    default suite (issue 13's done-when).
     """
     x, y, s = _measured_beta()
     phases = [Crystal.builtin(n) for n in Crystal.builtin_names()]

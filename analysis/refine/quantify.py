@@ -12,9 +12,12 @@ Weights: 1/σ² when σ is given, else 1/max(y, 1) (Poisson counts).
 Refinement strategy (cold): the CIF cells, 200 nm crystallites and ε = 1e-4 start; a first pass with every peak
 broadened by a Gaussian of twice the instrument FWHM (continuation: a cell several FWHM off still slides into
 place), then the sharp model; then backward elimination of insignificant phases (`significance`); then the
-instrument checks that produce `warnings` instead of phases. Warm (`start=` a previous result): one sharp pass from
-its parameters with the same phases kept, then elimination, in which the phases kept in `start` (they passed
-their decoy tests there) are not decoy-tested again while their F-test passes.
+instrument checks that produce `warnings` instead of phases. Warm (`start=` a previous result), the policy for a
+sequence of patterns: one sharp pass from its parameters with the same phases kept (χ² to 1e-5 relative: typically
+two Gauss–Newton steps), then elimination, in which every F-test re-solves only the linear part (from the normal
+equations) and the phases kept in `start` (they passed their decoy tests there) are not decoy-tested again while
+their F-test passes; a phase rejected in `start` stays out (one appearing mid-sequence needs a cold fit). On the
+60,000-point benchmark a warm fit is four evaluations and about three Jacobian passes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ wrong phase is not kept by a lucky start):
 1. Fit the model with every offered phase. A phase whose scale sits at its zero bound is removed at once
    ("scale at zero").
 2. For every remaining phase, remove it and re-solve the linear parameters (scales, humps, background) with the
-   others' nonlinear parameters held (not re-refined: a full re-fit per phase and round made elimination most of
+   others' nonlinear parameters held (from the full model's normal equations, `Refinement.chi2_without`: no
+   re-evaluation of the pattern; not re-refined: a full re-fit per phase and round made elimination most of
    the cost; holding them can only raise χ² without the phase, so this F is an upper bound, and the decoy test of
    step 4 is the guard against keeping a phase on it), and form
    F = (Δχ²/k) / (χ²/(N_eff − P)), k = the parameters the phase adds (its scale + its free nonlinear parameters),

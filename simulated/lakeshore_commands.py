@@ -172,9 +172,9 @@ class Model336Settings:
     def __init__(self, reading_K: Callable[[str], float | None],
                  condition: Callable[[], int] = lambda: 1 << 4) -> None:
         """State of the emulated rig: A a Pt100 in the block (curve 6), B a type K thermocouple (curve 12, the
-        3060 thermocouple option), C and D at the factory's diode set-up (DT-670, curve 2) with no sensor wired: they
-        read zero with RDGST 129 (invalid, sensor units overrange) until INTYPE disables them (RDGST 001). ``condition()`` is the operation condition register (OPST?), which
-        depends on the control loops the server owns."""
+        3060 thermocouple option), C and D at the factory's diode set-up (DT-670, curve 2) with no sensor wired:
+        they read zero with RDGST 129 (invalid, sensor units overrange) until INTYPE disables them (RDGST 001).
+        ``condition()`` is the operation condition register (OPST?), which depends on the server's loops."""
         self.reading_K = reading_K
         self.condition = condition
         self.reset()
@@ -554,7 +554,8 @@ class Model336Settings:
     # ------------------------------------------------------------------------------------- display
     def c_display(self, args: list[str]) -> None:
         """DISPLAY <mode 0-6>,<number of fields 0-2>,<displayed output 1-4> (modes: 0-3 input A-D, 4 custom,
-        5 four loop, 6 all inputs; fields: custom 0 = 2 large, 1 = 4 large, 2 = 8 small; all inputs 0 small, 1 large)."""
+        5 four loop, 6 all inputs; fields: custom 0 = 2 large, 1 = 4 large, 2 = 8 small; all inputs 0 small,
+        1 large)."""
         a = fields(args, 1, 2, blanks=True)
         mode, nf, out = self.display
         mode = integer(a[0], 0, 6)

@@ -4,22 +4,31 @@ Follows the Model 336 user manual, chapter 6 (computer interface operation):
 
 * Raw TCP socket (the real instrument listens on port 7777; the emulator binds 127.0.0.1 on an ephemeral
   port unless told otherwise). Input lines end in CR LF or LF; every reply ends in CR LF.
-* One message may carry several commands/queries separated by ``;``; the replies of its queries are
-  joined by ``;`` into one reply line. Commands never reply. Mnemonics are case-insensitive; the
-  parameter list follows the mnemonic after a space (tolerated without it), fields separated by commas,
-  blanks around fields ignored.
+* One message may carry several commands/queries separated by ``;`` (a ``:`` after the ``;``, as Lake Shore's
+  driver sends, is ignored); the replies of its queries are joined by ``;`` into one reply line. Commands never
+  reply. Mnemonics are case-insensitive; the parameter list follows the mnemonic after a space (tolerated
+  without it), fields separated by commas (commas inside double quotes belong to a string field), blanks
+  around fields ignored.
 * Reply formats: ``KRDG?``/``SETP?`` ``+0295.150`` (K), ``CRDG?`` ``+022.000`` (°C), ``RAMP?``
   ``1,+10.0``, ``RANGE?`` ``3``, ``HTR?`` ``+045.2`` (%), ``RAMPST?`` ``0|1``, ``OUTMODE?`` ``1,1,0``,
   ``PID?`` ``+0010.0,+0010.0,+0000``, ``MOUT?`` ``+000.00``, ``TLIMIT?`` ``+0450.000`` (K; the manual's
   format line says ``+nnnn``, clients should parse any decimal), ``*ESR?``/``*STB?``/``RDGST?`` ``nnn``;
-  ``KRDG? 0`` / ``CRDG? 0`` return all four inputs comma-separated.
+  ``KRDG? 0`` / ``CRDG? 0`` return all four inputs comma-separated. The input is required (``KRDG?``
+  alone is an execution error, manual 6.6); a disabled input or one with no sensor reads ``+0000.000``.
 * IEEE-488.2 status: ``*ESR?`` (cleared on read), ``*ESE``/``*ESE?``, ``*SRE``/``*SRE?``, ``*STB?``,
   ``*CLS``, ``*OPC`` (sets bit 0), ``*OPC?`` -> ``1``, ``*RST`` (power-up settings: heaters off, ramp off,
   setpoints at ambient, stored PID), ``*TST?`` -> ``0``, ``*WAI``. Standard event bits: 7 power on (set
   at start-up), 5 command error (unknown mnemonic, 32), 4 execution error (bad/missing/out-of-range
   parameter, 16), 2 query error (4), 0 operation complete (1). A failed query produces no reply.
 * Inputs: A = control sensor in the furnace block, B = sample thermocouple, C/D have no sensor and
-  read ``+0000.000``. Outputs 1/2 are heater outputs (1 drives the furnace), 3/4 analog outputs.
+  read ``+0000.000``; ``RDGST?`` bits: 000 valid, 001 input disabled (INTYPE type 0), 129 enabled with nothing
+  wired (invalid reading + sensor units overrange).
+* The rest of chapter 6's command set (inputs INTYPE/INCRV/INNAME/FILTER/DIOCUR/MDAT, curves CRVHDR/CRVPT/
+  CRVDEL/SCAL, heater set-up HTRSET/WARMUP/ANALOG/AOUT?, zones, ATUNE/TUNEST?, alarms and relays, display,
+  interface IEEE/INTSEL/NET/NETID?/WEBLOG, operation status OPST?/OPSTE/OPSTR?) lives in
+  ``hotstage.simulated.lakeshore_commands`` as plain state; this module is the transport, the dispatch and the
+  commands that act on the plant.
+* Outputs 1/2 are heater outputs (1 drives the furnace), 3/4 analog outputs (HTR?/HTRSET? refuse them).
   ``TLIMIT <input>,<limit K>`` (manual ch. 6, Temperature Limit Command): if any input exceeds its
   limit, all control outputs are turned off (range 0); 0 K turns the limit of that input off. The plant
   enforces it at every integration step (``hotstage.simulated.thermal``), whether or not a client is connected.

@@ -6,9 +6,11 @@ One server class, parameterised per instrument (``INSTRUMENTS``), speaking the p
 * raw TCP on 127.0.0.1 (ephemeral port), LF-terminated input (a CR before the LF is ignored) and output;
   ``;`` joins several commands in one message (SCPI-99 §6.2.1), replies joined by ``;``; headers are
   case-insensitive and accept SCPI short or long forms (``CONF``/``CONFigure``, ``FETC``/``FETCh``,
-  ``SYST:ERR[:NEXT]?`` ...), with an optional leading ``:``.
+  ``SYST:ERR[:NEXT]?`` ...); a leading ``:`` starts at the root, a header without one after ``;`` is relative
+  to the previous header's path (SCPI-99 §6.2.4: ``CONF:INT 1;INT?``), see ``ScpiArrayServer._resolve``.
 * ``*IDN?`` -> ``HOTSTAGE-SIM,<MODEL>,<serial>,<fw>``; ``*RST`` (integration 1 s, abort, forget data,
-  ASCII->REAL format), ``*CLS`` (error queue and ESR), ``*ESR?`` (clears), ``*ESE``/``*ESE?``, ``*STB?``,
+  ASCII->REAL format), ``*CLS`` (error queue and ESR), ``*ESR?`` (clears), ``*ESE``/``*ESE?``, ``*SRE``/``*SRE?``
+  (0-255, bit 6 ignored; neither *RST nor *CLS clears it), ``*STB?`` (bit 6 MSS),
   ``*OPC`` (sets ESR bit 0 when the pending acquisition completes), ``*OPC?`` and ``*WAI`` (wait for it),
   ``SYST:ERR?`` -> ``<code>,"<message>"`` (``0,"No error"``; queue of 10, -350 on overflow).
 * ``CONF:INT <s>`` (0 < s <= 3600, instrument = simulated seconds), ``CONF:INT?``; ``INIT`` starts one
@@ -119,6 +121,8 @@ _SPEC = {
     "*ESR?": r"\*ESR\?",
     "*ESE": r"\*ESE",
     "*ESE?": r"\*ESE\?",
+    "*SRE": r"\*SRE",
+    "*SRE?": r"\*SRE\?",
     "*STB?": r"\*STB\?",
     "*TST?": r"\*TST\?",
     "SYST:ERR?": r"SYST(?:EM)?:ERR(?:OR)?(?::NEXT)?\?",
@@ -164,6 +168,7 @@ class ScpiArrayServer(LineServer):
         self.ascii = False
         self.esr = 0
         self.ese = 0
+        self.sre = 0
         self.errors: deque[tuple[int, str]] = deque()
         self._acq: asyncio.Task[np.ndarray] | None = None
         self._acq_window: tuple[float, float] | None = None
@@ -180,6 +185,8 @@ class ScpiArrayServer(LineServer):
             "*ESR?": self._esr_q,
             "*ESE": self._ese,
             "*ESE?": self._ese_q,
+            "*SRE": self._sre,
+            "*SRE?": self._sre_q,
             "*STB?": self._stb_q,
             "*TST?": self._tst_q,
             "SYST:ERR?": self._err_q,
@@ -238,12 +245,13 @@ class ScpiArrayServer(LineServer):
             self.push_error(-101, "Invalid character")
             return None
         replies: list[bytes] = []
+        path = ""  # SCPI-99 §6.2.4: each message starts at the root
         for unit in text.split(";"):
             unit = unit.strip()
             if not unit:
                 continue
             header, _, arg = unit.partition(" ")
-            name = next((n for n, rx in _HEADERS if rx.match(header)), None)
+            name, path = self._resolve(header, path)
             if name is None:
                 self.push_error(-113, "Undefined header")
                 continue
@@ -259,6 +267,26 @@ class ScpiArrayServer(LineServer):
             if out is not None:
                 replies.append(out)
         return b";".join(replies) if replies else None
+
+    @staticmethod
+    def _resolve(header: str, path: str) -> tuple[str | None, str]:
+        """Canonical name of ``header`` and the header path that follows it (SCPI-99 §6.2.4, IEEE 488.2 §7.6.1).
+
+        A header with a leading ``:`` starts at the root; one without is first taken relative to ``path``, the
+        nodes before the leaf of the last program header in this message (after ``CONF:INT 1;`` the path is
+        ``CONF:``, so ``INT?`` is ``CONF:INT?``). Tolerance beyond SCPI, stated: a relative header that names
+        nothing under the path is tried from the root, so ``CONF:INT 20;CONF:INT?`` (what hotstage's driver and
+        older clients send) still works. Common commands (``*...``) neither use nor change the path.
+        """
+        if header.startswith("*"):
+            return next((n for n, rx in _HEADERS if rx.match(header)), None), path
+        candidates = [header] if header.startswith(":") or not path else [path + header, header]
+        for text in candidates:
+            name = next((n for n, rx in _HEADERS if rx.match(text)), None)
+            if name is not None:
+                full = text.lstrip(":")
+                return name, full[: full.rfind(":") + 1]
+        return None, path
 
     @staticmethod
     def _no_arg(arg: str) -> None:
@@ -373,8 +401,19 @@ class ScpiArrayServer(LineServer):
         self._no_arg(arg)
         return str(self.ese).encode("ascii")
 
+    async def _sre(self, arg: str) -> None:
+        """*SRE <0-255>: service request enable mask; bit 6 is ignored (IEEE 488.2 §11.3.2.3: it is MSS itself)."""
+        self.sre = int(self._number(arg, 0, 255)) & ~0x40
+        return None
+
+    async def _sre_q(self, arg: str) -> bytes:
+        """*SRE?: the enable mask (0-255, bit 6 always 0)."""
+        self._no_arg(arg)
+        return str(self.sre).encode("ascii")
+
     async def _stb_q(self, arg: str) -> bytes:
-        """*STB?: bit 2 error queue, bit 5 ESB, bit 7 operation (acquiring)."""
+        """*STB?: bit 2 error queue, bit 5 ESB, bit 7 operation (acquiring), bit 6 MSS (any of those enabled in
+        *SRE; IEEE 488.2 §11.2.2.2)."""
         self._no_arg(arg)
         stb = 0
         if self.errors:
@@ -383,6 +422,8 @@ class ScpiArrayServer(LineServer):
             stb |= 32
         if self.acquiring:
             stb |= 128  # operation status summary
+        if stb & self.sre:
+            stb |= 64  # master summary status
         return str(stb).encode("ascii")
 
     async def _tst_q(self, arg: str) -> bytes:

@@ -466,3 +466,125 @@ def test_scpi_errors(scpi):
     assert _q(x, "STAT:OPER:COND?") == "0"
     x.send(b"FETC:DATA?\n")
     assert _q(x, "SYST:ERR?").startswith("-230,")
+
+
+# ------------------------------------------------------------------- issue 14 item 3: the rest of the 336, SCPI
+def test_lakeshore_input_required_and_reading_status(lakeshore):
+    ls, _ = lakeshore
+    ls.query("*ESR?")
+    for bare in ("KRDG?", "CRDG?", "SRDG?", "RDGST?"):  # the manual requires an input
+        ls.write(bare)
+        assert ls.c.nothing_pending(), bare
+        assert ls.query("*ESR?") == "016", bare
+    ls.write("KRDG? E")
+    assert ls.query("*ESR?") == "016"
+    assert ls.query("RDGST? A;RDGST? B") == "000;000"
+    # C: the factory diode set-up with nothing wired: invalid reading + sensor units overrange, reads zero
+    assert ls.query("INTYPE? C;RDGST? C;KRDG? C") == "1,0,0,0,1;129;+0000.000"
+    ls.write("INTYPE C,0,0,0,0,1")  # disabled: invalid reading only
+    assert ls.query("INTYPE? C;RDGST? C;KRDG? C") == "0,0,0,0,1;001;+0000.000"
+    ls.write("INTYPE A,0,0,0,0,1")  # a disabled input reads zero even with a sensor on it
+    assert ls.query("KRDG? A;RDGST? A") == "+0000.000;001"
+    ls.write("INTYPE A,2,1,3,1,1")
+    assert abs(float(ls.query("KRDG? A")) - 295.15) < 0.01
+    assert ls.query("*ESR?") == "000"
+
+
+def test_lakeshore_settings_formats_and_round_trips(lakeshore):
+    ls, _ = lakeshore
+    ls.query("*ESR?")
+    assert ls.query("INTYPE? A;INCRV? A;INCRV? B") == "2,1,3,1,1;06;12"
+    assert ls.query("CRVHDR? 6") == "PT-100         ,DIN 43760 ,3,+0800.000,2"
+    ls.write('CRVHDR 21,"Sample Pt","SN 7",3,+0700.0,2;CRVPT 21,1,18.52,73.15')
+    assert ls.query("CRVHDR? 21;CRVPT? 21,1;CRVPT? 21,2") == (
+        "Sample Pt      ,SN 7      ,3,+0700.000,2;+18.52000,+73.150;+0.00000,+0.000")
+    ls.write("CRVHDR 6,\"x\",\"y\",3,800,2")  # standard curves are read-only
+    assert ls.query("*ESR?") == "016"
+    ls.write('INNAME B,"Sample, K type"')
+    assert ls.query("INNAME? B") == "Sample, K type"
+    ls.write("INNAME B,\"a name longer than fifteen\"")
+    assert ls.query("*ESR?") == "016"
+    ls.write("HTRSET 1,1,0,1.2,2")
+    assert ls.query("HTRSET? 1") == "1,0,+1.200,2"
+    ls.write("HTRSET 3,1,0,1.2,2")  # heater set-up: outputs 1 and 2 only
+    assert ls.query("*ESR?") == "016"
+    ls.write("ZONE 1,3,+0400.0,50,20,0,0,2,1,10")
+    assert ls.query("ZONE? 1,3") == "+0400.000,+0050.0,+0020.0,+0000,+000.00,2,1,+0010.0"
+    ls.write("FILTER A,1,8,5;DISPLAY 4,2,1;DISPFLD 2,2,2;LOCK 1,042;IEEE 7;LEDS 0;BRIGT 3")
+    assert ls.query("FILTER? A;DISPLAY?;DISPFLD? 2;LOCK?;IEEE?;LEDS?;BRIGT?") == "1,08,05;4,2,1;2,2;1,042;07;0;3"
+    ls.write("OPSTE 9;ATUNE 1,2")
+    assert ls.query("OPSTE?;TUNEST?") == "009;0,1,0,00"
+    assert ls.query("AOUT? 3") == "+000.00"
+    ls.write("AOUT? 1")  # analog outputs 3 and 4 only
+    assert ls.query("*ESR?") == "016"
+    assert ls.query("*ESR?") == "000"
+    ls.write("*RST")  # control settings only: the input set-up, curves and names survive
+    assert ls.query("INNAME? B;INCRV? B;HTRSET? 1") == "Sample, K type;12;1,0,+1.200,2"
+
+
+def test_lakeshore_alarm_relay_and_operation_status(lakeshore):
+    ls, backend = lakeshore
+    ls.query("*ESR?")  # clear power-on
+    ls.write("ALARM A,1,310.0,250.0,2.0,1,0,1;RELAY 1,2,A,1;RELAY 2,1,,")
+    assert ls.query("ALARM? A") == "1,+0310.000,+0250.000,+0002.000,1,0,1"
+    assert ls.query("ALARMST? A;RELAYST? 1;RELAYST? 2;RELAY? 1") == "0,0;0;1;2,A,1"
+    assert int(ls.query("OPST?")) & 0b1 == 0
+    assert ls.query(f"SETP 1,{350.0:.3f};RANGE 1,3;RANGE? 1") == "3"  # the reply: executed before the clock jumps
+    backend.clock.advance(300.0)  # far above 310 K on the high range
+    assert float(ls.query("KRDG? A")) > 312.0
+    assert ls.query("ALARMST? A;RELAYST? 1") == "1,0;1"  # high alarm, the relay follows it
+    assert int(ls.query("OPST?")) & 0b1 == 1  # bit 0: alarm
+    assert ls.query("RANGE 1,0;RANGE? 1") == "0"
+    backend.clock.advance(3000.0)  # cooled back below the limit: the latched alarm stays on until ALMRST
+    assert float(ls.query("KRDG? A")) < 305.0
+    assert ls.query("ALARMST? A") == "1,0"
+    ls.write("ALMRST")
+    assert ls.query("ALARMST? A;RELAYST? 1") == "0,0;0"
+    # a disabled alarm (the official driver's "ALARM A,0,,,,,,": blank fields keep the thresholds)
+    ls.write("ALARM A,0,,,,,,")
+    assert ls.query("ALARM? A;*ESR?") == "0,+0310.000,+0250.000,+0002.000,1,0,1;000"
+
+
+def test_lakeshore_colon_after_semicolon(lakeshore):
+    """Lake Shore's own driver joins commands with ``;:`` (``SETP 1,300;:*ESR?``)."""
+    ls, _ = lakeshore
+    ls.query("*ESR?")  # clear power-on
+    assert ls.query("SETP 1,300;:SETP? 1;:*ESR?") == "+0300.000;000"
+
+
+def test_scpi_service_request_enable(scpi):
+    clients, _ = scpi
+    x = clients["xrd"]
+    _q(x, "*RST;*CLS;*OPC?")
+    assert _q(x, "*SRE?") == "0"
+    x.send(b"*SRE 255\n")
+    assert _q(x, "*SRE?") == "191"  # bit 6 (MSS itself) ignored, IEEE 488.2
+    x.send(b"*SRE 256\n")
+    assert _q(x, "SYST:ERR?").startswith("-222,")
+    assert _q(x, "*SRE?") == "191"
+    x.send(b"*SRE 32;*ESE 32\n")
+    _q(x, "*ESR?")
+    assert int(_q(x, "*STB?")) & 0x60 == 0
+    x.send(b"FOO:BAR\n")  # command error: ESB, and MSS because ESB is enabled in *SRE
+    assert int(_q(x, "*STB?")) & 0x60 == 0x60
+    x.send(b"*SRE 0\n")
+    assert int(_q(x, "*STB?")) & 0x60 == 0x20
+    x.send(b"*SRE 32\n*RST\n*CLS\n")  # neither *RST nor *CLS clears the enable register
+    assert _q(x, "*SRE?") == "32"
+    x.send(b"*SRE 0;*ESE 0;*CLS\n")
+    assert _q(x, "SYST:ERR?") == '0,"No error"'
+
+
+def test_scpi_relative_headers(scpi):
+    clients, _ = scpi
+    p = clients["pl"]
+    _q(p, "*RST;*CLS;*OPC?")
+    assert _q(p, "CONF:INT 3;INT?") == "3"  # INT? is CONF:INT? (SCPI-99 §6.2.4)
+    assert _q(p, "CONFigure:INTegration 4;*IDN?;INT?").endswith(";4")  # a common command keeps the path
+    assert _q(p, ":CONF:INT 5;:CONF:INT?") == "5"  # a leading colon starts at the root
+    assert _q(p, "SYST:ERR?;ERR:COUN?") == '0,"No error";0'  # SYST: + ERR:COUN?
+    assert _q(p, "FETC:AXIS:UNIT?;UNIT?") == "nm;nm"  # path FETC:AXIS:
+    assert _q(p, "CONF:INT 6;CONF:INT?") == "6"  # tolerated: not under CONF:, so from the root
+    p.send(b"CONF:INT 7;BOGUS?\n")  # names nothing, relative or from the root
+    assert _q(p, "SYST:ERR?") == '-113,"Undefined header"'
+    assert _q(p, "CONF:INT?") == "7"

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -124,7 +122,8 @@ def _official_calls(m: Any) -> dict[str, Callable[[], Any]]:
         "get_temperature_limit": lambda: m.get_temperature_limit("A"),
         # curves
         "set_curve_header": lambda: m.set_curve_header(
-            21, CurveHeader("Sample", "SN123", M.CurveFormat.OHMS_PER_KELVIN, 800.0, M.CurveTemperatureCoefficient.POSITIVE)),
+            21, CurveHeader("Sample", "SN123", M.CurveFormat.OHMS_PER_KELVIN, 800.0,
+                            M.CurveTemperatureCoefficient.POSITIVE)),
         "get_curve_header": lambda: m.get_curve_header(21),
         "set_curve_data_point": lambda: m.set_curve_data_point(21, 1, 18.52, 73.15),
         "get_curve_data_point": lambda: m.get_curve_data_point(21, 1),
@@ -206,7 +205,7 @@ def _official_calls(m: Any) -> dict[str, Callable[[], Any]]:
 
 
 OFFICIAL_SKIPPED = {
-    "connect_tcp": "the constructor connects (Model336(ip_address=..., tcp_port=...)); calling it again opens a 2nd socket",
+    "connect_tcp": "the constructor connects (Model336(ip_address=..., tcp_port=...)); again = a second socket",
     "disconnect_tcp": "called once at the end of the test",
     "connect_usb": "USB serial transport: no serial port here",
     "disconnect_usb": "USB serial transport: no serial port here",
@@ -236,7 +235,8 @@ def test_official_driver_every_method(emulator) -> None:
         assert results["get_input_reading_status"].invalid_reading  # C is disabled
         assert not m.get_input_reading_status("A").invalid_reading
         s = results["get_input_sensor"]
-        assert (s.sensor_type, s.compensation, s.units) == (M.InputSensorType.THERMOCOUPLE, True, M.InputSensorUnits.KELVIN)
+        assert (s.sensor_type, s.compensation, s.units) == (
+            M.InputSensorType.THERMOCOUPLE, True, M.InputSensorUnits.KELVIN)
         assert results["get_input_curve"] == 12 and results["get_sensor_name"] == "Sample TC"
         assert results["get_filter"] == {"filter_enable": True, "data_points": 8, "reset_threshold": 5}
         assert results["get_temperature_limit"] == 700.0
@@ -263,7 +263,8 @@ def test_official_driver_every_method(emulator) -> None:
         al = results["get_alarm_parameters"]
         assert (al.high_value, al.low_value, al.latch_enable, al.alarm_enable) == (310.0, 250.0, True, True)
         assert results["get_alarm_status"] == {"high_state_enabled": False, "low_state_enabled": False}  # 295 K
-        assert results["get_relay_alarm_control_parameters"]["alarm_relay_trigger_type"] == M.RelayControlAlarm.HIGH_ALARM
+        relay = results["get_relay_alarm_control_parameters"]
+        assert relay["alarm_relay_trigger_type"] == M.RelayControlAlarm.HIGH_ALARM
         assert results["get_relay_status"] is False
         assert results["get_display_setup"]["mode"] == M.DisplaySetupMode.CUSTOM
         assert results["get_display_field_settings"]["display_units"] == M.DisplayFieldUnits.CELSIUS

@@ -328,7 +328,6 @@ def test_qcodes_snapshot_update(qcodes_336) -> None:
     assert len(values) == 144, len(values)  # 4 inputs x 16, 2 heaters x 21, 2 analog outputs x 18, IDN
     nones = {k for k, v in values.items() if v is None}
     assert nones <= QCODES_KNOWN_NONE, nones - QCODES_KNOWN_NONE
-    assert len([v for v in values.values() if v is not None]) >= 144 - len(QCODES_KNOWN_NONE)
     assert values["A_temperature"] == pytest.approx(22.0 + KELVIN_OFFSET, abs=1.0)
     assert (values["A_sensor_type"], values["A_units"], values["A_curve_name"].strip()) == (
         "platinum_rtd", "kelvin", "PT-100")
@@ -349,7 +348,7 @@ def test_qcodes_blocking_t(qcodes_336) -> None:
     out.wait_tolerance(0.002)  # |T - SP| / T: 0.6 K at 320 K
     out.wait_equilibration_time(0.5)  # wall seconds (100 s of furnace time here)
     out.wait_cycle_time(0.05)
-    out.P(10.0), out.I(10.0), out.D(0.0)
+    out.P(10.0)  # PID 1,10.0,<I>,<D>: QCoDeS writes the group from its cached values
     out.blocking_t(320.0)  # returns once A has stayed within tolerance for 0.5 s
     assert out.output_range() == "high"
     assert qcodes_336.A.temperature() == pytest.approx(320.0, abs=0.7)

@@ -65,6 +65,10 @@ class ExperimentClock(Device):
         """Experiment seconds since the last reset()."""
         return (self._wall() - self._origin) * self.time_scale
 
+    def at_wall(self, wall: float) -> float:
+        """Experiment seconds at a reading ``wall`` of this clock's wall clock (e.g. a detector's exposure start)."""
+        return (float(wall) - self._origin) * self.time_scale
+
     def to_wall(self, experiment_seconds: float) -> float:
         """Convert an experiment-time duration to wall seconds."""
         return float(experiment_seconds) / self.time_scale

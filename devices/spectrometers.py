@@ -61,6 +61,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -202,6 +204,7 @@ class ScpiArrayDetector(Device):
         full_scale: float | None = None,
         retry: RetryPolicy | None = None,
         mock: bool = False,
+        wall_clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
         """Describe the instrument at ``resource`` (backend ``resource_manager``, default "@py"); opens nothing.
@@ -211,7 +214,8 @@ class ScpiArrayDetector(Device):
         ``exposure`` is in experiment seconds; ``time_scale`` experiment seconds per wall second;
         ``opc_margin`` wall seconds added to the ``*OPC?`` timeout; ``io_timeout`` wall seconds per query;
         ``full_scale`` the instrument's largest reportable value (enables the ``saturated`` flag);
-        ``retry`` the transient-fault policy (default ``hotstage.devices.visa.DEFAULT_RETRY``).
+        ``retry`` the transient-fault policy (default ``hotstage.devices.visa.DEFAULT_RETRY``);
+        ``wall_clock`` dates each exposure (``last_exposure_wall``; the rig's ExperimentClock uses the same clock).
         """
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
@@ -228,6 +232,9 @@ class ScpiArrayDetector(Device):
         self.full_scale = None if full_scale is None or not math.isfinite(full_scale) else float(full_scale)
         self.restarts = 0
         """Acquisitions re-started (ABOR + INIT) after a lost INIT (diagnostics, tests)."""
+        self._wall = wall_clock
+        self.last_exposure_wall: tuple[float, float] | None = None
+        """(INIT sent, *OPC? answered) of the last acquisition, on ``wall_clock``: when it was exposed."""
         super().__init__("", name=name, **kwargs)
         self.exposure.put(exposure)
         self.opc_margin.put(opc_margin)
@@ -419,11 +426,15 @@ class ScpiArrayDetector(Device):
         """INIT then *OPC?; after a lost connection INIT is repeated only if no acquisition runs (module doc)."""
         visa = self.visa
         opc_timeout = exposure / self.time_scale + float(self.opc_margin.get())
+        self.last_exposure_wall = None
+        started = self._wall()
         visa.write("INIT")
+        started = 0.5 * (started + self._wall())  # the write's round trip to the socket, halved
         restarts = 0
         while True:
             try:
                 visa.query("*OPC?", timeout_s=opc_timeout, parse=_opc)
+                self.last_exposure_wall = (started, self._wall())
                 return
             except InstrumentInDoubtError as doubt:
                 # the session was reopened and INIT was among the unconfirmed writes
@@ -437,6 +448,7 @@ class ScpiArrayDetector(Device):
                 self.restarts += 1
                 log.warning("%s: connection lost after INIT and no acquisition running: ABOR, INIT again", self.name)
                 visa.write("ABOR")
+                started = self._wall()
                 visa.write("INIT")
 
     def _flag_saturation(self, data: np.ndarray) -> None:

@@ -65,6 +65,7 @@ from bluesky.preprocessors import stage_wrapper
 from bluesky.utils import FailedStatus, Msg
 
 from hotstage.devices.lakeshore import FurnaceSetCancelled  # type only: recognise a set cancelled by a pause
+from hotstage.devices.stamp import Bracket, ExposureStamp
 
 from . import stubs
 from .program import Cadence, Cool, Hold, ProgramError, Ramp, RigLimits, TemperatureProgram
@@ -492,33 +493,95 @@ def stops_of(furnace: Any) -> MsgGenerator:
     return int((yield from stubs.rd(signal)))
 
 
+def _exposure_s(detector: Any) -> float | None:
+    """A detector's configured exposure in experiment s (its `exposure` setting), None if it has none."""
+    signal = getattr(detector, "exposure", None)
+    try:
+        return None if signal is None else float(signal.get())
+    except (TypeError, ValueError):
+        return None
+
+
+def _has_sample_input(furnace: Any) -> bool:
+    """True unless the furnace says it has no sample sensor (`sample_input` None)."""
+    return getattr(furnace, "sample_input", "yes") is not None
+
+
 @dataclass
 class Acquirer:
-    """Acquisition state shared by the plans: which devices go into each event, counts per stream."""
+    """Acquisition state shared by the plans: which devices go into each event, counts per stream.
+
+    With a furnace that has a `temperature` signal, every acquisition is stamped (`hotstage.devices.stamp`): the
+    furnace is read, between two clock reads, right before the detectors are triggered and right after they are
+    done, and each event carries its exposure window and the temperatures at mid-exposure (`exposure_*` keys).
+    """
 
     furnace: Any
     detectors: Mapping[str, Any]
     clock: Any = None
     truth: Any = None
     counts: dict[str, int] = field(default_factory=dict)
+    stamp: Any = None
+
+    def __post_init__(self) -> None:
+        """Create the exposure stamp when the furnace can be read for one."""
+        if self.stamp is None and hasattr(self.furnace, "temperature"):
+            self.stamp = ExposureStamp(name="exposure")
 
     def acquire(self, *modalities: str) -> MsgGenerator:
-        """One event per modality in its own stream (detector + furnace + clock), a truth event beside each.
+        """One event per modality in its own stream (detector + furnace + clock + stamp), a truth event beside each.
 
         The detectors that are due are triggered together and their exposures overlap, as on a rig where
         they all look at the sample at once; one after another they would smear over more temperature.
         """
-        group = f"acquire-{uuid.uuid4()}"
-        for modality in modalities:
-            if modality != FURNACE_STREAM:
-                yield from stubs.trigger(self.detectors[modality], group=group)
-        yield from stubs.wait(group=group)
+        exposing = sorted((m for m in modalities if m != FURNACE_STREAM),
+                          key=lambda m: _exposure_s(self.detectors[m]) or 0.0)
+        stamping = bool(exposing) and self.stamp is not None
+        brackets = [(yield from self._bracket())] if stamping else []
+        groups = {m: f"acquire-{m}-{uuid.uuid4()}" for m in exposing}
+        for modality in exposing:
+            yield from stubs.trigger(self.detectors[modality], group=groups[modality])
+        done: dict[str, int] = {}
+        for modality in exposing:  # shortest exposure first: a read at the end of each (see devices.stamp)
+            yield from stubs.wait(group=groups[modality])
+            if stamping:
+                brackets.append((yield from self._bracket()))
+            done[modality] = len(brackets)
         common = [self.furnace] + ([self.clock] if self.clock is not None else [])
         for modality in modalities:
-            devices = common if modality == FURNACE_STREAM else [self.detectors[modality], *common]
+            if modality == FURNACE_STREAM:
+                yield from self._event(modality, common)
+                continue
+            detector = self.detectors[modality]
+            devices = [detector, *common]
+            if stamping:
+                self.stamp.record(brackets[:done[modality]], _exposure_s(detector), self._exposed_at(detector))
+                devices.append(self.stamp)
             yield from self._event(modality, devices)
-            if self.truth is not None and modality != FURNACE_STREAM:
+            if self.truth is not None:
+                if callable(getattr(self.truth, "prepare", None)):
+                    yield from stubs.prepare(self.truth, modality, wait=True)
                 yield from self._event(TRUTH_STREAM, [self.truth, *common])
+
+    def _exposed_at(self, detector: Any) -> float | None:
+        """Experiment s at which `detector`'s last exposure started, when it dates its exposures on the clock's
+        wall clock (`last_exposure_wall`, `ExperimentClock.at_wall`); None otherwise."""
+        window = getattr(detector, "last_exposure_wall", None)
+        at_wall = getattr(self.clock, "at_wall", None)
+        if window is None or at_wall is None:
+            return None
+        return float(at_wall(window[0]))
+
+    def _bracket(self) -> MsgGenerator:
+        """The furnace's control and sample readbacks, dated by clock reads on either side (a `Bracket`)."""
+        t0 = (yield from stubs.rd(self.clock.elapsed)) if self.clock is not None else math.nan
+        temperature = yield from stubs.rd(self.furnace.temperature)
+        sample = getattr(self.furnace, "sample_temperature", None)
+        sample_c = (yield from stubs.rd(sample)) if sample is not None and _has_sample_input(self.furnace) else None
+        t1 = (yield from stubs.rd(self.clock.elapsed)) if self.clock is not None else math.nan
+        value = float(temperature)
+        return Bracket(t=0.5 * (float(t0) + float(t1)), t_end=float(t1), temperature=value,
+                       sample_temperature=math.nan if sample_c is None else float(sample_c))
 
     def _event(self, stream: str, devices: list[Any]) -> MsgGenerator:
         """Read already-triggered devices into one event of `stream`, then checkpoint.

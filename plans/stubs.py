@@ -15,7 +15,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-__all__ = ["checkpoint", "create", "read", "rd", "save", "sleep", "trigger", "wait"]
+__all__ = ["checkpoint", "create", "prepare", "read", "rd", "save", "sleep", "trigger", "wait"]
 
 
 def _bare(stub: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,6 +25,7 @@ def _bare(stub: Callable[..., Any]) -> Callable[..., Any]:
 
 checkpoint = _bare(bps.checkpoint)
 create = _bare(bps.create)
+prepare = _bare(bps.prepare)
 read = _bare(bps.read)
 rd = _bare(bps.rd)
 save = _bare(bps.save)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ophyd.status import Status
+
 from .clock import SimClock
 from .faults import FaultInjector
 from .lakeshore_server import LakeShore336Server, LineServer
@@ -171,7 +173,9 @@ class TruthReader:
     """Bluesky Readable of the world's ground truth (``truth_<key>`` numbers), for tests and validation only.
 
     The keys are fixed when the reader is built (``SimWorld.truth()`` always returns the same set), so
-    describe() and read() agree for a whole run.
+    describe() and read() agree for a whole run. ``prepare(instrument)`` (bluesky's Preparable: the plans send
+    ``bps.prepare(truth, "xrd")`` before each truth event) makes the next reads describe the middle of that
+    instrument's last exposure — the moment its data describe — instead of the moment of the read.
     """
 
     def __init__(self, world: SimWorld, *, name: str = "truth") -> None:
@@ -180,10 +184,19 @@ class TruthReader:
         self.name = name
         self.parent = None
         self._keys = tuple(world.truth())
+        self._instrument: str | None = None
+
+    def prepare(self, value: Any) -> Status:
+        """Describe ``value``'s (an instrument name; None: now) last mid-exposure from now on; done at once."""
+        self._instrument = None if value is None else str(value)
+        status = Status(obj=self)
+        status.set_finished()
+        return status
 
     def read(self) -> dict[str, dict[str, Any]]:
-        """Truth now, one reading per key (timestamp = wall time of the read)."""
-        truth = self.world.truth()
+        """Truth at the prepared instrument's mid-exposure (or now), one reading per key (timestamp = wall time)."""
+        at = None if self._instrument is None else self.world.exposure_mid(self._instrument)
+        truth = self.world.truth(at_s=at)
         ts = time.time()
         return {f"{self.name}_{k}": {"value": float(truth.get(k, float("nan"))), "timestamp": ts} for k in self._keys}
 
@@ -293,7 +306,8 @@ class SimulatedRig:
             self._devices.append(self.furnace)
             self.furnace.connect()
             for attr, cls in (("xrd", XRDDetector), ("thz", FTIRSpectrometer), ("pl", PLSpectrometer)):
-                kwargs = {"full_scale": INSTRUMENTS[attr].full_scale, **self.detector_kwargs}
+                kwargs = {"full_scale": INSTRUMENTS[attr].full_scale, "wall_clock": self.world.clock.wall,
+                          **self.detector_kwargs}
                 dev = cls(
                     res[attr],
                     name=attr,

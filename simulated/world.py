@@ -10,7 +10,10 @@ acquisitions from executor threads, so every access happens under one re-entrant
 Acquisitions: an instrument that integrates from t0 for T seconds returns data for the sample state at
 the middle of the window, t0 + T/2. The world keeps a short history of immutable ``SampleState``
 snapshots (one per sample step, the last ``history_s`` simulated seconds) so the mid-window state is
-available even though the world has already been advanced to the end of the window.
+available even though the world has already been advanced to the end of the window. Beside each snapshot it keeps
+the plant's temperatures, and it remembers each instrument's last exposure window, so the ground truth can be
+read *at mid-exposure* (``truth(at_s=...)``, ``exposure_mid``): the truth stream describes the moment the data
+describe, not the moment someone asked.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class SimWorld:
         self.lock = threading.RLock()
         self._hist_t: deque[float] = deque()
         self._hist_state: deque[SampleState] = deque()
+        self._hist_plant: deque[tuple[float, float, float]] = deque()
+        """(control sensor A, sample B, heater block) °C beside each snapshot: the truth at a past moment."""
+        self._windows: dict[str, tuple[float, float]] = {}
+        """Instrument → (start, exposure) of its last acquisition, simulated s."""
         self._record()
         if synthesizers is None:
             synthesizers = self._default_synthesizers()
@@ -117,9 +124,11 @@ class SimWorld:
         t = self.plant.time_s
         self._hist_t.append(t)
         self._hist_state.append(self.sample.state)
+        self._hist_plant.append((self.plant.sensor_C, self.plant.sample_C, self.plant.heater_C))
         while len(self._hist_t) > 2 and self._hist_t[0] < t - self.history_s:
             self._hist_t.popleft()
             self._hist_state.popleft()
+            self._hist_plant.popleft()
 
     def _advance_locked(self, t_s: float) -> None:
         """Integrate plant and sample up to ``t_s`` (caller holds the lock)."""
@@ -145,6 +154,7 @@ class SimWorld:
             self.sample = CompositeSample(self.spec, temperature_C=self.plant.sample_C)
             self._hist_t.clear()
             self._hist_state.clear()
+            self._hist_plant.clear()
             self._record()
 
     @contextmanager
@@ -179,22 +189,52 @@ class SimWorld:
     def acquire(self, modality: str, t_start_s: float, exposure_s: float) -> np.ndarray:
         """Synthesize one acquisition integrated over [t_start, t_start + exposure] (mid-window state)."""
         state = self.state_at(t_start_s + 0.5 * exposure_s)
+        with self.lock:
+            self._windows[modality] = (float(t_start_s), float(exposure_s))
         with self._rng_locks[modality]:
             data = self.synthesizers[modality](state, float(exposure_s), self._rngs[modality])
         return np.ascontiguousarray(data, dtype="<f8")
 
     # ---------------------------------------------------------------------------------- truth
-    def truth(self) -> dict[str, float]:
-        """Ground truth now: the sample's truth plus furnace/sample temperatures and simulated time."""
+    def exposure_mid(self, modality: str) -> float | None:
+        """Simulated time at the middle of ``modality``'s last exposure (None before its first)."""
+        with self.lock:
+            window = self._windows.get(modality)
+        return None if window is None else window[0] + 0.5 * window[1]
+
+    def _plant_at(self, t_s: float) -> tuple[float, float, float]:
+        """(sensor A, sample B, heater) °C at ``t_s``, linear between the snapshots around it (caller holds the lock)."""
+        times = self._hist_t
+        i = bisect.bisect_right(times, t_s) - 1
+        if i < 0:
+            return self._hist_plant[0]
+        if i >= len(times) - 1:
+            return self._hist_plant[-1]
+        t0, t1 = times[i], times[i + 1]
+        f = (t_s - t0) / (t1 - t0) if t1 > t0 else 0.0
+        a, b = self._hist_plant[i], self._hist_plant[i + 1]
+        return tuple(x + f * (y - x) for x, y in zip(a, b))  # type: ignore[return-value]
+
+    def truth(self, at_s: float | None = None) -> dict[str, float]:
+        """Ground truth now (or at simulated time ``at_s`` in the kept history): the sample's truth plus
+        furnace/sample temperatures and simulated time. The controller's settings (setpoint, output, range) are
+        always the present ones."""
         with self.lock:
             self._advance_locked(self.clock.now())
-            out = dict(self.sample.truth())
             lp = self.plant.loop(1)
+            if at_s is None:
+                t = self.plant.time_s
+                out = dict(self.sample.truth())
+                sensor, sample, heater = self.plant.sensor_C, self.plant.sample_C, self.plant.heater_C
+            else:
+                t = min(float(at_s), self.plant.time_s)
+                out = dict(self.state_at(t).truth())
+                sensor, sample, heater = self._plant_at(t)
             out.update(
-                sim_time_s=self.plant.time_s - self.t0,
-                furnace_C=self.plant.sensor_C,
-                sample_C=self.plant.sample_C,
-                heater_block_C=self.plant.heater_C,
+                sim_time_s=t - self.t0,
+                furnace_C=sensor,
+                sample_C=sample,
+                heater_block_C=heater,
                 setpoint_C=lp.setpoint_C,
                 target_setpoint_C=lp.target_C,
                 heater_output_percent=lp.output_percent,

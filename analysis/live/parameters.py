@@ -104,8 +104,9 @@ class AnalysisParameters(BaseModel, metaclass=_OneLineErrors):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
     # which raw keys hold what (raw-run contract, plans/insitu.py)
-    temperature_key: str = Field("furnace_sample_temperature", strict=True)
-    fallback_temperature_key: str = Field("furnace_temperature", strict=True)
+    temperature_key: str = Field("exposure_sample_temperature_mid", strict=True)
+    """The sample temperature at mid-exposure (`hotstage.devices.stamp`), not the readback after the exposure."""
+    fallback_temperature_key: str = Field("furnace_sample_temperature", strict=True)
     time_key: str = Field("clock_elapsed", strict=True)
     # XRD: whole-pattern phase quantification
     phases: tuple[PhaseName, ...] = Field(

@@ -12,7 +12,8 @@ Derived run contract (DESIGN.md, "Contracts a user relies on / Derived run"):
   ``sample`` and ``program`` copied (so a catalog search on the sample finds both runs), ``parameters`` (all).
 * streams ``phase_fractions``, ``thz_derivative``, ``pl_fit`` (one event per raw xrd/thz/pl event; keys in
   `hotstage.analysis.live.modalities`), each event also carrying ``temperature`` (the analysis temperature, °C: the
-  parameter ``temperature_key``, falling back to ``fallback_temperature_key``), ``furnace_temperature``,
+  parameter ``temperature_key``, by default the sample temperature at mid-exposure, falling back to
+  ``fallback_temperature_key``, then the control temperature), ``furnace_temperature``,
   ``furnace_setpoint``, ``clock_elapsed`` (experiment s), ``raw_seq_num``, ``raw_time`` and ``error``
   (1 when the analysis of this event raised: its values are NaN);
 * stream ``summary`` with one event at the raw stop (keys and definitions in `hotstage.analysis.live.onsets`);
@@ -47,6 +48,9 @@ __all__ = ["DerivedRun", "hotstage_version", "Sink", "COMMON_KEYS", "derived_exi
 log = logging.getLogger(__name__)
 Sink = Callable[[str, dict], Any]
 NAN = float("nan")
+LAST_RESORT_TEMPERATURE_KEYS = ("exposure_temperature_mid", "furnace_temperature")
+"""Tried after the two configured keys: a furnace without a sample sensor, a run recorded before stamps."""
+
 COMMON_KEYS = ("temperature", "furnace_temperature", "furnace_setpoint", "clock_elapsed", "raw_seq_num",
                "raw_time", "error")
 
@@ -184,9 +188,10 @@ class DerivedRun:
                 analyser.recover()
             except Exception:  # noqa: BLE001
                 log.exception("%s: recover() failed", analyser.stream)
-        temperature = _value(data, self.params.temperature_key)
-        if not math.isfinite(temperature):
-            temperature = _value(data, self.params.fallback_temperature_key)
+        for key in (self.params.temperature_key, self.params.fallback_temperature_key, *LAST_RESORT_TEMPERATURE_KEYS):
+            temperature = _value(data, key)
+            if math.isfinite(temperature):
+                break
         derived.update(
             temperature=temperature,
             furnace_temperature=_value(data, "furnace_temperature"),

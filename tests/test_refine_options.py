@@ -234,28 +234,17 @@ def test_excluded_region_reaching_past_the_data_is_accepted() -> None:
     assert res.n_points == int(np.count_nonzero(AXIS < 34.0))
 
 
-EXCLUSION_DEFECT = ("engine defect: analysis/refine/quantify.py _inputs does not check each excluded region "
-                    "(a region outside the data, a NaN bound or a one-number region is ignored or fails with a bare "
-                    "unpacking error)")
-PO_DEFECT = ("engine defect: analysis/refine/quantify.py quantify does not check preferred-orientation directions "
-             "(hkl (0, 0, 0) gives NaN cosines in model.PhaseModel._prepare_po and scipy's 'Residuals are not "
-             "finite'; four indices a numpy matmul error)")
-
-
-@pytest.mark.xfail(strict=True, reason=EXCLUSION_DEFECT)
 @pytest.mark.parametrize("region", [(40.0, 45.0), (2.0, 8.0)], ids=["above", "below"])
 def test_excluded_region_outside_the_data(region: tuple[float, float]) -> None:
     """A region that excludes nothing is a mistake (a wrong unit or pattern): one line naming it."""
     _one_clear_line(_bad(excluded=[region]), "excluded", f"{region[0]:g}")
 
 
-@pytest.mark.xfail(strict=True, reason=EXCLUSION_DEFECT)
 @pytest.mark.parametrize("region", [(20.0, math.nan), (20.0,)], ids=["nan", "one-number"])
 def test_malformed_excluded_region(region: tuple[float, ...]) -> None:
     _one_clear_line(_bad(excluded=[region]), "excluded")
 
 
-@pytest.mark.xfail(strict=True, reason=PO_DEFECT)
 @pytest.mark.parametrize("direction", [(0, 0, 0), (0, 0, 1, 1)], ids=["zero", "four-indices"])
 def test_bad_preferred_orientation_direction(direction: tuple[int, ...]) -> None:
     _one_clear_line(_bad(preferred_orientation={BETA: direction}), "preferred_orientation", BETA)

@@ -137,7 +137,12 @@ class RefineResult:
 # ---------------------------------------------------------------------------------------------- inputs
 def _inputs(two_theta: ArrayLike, counts: ArrayLike, sigma: ArrayLike | None,
             excluded: Sequence[tuple[float, float]]) -> tuple[FloatArray, FloatArray, FloatArray, NDArray[np.bool_]]:
-    """Validated arrays, weights and the mask of fitted points."""
+    """Validated arrays, weights and the mask of fitted points.
+
+    σ = +inf marks a zero-weight point (what `read_pattern` returns for a powder CIF's ``_pd_proc_ls_weight`` of 0,
+    e.g. an unmeasured last channel): such points are left out of the fit like an excluded region (weight 0
+    contributes nothing to χ² and must not count in N). Each excluded region must be two finite numbers and overlap
+    the data (a region that excludes nothing is a wrong unit or a wrong pattern, not a no-op)."""
     x = np.asarray(two_theta, dtype=float)
     y = np.asarray(counts, dtype=float)
     if x.ndim != 1 or y.shape != x.shape or x.size < 20:
@@ -147,20 +152,43 @@ def _inputs(two_theta: ArrayLike, counts: ArrayLike, sigma: ArrayLike | None,
     if not np.all(np.isfinite(y)):
         bad = int(np.flatnonzero(~np.isfinite(y))[0])
         raise RefineInputError(f"counts must be finite (first bad point index {bad})")
+    mask = np.ones(x.size, dtype=bool)
     if sigma is not None:
         s = np.asarray(sigma, dtype=float)
-        if s.shape != x.shape or not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise RefineInputError("sigma must be finite, positive and of the same length as counts")
-        w = 1.0 / (s * s)
+        if s.shape != x.shape or np.any(np.isnan(s)) or np.any(s <= 0) or np.any(np.isneginf(s)):
+            raise RefineInputError("sigma must be positive (+inf: zero weight) and of the same length as counts")
+        mask &= np.isfinite(s)  # σ = +inf: zero weight, the point is left out
+        w = np.where(mask, 1.0 / np.where(mask, s, 1.0) ** 2, 0.0)
     else:
         w = 1.0 / np.maximum(y, 1.0)
-    mask = np.ones(x.size, dtype=bool)
     for region in excluded:
-        lo, hi = (float(v) for v in region)
-        mask &= ~((x >= min(lo, hi)) & (x <= max(lo, hi)))
+        try:
+            lo, hi = (float(v) for v in region)
+        except (TypeError, ValueError):
+            raise RefineInputError(f"excluded region {region!r} must be two numbers (lo, hi) in degrees 2θ") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise RefineInputError(f"excluded region ({lo:g}, {hi:g}) must have finite bounds")
+        lo, hi = min(lo, hi), max(lo, hi)
+        inside = (x >= lo) & (x <= hi)
+        if not inside.any():
+            raise RefineInputError(f"excluded region ({lo:g}, {hi:g}) holds no point of the data "
+                                   f"({x[0]:g}–{x[-1]:g}° 2θ): wrong unit or wrong pattern?")
+        mask &= ~inside
     if mask.sum() < 20:
-        raise RefineInputError("fewer than 20 points left after the excluded regions")
+        raise RefineInputError("fewer than 20 points left after the excluded regions and zero-weight points")
     return x, y, w, mask
+
+
+def _po_direction(phase: str, direction: Any) -> tuple[int, int, int]:
+    """A preferred-orientation direction as three integers, not all zero (one-line `RefineInputError` otherwise)."""
+    try:
+        values = [float(v) for v in direction]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3 or not all(math.isfinite(v) and v == round(v) for v in values) or not any(values):
+        raise RefineInputError(f"preferred_orientation of {phase}: {direction!r} is not a direction hkl (three "
+                               "integers, not all zero)")
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 def _hump_starts(x: FloatArray, y: FloatArray, n: int, min_fwhm: float) -> list[float]:
@@ -222,13 +250,14 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
     bad_po = [k for k in preferred_orientation if k not in names]
     if bad_po:
         raise RefineInputError(f"preferred_orientation names unknown phase(s) {bad_po}")
+    po_dirs = {k: _po_direction(k, v) for k, v in preferred_orientation.items()}
     if not 0.0 < alpha < 1.0:
         raise RefineInputError(f"alpha must be within (0, 1), got {alpha}")
     x, y, w = x_all[mask], y_all[mask], w_all[mask]
     span = float(x[-1] - x[0])
     fw_max = max_sample_fwhm(span, background_order)
     models = [PhaseModel(c, instrument.radiation, float(x[0]), float(x[-1]),
-                         tuple(preferred_orientation[c.name]) if c.name in preferred_orientation else None)
+                         po_dirs.get(c.name))
               for c in phases]
     if isinstance(humps, (int, np.integer)):
         n_humps = int(humps)

@@ -194,7 +194,6 @@ class LineServer:
         await writer.drain()
 
 
-_ExecError = ExecError
 _num, _int, _args = num, integer, fields
 
 _HEADER = re.compile(r"^\s*:?(\*?[A-Za-z]+\??)(.*)$", re.S)
@@ -318,7 +317,7 @@ class LakeShore336Server(LineServer):
             args = split_fields(rest) if rest else []
             try:
                 out = handler(args)
-            except _ExecError:
+            except ExecError:
                 self.esr |= ESR_EXE
                 continue
             if out is not None:
@@ -346,13 +345,8 @@ class LakeShore336Server(LineServer):
         """Heater output number 1-2."""
         return _int(s, 1, 2)
 
-    @staticmethod
-    def _input(s: str) -> str:
-        """Input letter A-D."""
-        s = s.upper()
-        if s not in INPUTS:
-            raise _ExecError(f"bad input {s!r}")
-        return s
+    _input = staticmethod(Model336Settings._letter)
+    """Input letter A-D (execution error otherwise)."""
 
     def _stb(self) -> int:
         """Status byte: bit 5 ESB (enabled standard events), bit 6 RQS/MSS (enabled summary bits)."""
@@ -485,7 +479,7 @@ class LakeShore336Server(LineServer):
         flag = _int(on, 0, 1)
         r = _num(rate, 0.0, RAMP_MAX)
         if 0.0 < r < RAMP_MIN - 1e-9:
-            raise _ExecError("ramp rate below 0.1 K/min")
+            raise ExecError("ramp rate below 0.1 K/min")
         with self._plant() as plant:
             plant.set_ramp(o, bool(flag), r)
         return None

@@ -92,6 +92,14 @@ FURNACE_STREAM = "furnace"
 """Optional stream of furnace-only events (temperature history), enabled by a `furnace` cadence."""
 TRUTH_STREAM = "truth"
 """Simulator ground truth, one event beside each acquisition on a simulated rig."""
+SEGMENTS_STREAM = "segments"
+"""One event per program segment when it ends: nominal and achieved temperatures, duration, achieved rate."""
+SEGMENT_KIND_CODES = {"ramp": 0, "hold": 1, "cool": 2}
+"""`segment_kind_code` in the `segments` stream (numbers only, so every store keeps the column; the kind itself is
+also in the start document's `program`)."""
+SEGMENT_UNITS = {"segment_nominal_start_C": "degC", "segment_nominal_end_C": "degC", "segment_start_C": "degC",
+                 "segment_end_C": "degC", "segment_start_s": "s", "segment_duration_s": "s",
+                 "segment_programmed_rate_C_per_min": "degC/min", "segment_achieved_rate_C_per_min": "degC/min"}
 FURNACE_SIGNALS = ("temperature", "setpoint", "ramp_rate", "ramp_on", "ramping", "heater_range")
 DEFAULT_HEATER_RANGE = 3
 """Lake Shore 336 'high' heater range (manual ch. 6, RANGE) when the device does not say otherwise."""
@@ -641,6 +649,9 @@ class ProgramRunner:
     resumes: int = 0
     armed_stops: int | None = None
     """The furnace's stop() count when the ramp was last commanded (see `stops_of`)."""
+    segments: list[dict[str, float]] = field(default_factory=list)
+    """The summary of every finished segment (also one event each in the `segments` stream)."""
+    segment_reader: SegmentReader = field(default_factory=lambda: SegmentReader({}))
 
     @property
     def furnace(self) -> Any:
@@ -745,44 +756,157 @@ class ProgramRunner:
         return temperature, t, interrupted
 
     def _ramp(self, index: int, seg: Ramp | Cool) -> MsgGenerator:
-        """Command one ramp/cool and poll until the controller's setpoint ramp has reached the target."""
+        """Command one ramp/cool and poll (acquiring on cadence) until the furnace is on target or the overrun ends.
+
+        On target: the control readback within the furnace's tolerance of `to_C` and the controller's setpoint
+        ramp done, not before the nominal end. Otherwise the segment ends `seg.overrun_s` after the nominal end
+        with one warning line (achieved temperature and rate). Either way one `segments` event records it.
+        """
         temperature, t, interrupted = yield from self.poll()
+        record = SegmentRecord(index, seg.kind, self._nominal_from(index), float(seg.to_C), seg.rate_C_per_min)
+        record.add(t, temperature)
         if interrupted:  # e.g. paused between segments: start the ramp from the readback
             sp = temperature
             yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
         else:
             sp = float((yield from stubs.rd(self.furnace.setpoint)))
             yield from self.arm(seg.to_C, seg.rate_C_per_min)
+        tolerance = _tolerance(self.furnace)
         t_end = t + abs(seg.to_C - sp) / seg.rate_C_per_min * 60.0
-        grace = max(60.0, 0.1 * (t_end - t))
+        overrun = seg.overrun_s(sp)
+        ended_on_target = False
         while True:
             yield from stubs.sleep(self.poll_s)
             temperature, t, interrupted = yield from self._tick(index, seg.kind)
+            record.add(t, temperature)
             if interrupted:  # paused (RunEngine stopped the furnace) or switched off: resume from here
                 self.resumes += 1
                 yield from self.arm(seg.to_C, seg.rate_C_per_min, from_C=temperature)
                 t_end = t + abs(seg.to_C - temperature) / seg.rate_C_per_min * 60.0
                 continue
             if t >= t_end - 0.5 * self.poll_s * self.time_scale:
-                ramping = yield from stubs.rd(self.furnace.ramping)
-                if not int(ramping) or t >= t_end + grace:
-                    return
+                if abs(temperature - seg.to_C) <= tolerance:
+                    ramping = yield from stubs.rd(self.furnace.ramping)
+                    if not int(ramping):
+                        ended_on_target = True
+                        break
+                if t >= t_end + overrun:
+                    break
+        summary = record.summary(ended_on_target)
+        if not ended_on_target:
+            log.warning(
+                "segment %d (%s): the furnace did not reach %.1f °C within %.1f min past the nominal end: at %.1f °C, "
+                "achieved %.2f °C/min (programmed %.2f)", index, seg.kind, seg.to_C, overrun / 60.0, temperature,
+                summary["segment_achieved_rate_C_per_min"], seg.rate_C_per_min)
+        yield from self._record(summary)
 
     def _hold(self, index: int, seg: Hold, hold_C: float, rate: float | None) -> MsgGenerator:
         """Keep the setpoint at `hold_C` for `seg.minutes` of experiment time (paused time excluded)."""
         temperature, t_prev, interrupted = yield from self.poll()
+        record = SegmentRecord(index, seg.kind, hold_C, hold_C, 0.0)
+        record.add(t_prev, temperature)
         if interrupted:
             yield from self.arm(hold_C, rate, from_C=temperature)
         held = 0.0
         while held < seg.minutes * 60.0:
             yield from stubs.sleep(self.poll_s)
             temperature, t, interrupted = yield from self._tick(index, seg.kind)
+            record.add(t, temperature)
             if interrupted:
                 self.resumes += 1
                 yield from self.arm(hold_C, rate, from_C=temperature)
             else:
                 held += max(0.0, t - t_prev)
             t_prev = t
+        yield from self._record(record.summary(True))
+
+    def _nominal_from(self, index: int) -> float:
+        """Nominal temperature at the start of segment `index`."""
+        return self.program.segment_start_temperatures()[index]
+
+    def _record(self, summary: dict[str, float]) -> MsgGenerator:
+        """One event in the `segments` stream (outside any acquisition's bundle)."""
+        self.segments.append(summary)
+        self.segment_reader.set(summary)  # one object for the whole run: bluesky keys a stream's devices by identity
+        yield from bps.create(name=SEGMENTS_STREAM)
+        yield from bps.read(self.segment_reader)
+        yield from bps.save()
+
+
+@dataclass
+class SegmentRecord:
+    """The control readback over one segment, summarised when it ends (see `summary`)."""
+
+    index: int
+    kind: str
+    nominal_start_C: float
+    nominal_end_C: float
+    rate_C_per_min: float
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def add(self, t: float, temperature: float) -> None:
+        """One poll: experiment s, control readback °C."""
+        self.samples.append((float(t), float(temperature)))
+
+    def summary(self, on_target: bool) -> dict[str, float]:
+        """Nominal/achieved start and end °C, duration (experiment s), achieved rate (°C/min: least-squares
+        slope of readback vs time over the segment, signed), whether it ended on target (1) or on the overrun (0)."""
+        ts = [t for t, _ in self.samples]
+        ys = [y for _, y in self.samples]
+        n = len(ts)
+        slope = 0.0
+        if n >= 2:
+            mt, my = sum(ts) / n, sum(ys) / n
+            sxx = sum((t - mt) ** 2 for t in ts)
+            if sxx > 0:
+                slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / sxx
+        programmed = 0.0 if self.kind == "hold" else math.copysign(self.rate_C_per_min,
+                                                                    self.nominal_end_C - self.nominal_start_C)
+        return {
+            "segment_index": self.index,
+            "segment_kind_code": SEGMENT_KIND_CODES[self.kind],
+            "segment_nominal_start_C": self.nominal_start_C,
+            "segment_nominal_end_C": self.nominal_end_C,
+            "segment_programmed_rate_C_per_min": programmed,
+            "segment_start_C": ys[0] if ys else math.nan,
+            "segment_end_C": ys[-1] if ys else math.nan,
+            "segment_start_s": ts[0] if ts else math.nan,
+            "segment_duration_s": ts[-1] - ts[0] if ts else 0.0,
+            "segment_achieved_rate_C_per_min": slope * 60.0,
+            "segment_on_target": int(on_target),
+        }
+
+
+class SegmentReader:
+    """A bluesky Readable of one segment summary (the `segments` stream's only device)."""
+
+    name = "segment"
+    parent = None
+
+    def __init__(self, summary: dict[str, float]) -> None:
+        self.set(summary)
+
+    def set(self, summary: dict[str, float]) -> None:
+        """The summary the next read returns."""
+        self._summary = dict(summary)
+        self._ts = time.time()
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """The summary as readings."""
+        return {k: {"value": v, "timestamp": self._ts} for k, v in self._summary.items()}
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Every key a number (integer for the index, kind code and on-target flag)."""
+        return {k: {"source": "hotstage.plans.insitu.ProgramRunner", "dtype": "integer" if isinstance(v, int)
+                    else "number", "shape": [], **({"units": SEGMENT_UNITS[k]} if k in SEGMENT_UNITS else {})}
+                for k, v in self._summary.items()}
+
+
+def _tolerance(furnace: Any) -> float:
+    """The furnace's settling tolerance (°C, its `tolerance` signal), else 1 °C."""
+    value = getattr(furnace, "tolerance", None)
+    value = value.get() if hasattr(value, "get") else value
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
 
 
 def heater_range_of(furnace: Any) -> int:

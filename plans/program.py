@@ -18,6 +18,11 @@ TOML form (all temperatures °C, rates °C/min, holds in minutes)::
     kind = "cool"
     to_C = 25
     rate_C_per_min = 10
+    overrun_min = 20          # optional: run at most 20 min past the nominal end waiting for the furnace
+
+A ramp or cool ends when the furnace has reached `to_C` (within its tolerance) and the controller's setpoint ramp is
+done, or `overrun_min` experiment minutes after its nominal end, whichever is first (default: max(10 min, 50 % of
+the nominal segment time); see `hotstage.plans.insitu`).
 
 Numbers: the demo program (25 → 350 °C at 10 °C/min, 10 min hold, cool at 10 °C/min) follows the
 sintering protocol of Li et al., Nat. Commun. 14, 7612 (2023) (350 °C sintering, 10 °C/min). The Lake Shore
@@ -63,6 +68,12 @@ class ProgramError(ValueError):
 
 MAX_HOLD_MINUTES = 7 * 24 * 60.0
 """Longest hold segment: a week. Longer is a unit slip (seconds for minutes) in a supervised furnace program."""
+DEFAULT_OVERRUN_S = 600.0
+DEFAULT_OVERRUN_FRACTION = 0.5
+"""Without `overrun_min` a ramp/cool may run max(DEFAULT_OVERRUN_S, DEFAULT_OVERRUN_FRACTION × nominal time) past
+its nominal end waiting for the furnace: natural cooling below ~55 °C is slower than 10 °C/min on a typical hot
+stage (tau ~3 min), so a cool to near ambient needs minutes more than nominal; a furnace that has not arrived by
+then will not (it is near ambient, or the heater cannot keep up) and the program goes on with a warning."""
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 _DATACLASS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)  # frozen: by the dataclass decorator
@@ -109,16 +120,38 @@ class _Model(BaseModel, metaclass=_OneLineErrors):
     model_config = _CONFIG
 
 
-class Ramp(_Model):
-    """Heat to `to_C` at `rate_C_per_min` (°C/min)."""
+class _Moving(_Model):
+    """What Ramp and Cool share: a target, a rate and how long past its nominal end the segment may run."""
 
     to_C: Temperature
     rate_C_per_min: Rate
-    kind: Literal["ramp"] = "ramp"
+    overrun_min: float | None = _number(
+        default=None, gt=0, le=MAX_HOLD_MINUTES,
+        description="experiment minutes the segment may run past its nominal end while the furnace has not reached "
+                    "to_C; default max(10 min, 50 % of the nominal segment time)")
+
+    def nominal_s(self, from_C: float) -> float:
+        """Nominal experiment seconds from `from_C` to `to_C` at the programmed rate."""
+        return abs(self.to_C - from_C) / self.rate_C_per_min * 60.0
+
+    def overrun_s(self, from_C: float) -> float:
+        """Experiment seconds the segment may run past its nominal end (`overrun_min`, else the default)."""
+        if self.overrun_min is not None:
+            return self.overrun_min * 60.0
+        return max(DEFAULT_OVERRUN_S, DEFAULT_OVERRUN_FRACTION * self.nominal_s(from_C))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (goes into start metadata)."""
-        return {"kind": self.kind, "to_C": self.to_C, "rate_C_per_min": self.rate_C_per_min}
+        """JSON-able form (goes into start metadata); `overrun_min` only when given."""
+        d: dict[str, Any] = {"kind": self.kind, "to_C": self.to_C, "rate_C_per_min": self.rate_C_per_min}
+        if self.overrun_min is not None:
+            d["overrun_min"] = self.overrun_min
+        return d
+
+
+class Ramp(_Moving):
+    """Heat to `to_C` at `rate_C_per_min` (°C/min); ends on the target or after `overrun_min` past nominal."""
+
+    kind: Literal["ramp"] = "ramp"
 
 
 class Hold(_Model):
@@ -133,16 +166,11 @@ class Hold(_Model):
         return {"kind": self.kind, "minutes": self.minutes}
 
 
-class Cool(_Model):
-    """Cool to `to_C` at `rate_C_per_min` (°C/min); the furnace may lag below its natural cooling rate."""
+class Cool(_Moving):
+    """Cool to `to_C` at `rate_C_per_min` (°C/min); the furnace may lag below its natural cooling rate, so the
+    segment runs until the target is reached or `overrun_min` past its nominal end."""
 
-    to_C: Temperature
-    rate_C_per_min: Rate
     kind: Literal["cool"] = "cool"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (goes into start metadata)."""
-        return {"kind": self.kind, "to_C": self.to_C, "rate_C_per_min": self.rate_C_per_min}
 
 
 Segment = Annotated[Union[Ramp, Hold, Cool], Field(discriminator="kind")]
@@ -407,8 +435,8 @@ class TemperatureProgram(_Model):
 
 
 # -- one-line errors --------------------------------------------------------------------------------
-_ALLOWED = {"program": "start_C, name, [[segment]]", "ramp": "to_C, rate_C_per_min", "hold": "minutes",
-            "cool": "to_C, rate_C_per_min"}
+_ALLOWED = {"program": "start_C, name, [[segment]]", "ramp": "to_C, rate_C_per_min, overrun_min",
+            "hold": "minutes", "cool": "to_C, rate_C_per_min, overrun_min"}
 _FIELD_OWNER: dict[str, Any] = {"ramp": Ramp, "hold": Hold, "cool": Cool}
 
 

@@ -130,7 +130,9 @@ def test_insitu_ramp_streams_cadence_and_documents(RE: RunEngine, lockstep_rig: 
     assert heater_after == 0, "heater must be off when the plan has finished"
 
     counts = rec.counts()
-    assert set(counts) == {"xrd", "thz", "pl", "truth"}
+    assert set(counts) == {"xrd", "thz", "pl", "truth", "segments"}
+    assert counts["segments"] == len(program.segments)  # one summary event per segment, in order
+    assert [e["data"]["segment_index"] for e in rec.events("segments")] == [0, 1, 2]
     assert counts["truth"] == counts["xrd"] + counts["thz"] + counts["pl"]
     modality_events = [e for m in ("xrd", "thz", "pl") for e in rec.events(m)]
     for m in ("xrd", "thz", "pl"):

@@ -6,7 +6,8 @@ A rig TOML (see README, "Running on a real rig") looks like::
     name = "lab-furnace-1"
     kind = "visa"                 # "simulated" (default) or "visa"
     visa_library = "@py"          # pyvisa backend: "@py" (pyvisa-py), "" (NI-VISA), "file.yaml@sim"
-    time_scale = 240.0            # simulated rigs only: experiment seconds per wall second
+    time_scale = 240.0            # simulated rigs only: experiment seconds per wall second; a visa rig
+                                  # refuses anything but 1 (RigConfigError naming the file and rig.time_scale)
 
     [limits]
     max_C = 400.0
@@ -223,8 +224,9 @@ class RigConfig(_Model):
         if self.kind != "visa":
             return self
         if self.time_scale != 1.0:
-            raise _rule("a visa rig runs in real time (instruments cannot run faster than the clock): give 1 or "
-                        "leave it out", "rig.time_scale", self.time_scale)
+            raise _rule("a visa rig runs in real time (instruments cannot run faster than the clock; emulators from "
+                        "`hotstage sim serve` must run at --time-scale 1 for it): give 1 or leave it out",
+                        "rig.time_scale", self.time_scale)
         for name in INSTRUMENTS:
             inst = self.instruments.get(name)
             if inst is None:

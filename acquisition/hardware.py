@@ -4,6 +4,13 @@ It offers the same attributes as `simulated.SimulatedRig` (`furnace`, `xrd`, `th
 `resources`) so sessions and plans do not care which one they drive. Devices are built first (that opens
 nothing), then each is connected (`connect()`: VISA session + `*IDN?` check), so a wrong address fails before
 anything moves.
+
+Time scale: a VISA rig runs in real time, and `RigConfig` refuses any `[rig] time_scale` but 1 for it. Emulators
+served by `hotstage sim serve --time-scale K` in another process look like hardware here: their `*IDN?` answers
+(`LSCI,MODEL336,...`, `HOTSTAGE-SIM,<MODEL>,...`) do not carry K and no VISA query reports it (only the serve
+command's JSON line and its optional control socket do, neither of which a rig TOML names), so a mismatch cannot be
+detected from this side: serve them at K = 1 (the default) for a visa rig. A faster emulator would move the plant K
+times faster than the plan's clock (too few cadence points, holds K times too long in plant time).
 """
 
 from __future__ import annotations

@@ -792,6 +792,8 @@ class ProgramRunner:
                         break
                 if t >= t_end + overrun:
                     break
+        if ended_on_target:
+            yield from self._acquire_marks_at(seg.to_C, temperature, t, tolerance)
         summary = record.summary(ended_on_target)
         if not ended_on_target:
             log.warning(
@@ -819,6 +821,24 @@ class ProgramRunner:
                 held += max(0.0, t - t_prev)
             t_prev = t
         yield from self._record(record.summary(True))
+
+    def _acquire_marks_at(self, target_C: float, temperature: float, t: float, tolerance: float) -> MsgGenerator:
+        """On arrival within `tolerance` of `target_C`: acquire each °C cadence whose next mark is the target.
+
+        The segment ends when the readback is within the tolerance, usually just short of the target, so the
+        target's own mark (e.g. 30 °C of a cool to 30 °C at every 5 °C) would otherwise never become due."""
+        due = []
+        for modality, cad in self.cadence.items():
+            last_C, last_s = self.last.get(modality, (None, None))
+            if cad.every_C is None or last_C is None or last_s is None:
+                continue
+            steps = abs(target_C - last_C) / cad.every_C
+            if abs(target_C - last_C) > tolerance and abs(steps - round(steps)) * cad.every_C <= tolerance \
+                    and abs(temperature - last_C) >= cad.every_C * round(steps) - tolerance:
+                due.append(modality)
+                self.last[modality] = (target_C, t if cad.every_s is None else last_s)
+        if due:
+            yield from self.acq.acquire(*due)
 
     def _nominal_from(self, index: int) -> float:
         """Nominal temperature at the start of segment `index`."""

@@ -152,6 +152,19 @@ def test_toml_files(tmp_path: Path, text: str, needle: str) -> None:
     assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
 
 
+def test_visa_rig_file_with_a_time_scale_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Issue 14 item 2: instruments run in real time; a time_scale the hardware cannot honour is never ignored."""
+    body = "".join(f'[{name}]\nresource = "{r}"\n' for name, r in RESOURCES.items())
+    path = tmp_path / "lab.toml"
+    path.write_text('[rig]\nkind = "visa"\ntime_scale = 120\n' + body)
+    with pytest.raises(RigConfigError) as info:
+        RigConfig.from_toml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: rig.time_scale = 120") and "real time" in message and "\n" not in message
+    path.write_text('[rig]\nkind = "visa"\ntime_scale = 1\n' + body)
+    assert RigConfig.from_toml(path).time_scale == 1.0
+
+
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(RigConfigError, match="rig file not found"):
         RigConfig.from_toml(tmp_path / "nope.toml")

@@ -37,6 +37,37 @@ Decisions and where the numbers come from:
   the centre ~0.1–0.4 nm red and widen the FWHM by up to ~3 % (E_U 16→23 meV), measured on simulated spectra;
   the core fit stays within ~0.1 nm and ~0.3 %.  An explicit ``window`` (nm) can restrict the range further.
   `fit_two_gaussians` always uses the whole range (or `window`).
+- Acceptance (issue 14, item 5: fits of pure noise and of bands too weak to locate were accepted).  `fit_pl`
+  accepts a band only if (a) it is significant, (b) its FWHM is within physical bounds, (c) its centre is
+  located, (d) its centre lies inside the spectrum.  (a): the matched-filter statistic of a Gaussian of the
+  fitted centre and width with a free constant background over the whole spectrum,
+  z = (g − ḡ)·(y − ȳ) / (σ‖g − ḡ‖), with σ the per-point noise from first differences,
+  σ² = mean((yᵢ₊₁ − yᵢ)²)/2 (a smooth band hardly contributes; white noise gives σ exactly).  For one fixed
+  template z ~ N(0, 1) on a spectrum without a band; the fit picks the centre and width that look best, so the
+  threshold k must include the look-elsewhere effect.  z is a Gaussian random field over (centre c, t = ln s)
+  with metric λ_c = 1/(2s²) (correlation exp(−Δ²/(4s²)) of Gaussian templates) and λ_t = 1/2 (correlation
+  (cosh t)^(−1/2) between widths); the Gaussian kinematic formula (Adler & Taylor, "Random Fields and
+  Geometry" (2007), thm 12.4.2; for the look-elsewhere effect Gross & Vitells, Eur. Phys. J. C 70, 525 (2010))
+  gives P(max z ≥ k) ≈ Q(k) + L₁·e^(−k²/2)/(2π) + L₂·k·e^(−k²/2)/(2π)^(3/2), with L₂ = ∫∫√(λ_c λ_t) =
+  W/2·(1/s_min − 1/s_max) and L₁ = half the perimeter of the (c, t) rectangle in that metric
+  (`detection_threshold`): W = 220 nm, FWHM 8–120 nm, α = 10⁻³ → k = 4.35 (α = 10⁻² → 3.75).  Low-count
+  Poisson noise is skewed, which fattens the upper tail (at 1 count per bin the Gaussian k let through 3–4× α):
+  k is raised by the Cornish–Fisher term γ_z/6·(k² − 1), γ_z the skewness of the narrowest template's sum from
+  the per-point skewness measured on second differences (`skew_corrected_threshold`, `noise_skewness`).
+  Measured on simulated dark spectra at 0.5–100 counts per bin (tests/test_pl_ghosts.py): the scan's rate is
+  within binomial error of α at α = 5 % and 1 %.  The same statistic, scanned over centres and a geometric grid of widths (FFT correlations, ~0.5 ms), is
+  the cheap pre-screen: no position/width with z ≥ k → no fit at all.  (b): FWHM between `fwhm_min_nm` = 8 nm (≈ 20 meV at 700 nm: below
+  any room-temperature lead-halide perovskite emission, whose LO-phonon part alone is ≈ 70 meV, Wright et al.,
+  Nat. Commun. 7, 11755 (2016); ≥ 40 bins of the 0.2 nm axis, far above any grating resolution used here) and
+  `fwhm_max_nm` = 120 nm (≈ 300 meV; broader than the 220 nm window can tell from a curved background).  (c): the
+  centre's s.u. ≤ `max_centre_su_nm` (0.5 nm, analysis.live.parameters `pl_max_centre_su_nm`).  Measured
+  (tests/test_pl_ghosts.py): 0 of 1000 pure-noise spectra accepted; a band of FWHM 36 nm and peak 10 counts on
+  2 dark counts (matched-filter z ≈ 50) accepted in 200 of 200 draws, centres within 4 s.u. and 2 nm.
+- Start of the Gaussian fit when `fit_pl` runs it: the pre-screen's best centre and width (not the highest point of
+  the smoothed spectrum, which on a weak band is a noise spike: the core around it was a few nm of noise and
+  the fit 6–12 nm off with a small s.u.).  A band weaker than `CORE_MIN_Z` (matched-filter z < 150) is fitted
+  over the whole range with the background free (the core of a weak band holds too few counts to pin it and the
+  edge median of a few-count background is biased by the Poisson discreteness); stronger bands keep the core fit.
 - Speed: scipy.optimize.least_squares (Levenberg–Marquardt, analytic Jacobian, starts from the data: half-
   maximum crossings of the smoothed spectrum).  For 1101 points: fit_gaussian ≈ 0.7 ms, urbach_energy ≈ 1 ms,
   fit_two_gaussians 2–4 ms (tests/test_pl_fit.py asserts < 2 ms for the first two).
@@ -46,15 +77,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import least_squares
-from scipy.signal import find_peaks, savgol_filter
+from scipy.fft import next_fast_len
+from scipy.optimize import brentq, least_squares
+from scipy.signal import fftconvolve, find_peaks, savgol_filter
+from scipy.special import ndtr
 
-__all__ = ["HC_EV_NM", "GaussianComponent", "PLFit", "UrbachFit", "estimate_background", "fit_gaussian",
-           "fit_two_gaussians", "integrated_intensity", "urbach_energy", "fit_pl", "nm_to_ev"]
+__all__ = ["HC_EV_NM", "Acceptance", "BandScan", "GaussianComponent", "PLFit", "UrbachFit", "band_significance",
+           "detection_threshold", "estimate_background", "fit_gaussian", "fit_two_gaussians", "integrated_intensity",
+           "noise_sigma", "noise_skewness", "scan_band", "skew_corrected_threshold", "urbach_energy", "fit_pl", "nm_to_ev"]
 
 HC_EV_NM = 1239.841984  # h·c in eV·nm (CODATA 2018: h and c exact, e exact → 1239.84198433…)
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -118,6 +153,9 @@ class PLFit:
     urbach_meV: float = _NAN  # fit_pl fills these two
     urbach_meV_su: float = _NAN
     extra: dict[str, float] = field(default_factory=dict)
+    significance: float = _NAN  # matched-filter z of the main component (fit_pl fills it; module docstring)
+    threshold: float = _NAN  # the k it was tested against
+    accepted: bool = False  # fit_pl: significant, width in bounds, centre located and inside the spectrum
 
     def _main(self) -> GaussianComponent | None:
         """Largest-area component (None if the fit failed)."""
@@ -144,7 +182,8 @@ class PLFit:
         out.update(background=self.background, background_su=self.background_su, chi2_red=self.chi2_red,
                    n_points=float(self.n_points), success=float(self.success),
                    integrated_intensity=self.integrated_intensity, urbach_meV=self.urbach_meV,
-                   urbach_meV_su=self.urbach_meV_su)
+                   urbach_meV_su=self.urbach_meV_su, significance=self.significance, threshold=self.threshold,
+                   accepted=float(self.accepted))
         for i, c in enumerate(self.components):
             for k, v in asdict(c).items():
                 out[f"c{i}_{k}"] = float(v)
@@ -288,13 +327,16 @@ def _components(p: FloatArray, cov: FloatArray, domain: str) -> tuple[GaussianCo
 
 
 def _select(lam: FloatArray, ys_net: FloatArray, window: tuple[float, float] | None,
-            core: float | None) -> NDArray[np.bool_]:
+            core: float | None, start: tuple[float, float] | None = None) -> NDArray[np.bool_]:
     """Points used by the fit: inside `window` (nm) and, with `core`, contiguous around the peak above core·peak."""
     use = np.ones(lam.size, dtype=bool)
     if window is not None:
         lo, hi = min(window), max(window)
         use &= (lam >= lo) & (lam <= hi)
-    if core:
+    if core and start is not None:  # the core of the pre-screen's template: where it is above core·peak
+        c, fw = start
+        use &= np.abs(lam - c) <= fw * math.sqrt(math.log(1.0 / core) / (4.0 * math.log(2.0)))
+    elif core:
         i = int(np.argmax(np.where(use, ys_net, -np.inf)))
         level = core * ys_net[i]
         j0 = i
@@ -347,7 +389,8 @@ def _run_fit(u: FloatArray, yd: FloatArray, var: FloatArray, p0: FloatArray, fix
 
 
 def _common(wavelength_nm: ArrayLike, counts: ArrayLike, domain: str, background: float | None,
-            window: tuple[float, float] | None, core: float | None, min_snr: float
+            window: tuple[float, float] | None, core: float | None, min_snr: float,
+            start: tuple[float, float] | None = None
             ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, float, float, str]:
     """Shared preparation: domain data, selection, smoothed net signal, variances; or a failure message."""
     lam, y = _prepare(wavelength_nm, counts)
@@ -366,22 +409,36 @@ def _common(wavelength_nm: ArrayLike, counts: ArrayLike, domain: str, background
     floor = max(b, 1e-3 * peak / float(np.max(jf)), 1e-12) * jf
     var = np.maximum(ysm * jf, floor * jf)  # counts var × (dλ/du)² for converted densities
     lam_d = lam if domain == "wavelength" else lam[::-1]
-    use = _select(lam_d, net, window, core) if not msg else np.ones(lam.size, dtype=bool)
+    st = None
+    if start is not None:  # (centre nm, FWHM nm) → the fit domain
+        st = start if domain == "wavelength" else (HC_EV_NM / start[0],
+                                                   HC_EV_NM * start[1] / start[0] ** 2)
+    use = _select(lam_d if st is None else u, net, window, core, st) if not msg else np.ones(lam.size, dtype=bool)
     return u[use], yd[use], var[use], net[use], jf[use], b, sb, msg
 
 
 def fit_gaussian(wavelength_nm: ArrayLike, counts: ArrayLike, *, domain: Domain = "wavelength",
                  background: float | None = None, window: tuple[float, float] | None = None,
-                 core: float | None = 0.3, min_snr: float = 5.0) -> PLFit:
+                 core: float | None = 0.3, min_snr: float = 5.0,
+                 start: tuple[float, float] | None = None) -> PLFit:
     """One Gaussian + constant background (module docstring: domain, weights, range); guesses from the data.
-    Default `core` = 0.3: only the band above 30 % of its peak (background held at the edge estimate)."""
+    Default `core` = 0.3: only the band above 30 % of its peak (background held at the edge estimate).
+    `start` = (centre nm, FWHM nm), e.g. from `scan_band`: the fit starts there and the core is taken around it
+    (the ``min_snr`` pre-screen is then skipped: the caller has tested significance)."""
     u, yd, var, net, jf, b, _sb, msg = _common(wavelength_nm, counts, domain, background, window, core,
-                                               min_snr)
+                                               0.0 if start is not None else min_snr, start)
     if msg:
         return _failed(domain, u.size, msg, b)
-    i = int(np.argmax(net))
-    c0, fw0 = _half_max(u, net, i)
-    p0 = np.array([net[i], c0, fw0 / FWHM_PER_SIGMA, b])
+    if start is not None:
+        c0 = start[0] if domain == "wavelength" else HC_EV_NM / start[0]
+        fw0 = start[1] if domain == "wavelength" else HC_EV_NM * start[1] / start[0] ** 2
+        i = int(np.argmin(np.abs(u - c0)))
+        h0 = max(float(net[i]), 1e-6 * float(np.max(np.abs(net))) + 1e-12)
+    else:
+        i = int(np.argmax(net))
+        c0, fw0 = _half_max(u, net, i)
+        h0 = float(net[i])
+    p0 = np.array([h0, c0, fw0 / FWHM_PER_SIGMA, b])
     fix = b if (core or background is not None) else None  # the core alone cannot pin a background
     p, cov, chi2, ok, m = _run_fit(u, yd, var, p0, fix, jf)
     return PLFit(_components(p, cov, domain), float(p[-1]), math.sqrt(max(cov[-1, -1], 0.0)), domain, chi2,
@@ -527,13 +584,205 @@ def urbach_energy(wavelength_nm: ArrayLike, counts: ArrayLike, *, domain: Domain
                      level, True, "")
 
 
+# ---------------------------------------------------------------------------------------------- acceptance
+CORE_MIN_Z = 150.0  # matched-filter z below which fit_pl fits the whole range (module docstring)
+WIDTH_STEP = math.sqrt(2.0)  # ratio of neighbouring widths of the scan grid (correlation 0.94 between them)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What `fit_pl` requires of a band (module docstring, "Acceptance"): the design false-positive rate per
+    spectrum `alpha` (sets the significance threshold k), FWHM bounds (nm) and the largest centre s.u. (nm)."""
+
+    alpha: float = 1e-3
+    fwhm_min_nm: float = 8.0
+    fwhm_max_nm: float = 120.0
+    max_centre_su_nm: float = 0.5
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot work (one line each)."""
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"Acceptance.alpha must be in (0, 0.5), got {self.alpha!r}")
+        if not 0.0 < self.fwhm_min_nm < self.fwhm_max_nm:
+            raise ValueError(f"Acceptance needs 0 < fwhm_min_nm < fwhm_max_nm, got {self.fwhm_min_nm!r}, "
+                             f"{self.fwhm_max_nm!r}")
+        if not self.max_centre_su_nm > 0.0:
+            raise ValueError(f"Acceptance.max_centre_su_nm must be > 0, got {self.max_centre_su_nm!r}")
+
+
+@lru_cache(maxsize=64)
+def detection_threshold(span_nm: float, fwhm_min_nm: float, alpha: float, fwhm_max_nm: float = 120.0) -> float:
+    """k such that a spectrum of `span_nm` without a band (Gaussian noise) shows z ≥ k for some centre and width
+    with probability `alpha`: the Gaussian kinematic formula over (centre, ln width), module docstring."""
+    s_min, s_max = fwhm_min_nm / FWHM_PER_SIGMA, fwhm_max_nm / FWHM_PER_SIGMA
+    area = 0.5 * span_nm * (1.0 / s_min - 1.0 / s_max)  # L2: ∫∫ √(λ_c λ_t) dc dt
+    half_perimeter = 0.5 * (span_nm / (math.sqrt(2.0) * s_min) + span_nm / (math.sqrt(2.0) * s_max)
+                            + 2.0 * math.log(s_max / s_min) / math.sqrt(2.0))  # L1
+
+    def excess(k: float) -> float:
+        e = math.exp(-0.5 * k * k)
+        return (float(ndtr(-k)) + half_perimeter * e / (2.0 * math.pi) + area * k * e / (2.0 * math.pi) ** 1.5
+                - alpha)
+    return float(brentq(excess, 0.0, 40.0))
+
+
+def skew_corrected_threshold(k: float, skew: float, fwhm_min_nm: float, step_nm: float) -> float:
+    """k raised for skewed (e.g. low-count Poisson) noise by the Cornish–Fisher term γ_z/6·(k² − 1), with γ_z
+    the skewness of the narrowest template's sum: γ₁·Σg³/(Σg²)^{3/2} = γ₁·√(2π/3)/(π^{3/4}·√(s/Δ))."""
+    if not (math.isfinite(skew) and skew > 0.0):
+        return k
+    bins = fwhm_min_nm / FWHM_PER_SIGMA / step_nm
+    gz = skew * math.sqrt(2.0 * math.pi / 3.0) / (math.pi ** 0.75 * math.sqrt(bins))
+    return k + gz / 6.0 * (k * k - 1.0)
+
+
+def noise_skewness(counts: ArrayLike) -> float:
+    """Per-point skewness γ₁ of the noise from second differences r = yᵢ − (yᵢ₋₁ + yᵢ₊₁)/2 (a smooth band
+    hardly contributes): skew(r) = 0.75/1.5^{3/2}·γ₁ = 0.408·γ₁ for independent points."""
+    y = np.asarray(counts, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    if y.size < 5:
+        return _NAN
+    r = y[1:-1] - 0.5 * (y[:-2] + y[2:])
+    r = r - float(np.mean(r))
+    m2 = float(np.mean(r * r))
+    if not m2 > 0.0:
+        return _NAN
+    return float(np.mean(r ** 3)) / m2 ** 1.5 / (0.75 / 1.5 ** 1.5)
+
+
+def noise_sigma(counts: ArrayLike) -> float:
+    """Per-point noise σ from first differences: σ² = mean(Δy²)/2 (a smooth band hardly contributes)."""
+    y = np.asarray(counts, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    if y.size < 3:
+        return _NAN
+    return float(math.sqrt(float(np.mean(np.diff(y) ** 2)) / 2.0))
+
+
+def _uniform(lam: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The spectrum on a uniform axis (interpolated only if the bins are not already uniform to 0.1 %)."""
+    d = np.diff(lam)
+    if d.size and float(np.ptp(d)) <= 1e-3 * float(np.mean(d)):
+        return lam, y
+    grid = np.linspace(float(lam[0]), float(lam[-1]), lam.size)
+    return grid, np.interp(grid, lam, y)
+
+
+def band_significance(wavelength_nm: ArrayLike, counts: ArrayLike, centre_nm: float, fwhm_nm: float,
+                      sigma: float | None = None) -> float:
+    """Matched-filter z of one Gaussian (centre, FWHM) with a free constant over the whole spectrum:
+    z = (g − ḡ)·(y − ȳ)/(σ‖g − ḡ‖), σ from `noise_sigma` unless given."""
+    lam, y = _prepare(wavelength_nm, counts)
+    if not (np.isfinite(centre_nm) and np.isfinite(fwhm_nm) and fwhm_nm > 0.0):
+        return _NAN
+    sig = noise_sigma(y) if sigma is None else float(sigma)
+    g = np.exp(-0.5 * ((lam - centre_nm) / (fwhm_nm / FWHM_PER_SIGMA)) ** 2)
+    gc = g - float(np.mean(g))
+    norm = float(np.sqrt(gc @ gc))
+    if not (sig > 0.0 and norm > 0.0):
+        return _NAN
+    return float(gc @ (y - float(np.mean(y)))) / (sig * norm)
+
+
+@lru_cache(maxsize=8)
+def _templates(n: int, step: float, fwhm_min_nm: float, fwhm_max_nm: float
+               ) -> tuple[int, tuple[tuple[float, int, FloatArray, FloatArray], ...]]:
+    """FFT length and, per scan width: (FWHM, half-length, rFFT of the template, ‖g − ḡ‖ per centre) —
+    independent of the data, so cached."""
+    nw = max(1, int(math.floor(math.log(fwhm_max_nm / fwhm_min_nm) / math.log(WIDTH_STEP) + 1e-9)) + 1)
+    ones = np.ones(n)
+    halves = [min(n - 1, int(math.ceil(5.0 * fwhm_min_nm * WIDTH_STEP ** j / FWHM_PER_SIGMA / step)))
+              for j in range(nw)]
+    size = next_fast_len(n + 2 * max(halves))
+    out = []
+    for j in range(nw):
+        fw = fwhm_min_nm * WIDTH_STEP ** j
+        sd = fw / FWHM_PER_SIGMA
+        half = halves[j]
+        t = np.exp(-0.5 * (np.arange(-half, half + 1) * step / sd) ** 2)
+        s1 = fftconvolve(ones, t, mode="same")  # Σ g over the spectrum, per centre
+        s2 = fftconvolve(ones, t * t, mode="same")  # Σ g²
+        out.append((fw, half, np.fft.rfft(t, size), np.sqrt(np.maximum(s2 - s1 * s1 / n, 1e-300))))
+    return size, tuple(out)
+
+
+@dataclass(frozen=True)
+class BandScan:
+    """Best matched-filter z over centres (inside the spectrum) and widths, where it is, and the noise σ."""
+
+    z: float
+    centre_nm: float
+    fwhm_nm: float
+    height: float  # least-squares height of that template (counts per bin)
+    sigma: float
+    skew: float = _NAN  # noise skewness γ₁ (noise_skewness)
+    step_nm: float = _NAN
+
+
+def scan_band(wavelength_nm: ArrayLike, counts: ArrayLike, fwhm_min_nm: float = 8.0,
+              fwhm_max_nm: float = 120.0) -> BandScan:
+    """The cheap pre-screen: `band_significance` at every bin centre and on a geometric grid of FWHM
+    (ratio √2 from `fwhm_min_nm` to `fwhm_max_nm`), by FFT correlations; the template is truncated at the
+    spectrum's ends exactly as `band_significance` truncates it."""
+    lam, y = _prepare(wavelength_nm, counts)
+    if lam.size < 8:
+        raise ValueError("need at least 8 finite points")
+    lam, y = _uniform(lam, y)
+    n = y.size
+    step = float(lam[1] - lam[0])
+    sig = noise_sigma(y)
+    ybar = float(np.mean(y))
+    yc = y - ybar
+    best = BandScan(-math.inf, _NAN, _NAN, _NAN, sig)
+    if not sig > 0.0:
+        return BandScan(_NAN, _NAN, _NAN, _NAN, sig)
+    size, templates = _templates(n, round(step, 12), float(fwhm_min_nm), float(fwhm_max_nm))
+    fy = np.fft.rfft(yc, size)
+    for fw, half, ft, den in templates:
+        sy = np.fft.irfft(fy * ft, size)[half: half + n]  # Σ g (y − ȳ) per centre (g truncated at the ends)
+        r = sy / den
+        i = int(np.argmax(r))
+        z = float(r[i]) / sig
+        if z > best.z:
+            best = BandScan(z, float(lam[i]), fw, float(sy[i] / den[i] ** 2), sig)
+    return replace(best, skew=noise_skewness(y), step_nm=step)
+
+
 def fit_pl(wavelength_nm: ArrayLike, counts: ArrayLike, *, domain: Domain = "wavelength", two: bool = False,
-           core: float | None = 0.3) -> PLFit:
-    """The per-spectrum PL analysis: (two-)Gaussian fit + integrated intensity + Urbach energy, one PLFit."""
-    fit = (fit_two_gaussians(wavelength_nm, counts, domain=domain) if two
-           else fit_gaussian(wavelength_nm, counts, domain=domain, core=core))
+           core: float | None = 0.3, acceptance: Acceptance | None = None) -> PLFit:
+    """The per-spectrum PL analysis: significance pre-screen (`scan_band`), (two-)Gaussian fit started there,
+    integrated intensity, Urbach energy and the acceptance test (module docstring) in one PLFit: ``success``
+    says the fit converged, ``accepted`` that the band is significant, within the width bounds, inside the
+    spectrum and located to ``acceptance.max_centre_su_nm``; ``message`` says why not."""
+    acc = Acceptance() if acceptance is None else acceptance
+    lam, y = _prepare(wavelength_nm, counts)
+    if lam.size < 8:
+        raise ValueError("need at least 8 finite points")
+    scan = scan_band(lam, y, acc.fwhm_min_nm, acc.fwhm_max_nm)
+    k = skew_corrected_threshold(detection_threshold(float(lam[-1] - lam[0]), acc.fwhm_min_nm, acc.alpha,
+                                                     acc.fwhm_max_nm), scan.skew, acc.fwhm_min_nm, scan.step_nm)
+    if not scan.z >= k:
+        return replace(_failed(domain, lam.size, f"no significant band: best z = {scan.z:.2f} < k = {k:.2f}",
+                               estimate_background(lam, y)[0]), significance=scan.z, threshold=k)
+    start = (scan.centre_nm, scan.fwhm_nm)
+    if two:
+        fit = fit_two_gaussians(lam, y, domain=domain, min_snr=0.0)
+    else:
+        fit = fit_gaussian(lam, y, domain=domain, core=core if scan.z >= CORE_MIN_Z else None, start=start)
     if not fit.success:
-        return fit
-    ii = integrated_intensity(wavelength_nm, counts)
-    ub = urbach_energy(wavelength_nm, counts, domain=domain)
-    return replace(fit, integrated_intensity=ii, urbach_meV=ub.energy_meV, urbach_meV_su=ub.energy_meV_su)
+        return replace(fit, significance=scan.z, threshold=k)
+    z = band_significance(lam, y, fit.centre_nm, fit.fwhm_nm, scan.sigma)
+    why = []
+    if not z >= k:
+        why.append(f"z = {z:.2f} < k = {k:.2f} at the fitted band")
+    if not acc.fwhm_min_nm <= fit.fwhm_nm <= acc.fwhm_max_nm:
+        why.append(f"FWHM {fit.fwhm_nm:.3g} nm outside [{acc.fwhm_min_nm:g}, {acc.fwhm_max_nm:g}] nm")
+    if not float(lam[0]) <= fit.centre_nm <= float(lam[-1]):
+        why.append(f"centre {fit.centre_nm:.4g} nm outside the spectrum")
+    if not fit.centre_nm_su <= acc.max_centre_su_nm:
+        why.append(f"centre s.u. {fit.centre_nm_su:.3g} nm > {acc.max_centre_su_nm:g} nm")
+    ii = integrated_intensity(lam, y)
+    ub = urbach_energy(lam, y, domain=domain)
+    return replace(fit, integrated_intensity=ii, urbach_meV=ub.energy_meV, urbach_meV_su=ub.energy_meV_su,
+                   significance=z, threshold=k, accepted=not why, message="; ".join(why) or fit.message)

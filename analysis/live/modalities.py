@@ -27,7 +27,11 @@ Streams (DESIGN.md, "Contracts a user relies on / Derived run"):
   (analysis.live.parameters).
 * ``pl_fit`` (from ``pl``): ``centre_nm``, ``fwhm_nm``, ``area`` (counts·nm) with ``*_su``, ``integrated_intensity``
   (∫(counts − background) dλ, computed even when the band fit fails), ``urbach_meV`` (+ s.u.), ``chi2_red``,
-  ``fit_success``.
+  ``significance`` (matched-filter z of the band, `hotstage.analysis.pl_fit`) and ``fit_success``: 1 only when
+  `fit_pl` ACCEPTED the band — significant at the look-elsewhere threshold for a 10⁻³ false-positive rate per
+  spectrum, FWHM within 8–120 nm, centre inside the spectrum and located to ``pl_max_centre_su_nm``. Centre,
+  width and area are stored either way (NaN when no significant band was found); ``fit_success`` says which to
+  trust.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from hotstage.analysis.crystal import Crystal
 from hotstage.analysis.derivatives import band_amplitude, noise_sigma, spectral_derivative
 from hotstage.analysis.instrument import Instrument
 from hotstage.analysis.phase_quant import PhaseQuantifier
-from hotstage.analysis.pl_fit import fit_pl, integrated_intensity
+from hotstage.analysis.pl_fit import Acceptance, fit_pl, integrated_intensity
 from hotstage.analysis.radiation import CU_KA1_ANGSTROM, Radiation
 
 from .parameters import AnalysisParameters
@@ -308,23 +312,24 @@ class PLAnalyser(StreamAnalyser):
             "area": _number("counts nm", src), "area_su": _number("counts nm", src),
             "integrated_intensity": _number("counts nm", src),
             "urbach_meV": _number("meV", src), "urbach_meV_su": _number("meV", src),
-            "chi2_red": _number(None, src), "fit_success": _integer(src),
+            "chi2_red": _number(None, src), "significance": _number(None, src), "fit_success": _integer(src),
         }
 
     def process(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """One spectrum: fit_pl (NaN band values when no band is found) + integrated intensity."""
         p = self.params
         y = np.asarray(data[self.key], dtype=np.float64)
-        fit = fit_pl(self.wavelength, y, domain=p.pl_domain, two=p.pl_two_gaussians, core=p.pl_core)  # type: ignore[arg-type]
+        fit = fit_pl(self.wavelength, y, domain=p.pl_domain, two=p.pl_two_gaussians, core=p.pl_core,  # type: ignore[arg-type]
+                     acceptance=Acceptance(max_centre_su_nm=p.pl_max_centre_su_nm))
         return {
             "centre_nm": float(fit.centre_nm), "centre_nm_su": float(fit.centre_nm_su),
             "fwhm_nm": float(fit.fwhm_nm), "fwhm_nm_su": float(fit.fwhm_nm_su),
             "area": float(fit.area), "area_su": float(fit.area_su),
             "integrated_intensity": float(integrated_intensity(self.wavelength, y)),
             "urbach_meV": float(fit.urbach_meV), "urbach_meV_su": float(fit.urbach_meV_su),
-            "chi2_red": float(fit.chi2_red),
-            # a converged fit whose centre is not located to pl_max_centre_su_nm is not a result (parameters.py)
-            "fit_success": int(bool(fit.success) and float(fit.centre_nm_su) <= p.pl_max_centre_su_nm),
+            "chi2_red": float(fit.chi2_red), "significance": float(fit.significance),
+            # only an accepted band is a result: significant, physical width, located (pl_fit "Acceptance")
+            "fit_success": int(bool(fit.success) and fit.accepted),
         }
 
 

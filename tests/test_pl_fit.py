@@ -135,3 +135,28 @@ def test_fit_pl_as_dict(spectra: list) -> None:
     d = r.as_dict()
     assert abs(d["centre_nm"] - truth["centre_nm"]) < 0.5 and abs(d["urbach_meV"] - truth["urbach_meV"]) < 1.0
     assert d["integrated_intensity"] > 0.0 and all(isinstance(v, float) for v in d.values())
+
+
+def test_pl_maximum_per_heating_segment() -> None:
+    """Two cycles (issue 14: the first-heating maximum used to span everything up to the overall maximum, so the
+    bright end of the first cooling, 61.7 °C there, was reported): each heating segment has its own maximum."""
+    from hotstage.analysis.live.onsets import SummaryBuilder
+    from hotstage.analysis.live.parameters import AnalysisParameters
+
+    rng = np.random.default_rng(2)
+    heat1, cool1 = np.linspace(25.0, 200.0, 36), np.linspace(195.0, 50.0, 30)
+    heat2, cool2 = np.linspace(55.0, 250.0, 40), np.linspace(245.0, 30.0, 44)
+    temps = np.concatenate([heat1, 200.0 + rng.normal(0.0, 0.3, 8), cool1, heat2, cool2])
+    bright = np.concatenate([np.exp(-0.5 * ((heat1 - 150.0) / 20.0) ** 2), np.full(8, 0.1),
+                             3.0 - 2.0 * (cool1 - 50.0) / 145.0,  # brightest at the end of the first cooling
+                             np.exp(-0.5 * ((heat2 - 180.0) / 20.0) ** 2), np.full(44, 0.05)])
+    sb = SummaryBuilder(AnalysisParameters())
+    for t, v in zip(temps, bright):
+        sb.add("pl_fit", float(t), {"integrated_intensity": float(v)}, False)
+    out = sb.compute()
+    assert out["n_heating_segments"] == 2
+    assert out["pl_max_heating_C"] == out["pl_max_heating1_C"] == pytest.approx(150.0, abs=3.0)
+    assert out["pl_max_heating2_C"] == pytest.approx(180.0, abs=3.0)
+    assert math.isnan(out["pl_max_heating3_C"]) and math.isnan(out["pl_max_heating4_C"])
+    assert out["pl_max_C"] == pytest.approx(50.0)  # the overall maximum is still the cooling's
+    assert set(out) <= set(sb.data_keys())

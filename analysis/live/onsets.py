@@ -14,8 +14,15 @@ signal crosses the threshold (``refine=True``, see `hotstage.analysis.onsets`); 
   the same referenced derivative, × √(number of bands)) for ``zni_m`` (3) consecutive THz spectra. The signal is
   unbiased (zero mean without a band, see `hotstage.analysis.live.parameters`), which the k·σ test assumes.
 * **PL maximum** (``pl_max_C``, ``pl_max_intensity``): temperature of the PL spectrum with the largest integrated
-  intensity over the whole run (``pl_max_heating_C``: the same over the first heating part only, i.e. up to the
-  maximum temperature reached).
+  intensity over the whole run.  Per heating segment (issue 14: the old "up to the overall maximum" spanned
+  every segment before it, so a two-cycle program reported the PL maximum at the end of the first cooling):
+  ``pl_max_heating<i>_C`` (i = 1 … `MAX_HEATING_SEGMENTS`) is the same over the i-th heating segment of the PL
+  events, NaN when the run has fewer; ``pl_max_heating_C`` = ``pl_max_heating1_C`` (the first heating);
+  ``n_heating_segments`` counts them.  A heating segment (`heating_segments`) is a run of events whose
+  temperature rises: it starts at the first event or just after the lowest point of the cooling before it
+  (that point ends the cooling) and ends when the temperature has fallen more than `HEATING_TOLERANCE_C` (2 °C:
+  well above the ≤ 0.5 °C scatter of mid-exposure stamps) below its running maximum, so a hold at the top
+  belongs to it; a segment that rises by less than that tolerance (a hold-only or cooling-only run) is not one.
 
 Temperatures are the analysis temperature of each event (``temperature``: the sample thermocouple by default).
 Memory: only a few floats per event are kept (``array('d')``: 8 bytes each), never the spectra.
@@ -34,12 +41,15 @@ from hotstage.analysis.onsets import onset
 
 from .parameters import AnalysisParameters
 
-__all__ = ["SummaryBuilder", "SUMMARY_KEYS"]
+__all__ = ["SummaryBuilder", "SUMMARY_KEYS", "heating_segments", "MAX_HEATING_SEGMENTS", "HEATING_TOLERANCE_C"]
 
 NAN = float("nan")
+MAX_HEATING_SEGMENTS = 4  # per-segment PL maxima reported (pl_max_heating1_C …)
+HEATING_TOLERANCE_C = 2.0  # a fall of more than this below the running maximum ends a heating segment
 SUMMARY_KEYS = (
     "active_onset_C", "zni_onset_C", "pl_max_C", "pl_max_heating_C", "pl_max_intensity", "max_active_fraction",
     "max_temperature_C", "n_phase_fractions", "n_thz_derivative", "n_pl_fit", "errors",
+    *(f"pl_max_heating{i}_C" for i in range(1, MAX_HEATING_SEGMENTS + 1)), "n_heating_segments",
 )
 
 
@@ -98,11 +108,12 @@ class SummaryBuilder:
         out["zni_onset_C"] = _temp(onset(tt, z, zs, k=p.zni_k, m=p.zni_m, refine=True).temperature) if tt.size else NAN
         pt, ii = np.asarray(self.pl_t), np.asarray(self.pl_ii)
         out["pl_max_C"], out["pl_max_intensity"] = _argmax(pt, ii)
-        if pt.size:
-            turn = int(np.argmax(pt)) + 1  # first heating part: up to the highest temperature reached
-            out["pl_max_heating_C"] = _argmax(pt[:turn], ii[:turn])[0]
-        else:
-            out["pl_max_heating_C"] = NAN
+        segments = heating_segments(pt)
+        for i in range(1, MAX_HEATING_SEGMENTS + 1):
+            a, b = segments[i - 1] if i <= len(segments) else (0, 0)
+            out[f"pl_max_heating{i}_C"] = _argmax(pt[a:b], ii[a:b])[0] if b > a else NAN
+        out["pl_max_heating_C"] = out["pl_max_heating1_C"]
+        out["n_heating_segments"] = len(segments)
         out["max_active_fraction"] = float(np.nanmax(act)) if act.size and np.any(np.isfinite(act)) else NAN
         allt = np.concatenate([xt, tt, pt])
         out["max_temperature_C"] = float(np.nanmax(allt)) if allt.size and np.any(np.isfinite(allt)) else NAN
@@ -112,6 +123,38 @@ class SummaryBuilder:
         for ph in p.phases:
             out[f"final_wf_{ph}"] = float(self.last_fractions.get(ph, NAN))
         return out
+
+
+def heating_segments(temperature: Any, tol_C: float = HEATING_TOLERANCE_C) -> list[tuple[int, int]]:
+    """(start, stop) index ranges (stop exclusive) of the heating segments of a temperature series in acquisition
+    order (module docstring); NaN temperatures are skipped."""
+    t = np.asarray(temperature, dtype=np.float64)
+    segments: list[tuple[int, int]] = []
+    finite = np.flatnonzero(np.isfinite(t))
+    if finite.size == 0:
+        return segments
+    start = i_max = i_min = int(finite[0])
+    heating = True
+
+    def close(stop: int) -> None:
+        if t[i_max] - float(np.nanmin(t[start:i_max + 1])) > tol_C:  # it did rise
+            segments.append((start, stop))
+    for i in finite[1:]:
+        i = int(i)
+        if heating:
+            if t[i] >= t[i_max]:
+                i_max = i
+            elif t[i] < t[i_max] - tol_C:  # fallen below the running maximum: the heating ended
+                close(i)
+                heating, i_min = False, i
+        else:
+            if t[i] <= t[i_min]:
+                i_min = i
+            elif t[i] > t[i_min] + tol_C:  # risen above the running minimum: a new heating from there
+                heating, start, i_max = True, i_min + 1, i
+    if heating:
+        close(int(t.size))
+    return segments
 
 
 def _temp(t: float | None) -> float:

@@ -28,10 +28,19 @@ How the ramp loop works (all through bluesky plan stubs and the devices' ophyd s
    `bps.trigger_and_read([detector, furnace, clock], name=<modality>)`: one event in that modality's own
    stream, carrying the array, the furnace and sample temperatures and the experiment time. On a simulated
    rig a `truth` event (the simulator's ground truth; for tests, never for analysis) follows each acquisition.
-   A ramp segment ends when the controller reports its setpoint ramp finished (`ramping` == 0) and the
-   nominal segment time has passed (or, failing that, max(60 s, 10 %) after the nominal end); the readback may
-   still lag (natural cooling is slower than 10 °C/min below ~55 °C on the simulated stage). A hold ends after
-   its experiment minutes.
+   A ramp/cool segment ends on target — not before its nominal end, the control readback (`temperature`, the
+   sensor the controller regulates and its `tolerance` refers to; the sample sensor lags it by design) within the
+   furnace's `tolerance` of `to_C` and the controller's setpoint ramp finished (`ramping` == 0) — or on the
+   overrun, `overrun_s` (the segment's `overrun_min`, default max(10 min, 50 % of nominal)) after the nominal
+   end, with one warning line (target, achieved temperature and rate). Until then the loop keeps polling and
+   acquiring whatever is due, however slowly the furnace moves (natural cooling is slower than 10 °C/min below
+   ~55 °C on the simulated stage). Arriving on target, a °C cadence whose next mark is the target (within the
+   tolerance) is acquired at once: the readback stops just short of it. A hold ends after its experiment minutes.
+   Each finished segment adds one event to the `segments` stream (`SegmentRecord.summary`: nominal and achieved
+   start/end °C, start time and duration in experiment s, programmed rate and achieved rate — the least-squares
+   slope of the control readback against experiment time over the segment, °C/min, negative when cooling — and
+   `segment_on_target` 1/0). A stream rather than stop-document metadata because a plan cannot add keys to the
+   stop document, and an event stream is what every bluesky consumer (tiled, databroker, the summary) reads.
 5. `bps.checkpoint()` runs at the top of every poll, outside any event bundle, so a pause (deferred or
    immediate) can happen at any poll. The RunEngine switches the heater off while paused (`furnace.stop()`,
    which also counts the stop in the furnace's `stops` signal); when the loop next finds the heater range 0 or

@@ -64,7 +64,8 @@ def test_insitu_run_is_stored_and_reads_back_with_a_plain_client(session: Sessio
     assert start["program"]["segments"] == PROGRAM.to_dict()["segments"]
     assert start["simulated"] is True and start["rig"]["kind"] == "simulated"
     assert start["versions"]["bluesky"] and start["operator"] == "pytest"
-    assert set(run) == {"xrd", "thz", "pl", "truth"}
+    assert set(run) == {"xrd", "thz", "pl", "truth", "segments"}  # segments: one summary per program segment
+    assert list(run["segments"].read()["segment_index"].values) == list(range(len(PROGRAM.segments)))
 
     for stream, (key, n_points) in SHAPES.items():
         ds = run[stream].read()

@@ -280,3 +280,33 @@ def test_rig_limits_cannot_be_infinite(key: str, value: float) -> None:
     """An infinite limit would switch the check (and the over-temperature guard built on it) off."""
     with pytest.raises(ProgramError, match=key):
         RigLimits(**{key: value})
+
+
+def test_overrun_limit_toml_json_default_and_one_line_errors(tmp_path: Path) -> None:
+    """Issue 14 item 2: a ramp/cool may run `overrun_min` past its nominal end; default max(10 min, 50 %)."""
+    text = DEMO_TOML.replace('to_C = 25\nrate_C_per_min = 10\n', 'to_C = 25\nrate_C_per_min = 10\noverrun_min = 20\n')
+    program = TemperatureProgram.from_toml(write(tmp_path, text))
+    ramp, _, cool = program.segments
+    assert cool.overrun_min == 20.0 and cool.overrun_s(350.0) == 1200.0
+    # default: 325 °C at 10 °C/min is 1950 s nominal, half of it (975 s) is above 10 min; 2 °C/min for 10 °C is not
+    assert ramp.overrun_min is None and ramp.overrun_s(25.0) == pytest.approx(975.0)
+    assert Ramp(35.0, 10.0).overrun_s(25.0) == 600.0
+    # the JSON (metadata) form carries it only when given and round-trips
+    assert "overrun_min" not in program.to_dict()["segments"][0]
+    assert program.to_dict()["segments"][2]["overrun_min"] == 20.0
+    assert TemperatureProgram.from_dict(program.to_dict()) == program
+    assert Cool(25.0, 10.0, overrun_min=5).to_dict() == {"kind": "cool", "to_C": 25.0, "rate_C_per_min": 10.0,
+                                                         "overrun_min": 5.0}
+    for bad, needle in (("overrun_min = 0", "overrun_min = 0: Input should be greater than 0"),
+                        ("overrun_min = 'ten'", "overrun_min = 'ten'"),
+                        ("overrun_min = inf", "overrun_min = inf"),
+                        ("overrun = 3", "unknown key 'overrun' (allowed: to_C, rate_C_per_min, overrun_min)")):
+        path = write(tmp_path, DEMO_TOML.replace('to_C = 350\nrate_C_per_min = 10\n',
+                                                 f'to_C = 350\nrate_C_per_min = 10\n{bad}\n'), "bad.toml")
+        with pytest.raises(ProgramError) as info:
+            TemperatureProgram.from_toml(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: segment 0 (ramp): ") and needle in message and "\n" not in message, message
+    hold_text = DEMO_TOML.replace("minutes = 10\n", "minutes = 10\noverrun_min = 3\n")
+    with pytest.raises(ProgramError, match="segment 1 \\(hold\\): unknown key 'overrun_min' \\(allowed: minutes\\)"):
+        TemperatureProgram.from_toml(write(tmp_path, hold_text, "hold.toml"))

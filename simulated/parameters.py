@@ -156,6 +156,11 @@ class ModelParameters(_Model):
     pl_interface_decay_x: PositiveFactor = 0.5  # calibrated: interfacial enhancement exp(−x/x_i)
     pl_thermal_ea_meV: MilliEV = 60.0  # assumed: thermal quenching activation (order of exciton binding)
     pl_thermal_c: Factor = 3.0  # assumed: thermal quenching prefactor
+    # thermal shift and broadening of the band (pl_centre_nm and pl_fwhm_nm above are the 25 °C values):
+    # E(T) = E(25 °C) + slope·(T − 25 °C); FWHM(T) = FWHM(25 °C) + γ_LO·[n(T) − n(25 °C)], n = 1/(exp(E_LO/kT) − 1)
+    pl_gap_slope_meV_K: Factor = 0.25  # literature: blue shift on heating for CsPbI3 nanocrystals (Yi et al., Nanoscale Adv. 2020, doi:10.1039/D0NA00545B); 0.35 meV/K for CsSnI3 (Yu et al., J. Appl. Phys. 110, 063526 (2011)); 0.25 assumed within that range
+    pl_lo_phonon_meV: PositiveFactor = 11.5  # literature: E_LO of lead-iodide perovskites (Wright et al., Nat. Commun. 7, 11755 (2016))
+    pl_lo_coupling_meV: MilliEV = 40.0  # literature: Fröhlich γ_LO ≈ 40 meV for lead iodides (Wright et al. 2016)
 
     # --- integration ---
     max_substep_s: PositiveSeconds = 2.0  # internal sub-step of advance(); results change < 1e-3 below ~5 s

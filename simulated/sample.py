@@ -18,6 +18,13 @@ Li et al., Nat. Commun. 14, 7612 (2023) by tests/test_physics.py):
   4x(1 − x) (assumed: contact probability of a random two-phase mixture, 1 at x = 0.5).
 - PL intensity = active fraction × passivation(alloy) × (1 − quench) × absorption(x) × interfacial factor(x) ×
   thermal quenching (normalised to 1 at 25 °C); centre shifts linearly with x; Urbach energy grows with quench.
+  The band moves with the temperature (issue 14, item 5; numbers and sources in ModelParameters): its photon
+  energy rises linearly, E(T) = E(25 °C) + dE/dT·(T − 25 °C) (blue shift on heating, as CsPbI3 nanocrystals do),
+  and its FWHM in energy grows with the LO-phonon (Fröhlich) term, Γ(T) = Γ(25 °C) + γ_LO·[n(T) − n(25 °C)],
+  n = 1/(exp(E_LO/kT) − 1) (Wright et al., Nat. Commun. 7, 11755 (2016)); `pl_centre_nm`/`pl_fwhm_nm` are the
+  25 °C values.  Defaults: 708.8 → 686.7 nm and 36 → 59 nm (89 → 156 meV) at 250 °C for x = 0.4.  Both follow
+  the temperature reversibly.  `intensity` stays the integrated emission: the synthesizer lowers the peak as
+  the band widens (`PLParameters.fwhm_25C_nm`).
 Within one `advance(dt, T)` the temperature is constant, every process is integrated exactly over each
 sub-step, and sub-steps only couple the processes, so results hardly depend on how a history is sliced.
 """
@@ -31,7 +38,8 @@ from typing import Mapping
 
 from hotstage.simulated.parameters import ModelParameters, SampleSpec
 
-__all__ = ["PHASES", "CRYSTALLINE_PHASES", "PLParameters", "SampleState", "CompositeSample", "ramp", "hold"]
+__all__ = ["PHASES", "CRYSTALLINE_PHASES", "PLParameters", "SampleState", "CompositeSample", "ramp", "hold",
+           "thermal_band"]
 
 R_J_MOL_K = 8.314462618  # gas constant (CODATA)
 K_B_MEV_K = 0.08617333262  # Boltzmann constant, meV/K (CODATA)
@@ -51,7 +59,8 @@ class PLParameters:
     centre_nm: float
     fwhm_nm: float
     urbach_meV: float
-    intensity: float
+    intensity: float  # integrated emission relative to the reference sample at 25 °C
+    fwhm_25C_nm: float = math.nan  # the band's FWHM at 25 °C (peak height ∝ intensity × fwhm_25C_nm / fwhm_nm)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,31 @@ class SampleState:
                    quench_fraction=self.quench_fraction, pl_centre_nm=self.pl.centre_nm,
                    pl_fwhm_nm=self.pl.fwhm_nm, pl_urbach_meV=self.pl.urbach_meV, pl_intensity=self.pl.intensity)
         return {k: float(v) for k, v in out.items()}
+
+
+HC_EV_NM = 1239.841984  # h·c in eV·nm (CODATA 2018)
+
+
+def _bose(e_meV: float, temperature_C: float) -> float:
+    """Bose–Einstein occupation 1/(exp(E/kT) − 1) of a phonon of energy E at temperature T."""
+    return 1.0 / math.expm1(e_meV / (K_B_MEV_K * max(temperature_C + ZERO_C_K, 1.0)))
+
+
+def thermal_band(centre_25C_nm: float, fwhm_25C_nm: float, temperature_C: float, gap_slope_meV_K: float,
+                 lo_phonon_meV: float, lo_coupling_meV: float) -> tuple[float, float]:
+    """(centre, FWHM) in nm at `temperature_C` of a band given at 25 °C: linear shift of its photon energy and
+    LO-phonon broadening of its FWHM in energy (module docstring); the FWHM in eV is the difference of the
+    photon energies at the half-maximum wavelengths c ∓ w/2 (as `analysis.pl_fit` reports it)."""
+    e25 = HC_EV_NM / centre_25C_nm
+    gamma25 = HC_EV_NM / (centre_25C_nm - fwhm_25C_nm / 2.0) - HC_EV_NM / (centre_25C_nm + fwhm_25C_nm / 2.0)
+    e = e25 + 1e-3 * gap_slope_meV_K * (temperature_C - ROOM_C)
+    gamma = gamma25 + 1e-3 * lo_coupling_meV * (_bose(lo_phonon_meV, temperature_C) - _bose(lo_phonon_meV, ROOM_C))
+    c = HC_EV_NM / e
+    if gamma <= 0.0:
+        return c, 0.0
+    # HC/(c − w/2) − HC/(c + w/2) = Γ  ⇔  (Γ/4)·w² + HC·w − Γ·c² = 0
+    w = (math.sqrt(HC_EV_NM ** 2 + gamma * gamma * c * c) - HC_EV_NM) / (gamma / 2.0)
+    return c, w
 
 
 def _sigmoid(z: float) -> float:
@@ -265,9 +299,12 @@ class CompositeSample:
         thermal = (1.0 + p.pl_thermal_c * math.exp(-p.pl_thermal_ea_meV / (K_B_MEV_K * rk))) / (
             1.0 + p.pl_thermal_c * math.exp(-p.pl_thermal_ea_meV / (K_B_MEV_K * max(tk, 1.0))))
         intensity = active * passivation * (1.0 - self.quench) * absorption * interface * thermal
-        return PLParameters(centre_nm=p.pl_centre_nm + p.pl_centre_slope_nm * x, fwhm_nm=p.pl_fwhm_nm,
+        centre_25 = p.pl_centre_nm + p.pl_centre_slope_nm * x
+        centre, fwhm = thermal_band(centre_25, p.pl_fwhm_nm, self.temperature_C, p.pl_gap_slope_meV_K,
+                                    p.pl_lo_phonon_meV, p.pl_lo_coupling_meV)
+        return PLParameters(centre_nm=centre, fwhm_nm=fwhm,
                             urbach_meV=p.pl_urbach_meV + p.pl_urbach_disorder_meV * self.quench,
-                            intensity=intensity)
+                            intensity=intensity, fwhm_25C_nm=p.pl_fwhm_nm)
 
     def _strains(self) -> dict[str, float]:
         """Isotropic lattice strain per crystalline phase from linear thermal expansion."""

@@ -441,7 +441,8 @@ def pl_shape(wavelength_nm: FloatArray, centre_nm: float, fwhm_nm: float, urbach
 
 
 class PLSynthesizer:
-    """PL counts: rate × intensity × (Gaussian + Urbach tail) + dark counts, Poisson noise."""
+    """PL counts: rate × intensity × (25 °C FWHM / FWHM) × (Gaussian + Urbach tail) + dark counts, Poisson noise;
+    `last_truth` holds the band's true centre and FWHM (nm, and eV/meV) at the state's temperature."""
 
     def __init__(self, wavelength_nm: ArrayLike | None = None, *, counts_per_s: float = 5.0e4,
                  dark_counts_per_s: float = 2.0) -> None:
@@ -455,8 +456,13 @@ class PLSynthesizer:
     def expected(self, state: SampleState, exposure_s: float = 1.0) -> FloatArray:
         """Noise-free expected counts for `state` (also fills `last_truth`)."""
         pl = state.pl
-        peak = self.counts_per_s * pl.intensity
+        # intensity is the integrated emission: a band broadened on heating is lower (area kept, Gaussian ∝ h·w)
+        widen = pl.fwhm_25C_nm / pl.fwhm_nm if math.isfinite(pl.fwhm_25C_nm) and pl.fwhm_nm > 0.0 else 1.0
+        peak = self.counts_per_s * pl.intensity * widen
         self.last_truth = {"centre_nm": pl.centre_nm, "fwhm_nm": pl.fwhm_nm, "urbach_meV": pl.urbach_meV,
+                           "centre_eV": HC_EV_NM / pl.centre_nm,
+                           "fwhm_meV": 1e3 * (HC_EV_NM / (pl.centre_nm - pl.fwhm_nm / 2.0)
+                                              - HC_EV_NM / (pl.centre_nm + pl.fwhm_nm / 2.0)),
                            "intensity": pl.intensity, "peak_counts_per_s": peak,
                            "dark_counts_per_s": self.dark_counts_per_s, "exposure_s": float(exposure_s),
                            "temperature_C": state.temperature_C, "time_s": state.time_s}

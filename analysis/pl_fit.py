@@ -413,7 +413,12 @@ def _common(wavelength_nm: ArrayLike, counts: ArrayLike, domain: str, background
     if start is not None:  # (centre nm, FWHM nm) → the fit domain
         st = start if domain == "wavelength" else (HC_EV_NM / start[0],
                                                    HC_EV_NM * start[1] / start[0] ** 2)
-    use = _select(lam_d if st is None else u, net, window, core, st) if not msg else np.ones(lam.size, dtype=bool)
+    if msg:
+        use = np.ones(lam.size, dtype=bool)
+    elif st is None:
+        use = _select(lam_d, net, window, core)
+    else:  # window in nm on the λ axis, core around the start on the fit axis
+        use = _select(lam_d, net, window, None) & _select(u, net, None, core, st)
     return u[use], yd[use], var[use], net[use], jf[use], b, sb, msg
 
 

@@ -128,8 +128,9 @@ def _utc(t: float | None) -> str:
 
 
 # -- derived runs (live analysis) -------------------------------------------------------------------
-ONSET_KEYS = ("active_onset_C", "zni_onset_C", "pl_max_C", "pl_max_heating_C", "pl_max_intensity",
-              "max_active_fraction", "errors")
+ONSET_KEYS = ("active_onset_detected_C", "active_onset_extrapolated_C", "active_onset_extrapolated_su_C",
+              "zni_onset_detected_C", "zni_onset_extrapolated_C", "zni_onset_extrapolated_su_C", "pl_max_C",
+              "pl_max_heating_C", "pl_max_intensity", "max_active_fraction", "n_heating_segments", "errors")
 
 
 def find_derived(catalog: Any, raw_uid: str) -> str | None:
@@ -178,10 +179,18 @@ def derived_text(d: dict[str, Any]) -> list[str]:
         v = s.get(key)
         return "not reached" if v is None else f"{v:.1f} °C"
 
+    def onset(name: str) -> str:
+        """'detected 135.3 °C, extrapolated 159.7 ± 1.5 °C' (hotstage.analysis.live.onsets)."""
+        ext, su = s.get(f"{name}_onset_extrapolated_C"), s.get(f"{name}_onset_extrapolated_su_C")
+        text = f"detected {temp(f'{name}_onset_detected_C')}"
+        if ext is None:
+            return text
+        return text + (f", extrapolated {ext:.1f} ± {su:.1f} °C" if su is not None else f", extrapolated {ext:.1f} °C")
+
     lines = [
         f"derived  {d['uid']}  ({d.get('mode')} analysis of {d.get('derived_from')}, {d['exit_status']}"
         + (f"; {d['reason']}" if d.get("reason") else "") + ")",
-        f"onsets   active phase (γ+β+α): {temp('active_onset_C')};  Zn–I bands: {temp('zni_onset_C')};  "
+        f"onsets   active phase (γ+β+α): {onset('active')};  Zn–I bands: {onset('zni')};  "
         f"PL maximum: {temp('pl_max_C')}",
     ]
     wf = {k: v for k, v in (d.get("final_weight_fractions") or {}).items() if v is not None and v >= 0.005}

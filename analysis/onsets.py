@@ -54,9 +54,11 @@ significant (A < ``MIN_AMPLITUDE_SNR`` s.u.(A)).  When the fitted width reaches 
 than the point spacing, which the data cannot resolve) the uncertainty is at least that spacing.
 
 **Heating segments** (`heating_segments`). A multi-cycle program's series is split where the temperature turns:
-a heating segment runs from a temperature minimum to just before the first point that falls more than
-``TURN_C`` below the segment's maximum (so a hold at the top stays in the segment that reached it); ``TURN_C``
-= 2 °C is well above a thermocouple's jitter at a hold and below the 5 °C cadence steps of a program.
+a heating segment starts at the first point, or just after the lowest point of the cooling before it, and ends
+just before the first point more than ``TURN_C`` below its running maximum (so a hold at the top stays in the
+segment that reached it); a stretch that rises by no more than ``TURN_C`` is not one.  ``TURN_C`` = 2 °C is
+well above the ≤ 0.5 °C scatter of mid-exposure temperature stamps at a hold and below a program's 5 °C
+cadence steps.
 """
 
 from __future__ import annotations
@@ -352,47 +354,41 @@ def extrapolated_onset(temperatures: ArrayLike, signal: ArrayLike, noise_sigma: 
 
 # ---------------------------------------------------------------------------------------------- segments
 def heating_segments(temperatures: ArrayLike, turn_C: float = TURN_C) -> list[slice]:
-    """The heating segments of a temperature series, in order (module docstring).
+    """The heating segments of a temperature series in acquisition order (module docstring), as slices.
 
-    Each is a slice from a temperature minimum (or the series' start) up to just before the first point more than
-    `turn_C` below the segment's maximum (or the series' end). A series that never moves by more than `turn_C`
-    is one heating segment (an isothermal series keeps its onsets); a series that only falls has none.
-    NaN temperatures never start or end a segment.
+    A segment starts at the series' first point or just after the lowest point of the cooling before it (that
+    point ends the cooling) and ends just before the first point more than `turn_C` below its running maximum
+    (so a hold at the top belongs to it). A stretch that rises by no more than `turn_C` is not a heating segment:
+    an isothermal or cooling-only series has none. NaN temperatures are skipped (they never start or end one).
     """
     t = np.asarray(temperatures, dtype=np.float64)
     if t.ndim != 1:
         raise ValueError(f"temperatures must be 1-D; got shape {t.shape}")
     if not 0 < turn_C < math.inf:
         raise ValueError(f"turn_C must be > 0 and finite; got {turn_C}")
-    finite = np.nonzero(np.isfinite(t))[0]
-    if finite.size == 0:
-        return []
+    finite = np.flatnonzero(np.isfinite(t))
     segments: list[slice] = []
-    direction = 0  # +1 heating, -1 cooling, 0 not yet known
-    lo_i = hi_i = int(finite[0])  # index of the current minimum / maximum
-    start = 0  # start of the current heating segment (when heating)
-    for i in map(int, finite):
-        v = t[i]
-        if direction == 0:  # not moved by more than turn_C yet
-            hi_i = i if v > t[hi_i] else hi_i
-            lo_i = i if v < t[lo_i] else lo_i
-            if v > t[lo_i] + turn_C:
-                direction, start = 1, 0  # the series' start is the first segment's start
-            elif v < t[hi_i] - turn_C:
-                direction, lo_i = -1, i
-        elif direction == 1:  # heating: follow the maximum until the temperature falls turn_C below it
-            if v > t[hi_i]:
-                hi_i = i
-            elif v < t[hi_i] - turn_C:
-                segments.append(slice(start, i))
-                direction, lo_i = -1, i
-        else:  # cooling: follow the minimum until the temperature rises turn_C above it
-            if v < t[lo_i]:
-                lo_i = i
-            elif v > t[lo_i] + turn_C:
-                direction, start, hi_i = 1, lo_i, i
-    if direction == 1:
-        segments.append(slice(start, t.size))
-    elif direction == 0:  # never moved: one (isothermal) segment
-        segments.append(slice(0, t.size))
+    if finite.size == 0:
+        return segments
+    start = i_max = i_min = int(finite[0])
+    heating = True
+
+    def close(stop: int) -> None:
+        """Keep [start, stop) if it rose by more than turn_C."""
+        if t[i_max] - float(np.nanmin(t[start:i_max + 1])) > turn_C:
+            segments.append(slice(start, stop))
+
+    for i in map(int, finite[1:]):
+        if heating:
+            if t[i] >= t[i_max]:
+                i_max = i
+            elif t[i] < t[i_max] - turn_C:  # fallen below the running maximum: the heating ended
+                close(i)
+                heating, i_min = False, i
+        elif t[i] <= t[i_min]:
+            i_min = i
+        elif t[i] > t[i_min] + turn_C:  # risen above the running minimum: a new heating from there
+            heating, start, i_max = True, i_min + 1, i
+    if heating:
+        close(int(t.size))
     return segments

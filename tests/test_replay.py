@@ -81,8 +81,8 @@ def test_recorded_run_replays_against_truth(recorded: list[tuple[str, dict]]) ->
     # active-phase onset within ±10 °C of the truth onset (same definition)
     (summary,) = derived["summary"]
     true_onset = tt.true_active_onset(derived["phase_fractions"], raw["truth"])
-    assert true_onset is not None and math.isfinite(summary["active_onset_C"])
-    assert abs(summary["active_onset_C"] - true_onset) <= 10.0, (summary["active_onset_C"], true_onset)
+    assert true_onset is not None and math.isfinite(summary["active_onset_detected_C"])
+    assert abs(summary["active_onset_detected_C"] - true_onset) <= 10.0, (summary["active_onset_detected_C"], true_onset)
     assert summary["errors"] == 0 and summary["n_phase_fractions"] == 10
 
 
@@ -150,7 +150,7 @@ def test_replay_parameters_change_results(recorded: list[tuple[str, dict]]) -> N
     replay_documents(recorded, lambda n, d: high.append((n, d)), {"active_threshold": 0.5}, process=False)
     sb, sh = tt.split(base)[1]["summary"][0], tt.split(high)[1]["summary"][0]
     assert tt.split(high)[0]["parameters"]["active_threshold"] == 0.5
-    assert sh["active_onset_C"] > sb["active_onset_C"]
+    assert sh["active_onset_detected_C"] > sb["active_onset_detected_C"]
 
 
 def _rss_bytes() -> int:

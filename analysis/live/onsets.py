@@ -1,31 +1,50 @@
 """The `summary` of a derived run: onsets and extrema computed at the raw run's stop from the derived series.
 
-Definitions (each computed with `hotstage.analysis.onsets.onset`: detected at the first run of m consecutive points above
-the threshold, in acquisition order, and reported as the temperature where a local least-squares line through the
-signal crosses the threshold (``refine=True``, see `hotstage.analysis.onsets`); NaN when never reached):
+Every onset is reported twice, per heating segment (`hotstage.analysis.onsets`):
 
-* **Active-phase onset** (``active_onset_C``): first temperature at which the summed Hill–Howard weight fraction of
-  the active phases (γ + β + α-CsPbI3 by default, normalised over the crystalline phases offered to the fit)
-  exceeds ``active_threshold`` (10 wt %) for ``active_m`` (3) consecutive XRD patterns.
-  (`onset(T, active_fraction, noise_sigma=1, k=active_threshold, m=active_m, refine=True)`.)
-* **Zn–I onset** (``zni_onset_C``): first temperature at which the Zn–I signal — the sum over the Zn–I bands
-  (135, 275 cm⁻¹) of −d²A/dν² at the band centres on the derivative referenced to the mean of the first
-  ``zni_reference_spectra`` (3) spectra — exceeds ``zni_k`` (3) times its noise σ (from the band-free regions of
-  the same referenced derivative, × √(number of bands)) for ``zni_m`` (3) consecutive THz spectra. The signal is
-  unbiased (zero mean without a band, see `hotstage.analysis.live.parameters`), which the k·σ test assumes.
+* ``*_onset_detected_C``: the detection temperature — the first run of m consecutive points above the threshold,
+  in acquisition order, reported where a local least-squares line through the signal crosses the threshold
+  (`onset(..., refine=True)`). It says when the change was first SEEN, so it moves with the size of the signal
+  (a sample with more Zn–I-forming interface crosses k·σ earlier for the same kinetics).
+* ``*_onset_extrapolated_C`` ± ``*_onset_extrapolated_su_C``: the extrapolated onset (ISO 11358-1 style:
+  baseline ∩ tangent at the point of maximum gradient of a logistic fitted to the segment's rise,
+  `extrapolated_onset`), which depends only on the shape of the rise, not on its size, so samples with the same
+  kinetics and different loadings agree within the uncertainties. NaN when nothing was detected in the segment
+  (no fit to noise) or the fit finds no significant rise.
+
+Definitions of the signals:
+
+* **Active phase** (``active_onset_*``): the summed Hill–Howard weight fraction of the active phases (γ + β +
+  α-CsPbI3 by default, normalised over the crystalline phases offered to the fit). Detected where it exceeds
+  ``active_threshold`` (10 wt %) for ``active_m`` (3) consecutive XRD patterns
+  (`onset(T, active_fraction, noise_sigma=1, k=active_threshold, m=active_m, refine=True)`); the extrapolated
+  onset is fitted without weights (σ from the residuals: the fractions' s.u.s ignore correlations and
+  vanish for absent phases).
+* **Zn–I** (``zni_onset_*``): the Zn–I signal — the sum over the Zn–I bands (135, 275 cm⁻¹) of −d²A/dν² at the
+  band centres on the derivative referenced to the mean of the first ``zni_reference_spectra`` (3) spectra —
+  detected where it exceeds ``zni_k`` (3) times its noise σ (from the band-free regions of the same referenced
+  derivative, × √(number of bands)) for ``zni_m`` (3) consecutive THz spectra. The signal is unbiased (zero mean
+  without a band, see `hotstage.analysis.live.parameters`), which the k·σ test assumes; in a heating segment that
+  does not start with the run (a second cycle) the signal is referenced again to the mean of the segment's first
+  ``zni_reference_spectra`` values (the Zn–I formed in earlier cycles stays), which are then not tested. The
+  extrapolated onset is weighted by ``zni_sigma``.
 * **PL maximum** (``pl_max_C``, ``pl_max_intensity``): temperature of the PL spectrum with the largest integrated
   intensity over the whole run.  Per heating segment (issue 14: the old "up to the overall maximum" spanned
   every segment before it, so a two-cycle program reported the PL maximum at the end of the first cooling):
-  ``pl_max_heating<i>_C`` (i = 1 … `MAX_HEATING_SEGMENTS`) is the same over the i-th heating segment of the PL
-  events, NaN when the run has fewer; ``pl_max_heating_C`` = ``pl_max_heating1_C`` (the first heating);
-  ``n_heating_segments`` counts them.  A heating segment (`heating_segments`) is a run of events whose
-  temperature rises: it starts at the first event or just after the lowest point of the cooling before it
-  (that point ends the cooling) and ends when the temperature has fallen more than `HEATING_TOLERANCE_C` (2 °C:
-  well above the ≤ 0.5 °C scatter of mid-exposure stamps) below its running maximum, so a hold at the top
-  belongs to it; a segment that rises by less than that tolerance (a hold-only or cooling-only run) is not one.
+  ``pl_max_heating<i>_C`` (i = 1 … `MAX_HEATING_SEGMENTS`) is the same over the i-th heating segment, NaN when
+  the run has fewer; ``pl_max_heating_C`` = ``pl_max_heating1_C`` (the first heating).
 
-Temperatures are the analysis temperature of each event (``temperature``: the sample thermocouple by default).
-Memory: only a few floats per event are kept (``array('d')``: 8 bytes each), never the spectra.
+Heating segments (`hotstage.analysis.onsets.heating_segments`, ``HEATING_TOLERANCE_C`` = 2 °C) are found on all
+events' temperatures in acquisition order, so every modality is cut at the same turns; ``n_heating_segments``
+counts them.  A segment starts at the first event or just after the lowest point of the cooling before it and
+ends when the temperature has fallen more than 2 °C below its running maximum, so a hold at the top belongs to
+it; a stretch that rises by less (a hold-only or cooling-only run) is not one.  The first heating segment's onsets
+carry the names above; those of segments i = 2 … `MAX_HEATING_SEGMENTS` the suffix ``_heating<i>``
+(``zni_onset_extrapolated_heating2_C``, ``zni_onset_extrapolated_su_heating2_C``, …), NaN when the run has fewer.
+A run without any heating segment has its onsets computed over all its events, as before segments existed.
+
+Temperatures are the analysis temperature of each event (``temperature``: the sample temperature at mid-exposure by
+default). Memory: only a few floats per event are kept (``array('d')``: 8 bytes each), never the spectra.
 """
 
 from __future__ import annotations
@@ -37,17 +56,25 @@ from typing import Any
 
 import numpy as np
 
-from hotstage.analysis.onsets import onset
+from hotstage.analysis.onsets import TURN_C, extrapolated_onset, heating_segments, onset
 
 from .parameters import AnalysisParameters
 
-__all__ = ["SummaryBuilder", "SUMMARY_KEYS", "heating_segments", "MAX_HEATING_SEGMENTS", "HEATING_TOLERANCE_C"]
+__all__ = ["SummaryBuilder", "SUMMARY_KEYS", "ONSET_KEYS", "heating_segments", "MAX_HEATING_SEGMENTS",
+           "HEATING_TOLERANCE_C"]
 
 NAN = float("nan")
-MAX_HEATING_SEGMENTS = 4  # per-segment PL maxima reported (pl_max_heating1_C …)
-HEATING_TOLERANCE_C = 2.0  # a fall of more than this below the running maximum ends a heating segment
+MAX_HEATING_SEGMENTS = 4  # heating segments reported one by one (pl_max_heating1_C …, *_heating2_C …)
+HEATING_TOLERANCE_C = TURN_C  # a fall of more than this below the running maximum ends a heating segment
+ONSET_KEYS = (
+    "active_onset_detected_C", "active_onset_extrapolated_C", "active_onset_extrapolated_su_C",
+    "zni_onset_detected_C", "zni_onset_extrapolated_C", "zni_onset_extrapolated_su_C",
+)
+"""Onset keys of the first heating segment; segment i ≥ 2 has them with ``_heating<i>`` before ``_C``."""
 SUMMARY_KEYS = (
-    "active_onset_C", "zni_onset_C", "pl_max_C", "pl_max_heating_C", "pl_max_intensity", "max_active_fraction",
+    *ONSET_KEYS,
+    *(f"{k[:-2]}_heating{i}_C" for i in range(2, MAX_HEATING_SEGMENTS + 1) for k in ONSET_KEYS),
+    "pl_max_C", "pl_max_heating_C", "pl_max_intensity", "max_active_fraction",
     "max_temperature_C", "n_phase_fractions", "n_thz_derivative", "n_pl_fit", "errors",
     *(f"pl_max_heating{i}_C" for i in range(1, MAX_HEATING_SEGMENTS + 1)), "n_heating_segments",
 )
@@ -59,9 +86,10 @@ class SummaryBuilder:
     def __init__(self, params: AnalysisParameters) -> None:
         """Empty series for one derived run."""
         self.params = params
-        self.xrd_t, self.active = array("d"), array("d")
-        self.thz_t, self.zni, self.zni_sigma = array("d"), array("d"), array("d")
-        self.pl_t, self.pl_ii = array("d"), array("d")
+        self.all_t = array("d")  # every event's temperature in acquisition order (for the heating segments)
+        self.xrd_t, self.active, self.xrd_at = array("d"), array("d"), array("q")
+        self.thz_t, self.zni, self.zni_sigma, self.thz_at = array("d"), array("d"), array("d"), array("q")
+        self.pl_t, self.pl_ii, self.pl_at = array("d"), array("d"), array("q")
         self.last_fractions: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.errors = 0
@@ -72,18 +100,28 @@ class SummaryBuilder:
         self.errors += int(error)
         t = float(temperature)
         if stream == "phase_fractions":
+            self.xrd_at.append(len(self.all_t))
             self.xrd_t.append(t)
             self.active.append(float(data.get("active_fraction", NAN)))
             if not error:
                 self.last_fractions = {k[3:]: float(v) for k, v in data.items() if k.startswith("wf_") and
                                        not k.startswith("wf_su_")}
         elif stream == "thz_derivative":
+            self.thz_at.append(len(self.all_t))
             self.thz_t.append(t)
             self.zni.append(float(data.get("zni_signal", NAN)))
             self.zni_sigma.append(float(data.get("zni_sigma", NAN)))
         elif stream == "pl_fit":
+            self.pl_at.append(len(self.all_t))
             self.pl_t.append(t)
             self.pl_ii.append(float(data.get("integrated_intensity", NAN)))
+        else:
+            return
+        self.all_t.append(t)
+
+    def segments(self) -> list[slice]:
+        """Heating segments of all events' temperatures in acquisition order."""
+        return heating_segments(np.asarray(self.all_t), HEATING_TOLERANCE_C)
 
     def data_keys(self) -> dict[str, dict[str, Any]]:
         """Data keys of the one summary event."""
@@ -101,19 +139,37 @@ class SummaryBuilder:
         """The summary event's data (module docstring for the definitions)."""
         p = self.params
         out: dict[str, Any] = {}
+        segments = self.segments()
         xt, act = np.asarray(self.xrd_t), np.asarray(self.active)
-        out["active_onset_C"] = _temp(onset(xt, act, 1.0, k=p.active_threshold, m=p.active_m, refine=True).temperature) \
-            if xt.size else NAN
         tt, z, zs = np.asarray(self.thz_t), np.asarray(self.zni), np.asarray(self.zni_sigma)
-        out["zni_onset_C"] = _temp(onset(tt, z, zs, k=p.zni_k, m=p.zni_m, refine=True).temperature) if tt.size else NAN
         pt, ii = np.asarray(self.pl_t), np.asarray(self.pl_ii)
-        out["pl_max_C"], out["pl_max_intensity"] = _argmax(pt, ii)
-        segments = heating_segments(pt)
         for i in range(1, MAX_HEATING_SEGMENTS + 1):
-            a, b = segments[i - 1] if i <= len(segments) else (0, 0)
-            out[f"pl_max_heating{i}_C"] = _argmax(pt[a:b], ii[a:b])[0] if b > a else NAN
+            out[f"pl_max_heating{i}_C"] = NAN
+            for k in ONSET_KEYS:
+                out[k if i == 1 else f"{k[:-2]}_heating{i}_C"] = NAN
+        # without any heating segment the onsets are those of the whole run (as before segments existed)
+        for i, seg in enumerate(segments or [slice(0, len(self.all_t))], start=1):
+            if i > MAX_HEATING_SEGMENTS:
+                break
+            onsets: dict[str, float] = {}
+            x = _inside(self.xrd_at, seg)
+            onsets.update(_onsets("active", xt[x], act[x], None, threshold=p.active_threshold, m=p.active_m,
+                                  unit_sigma=True))
+            th = _inside(self.thz_at, seg)
+            zd = z[th].copy()
+            if th.size and th[0] != 0:  # a later cycle: reference the signal to the segment's first spectra
+                first = np.flatnonzero(np.isfinite(zd))[:p.zni_reference_spectra]
+                if first.size:
+                    zd = zd - float(np.mean(zd[first]))
+                    zd[first] = NAN
+            onsets.update(_onsets("zni", tt[th], zd, zs[th], threshold=p.zni_k, m=p.zni_m, fit_signal=z[th]))
+            out.update({k if i == 1 else f"{k[:-2]}_heating{i}_C": v for k, v in onsets.items()})
+            if segments:
+                pl = _inside(self.pl_at, seg)
+                out[f"pl_max_heating{i}_C"] = _argmax(pt[pl], ii[pl])[0]
         out["pl_max_heating_C"] = out["pl_max_heating1_C"]
         out["n_heating_segments"] = len(segments)
+        out["pl_max_C"], out["pl_max_intensity"] = _argmax(pt, ii)
         out["max_active_fraction"] = float(np.nanmax(act)) if act.size and np.any(np.isfinite(act)) else NAN
         allt = np.concatenate([xt, tt, pt])
         out["max_temperature_C"] = float(np.nanmax(allt)) if allt.size and np.any(np.isfinite(allt)) else NAN
@@ -125,41 +181,27 @@ class SummaryBuilder:
         return out
 
 
-def heating_segments(temperature: Any, tol_C: float = HEATING_TOLERANCE_C) -> list[tuple[int, int]]:
-    """(start, stop) index ranges (stop exclusive) of the heating segments of a temperature series in acquisition
-    order (module docstring); NaN temperatures are skipped."""
-    t = np.asarray(temperature, dtype=np.float64)
-    segments: list[tuple[int, int]] = []
-    finite = np.flatnonzero(np.isfinite(t))
-    if finite.size == 0:
-        return segments
-    start = i_max = i_min = int(finite[0])
-    heating = True
-
-    def close(stop: int) -> None:
-        if t[i_max] - float(np.nanmin(t[start:i_max + 1])) > tol_C:  # it did rise
-            segments.append((start, stop))
-    for i in finite[1:]:
-        i = int(i)
-        if heating:
-            if t[i] >= t[i_max]:
-                i_max = i
-            elif t[i] < t[i_max] - tol_C:  # fallen below the running maximum: the heating ended
-                close(i)
-                heating, i_min = False, i
-        else:
-            if t[i] <= t[i_min]:
-                i_min = i
-            elif t[i] > t[i_min] + tol_C:  # risen above the running minimum: a new heating from there
-                heating, start, i_max = True, i_min + 1, i
-    if heating:
-        close(int(t.size))
-    return segments
+def _inside(positions: array, seg: slice) -> np.ndarray:
+    """Indices (into one stream's series) of the events whose position in the combined series lies in `seg`."""
+    pos = np.asarray(positions, dtype=np.int64)
+    return np.nonzero((pos >= seg.start) & (pos < seg.stop))[0]
 
 
-def _temp(t: float | None) -> float:
-    """None → NaN."""
-    return NAN if t is None else float(t)
+def _onsets(name: str, t: np.ndarray, signal: np.ndarray, sigma: np.ndarray | None, *, threshold: float, m: int,
+            unit_sigma: bool = False, fit_signal: np.ndarray | None = None) -> dict[str, float]:
+    """``<name>_onset_detected_C`` and the extrapolated onset with its s.u. (NaN unless something was detected).
+
+    Detection: `signal` > threshold·σ (σ = 1 with `unit_sigma`: an absolute threshold) for m points; the fit is made
+    to `fit_signal` (default `signal`) with σ as weights (None: unweighted)."""
+    keys = (f"{name}_onset_detected_C", f"{name}_onset_extrapolated_C", f"{name}_onset_extrapolated_su_C")
+    if not t.size:
+        return dict.fromkeys(keys, NAN)
+    det_sigma = 1.0 if unit_sigma or sigma is None else sigma
+    detected = onset(t, signal, det_sigma, k=threshold, m=m, refine=True).temperature
+    if detected is None:
+        return dict.fromkeys(keys, NAN)
+    ext = extrapolated_onset(t, signal if fit_signal is None else fit_signal, sigma)
+    return dict(zip(keys, (float(detected), ext.temperature, ext.su)))
 
 
 def _argmax(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:

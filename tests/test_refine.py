@@ -236,3 +236,38 @@ def test_compressed_jacobian_keeps_the_normal_equations() -> None:
     scale = np.sqrt(np.outer(np.diag(j.T @ j), np.diag(j.T @ j)))
     assert np.max(np.abs(jc.T @ jc - j.T @ j) / scale) <= 1e-9
     assert np.max(np.abs(jc.T @ rc - j.T @ r) / (np.sqrt(np.diag(j.T @ j)) * np.linalg.norm(r))) <= 1e-9
+
+
+def test_own_windows_counts_only_points_where_the_phase_outweighs_the_others() -> None:
+    """The evidence test's points (`significance.own_windows`, step 6): a strong phase P0 (lines at 20° and 30°), a
+    weak P1 with one line on P0's 20° line and one alone at 25°, a weak P2 whose only line sits on P0's 30° line.
+    P1's own points are those within ±1 FWHM of 25° only; P2 has none and names P0 as the overlapping phase."""
+    from hotstage.analysis.refine.significance import own_windows
+
+    x = np.linspace(15.0, 35.0, 2001)
+    fw = 0.1
+
+    class Lines:
+        def __init__(self, name: str, centres: list[float]) -> None:
+            self.name, self.c = name, np.array(centres)
+
+        def peaks(self, block: object, inst: object) -> tuple:
+            n = self.c.size
+            return self.c, np.ones(n), np.full(n, fw), np.zeros(n), np.arange(n)
+
+        def column(self) -> np.ndarray:
+            return sum(np.exp(-4 * math.log(2) * ((x - c) / fw) ** 2) for c in self.c)
+
+    phases = [Lines("P0", [20.0, 30.0]), Lines("P1", [20.0, 25.0]), Lines("P2", [30.0])]
+    ref = SimpleNamespace(x=x, phases=phases, phase_slices=[slice(0, 0)] * 3, active=np.ones(3, dtype=bool),
+                          instrument=lambda theta: None)
+    a = np.column_stack([p.column() for p in phases])
+    coef = np.array([1.0, 0.05, 0.05])
+    mask, over = own_windows(ref, np.zeros(0), a, coef, 1)  # type: ignore[arg-type]
+    assert mask.any() and np.all(np.abs(x[mask] - 25.0) <= fw + 1e-9), x[mask]
+    assert over == ("P0",)
+    mask, over = own_windows(ref, np.zeros(0), a, coef, 2)  # type: ignore[arg-type]
+    assert not mask.any() and over == ("P0",)
+    mask, _ = own_windows(ref, np.zeros(0), a, coef, 0)  # P0 outweighs the others at both its lines
+    near = (np.abs(x - 20.0) <= fw + 1e-9) | (np.abs(x - 30.0) <= fw + 1e-9)
+    assert np.array_equal(mask, near)

@@ -214,6 +214,14 @@ class Refinement:
         """χ² with component i's column removed and the linear parameters re-solved (bounds as always), from the
         normal equations of `lin` alone: yᵀy − 2hᵀc + cᵀGc, no N-point work (the same number as re-evaluating with
         the phase inactive, to rounding)."""
+        return self._without(lin, i)[1]
+
+    def coef_without(self, lin: LinearSolution, i: int) -> FloatArray:
+        """The linear coefficients re-solved with component i's column removed (`chi2_without`)."""
+        return self._without(lin, i)[0]
+
+    def _without(self, lin: LinearSolution, i: int) -> tuple[FloatArray, float]:
+        """(coefficients, χ²) without component i (`chi2_without`)."""
         assert lin.gram is not None and lin.rhs is not None
         ncomp = len(self.phases) + self.n_humps
         g = lin.gram.copy()
@@ -228,7 +236,7 @@ class Refinement:
         warm[i] = False
         coef, _ = bounded_lsq(g, h, nonneg, warm)
         coef[i] = 0.0
-        return max(self.yy - 2.0 * float(h @ coef) + float(coef @ (g @ coef)), 0.0)
+        return coef, max(self.yy - 2.0 * float(h @ coef) + float(coef @ (g @ coef)), 0.0)
 
     # ------------------------------------------------------------------ residual and Jacobian
     def evaluate(self, theta: FloatArray) -> tuple[FloatArray, LinearSolution]:

@@ -220,7 +220,8 @@ def xrd_map_figure(xrd: Any, segments: Segments | None, title: str = "") -> Any:
                       shading="flat")
         ax.set_xlabel("2θ (°)")
         ax.set_ylabel("sample temperature (°C) ↑")
-        ax.set_title(f"{name}: {np.count_nonzero(m)} patterns vs temperature")
+        arrow = " (time runs ↓)" if d == COOLING else ""
+        ax.set_title(f"{name}: {np.count_nonzero(m)} patterns vs temperature{arrow}")
         ax.set_xlim(tth[0], tth[-1])
     fig.colorbar(mesh, ax=[ax_h, ax_c], label="intensity (counts, log scale)")
     fig.suptitle(title)

@@ -14,8 +14,8 @@ program's heating / hold / cooling segments as they ran). It writes:
 * ``thz_derivative.png`` — heat maps of −d²A/dν² referenced to the first spectra (static ZIF bands removed) vs
   wavenumber and temperature, heating and cooling apart (rows sorted by temperature), hold spectra vs time; the
   Zn–I bands at 135 and 275 cm⁻¹ marked and labelled; the Zn–I signal/σ vs time with the 3σ line.
-* ``pl.png`` — sample temperature, integrated intensity (log axis), centre and FWHM (accepted fits, ±1 s.u.) vs
-  experiment time, segments shaded.
+* ``pl.png`` — sample temperature, integrated intensity (log axis; × where the band fit was not accepted;
+  values ≤ 0 cannot be shown), centre and FWHM (accepted fits, ±1 s.u.) vs experiment time, segments shaded.
 
 Each figure is built by a ``*_figure`` function returning the matplotlib Figure (tests inspect the axes).
 Event direction: the raw run's ``segments`` stream (one event per finished segment: start time and duration
@@ -230,12 +230,22 @@ def xrd_map_figure(xrd: Any, segments: Segments | None, title: str = "") -> Any:
 
 def _band(ax: Any, x: np.ndarray, y: np.ndarray, su: np.ndarray | None, color: Any, label: str,
           direction: np.ndarray) -> None:
-    """A series vs time with a ±1 s.u. band; markers filled on heating, open on cooling, squares in holds."""
-    ax.plot(x, y, "-", color=color, lw=1.0, label=label)
-    if su is not None:
-        ok = np.isfinite(y) & np.isfinite(su)
-        ax.fill_between(x, np.where(ok, y - su, np.nan), np.where(ok, y + su, np.nan), color=color, alpha=0.25,
-                        lw=0)
+    """A series vs time with a ±1 s.u. band; markers filled on heating, open on cooling, squares in holds.
+    Line and band break where no point was taken for more than 3 median steps (e.g. a hold without cadence
+    points), so nothing is drawn where nothing was measured."""
+    line_y = np.asarray(y, dtype=float).copy()
+    dx = np.diff(x)
+    if dx.size > 1:
+        gap = np.flatnonzero(dx > 3 * np.median(dx))
+        x_l, line_y = np.insert(x, gap + 1, np.nan), np.insert(line_y, gap + 1, np.nan)
+        su_l = None if su is None else np.insert(np.asarray(su, dtype=float), gap + 1, np.nan)
+    else:
+        x_l, su_l = x, su
+    ax.plot(x_l, line_y, "-", color=color, lw=1.0, label=label)
+    if su_l is not None:
+        ok = np.isfinite(line_y) & np.isfinite(su_l)
+        ax.fill_between(x_l, np.where(ok, line_y - su_l, np.nan), np.where(ok, line_y + su_l, np.nan), color=color,
+                        alpha=0.25, lw=0)
     for d, marker, face in ((HEATING, "o", color), (COOLING, "o", "none"), (HOLD, "s", color)):
         m = direction == d
         if np.any(m):
@@ -345,6 +355,9 @@ def pl_figure(pl: dict[str, np.ndarray], segments: Segments | None, title: str =
     pos = np.isfinite(inten) & (inten > 0)
     _shade_segments(axes[1], segments, label=False)
     _band(axes[1], x[pos], inten[pos], None, "C2", "integrated intensity", direction[pos])
+    bad = pos & ~ok
+    if np.any(bad):
+        axes[1].plot(x[bad], inten[bad], "x", color="k", ms=5, label="band fit not accepted")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("integrated intensity\n(counts·nm, log)")
     for ax, key, color, label in ((axes[2], "centre_nm", "C0", "centre (nm)"), (axes[3], "fwhm_nm", "C1",

@@ -196,3 +196,20 @@ def test_a_run_without_heating_keeps_its_onsets() -> None:
     out = sb.compute()
     assert out["n_heating_segments"] == 0 and math.isnan(out["pl_max_heating_C"])
     assert out["active_onset_detected_C"] == pytest.approx(200.0, abs=0.2)
+
+
+def test_modalities_at_different_mid_exposure_temperatures_are_one_heating() -> None:
+    """One ramp; at each cadence point the 10 s XRD frame's mid-exposure temperature is 2.5 °C above the 1 s PL
+    spectrum's (10 °C/min): interleaved, the events' temperatures fall by more than the 2 °C tolerance, which is
+    not a turn. Segments come from each stream's furnace setpoints (or its own temperatures): one heating."""
+    setpoints = np.arange(100.0, 231.0, 5.0)
+    for with_setpoint in (True, False):
+        sb = SummaryBuilder(AnalysisParameters())
+        for sp in setpoints:
+            common = {"furnace_setpoint": float(sp)} if with_setpoint else {}
+            sb.add("phase_fractions", float(sp - 1.0), {**common, "active_fraction": float(sp > 150.0)}, False)
+            sb.add("thz_derivative", float(sp - 3.0), {**common, "zni_signal": 0.0, "zni_sigma": 1.0}, False)
+            sb.add("pl_fit", float(sp - 3.5), {**common, "integrated_intensity": 1.0}, False)
+        out = sb.compute()
+        assert out["n_heating_segments"] == 1, with_setpoint
+        assert 145.0 < out["active_onset_detected_C"] < 155.0

@@ -34,12 +34,15 @@ Definitions of the signals:
   ``pl_max_heating<i>_C`` (i = 1 … `MAX_HEATING_SEGMENTS`) is the same over the i-th heating segment, NaN when
   the run has fewer; ``pl_max_heating_C`` = ``pl_max_heating1_C`` (the first heating).
 
-Heating segments (`hotstage.analysis.onsets.heating_segments`, ``HEATING_TOLERANCE_C`` = 2 °C) are found on all
-events' temperatures in acquisition order, so every modality is cut at the same turns; ``n_heating_segments``
-counts them.  A segment starts at the first event or just after the lowest point of the cooling before it and
-ends when the temperature has fallen more than 2 °C below its running maximum, so a hold at the top belongs to
-it; a stretch that rises by less (a hold-only or cooling-only run) is not one.  The first heating segment's onsets
-carry the names above; those of segments i = 2 … `MAX_HEATING_SEGMENTS` the suffix ``_heating<i>``
+Heating segments (`hotstage.analysis.onsets.heating_segments`, ``HEATING_TOLERANCE_C`` = 2 °C) are found per
+stream on the events' furnace setpoints (the program: clean turns, the same for every modality), or on their
+temperatures when an event has no setpoint (a run recorded without one).  Not on all events' temperatures
+together: the sample temperatures at mid-exposure of a 10 s XRD frame and of a 1 s PL spectrum taken at one
+cadence point differ by up to ~2.5 °C at 10 °C/min, which looks like a turn.  A segment starts at the first event
+or just after the lowest point of the cooling before it and ends when the series has fallen more than 2 °C below
+its running maximum, so a hold at the top belongs to it; a stretch that rises by less (a hold-only or cooling-only
+run) is not one.  ``n_heating_segments`` is the largest count over the streams.  The first heating segment's
+onsets carry the names above; those of segments i = 2 … `MAX_HEATING_SEGMENTS` the suffix ``_heating<i>``
 (``zni_onset_extrapolated_heating2_C``, ``zni_onset_extrapolated_su_heating2_C``, …), NaN when the run has fewer.
 A run without any heating segment has its onsets computed over all its events, as before segments existed.
 
@@ -86,42 +89,35 @@ class SummaryBuilder:
     def __init__(self, params: AnalysisParameters) -> None:
         """Empty series for one derived run."""
         self.params = params
-        self.all_t = array("d")  # every event's temperature in acquisition order (for the heating segments)
-        self.xrd_t, self.active, self.xrd_at = array("d"), array("d"), array("q")
-        self.thz_t, self.zni, self.zni_sigma, self.thz_at = array("d"), array("d"), array("d"), array("q")
-        self.pl_t, self.pl_ii, self.pl_at = array("d"), array("d"), array("q")
+        self.xrd_t, self.active, self.xrd_sp = array("d"), array("d"), array("d")
+        self.thz_t, self.zni, self.zni_sigma, self.thz_sp = array("d"), array("d"), array("d"), array("d")
+        self.pl_t, self.pl_ii, self.pl_sp = array("d"), array("d"), array("d")
         self.last_fractions: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.errors = 0
 
     def add(self, stream: str, temperature: float, data: Mapping[str, Any], error: bool) -> None:
-        """Record the scalars of one derived event."""
+        """Record the scalars of one derived event (its furnace setpoint too, for the heating segments)."""
         self.counts[stream] = self.counts.get(stream, 0) + 1
         self.errors += int(error)
         t = float(temperature)
+        setpoint = float(data.get("furnace_setpoint", NAN))
         if stream == "phase_fractions":
-            self.xrd_at.append(len(self.all_t))
             self.xrd_t.append(t)
+            self.xrd_sp.append(setpoint)
             self.active.append(float(data.get("active_fraction", NAN)))
             if not error:
                 self.last_fractions = {k[3:]: float(v) for k, v in data.items() if k.startswith("wf_") and
                                        not k.startswith("wf_su_")}
         elif stream == "thz_derivative":
-            self.thz_at.append(len(self.all_t))
             self.thz_t.append(t)
+            self.thz_sp.append(setpoint)
             self.zni.append(float(data.get("zni_signal", NAN)))
             self.zni_sigma.append(float(data.get("zni_sigma", NAN)))
         elif stream == "pl_fit":
-            self.pl_at.append(len(self.all_t))
             self.pl_t.append(t)
+            self.pl_sp.append(setpoint)
             self.pl_ii.append(float(data.get("integrated_intensity", NAN)))
-        else:
-            return
-        self.all_t.append(t)
-
-    def segments(self) -> list[slice]:
-        """Heating segments of all events' temperatures in acquisition order."""
-        return heating_segments(np.asarray(self.all_t), HEATING_TOLERANCE_C)
 
     def data_keys(self) -> dict[str, dict[str, Any]]:
         """Data keys of the one summary event."""
@@ -139,36 +135,25 @@ class SummaryBuilder:
         """The summary event's data (module docstring for the definitions)."""
         p = self.params
         out: dict[str, Any] = {}
-        segments = self.segments()
         xt, act = np.asarray(self.xrd_t), np.asarray(self.active)
         tt, z, zs = np.asarray(self.thz_t), np.asarray(self.zni), np.asarray(self.zni_sigma)
         pt, ii = np.asarray(self.pl_t), np.asarray(self.pl_ii)
+        xseg, tseg, pseg = _segments(xt, self.xrd_sp), _segments(tt, self.thz_sp), _segments(pt, self.pl_sp)
         for i in range(1, MAX_HEATING_SEGMENTS + 1):
-            out[f"pl_max_heating{i}_C"] = NAN
-            for k in ONSET_KEYS:
-                out[k if i == 1 else f"{k[:-2]}_heating{i}_C"] = NAN
-        # without any heating segment the onsets are those of the whole run (as before segments existed)
-        for i, seg in enumerate(segments or [slice(0, len(self.all_t))], start=1):
-            if i > MAX_HEATING_SEGMENTS:
-                break
-            onsets: dict[str, float] = {}
-            x = _inside(self.xrd_at, seg)
-            onsets.update(_onsets("active", xt[x], act[x], None, threshold=p.active_threshold, m=p.active_m,
-                                  unit_sigma=True))
-            th = _inside(self.thz_at, seg)
+            out[f"pl_max_heating{i}_C"] = _argmax(pt[pseg[i - 1]], ii[pseg[i - 1]])[0] if i <= len(pseg) else NAN
+            x, th = _segment(xseg, i, xt.size), _segment(tseg, i, tt.size)
+            onsets = _onsets("active", xt[x], act[x], None, threshold=p.active_threshold, m=p.active_m,
+                             unit_sigma=True)
             zd = z[th].copy()
-            if th.size and th[0] != 0:  # a later cycle: reference the signal to the segment's first spectra
+            if (th.start or 0) > 0:  # a later cycle: reference the signal to the segment's first spectra
                 first = np.flatnonzero(np.isfinite(zd))[:p.zni_reference_spectra]
                 if first.size:
                     zd = zd - float(np.mean(zd[first]))
                     zd[first] = NAN
             onsets.update(_onsets("zni", tt[th], zd, zs[th], threshold=p.zni_k, m=p.zni_m, fit_signal=z[th]))
             out.update({k if i == 1 else f"{k[:-2]}_heating{i}_C": v for k, v in onsets.items()})
-            if segments:
-                pl = _inside(self.pl_at, seg)
-                out[f"pl_max_heating{i}_C"] = _argmax(pt[pl], ii[pl])[0]
         out["pl_max_heating_C"] = out["pl_max_heating1_C"]
-        out["n_heating_segments"] = len(segments)
+        out["n_heating_segments"] = max(len(xseg), len(tseg), len(pseg))
         out["pl_max_C"], out["pl_max_intensity"] = _argmax(pt, ii)
         out["max_active_fraction"] = float(np.nanmax(act)) if act.size and np.any(np.isfinite(act)) else NAN
         allt = np.concatenate([xt, tt, pt])
@@ -181,10 +166,20 @@ class SummaryBuilder:
         return out
 
 
-def _inside(positions: array, seg: slice) -> np.ndarray:
-    """Indices (into one stream's series) of the events whose position in the combined series lies in `seg`."""
-    pos = np.asarray(positions, dtype=np.int64)
-    return np.nonzero((pos >= seg.start) & (pos < seg.stop))[0]
+def _segments(temperature: np.ndarray, setpoint: array) -> list[slice]:
+    """Heating segments of one stream: of its furnace setpoints when every event has one, else of its
+    temperatures (module docstring)."""
+    sp = np.asarray(setpoint, dtype=np.float64)
+    series = sp if sp.size and np.all(np.isfinite(sp)) else temperature
+    return heating_segments(series, HEATING_TOLERANCE_C)
+
+
+def _segment(segments: list[slice], i: int, n: int) -> slice:
+    """The i-th (1-based) heating segment; without any, the first is the whole series (as before segments
+    existed) and the others are empty."""
+    if i <= len(segments):
+        return segments[i - 1]
+    return slice(0, n if i == 1 and not segments else 0)
 
 
 def _onsets(name: str, t: np.ndarray, signal: np.ndarray, sigma: np.ndarray | None, *, threshold: float, m: int,

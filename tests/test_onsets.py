@@ -212,4 +212,4 @@ def test_modalities_at_different_mid_exposure_temperatures_are_one_heating() -> 
             sb.add("pl_fit", float(sp - 3.5), {**common, "integrated_intensity": 1.0}, False)
         out = sb.compute()
         assert out["n_heating_segments"] == 1, with_setpoint
-        assert 145.0 < out["active_onset_detected_C"] < 155.0
+        assert 135.0 < out["active_onset_detected_C"] < 155.0  # the step at 154 °C (refined: a line through it)

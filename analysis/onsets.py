@@ -39,8 +39,10 @@ A/(4w), so the tangent meets the baseline b at
     T_on = T_i − 2w.
 
 T_on depends on the shape of the rise only: multiplying the signal by a constant (a different loading, a
-different calibration) multiplies b and A and leaves T_i, w and T_on unchanged — exactly, since the signal and σ
-are divided by the signal's largest magnitude before anything else.  Its standard uncertainty comes from the
+different calibration) multiplies b and A and leaves T_i, w and T_on unchanged: the signal and σ are divided by
+the signal's largest magnitude before anything else (the fit then sees the same numbers up to rounding; bit for
+bit for a power-of-two factor) and the search ends with Gauss–Newton steps until (T_i, w) stop moving, so a
+scaled signal gives T_on to ~1e-13 °C (tests/test_onsets.py).  Its standard uncertainty comes from the
 covariance of (b, A, T_i, w) (Gauss–Newton, analytic Jacobian): var(T_on) = var(T_i) + 4 var(w) − 4 cov(T_i, w),
 multiplied by max(1, χ²_ν) when σ is given (a model that fits worse than the noise gets a larger uncertainty, the
 usual crystallographic convention) or by χ²_ν when it is not (σ then estimated from the residuals).  The estimate

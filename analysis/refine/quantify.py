@@ -240,7 +240,8 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
     (`humps` = how many, or their start centres in deg), and the instrument parameters named in
     `refine_instrument` (of `INSTRUMENT_PARAMETERS`; e.g. ``("zero",)``, or widths for a calibration with
     `fix_cell=True`). Phases are kept only when significant at `alpha` (`significance`). `start`: a previous
-    result on the same phases to start from (warm re-fit). `max_nfev`: a cap on the sharp pass's evaluations, not
+    result on the same phases to start from (warm re-fit). `sigma`: σ per point, +inf = zero weight (the point is
+    left out, as `read_pattern` returns for a powder CIF's zero ``_pd_proc_ls_weight``). `max_nfev`: a cap on the sharp pass's evaluations, not
     its stopping rule (it stops on scipy's ftol/xtol: the measured β pattern converges in 676 evaluations; at the
     former cap of 60 it stopped early with α, γ and CsI at zero scale). See the package docstring for the result.
     """

@@ -17,7 +17,7 @@ Public API::
 
     quantify(two_theta, counts, phases, instrument, *, sigma=None, background_order=12, humps=1, excluded=(),
              preferred_orientation={}, alpha=1e-3, refine_instrument=(), fix_cell=False, start=None,
-             max_nfev=1000) -> RefineResult
+             max_nfev=60) -> RefineResult
 
 `RefineResult`: ``phases`` {name: PhaseResult(weight_fraction, weight_fraction_su, scale, cell, cell_su, size_nm,
 size_nm_su, microstrain, microstrain_su, preferred_orientation, significant, f_statistic, p_value)}, ``rejected``
@@ -45,12 +45,13 @@ For calibration (helper "calibrate"):
   such points is "not distinguishable (all reflections overlap …)".
 
 Measured (tests/test_refine.py): the published β-CsPbI3 profile (510 K, 11-BM LaB6 file, five phases offered).
-The sharp pass now runs to convergence (`max_nfev` is a cap of 1000; the blurred first pass has a fixed 15): it
-converges (scipy xtol) after 676 evaluations at χ² 17,564 with all five phases; elimination then rejects CsI
+By default the sharp pass stops at 60 evaluations (`max_nfev`; the blurred first pass has a fixed 15). Run to
+convergence (`max_nfev=1000`), it converges (scipy xtol) after 676 evaluations at χ² 17,564 with all five phases; elimination then rejects CsI
 (F = 3.7, p = 0.005), δ (no better than its decoy, p = 0.02), γ (F = 1.8, p = 0.10) and α, which passed the F-test
 (F = 21.8) and its decoys but has no evidence of its own (its 632 own points: p = 0.043); β 100 wt %, χ² 19,413,
-Rwp 0.136; 867 evaluations, 8 min on a 2-core machine shared with four other jobs. Before (cap 60, the fit
-stopped early: χ² 21,767 → 19,419 after elimination) the outcome was the same with α/γ/CsI at zero scale; an
+Rwp 0.136; 867 evaluations, 8 min on a 2-core machine shared with four other jobs. At the default cap of 60 (what
+the test runs, ~30 s) the fit stops early (χ² 21,767 → 19,419 after elimination) with the same outcome and α/γ/CsI
+at zero scale; an
 earlier Levenberg–Marquardt run that reached χ² 16,949 (Rwp 0.128) kept α 3 % and γ 8 % without the evidence test.
 
 Speed (measured with the former cap of 60 sharp evaluations, not re-measured; benchmarks/refine.py: 60,000

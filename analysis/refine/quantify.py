@@ -232,7 +232,7 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
              excluded: Sequence[tuple[float, float]] = (),
              preferred_orientation: Mapping[str, tuple[int, int, int]] = {},
              alpha: float = 1e-3, refine_instrument: Sequence[str] = (), fix_cell: bool = False,
-             start: RefineResult | None = None, max_nfev: int = 1000) -> RefineResult:
+             start: RefineResult | None = None, max_nfev: int = 60) -> RefineResult:
     """Whole-pattern refinement and significance-tested weight fractions of `phases` in a measured pattern.
 
     Refines per phase the cell (within its crystal system), crystallite size, microstrain, scale (and March r for
@@ -241,9 +241,10 @@ def quantify(pattern_two_theta: ArrayLike, counts: ArrayLike, phases: Sequence[C
     `refine_instrument` (of `INSTRUMENT_PARAMETERS`; e.g. ``("zero",)``, or widths for a calibration with
     `fix_cell=True`). Phases are kept only when significant at `alpha` (`significance`). `start`: a previous
     result on the same phases to start from (warm re-fit). `sigma`: σ per point, +inf = zero weight (the point is
-    left out, as `read_pattern` returns for a powder CIF's zero ``_pd_proc_ls_weight``). `max_nfev`: a cap on the sharp pass's evaluations, not
-    its stopping rule (it stops on scipy's ftol/xtol: the measured β pattern converges in 676 evaluations; at the
-    former cap of 60 it stopped early with α, γ and CsI at zero scale). See the package docstring for the result.
+    left out, as `read_pattern` returns for a powder CIF's zero ``_pd_proc_ls_weight``). `max_nfev`: a cap on the sharp pass's evaluations (it stops earlier on scipy's ftol/xtol). The default 60
+    keeps a cold fit of a 60,000-point pattern near a minute; on the measured β pattern it stops at the cap with the
+    same answer as the converged fit (`max_nfev=1000`: 676 evaluations, ~8 min on 2 shared cores; β 100 %, Rwp
+    0.136, the other phases rejected — α only by the evidence test). See the package docstring for the result.
     """
     x_all, y_all, w_all, mask = _inputs(pattern_two_theta, counts, sigma, excluded)
     unknown = [n for n in refine_instrument if n not in INSTRUMENT_PARAMETERS]

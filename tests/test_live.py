@@ -180,7 +180,7 @@ class FailingTHz(THzAnalyser):
 
 def test_failing_analysis_does_not_stop_acquisition(tmp_path: Path) -> None:
     """An analysis that raises on every THz event: acquisition completes, the other analyses carry on."""
-    program = TemperatureProgram(100.0, (Ramp(130.0, 10.0),), name="failing-analysis")
+    program = TemperatureProgram(100.0, (Ramp(115.0, 10.0),), name="failing-analysis")  # 4 events each
     with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path, progress=False, stepped=True,
                  analysers={**DEFAULT_ANALYSERS, "thz": FailingTHz}) as s:
         raw_uid = s.insitu(program, cadence=CADENCE)

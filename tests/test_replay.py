@@ -120,7 +120,7 @@ def test_replay_from_catalog_equals_live(tmp_path: Path) -> None:
     from hotstage.plans.program import Ramp, TemperatureProgram
     from hotstage.simulated.parameters import SampleSpec
 
-    program = TemperatureProgram(130.0, (Ramp(175.0, 10.0),), name="replay-test")
+    program = TemperatureProgram(130.0, (Ramp(160.0, 10.0),), name="replay-test")  # 7 events a stream
     cadence = {"xrd": {"every_C": 5.0}, "thz": {"every_C": 5.0}, "pl": {"every_C": 5.0}}
     with Session(RigConfig(time_scale=LOCKSTEP_SCALE), SampleSpec.default(), tmp_path, progress=False,
                  stepped=True) as s:

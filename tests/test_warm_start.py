@@ -56,7 +56,7 @@ def test_warm_furnace_waits_with_a_countdown_then_runs(caplog: pytest.LogCapture
     assert names.count("start") == 1 and names.count("stop") == 1
     stop = next(d for n, d in docs if n == "stop")
     assert stop["exit_status"] == "success"
-    events = [d for n, d in docs if n == "event"]
+    events = [d for n, d in docs if n == "event" and "clock_elapsed" in d["data"]]  # acquisitions, not segments
     first = min(events, key=lambda e: e["data"]["clock_elapsed"])
     assert first["data"]["furnace_temperature"] == pytest.approx(25.0, abs=1.5)  # acquired at the start, cooled
     lines = [r.getMessage() for r in caplog.records if r.name == "hotstage.plans.insitu"]

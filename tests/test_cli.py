@@ -156,8 +156,9 @@ def test_run_with_program_sample_and_rig_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["sample"] == "x0.25" and summary["exit_status"] == "success"
-    # every 10 °C: the start, 7 steps up (25 → 100 °C), 2–4 down (the furnace lags the 20 °C/min cool to 60 °C)
-    assert 10 <= summary["streams"]["xrd"]["events"] <= 13
+    # every 10 °C: the start, 7 steps up (25 → 100 °C), 4 down (each cool ends on target): 12 nominal. Paced by the
+    # wall clock at x240, points merge on a loaded machine (CI got 8), so at least half (exact cadence: lock-step)
+    assert 6 <= summary["streams"]["xrd"]["events"] <= 13
 
 
 @pytest.mark.e2e  # the console script in a subprocess

@@ -205,7 +205,8 @@ def one_error_line(stderr: str, path: Path) -> str:
 
 
 # garbage: tiled sometimes answers 400 'No such field' instead of the damaged-store error (open flake, not in CI)
-@pytest.mark.parametrize("how", ["truncated", pytest.param("garbage", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("how", [pytest.param("truncated", marks=pytest.mark.slow),  # CI budget (~60 s); damage
+                                 pytest.param("garbage", marks=pytest.mark.slow)])  # found on read: CI
 def test_damaged_table_store_is_one_line_and_metadata_and_arrays_stay_readable(source, recorded, tmp_path, how):
     uid = recorded[0][1]["uid"]
     root = tmp_path / "damaged"

@@ -308,6 +308,10 @@ def test_saturation_is_flagged_in_the_events(bench: Bench) -> None:
     assert not np.any(np.asarray(bench.catalog[uid]["xrd"].read()["xrd_saturated"].values, dtype=bool))
 
 
+@pytest.mark.slow  # by hand until the harness injects on the plant side: the fault is injected from the plan's
+# progress hook at the first poll past 55 °C; on a loaded machine that poll can come ~1 s late = 150 experiment s
+# at x150, the bump then starts near 85 °C and crosses the 100 °C over-temperature limit (the run then aborts
+# safely, heater off: correct behaviour, wrong test). Seen twice in 2026-12 CI-like runs.
 def test_transient_overshoot_suspends_and_resumes(tmp_path: Path) -> None:
     """Heater output stuck at 100 % for 9 s: the band suspender suspends (heater off), resumes, the run completes.
 

@@ -67,6 +67,9 @@ ANALYSIS_READY_TIMEOUT_S: float = 300.0
 """How long opening a session waits for the live analysis to load its compiled kernels (about 0.5 s; about 10 s
 once after an install, when they are compiled) before its first run; past it the session goes on (documents
 queue, nothing is lost)."""
+WRITER_READY_TIMEOUT_S: float = 60.0
+"""How long opening a session waits for the catalog writer process to have opened the catalog (2-7 s: it imports
+tiled); past it the session goes on (documents queue in the spool, nothing is lost)."""
 
 DocumentCallback = Callable[[str, dict], Any]
 
@@ -216,7 +219,9 @@ class Session:
         self._stack.callback(self._make_safe)  # at close it has run already (`_close`); here for the doc's order
         self._checkpoint()
         self._flush_leftover_spool()
-        self.writer = CatalogWriter(self.catalog)
+        # the writer process starts now and the analysis process beside it (each imports for seconds); the
+        # writer's readiness is awaited once both are under way
+        self.writer = CatalogWriter(self.catalog, ready_timeout=0)
         self._stack.callback(self._close_writer)
         self.bus = DocumentBus()
         self.bus.attach(self.writer)
@@ -229,6 +234,8 @@ class Session:
             if not self._wait_analysis_ready(ANALYSIS_READY_TIMEOUT_S):
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
                             ANALYSIS_READY_TIMEOUT_S)
+        if not self._wait_writer_ready(WRITER_READY_TIMEOUT_S):
+            log.warning("catalog writer not ready after %.0f s; documents queue meanwhile", WRITER_READY_TIMEOUT_S)
         self.RE = RunEngine({}, call_returns_result=False)
         if self.stepped:
             self.rig.install_stepped_sleep(self.RE)  # plan sleeps jump the simulated clock (lock-step)
@@ -265,6 +272,16 @@ class Session:
             self._checkpoint()
             if remaining <= 0 or not self.analysis.alive:
                 return False
+
+    def _wait_writer_ready(self, timeout: float) -> bool:
+        """`CatalogWriter.wait_ready` in short slices, with a checkpoint after each."""
+        assert self.writer is not None
+        deadline = time.monotonic() + timeout
+        while not self.writer.wait_ready(max(0.0, min(0.2, deadline - time.monotonic()))):
+            self._checkpoint()
+            if time.monotonic() >= deadline or not self.writer.alive:
+                return False
+        return True
 
     def reading_catalog(self) -> Any:
         """The catalog to read back what this session stored.

@@ -172,6 +172,44 @@ def open_catalog(
     return client
 
 
+def init_sqlite_catalog(catalog_db: Path) -> None:
+    """Make a new ``catalog.db`` a tiled catalog in this process: what ``tiled catalog init`` does (create the
+    tables, stamp the alembic head). Tiled's own ``init_if_not_exists`` runs that command in a subprocess, a new
+    interpreter importing tiled: 2-6 s for every new data directory, most of a test session's start-up. The
+    tables are created on a thread of its own (asyncio.run needs a thread without a running loop: the caller may
+    be inside one)."""
+    import asyncio
+    import threading
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import initialize_database
+
+    uri = f"sqlite+aiosqlite:///{catalog_db}"
+    failure: list[BaseException] = []
+
+    async def create() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    def run() -> None:
+        try:
+            asyncio.run(create())
+            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="catalog-init")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
 def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool = False,
                  raise_errors: bool = True) -> Any:
     """The Tiled app serving the embedded catalog under ``root`` (created if missing; see ``open_catalog``).
@@ -200,12 +238,10 @@ def embedded_app(root: Path, authentication: Any = None, *, allow_damaged: bool 
             warn_at_exit(error)  # in process: once, at exit, unless a command already failed on it
         else:
             logger.warning("%s", error)
-    adapter = catalog_from_uri(
-        f"sqlite:///{catalog_db}",
-        writable_storage=[f"file://{root / 'data'}", f"sqlite:///{tables}"],
-        # tiled runs "tiled catalog init" in a subprocess (~2 s); skip it once the database exists.
-        init_if_not_exists=not catalog_db.exists(),
-    )
+    if not catalog_db.exists():
+        init_sqlite_catalog(catalog_db)
+    adapter = catalog_from_uri(f"sqlite:///{catalog_db}",
+                               writable_storage=[f"file://{root / 'data'}", f"sqlite:///{tables}"])
     # The in-process app logs its version at INFO and starlette warns about its test transport: noise
     # for a user at a terminal, in this process and in the writer process alike.
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)

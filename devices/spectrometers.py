@@ -22,8 +22,12 @@ Protocol (SCPI-style, shared by the three instruments and by the emulators in ``
 * ``SYST:ERR?`` -> ``<code>,"<message>"`` (``0,"No error"``); queried after any failure so the raised
   error carries the instrument's own error text.
 
-Per trigger the wire sees exactly: [``CONF:INT <s>``], ``INIT``, ``*OPC?``, ``FETC:DATA?``
-(plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` when no axis has been read yet).
+* ``STAT:OPER:COND?`` -> ``1`` while acquiring, else ``0``.
+
+Per trigger the wire sees exactly: [``CONF:INT <s>``], ``INIT``, ``STAT:OPER:COND?``, ``*OPC?``, ``FETC:DATA?``
+(plus ``FETC:AXIS:UNIT?``/``FETC:AXIS?`` when no axis has been read yet). The query right after ``INIT`` dates
+the exposure's start: commands run in order, so it started between sending ``INIT`` and that reply
+(``last_exposure_wall``, used for the temperature at mid-exposure: ``hotstage.devices.stamp``).
 
 Faults and the retry policy per command (transport: ``hotstage.devices.visa``):
 
@@ -234,7 +238,10 @@ class ScpiArrayDetector(Device):
         """Acquisitions re-started (ABOR + INIT) after a lost INIT (diagnostics, tests)."""
         self._wall = wall_clock
         self.last_exposure_wall: tuple[float, float] | None = None
-        """(INIT sent, *OPC? answered) of the last acquisition, on ``wall_clock``: when it was exposed."""
+        """(start, *OPC? answered) of the last acquisition, on ``wall_clock``: when it was exposed. The start is the
+        middle of INIT's confirmation (INIT, then a query answered after it: the instrument started in between)."""
+        self.last_start_dating_wall = 0.0
+        """Half the width of that confirmation (wall s): how far the dated start may be from the real one."""
         super().__init__("", name=name, **kwargs)
         self.exposure.put(exposure)
         self.opc_margin.put(opc_margin)
@@ -427,12 +434,17 @@ class ScpiArrayDetector(Device):
         visa = self.visa
         opc_timeout = exposure / self.time_scale + float(self.opc_margin.get())
         self.last_exposure_wall = None
-        started = self._wall()
+        sent = self._wall()
         visa.write("INIT")
-        started = 0.5 * (started + self._wall())  # the write's round trip to the socket, halved
         restarts = 0
         while True:
             try:
+                if sent is not None:
+                    # commands run in order: by this reply INIT has run, so the exposure started in [sent, now]
+                    visa.query("STAT:OPER:COND?", parse=_flag)
+                    answered = self._wall()
+                    started, self.last_start_dating_wall = 0.5 * (sent + answered), 0.5 * (answered - sent)
+                    sent = None
                 visa.query("*OPC?", timeout_s=opc_timeout, parse=_opc)
                 self.last_exposure_wall = (started, self._wall())
                 return
@@ -448,7 +460,7 @@ class ScpiArrayDetector(Device):
                 self.restarts += 1
                 log.warning("%s: connection lost after INIT and no acquisition running: ABOR, INIT again", self.name)
                 visa.write("ABOR")
-                started = self._wall()
+                sent = self._wall()
                 visa.write("INIT")
 
     def _flag_saturation(self, data: np.ndarray) -> None:

@@ -521,7 +521,7 @@ def _exposure_s(detector: Any) -> float | None:
 
 def _has_sample_input(furnace: Any) -> bool:
     """True unless the furnace says it has no sample sensor (`sample_input` None)."""
-    return getattr(furnace, "sample_input", "yes") is not None
+    return not (hasattr(furnace, "sample_input") and furnace.sample_input is None)
 
 
 @dataclass
@@ -572,7 +572,8 @@ class Acquirer:
             detector = self.detectors[modality]
             devices = [detector, *common]
             if stamping:
-                self.stamp.record(brackets[:done[modality]], _exposure_s(detector), self._exposed_at(detector))
+                started, dating = self._exposed_at(detector)
+                self.stamp.record(brackets[:done[modality]], _exposure_s(detector), started, start_dating=dating)
                 devices.append(self.stamp)
             yield from self._event(modality, devices)
             if self.truth is not None:
@@ -580,25 +581,36 @@ class Acquirer:
                     yield from stubs.prepare(self.truth, modality, wait=True)
                 yield from self._event(TRUTH_STREAM, [self.truth, *common])
 
-    def _exposed_at(self, detector: Any) -> float | None:
-        """Experiment s at which `detector`'s last exposure started, when it dates its exposures on the clock's
-        wall clock (`last_exposure_wall`, `ExperimentClock.at_wall`); None otherwise."""
+    def _exposed_at(self, detector: Any) -> tuple[float | None, float]:
+        """(experiment s at which `detector`'s last exposure started, how uncertain that is in experiment s), when
+        it dates its exposures on the clock's wall clock (`last_exposure_wall`, `ExperimentClock.at_wall`);
+        (None, 0) otherwise."""
         window = getattr(detector, "last_exposure_wall", None)
         at_wall = getattr(self.clock, "at_wall", None)
         if window is None or at_wall is None:
-            return None
-        return float(at_wall(window[0]))
+            return None, 0.0
+        started = float(at_wall(window[0]))
+        half_width = float(getattr(detector, "last_start_dating_wall", 0.0))
+        return started, float(at_wall(window[0] + half_width)) - started
 
     def _bracket(self) -> MsgGenerator:
-        """The furnace's control and sample readbacks, dated by clock reads on either side (a `Bracket`)."""
-        t0 = (yield from stubs.rd(self.clock.elapsed)) if self.clock is not None else math.nan
-        temperature = yield from stubs.rd(self.furnace.temperature)
+        """The furnace's control and sample readbacks, each dated by the clock reads on either side (a `Bracket`)."""
+
+        def now() -> MsgGenerator:
+            """Experiment seconds (NaN without a clock)."""
+            return float((yield from stubs.rd(self.clock.elapsed))) if self.clock is not None else math.nan
+
+        t0 = yield from now()
+        temperature = float((yield from stubs.rd(self.furnace.temperature)))
+        t1 = yield from now()
         sample = getattr(self.furnace, "sample_temperature", None)
-        sample_c = (yield from stubs.rd(sample)) if sample is not None and _has_sample_input(self.furnace) else None
-        t1 = (yield from stubs.rd(self.clock.elapsed)) if self.clock is not None else math.nan
-        value = float(temperature)
-        return Bracket(t=0.5 * (float(t0) + float(t1)), t_end=float(t1), temperature=value,
-                       sample_temperature=math.nan if sample_c is None else float(sample_c))
+        if sample is None or not _has_sample_input(self.furnace):
+            return Bracket(t=0.5 * (t0 + t1), t_end=t1, temperature=temperature, sample_temperature=math.nan,
+                           dating=0.5 * (t1 - t0))
+        sample_c = float((yield from stubs.rd(sample)))
+        t2 = yield from now()
+        return Bracket(t=0.5 * (t0 + t1), t_end=t2, temperature=temperature, sample_temperature=sample_c,
+                       t_sample=0.5 * (t1 + t2), dating=0.5 * max(t1 - t0, t2 - t1))
 
     def _event(self, stream: str, devices: list[Any]) -> MsgGenerator:
         """Read already-triggered devices into one event of `stream`, then checkpoint.

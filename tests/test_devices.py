@@ -464,6 +464,8 @@ def test_binary_blocks_over_pyvisa_py_socket() -> None:
             return None
         if line == "INIT":
             return None
+        if line == "STAT:OPER:COND?":  # asked right after INIT (dates the exposure's start)
+            return b"1"
         if line == "*OPC?":
             time.sleep(state["exposure"] / 100.0)  # the emulator's time base: time_scale 100
             return b"1"
@@ -491,7 +493,7 @@ def test_binary_blocks_over_pyvisa_py_socket() -> None:
         np.testing.assert_array_equal(pl.wavelength.get(), axis)
         assert state["exposure"] == 40.0
         assert server.received == [
-            "*IDN?", "CONF:INT 40", "FETC:AXIS:UNIT?", "FETC:AXIS?", "INIT", "*OPC?", "FETC:DATA?",
+            "*IDN?", "CONF:INT 40", "FETC:AXIS:UNIT?", "FETC:AXIS?", "INIT", "STAT:OPER:COND?", "*OPC?", "FETC:DATA?",
         ]
     finally:
         if pl is not None:

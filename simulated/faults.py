@@ -37,8 +37,9 @@ Kinds (``KINDS``) and what the emulator does:
 Selection: ``match`` (a case-insensitive prefix of the message, e.g. ``"KRDG?"``, ``"FETC:DATA?"``) limits
 a link fault to matching messages (default: every message for ``drop_connection``, every message that has a
 reply for the reply faults); ``after=N`` lets N matching messages through before the first occurrence.
-Plant faults start ``delay`` simulated seconds after injection and last ``duration`` simulated seconds
-(None: until cleared). ``count`` does not apply to plant faults.
+Plant faults start ``delay`` simulated seconds after injection, or with ``above`` (°C) when the control
+sensor first reads that much (the plant triggers it: no poll's timing involved), and last ``duration``
+simulated seconds (None: until cleared). ``count`` does not apply to plant faults.
 
 Spec grammar (``--fault``, control socket ``{"op": "inject", "spec": ...}``)::
 
@@ -134,15 +135,26 @@ def garble(reply: bytes) -> bytes:
 
 @dataclass
 class PlantFault:
-    """A fault the furnace plant applies between ``start_s`` and ``end_s`` (simulated seconds; end None = open)."""
+    """A fault the furnace plant applies between ``start_s`` and ``end_s`` (simulated seconds; end None = open).
+
+    With ``above_C`` it waits instead until the control sensor first reads ``above_C`` or more, and then lasts
+    ``duration_s`` (None: open): the plant starts it at a temperature, however late the caller's poll."""
 
     kind: str
     start_s: float
     end_s: float | None
     fraction: float = DEFAULT_HEATER_FRACTION
+    above_C: float | None = None
+    duration_s: float | None = None
 
-    def active(self, t_s: float) -> bool:
-        """True while the fault acts at simulated time ``t_s``."""
+    def active(self, t_s: float, sensor_C: float | None = None) -> bool:
+        """True while the fault acts at simulated time ``t_s`` (``sensor_C``: the control sensor's °C then)."""
+        if self.above_C is not None:
+            if sensor_C is None or sensor_C < self.above_C:
+                return False
+            self.start_s = t_s  # reached: from now on a timed fault
+            self.end_s = None if self.duration_s is None else t_s + self.duration_s
+            self.above_C = None
         return t_s >= self.start_s and (self.end_s is None or t_s < self.end_s)
 
 
@@ -188,7 +200,7 @@ class FaultInjector:
         after = int(after)
         if after < 0:
             raise FaultSpecError(f"after must be >= 0, got {after}")
-        for key in ("delay", "duration", "fraction", "gain"):
+        for key in ("delay", "duration", "fraction", "gain", "above"):
             if key in params and params[key] is not None:
                 params[key] = float(params[key])
         with self._lock:
@@ -270,11 +282,14 @@ class FaultInjector:
             duration = fault.params.get("duration", DEFAULT_OVERSHOOT_S)
         else:
             duration = fault.params.get("duration")
-        end = None if duration is None or math.isinf(duration) else start + float(duration)
+        length = None if duration is None or math.isinf(duration) else float(duration)
+        end = None if length is None else start + length
         fraction = float(fault.params.get("fraction", DEFAULT_HEATER_FRACTION))
+        above = fault.params.get("above")
         fault.count = None  # plant faults are timed, not counted
         self.history.append({"t": time.time(), "instrument": "furnace", "kind": fault.kind, "command": ""})
-        self._set_plant_fault(PlantFault(fault.kind, start, end, fraction))
+        self._set_plant_fault(PlantFault(fault.kind, start, end, fraction,
+                                         above_C=None if above is None else float(above), duration_s=length))
 
     def _set_plant_fault(self, pf: PlantFault | None) -> None:
         """Hand the plant its fault (world advanced to now first, so the fault starts exactly then)."""

@@ -231,7 +231,7 @@ class FurnacePlant:
         frac = self.params.range_fractions[lp.heater_range]
         power = lp.output_percent / 100.0 * frac * self.params.max_power_W
         fault = self.fault
-        if fault is not None and fault.kind == "heater_failure" and fault.active(self.time_s):
+        if fault is not None and fault.kind == "heater_failure" and fault.active(self.time_s, self.sensor_C):
             power *= fault.fraction
         return power
 
@@ -275,7 +275,7 @@ class FurnacePlant:
         for lp in self.loops.values():
             self._control(lp, dt)
         fault = self.fault
-        if fault is not None and fault.kind in ("overshoot", "runaway") and fault.active(self.time_s):
+        if fault is not None and fault.kind in ("overshoot", "runaway") and fault.active(self.time_s, self.sensor_C):
             lp1 = self.loops[1]
             if lp1.heater_range > 0:  # a stuck output stage: full output on the selected range; RANGE 0 cuts it
                 lp1.output_percent = 100.0

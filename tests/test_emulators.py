@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from hotstage.simulated.clock import SimClock
+from hotstage.simulated.faults import PlantFault
 from hotstage.simulated.lakeshore_server import LakeShore336Server
 from hotstage.simulated.scpi_server import ScpiArrayServer, decode_block
 from hotstage.simulated.thermal import ClockedFurnace, FurnacePlant, ThermalParameters
@@ -319,6 +320,28 @@ def test_ramp_follow_overshoot_and_sample_lag():
     assert 2.0 < lag.mean() < 5.0  # tau_B x rate = 20 s x 1/6 K/s ≈ 3.3 °C
     assert np.all(lag[5:] > 0.0)  # sample below sensor while heating
     assert 0.0 < out[-1] < 100.0  # holding needs part of the high range
+
+
+def test_plant_fault_above_a_temperature_starts_when_the_sensor_reaches_it():
+    """``overshoot@above=50,duration=9``: the plant runs as without the fault until its sensor reads 50 °C, then
+    its output is 100 % for exactly 9 simulated s, then the fault is over."""
+    def plant_on_a_ramp(fault: PlantFault | None) -> tuple[FurnacePlant, np.ndarray]:
+        plant = FurnacePlant()
+        plant.set_ramp(1, True, 30.0)
+        plant.set_setpoint(1, 90.0)
+        plant.set_range(1, 3)
+        plant.fault = fault
+        return plant, _run(plant, 200.0, every_s=0.5)
+
+    _, free = plant_on_a_ramp(None)
+    plant, rec = plant_on_a_ramp(PlantFault("overshoot", 0.0, None, above_C=50.0, duration_s=9.0))
+    t, a, out = rec[:, 0], rec[:, 2], rec[:, 4]
+    start, end = plant.fault.start_s, plant.fault.end_s
+    assert end == start + 9.0
+    assert a[t < start].max() < 50.0 <= free[np.searchsorted(free[:, 0], start), 2] + 0.1  # started on reaching it
+    np.testing.assert_array_equal(rec[t < start], free[t < start])  # untouched before
+    assert np.all(out[(t > start) & (t < end)] == 100.0) and free[(t > start) & (t < end), 4].max() < 100.0
+    assert not plant.fault.active(plant.time_s, a[-1])
 
 
 def test_cooling_ramp_followed_then_exponential():

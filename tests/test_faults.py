@@ -308,22 +308,21 @@ def test_saturation_is_flagged_in_the_events(bench: Bench) -> None:
     assert not np.any(np.asarray(bench.catalog[uid]["xrd"].read()["xrd_saturated"].values, dtype=bool))
 
 
-@pytest.mark.slow  # by hand until the harness injects on the plant side: the fault is injected from the plan's
-# progress hook at the first poll past 55 °C; on a loaded machine that poll can come ~1 s late = 150 experiment s
-# at x150, the bump then starts near 85 °C and crosses the 100 °C over-temperature limit (the run then aborts
-# safely, heater off: correct behaviour, wrong test). Seen twice in 2026-12 CI-like runs.
 def test_transient_overshoot_suspends_and_resumes(tmp_path: Path) -> None:
     """Heater output stuck at 100 % for 9 s: the band suspender suspends (heater off), resumes, the run completes.
 
     On a rig of its own at time_scale 150: full power heats the simulated stage at ~4 °C/s, and the watch thread
     samples the readback every 2 experiment s only down to 10 ms of wall time, i.e. every 6 s at the suite's 600,
     between which the readback jumps ~24 °C: too coarse to tell a band trip from an over-temperature.
+    The plant starts the fault when its sensor reaches 50 °C (``above``): injected from the plan's progress hook
+    instead, a poll delayed ~1 s by a loaded machine (150 experiment s) started the bump near 85 °C, and it crossed
+    the 100 °C over-temperature limit (a safe abort: right behaviour, wrong test; seen twice in CI-like runs).
     """
     with make_bench(tmp_path, OVERSHOOT_TIME_SCALE) as slow:
         band = slow.safety.suspenders[1]
         o, error = slow.run(
-            "furnace:overshoot 9 s", at_C=50.0,
-            during=lambda: slow.rig.faults.inject("furnace", "overshoot", duration=9.0),
+            "furnace:overshoot 9 s", at_C=None,
+            before=lambda: slow.rig.faults.inject("furnace", "overshoot", duration=9.0, above=50.0),
         )
         assert error is None, error
         assert o.exit_status == "success"

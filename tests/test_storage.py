@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,6 +395,43 @@ def test_resume_skips_rows_and_array_rows_already_written(catalog, spectrum):
     np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
     np.testing.assert_allclose(ds["det"].values, [e["data"]["det"] for e in events])
     assert plain_client(catalog)[uid].metadata["stop"]["exit_status"] == "success"
+
+
+def test_resume_sets_aside_an_array_whose_files_exist_without_its_node(catalog, spectrum, caplog):
+    """A writer killed between creating an array's files and committing its node leaves files tiled refuses to
+    create again (``ContainsArrayError``: a CI run lost a run's stop document to it). The resuming engine moves
+    them aside and writes the array anew from the re-sent documents."""
+    import functools
+
+    import zarr
+
+    from hotstage.acquisition.storage.engine import set_aside_orphans
+    from hotstage.acquisition.storage.location import catalog_location
+
+    RE = RunEngine()
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(bp.count([det, spectrum], 3))
+    items = list(enumerate(docs, start=1))
+    events = [d for _, (n, d) in items if n == "event"]
+    first = WriterEngine(catalog, _Collect())
+    for seq, (name, doc) in items[:2]:  # start, descriptor: killed before any array node was committed
+        first.hand_over(seq, name, doc)
+    first.flush_events()
+    root = catalog_location(catalog).data_dir
+    orphan = Path(root, "data", uid, "primary", "spectrum")
+    zarr.create_array(store=str(orphan), shape=(1, 3), dtype="f8")  # the killed writer's half-made array
+    report = _Collect()
+    second = WriterEngine(catalog, report, resume=True, on_recreate=functools.partial(set_aside_orphans, root))
+    for seq, (name, doc) in items:
+        second.hand_over(seq, name, doc)
+    second.flush_events()
+    assert not report.errors and not report.failed and report.stored_seq == len(items)
+    ds = read_stream(plain_client(catalog)[uid])
+    np.testing.assert_array_equal(ds["spectrum"].values, np.array([e["data"]["spectrum"] for e in events]))
+    assert plain_client(catalog)[uid].metadata["stop"]["exit_status"] == "success"
+    assert len(list(orphan.parent.glob("spectrum.orphaned-*"))) == 1
+    assert "spectrum is not in the catalog" in caplog.text
 
 
 # ------------------------------------------------------------------------------ storage faults: deadlines, reopening

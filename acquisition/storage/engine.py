@@ -233,6 +233,8 @@ class _FlushableNormalizer(RunNormalizer):
             node = self._owner._attempt(functools.partial(self._existing, rw.root_node, stream),
                                         what="resume", uid=self._uid)
             if node is None:
+                if self._owner.on_recreate is not None:
+                    self._owner.on_recreate(self._uid, stream)
                 return False
             if stream in rw._desc_nodes:  # a later descriptor of the same stream (configuration update)
                 done = {u.get("uid") for u in rw._desc_nodes[stream].metadata.get("_config_updates", [])}
@@ -280,6 +282,8 @@ class _FlushableNormalizer(RunNormalizer):
         for key in rw._int_array_keys[stream]:
             if key in children:
                 rw._internal_arrays[f"{stream}/{key}"] = desc_node[key]
+            elif self._owner.on_recreate is not None:  # killed between the array's files and its node
+                self._owner.on_recreate(self._uid, stream, key)
 
 
 def _child(parent: Any, key: str) -> Any:
@@ -357,23 +361,27 @@ def _flush_run_writer(normalizer: _FlushableNormalizer, run_writer: Any) -> int:
     return written
 
 
-def set_aside_orphans(data_dir: str | None, uid: str) -> None:
-    """Move ``<data_dir>/data/<uid>`` aside if it exists, before run ``uid`` is created in the catalog again.
+def set_aside_orphans(data_dir: str | None, uid: str, *parts: str) -> None:
+    """Move ``<data_dir>/data/<uid>[/<stream>[/<key>]]`` aside if it exists, before that run, stream or array is
+    created in the catalog again.
 
-    A run the catalog does not hold but whose array files exist (``catalog.db`` was deleted or replaced while the
-    run was written) cannot be created again: tiled refuses to create a zarr array where one exists
-    (``ContainsArrayError``). Its documents are all re-sent (from the spool), so its arrays are written anew; the
-    old files are kept under ``<uid>.orphaned-<time>`` with a warning.
+    A node the catalog does not hold but whose array files exist cannot be created again: tiled refuses to create
+    a zarr array where one exists (``ContainsArrayError``). That happens to a whole run when ``catalog.db`` was
+    deleted or replaced while it was written, and to one stream or array when a writer process was killed between
+    creating the array's files and committing its node. Its documents are all re-sent (from the spool), so its
+    arrays are written anew; the old files are kept under ``<name>.orphaned-<time>`` with a warning.
     """
     if not data_dir:
         return
-    old = Path(data_dir) / "data" / uid
+    old = Path(data_dir, "data", uid, *parts)
     if not old.exists():
         return
-    target = old.with_name(f"{uid}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}")
+    target = old.with_name(f"{old.name}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}")
     os.replace(old, target)
-    logger.warning("run %s is not in the catalog but its array files are (was catalog.db deleted or replaced?): "
-                   "moved them to %s; the run is written again from its spooled documents", uid, target)
+    what = "/".join((uid, *parts))
+    logger.warning("%s is not in the catalog but its array files are (catalog.db deleted or replaced, or a writer "
+                   "killed while it created them): moved them to %s; written again from the re-sent documents",
+                   what, target)
 
 
 class WriterEngine:
@@ -396,12 +404,13 @@ class WriterEngine:
         tiled_writer_kwargs: dict[str, Any] | None = None,
         resume: bool = False,
         reopen_after: int | None = None,
-        on_recreate: Callable[[str], None] | None = None,
+        on_recreate: Callable[..., None] | None = None,
     ) -> None:
         """Create the TiledWriter on ``client`` (a writable Tiled container client).
 
-        ``on_recreate(uid)`` (resume mode) is called before a run the catalog does not hold is created from its
-        re-sent documents (``set_aside_orphans``: array files left by a catalog that was replaced).
+        ``on_recreate(uid, *parts)`` (resume mode) is called before a run, stream (``stream``) or array
+        (``stream, key``) the catalog does not hold is created from its re-sent documents (``set_aside_orphans``:
+        array files left by a catalog that was replaced or a writer killed mid-creation).
         """
         self.reporter = reporter
         self.reopen_after = reopen_after

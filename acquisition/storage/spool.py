@@ -41,6 +41,7 @@ exclusive `flock` on each file it writes, so a flush never touches a run that is
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -368,7 +369,7 @@ def flush_one(client: Any, path: Path, data_dir: str | None = None) -> FlushResu
         reporter = _Collect()
         engine = WriterEngine(client, reporter, max_attempts=3, backoff=(0.2, 2.0), resume=True,
                               reopen_after=FLUSH_REOPEN_AFTER,
-                              on_recreate=lambda uid: set_aside_orphans(data_dir, uid))
+                              on_recreate=functools.partial(set_aside_orphans, data_dir))
         try:
             for seq, (name, doc) in enumerate(docs, 1):
                 engine.hand_over(seq, name, doc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pytest
 from bluesky import RunEngine
 
@@ -96,3 +97,82 @@ def test_achieved_rates_of_ramps_the_furnace_can_follow(RE: RunEngine, lockstep_
             assert abs(seg["segment_end_C"] - seg["segment_nominal_end_C"]) <= TOLERANCE_C
         else:
             assert abs(seg["segment_achieved_rate_C_per_min"]) < 0.5 and seg["segment_duration_s"] >= 60.0
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+REAL_TIME_PROGRAM = """\
+start_C = 30
+[[segment]]
+kind = "ramp"
+to_C = 34
+rate_C_per_min = 20
+[[segment]]
+kind = "cool"
+to_C = 32
+rate_C_per_min = 20
+"""
+"""Short enough for real time: near ambient the stage cools naturally far slower than 20 °C/min (34 → 32.5 °C takes
+~25 s against the nominal 6 s), which is what used to end a cool with no acquisition at all."""
+REAL_TIME_EVERY_C = 1.0
+REAL_TIME_TOLERANCE_C = 0.5
+"""The furnace's tolerance on this rig: below the cadence, so the cool's end (within it of 32 °C) is not taken for
+the 33 °C point (with the default 1 °C, 33 °C would already be "at" 32 °C and the cool would end there)."""
+
+
+@pytest.mark.slow  # by hand (CI budget): 134 s measured, most of it the stage settling and cooling in real time
+@pytest.mark.e2e  # `hotstage sim serve` at time scale 1 and `hotstage run` in two processes, in real time
+def test_real_time_run_against_a_served_emulator_takes_every_point_on_heating_and_cooling(tmp_path) -> None:
+    """Issue 14's done-when: a run against `hotstage sim serve` from a separate process at time scale 1 takes every
+    cadence point (every 1 °C) on heating and on cooling, and its segments end on the furnace, not on the clock."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hotstage.acquisition.storage import close_catalog, open_catalog
+
+    serve = subprocess.Popen([sys.executable, "-m", "hotstage.simulated.serve"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        info = json.loads(serve.stdout.readline())
+        assert info["time_scale"] == 1.0
+        rig = tmp_path / "rig.toml"
+        rig.write_text(
+            '[rig]\nname = "real-time"\nkind = "visa"\nvisa_library = "@py"\n'
+            f'[furnace]\nresource = "{info["furnace"]}"\nsettle_s = 2\ntolerance_C = {REAL_TIME_TOLERANCE_C}\n'
+            + "".join(f'[{m}]\nresource = "{info[m]}"\nexposure_s = 0.2\n' for m in ("xrd", "thz", "pl"))
+            + f"[cadence]\nxrd = {{ every_C = {REAL_TIME_EVERY_C} }}\n")
+        program = tmp_path / "program.toml"
+        program.write_text(REAL_TIME_PROGRAM)
+        env = {**os.environ, "HOTSTAGE_DATA": str(tmp_path / "data")}
+        env.pop("HOTSTAGE_TILED_URI", None)
+        done = subprocess.run([sys.executable, "-m", "hotstage.acquisition.cli", "run", "--rig", str(rig),
+                               "--program", str(program), "--no-progress", "--no-analysis"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(20)
+        serve.stdout.close()
+    catalog = open_catalog(tmp_path / "data")
+    try:
+        (uid,) = list(catalog)
+        xrd = catalog[uid]["xrd"].read()
+        segments = catalog[uid]["segments"].read()
+    finally:
+        close_catalog(catalog)
+    assert [bool(v) for v in segments["segment_on_target"].values] == [True, True], segments
+    cool_start = float(segments["time"].values[0])  # the ramp's segment event: written when it ended
+    t = np.asarray(xrd["time"].values, dtype=float)
+    temperature = np.asarray(xrd["furnace_temperature"].values, dtype=float)
+    heating, cooling = temperature[t <= cool_start], temperature[t > cool_start]
+    # every 1 °C (counted from the last acquisition, as `Cadence.every_degrees` is): no gap wider than the cadence
+    # plus what the furnace moves while a point is taken (0.5 °C at 20 °C/min), from the start to each target
+    step, slack = REAL_TIME_EVERY_C, 0.5
+    assert heating[0] <= 30.0 + REAL_TIME_TOLERANCE_C and heating[-1] >= 34.0 - step, heating
+    assert np.all(np.diff(heating) > 0) and np.diff(heating).max() <= step + slack, heating
+    assert len(cooling) >= 2 and cooling[-1] <= 32.0 + REAL_TIME_TOLERANCE_C, cooling  # 33 and 32 °C
+    assert np.diff(np.concatenate([heating[-1:], cooling])).min() >= -(step + slack), cooling
+    nominal_cool_s = (34.0 - 32.0) / 20.0 * 60.0
+    assert float(segments["segment_duration_s"].values[1]) > 2 * nominal_cool_s  # ran past its nominal end

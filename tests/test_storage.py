@@ -363,18 +363,24 @@ class _Collect:
         self.failed.append((name, doc))
 
 
+def _counted_run(spectrum, points: int) -> tuple[str, list[tuple[int, tuple[str, dict]]], list[dict]]:
+    """A `count` of det and spectrum: its uid, its documents numbered from 1 as the writer numbers them, its
+    events."""
+    RE = RunEngine()
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(bp.count([det, spectrum], points))
+    items = list(enumerate(docs, start=1))
+    return uid, items, [d for _, (n, d) in items if n == "event"]
+
+
 def test_resume_skips_rows_and_array_rows_already_written(catalog, spectrum):
     """A resuming engine given the whole run again attaches to the nodes, writes each row and array row once.
 
     The crash window where an array was patched but its table rows were not appended (arrays go first) is
     reproduced for real: one extra array row is written by hand, as the killed writer would have.
     """
-    RE = RunEngine()
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    (uid,) = RE(bp.count([det, spectrum], 6))
-    items = list(enumerate(docs, start=1))
-    events = [d for _, (n, d) in items if n == "event"]
+    uid, items, events = _counted_run(spectrum, 6)
 
     first = WriterEngine(catalog, _Collect())
     for seq, (name, doc) in items[:5]:  # start, descriptor, 3 events
@@ -408,12 +414,7 @@ def test_resume_sets_aside_an_array_whose_files_exist_without_its_node(catalog, 
     from hotstage.acquisition.storage.engine import set_aside_orphans
     from hotstage.acquisition.storage.location import catalog_location
 
-    RE = RunEngine()
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    (uid,) = RE(bp.count([det, spectrum], 3))
-    items = list(enumerate(docs, start=1))
-    events = [d for _, (n, d) in items if n == "event"]
+    uid, items, events = _counted_run(spectrum, 3)
     first = WriterEngine(catalog, _Collect())
     for seq, (name, doc) in items[:2]:  # start, descriptor: killed before any array node was committed
         first.hand_over(seq, name, doc)

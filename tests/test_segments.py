@@ -119,8 +119,8 @@ REAL_TIME_TOLERANCE_C = 0.5
 the 33 °C point (with the default 1 °C, 33 °C would already be "at" 32 °C and the cool would end there)."""
 
 
-@pytest.mark.slow  # by hand (CI budget): 134 s measured, most of it the stage settling and cooling in real time
-@pytest.mark.e2e  # `hotstage sim serve` at time scale 1 and `hotstage run` in two processes, in real time
+@pytest.mark.e2e  # `hotstage sim serve` at time scale 1 and `hotstage run` in two processes, in real time: 134 s
+# measured, most of it the stage settling and cooling near ambient
 def test_real_time_run_against_a_served_emulator_takes_every_point_on_heating_and_cooling(tmp_path) -> None:
     """Issue 14's done-when: a run against `hotstage sim serve` from a separate process at time scale 1 takes every
     cadence point (every 1 °C) on heating and on cooling, and its segments end on the furnace, not on the clock."""

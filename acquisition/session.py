@@ -231,10 +231,10 @@ class Session:
             self.analysis = LiveAnalysis(self.bus.derived_sink, self.analysis_parameters, analysers=self.analysers)
             self.bus.attach(self.analysis, derived=False)  # raw documents only: never its own output
             self._stack.callback(self.analysis.close)  # runs before writer.close (LIFO)
-            if not self._wait_analysis_ready(ANALYSIS_READY_TIMEOUT_S):
+            if not self._wait_ready(self.analysis, ANALYSIS_READY_TIMEOUT_S):
                 log.warning("live analysis not ready after %.0f s; runs go on and their documents are queued",
                             ANALYSIS_READY_TIMEOUT_S)
-        if not self._wait_writer_ready(WRITER_READY_TIMEOUT_S):
+        if not self._wait_ready(self.writer, WRITER_READY_TIMEOUT_S):
             log.warning("catalog writer not ready after %.0f s; documents queue meanwhile", WRITER_READY_TIMEOUT_S)
         self.RE = RunEngine({}, call_returns_result=False)
         if self.stepped:
@@ -261,27 +261,17 @@ class Session:
         self._checkpoint()
         self._freeze_startup()
 
-    def _wait_analysis_ready(self, timeout: float) -> bool:
-        """`LiveAnalysis.wait_ready` in short slices, with a checkpoint after each (a signal is not kept waiting)."""
-        assert self.analysis is not None
+    def _wait_ready(self, consumer: Any, timeout: float) -> bool:
+        """``consumer.wait_ready`` (the live analysis or the catalog writer) in short slices, with a checkpoint
+        after each (a signal is not kept waiting); False past ``timeout`` or once the consumer has died."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if self.analysis.wait_ready(max(0.0, min(0.2, remaining))):
+            if consumer.wait_ready(max(0.0, min(0.2, remaining))):
                 return True
             self._checkpoint()
-            if remaining <= 0 or not self.analysis.alive:
+            if remaining <= 0 or not consumer.alive:
                 return False
-
-    def _wait_writer_ready(self, timeout: float) -> bool:
-        """`CatalogWriter.wait_ready` in short slices, with a checkpoint after each."""
-        assert self.writer is not None
-        deadline = time.monotonic() + timeout
-        while not self.writer.wait_ready(max(0.0, min(0.2, deadline - time.monotonic()))):
-            self._checkpoint()
-            if time.monotonic() >= deadline or not self.writer.alive:
-                return False
-        return True
 
     def reading_catalog(self) -> Any:
         """The catalog to read back what this session stored.

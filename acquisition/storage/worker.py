@@ -22,7 +22,6 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from hotstage.acquisition.storage.engine import (REOPEN_EXIT, ReopenNeeded, WriteError, WriterEngine, is_transient,
                                                  set_aside_orphans)
 from hotstage.acquisition.storage.location import CatalogLocation, close_catalog
-from hotstage.analysis.consumer import ParentChannel
+from hotstage.analysis.consumer import ParentChannel, exit_done
 
 __all__ = ["main", "writer_main"]
 
@@ -138,11 +137,7 @@ def writer_main(location: CatalogLocation, options: dict[str, Any], channel: Any
         # traceback here would only hide the guardian's line on the terminal.
         os._exit(1)
     close_catalog(client)
-    # Everything is stored and the catalog closed: skip the interpreter's teardown of tiled, dask and xarray
-    # (~1 s the parent's close() would wait for).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_done()  # everything is stored and the catalog closed
 
 
 def _serve(engine: WriterEngine, reporter: _ChildReporter, inbox: queue.SimpleQueue, options: dict[str, Any]) -> None:

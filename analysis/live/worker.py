@@ -11,10 +11,9 @@ and ``("stopped", raw_uid, info)`` (`hotstage.analysis.live.callback.analysis_ma
 from __future__ import annotations
 
 import os
-import sys
 
 from .callback import analysis_main
-from ..consumer import ParentChannel
+from ..consumer import ParentChannel, exit_done
 
 __all__ = ["main"]
 
@@ -27,11 +26,7 @@ def main() -> None:
         analysis_main(init["params"], init["mode"], init["analysers"], channel)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         os._exit(1)  # the parent is gone (it ends the derived runs it saw, or `hotstage replay` does): quietly
-    # Every derived document is sent and the channel closed: skip the interpreter's teardown (~1 s the parent's
-    # close() would wait for).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_done()  # every derived document is sent and the channel closed
 
 
 if __name__ == "__main__":

@@ -276,6 +276,9 @@ def test_step_and_hold_resettles_after_a_pause_between_acquisitions(RE: RunEngin
         plan = pause_at(plan, lambda m: m.command == "save", lambda m: m.command == "trigger")
         with pytest.raises(RunEngineInterrupted):
             RE(plan)
+        # the pause wrote RANGE 1,0 (no reply); this RANGE? query is answered once the emulator has executed it.
+        # Jumping the clock before that would run the 120 s with the heater still on (seen once on a loaded machine)
+        assert rig.furnace.heater_range.get() == 0
         rig.world.clock.advance(120.0)  # 120 s with the heater off: the stage cools well below 80 °C
         assert rig.furnace.temperature.get() < 75.0
         RE.resume()
